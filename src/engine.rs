@@ -1,0 +1,3 @@
+//! One converge pass: observe → plan → apply → verify.
+//!
+//! STUB.

@@ -1,0 +1,485 @@
+//! Typed desired and observed state: the contract between every layer.
+//!
+//! Invariant: nothing here does I/O, and every value in a [`Desired`] has
+//! already passed validation (the config layer is the only constructor in
+//! production code), so the planner never has to re-check it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Route protocol number that marks routes netconverge created
+/// (`ip route ... proto 199`). Routes outside owned devices are only ever
+/// removed when they carry this marker.
+pub const ROUTE_PROTOCOL: u8 = 199;
+
+/// Main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Address family of a VXLAN device, a lease, a NAT rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::Ipv4,
+            IpNet::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// VXLAN encapsulation overhead on an underlay of this family
+    /// (outer IP + UDP + VXLAN + inner Ethernet). flannel uses 50 for both,
+    /// which is wrong for IPv6 (40-byte header instead of 20).
+    pub fn vxlan_overhead(self) -> u32 {
+        match self {
+            Family::Ipv4 => 50,
+            Family::Ipv6 => 70,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        })
+    }
+}
+
+/// An Ethernet address. Displayed and parsed as `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub const ZERO: Mac = Mac([0; 6]);
+
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+
+    /// A stable, locally administered unicast MAC for `device`, derived from
+    /// a node seed (machine-id or configured node name). Same inputs, same
+    /// MAC: a recreated VXLAN device keeps the address its peers point at.
+    pub fn derive(seed: &str, device: &str) -> Mac {
+        let mut h = Sha256::new();
+        h.update(b"netconverge-vtep-mac\0");
+        h.update(seed.trim().as_bytes());
+        h.update(b"\0");
+        h.update(device.as_bytes());
+        let d = h.finalize();
+        let mut m = [0u8; 6];
+        for (dst, src) in m.iter_mut().zip(d.iter()) {
+            *dst = *src;
+        }
+        // locally administered (bit 1 set), unicast (bit 0 clear)
+        m[0] = (m[0] | 0x02) & 0xfe;
+        Mac(m)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a MAC address (expected six hex pairs like 02:42:ac:11:00:02)")]
+pub struct MacParseError(pub String);
+
+impl FromStr for Mac {
+    type Err = MacParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for slot in out.iter_mut() {
+            let p = parts.next().ok_or_else(|| MacParseError(s.to_string()))?;
+            if p.len() != 2 {
+                return Err(MacParseError(s.to_string()));
+            }
+            *slot = u8::from_str_radix(p, 16).map_err(|_| MacParseError(s.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(MacParseError(s.to_string()));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------- desired --
+
+/// The whole validated desired state of one node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Desired {
+    /// Seed for derived MACs: `node_name` from the file, else the machine-id
+    /// (filled in by the loader; `None` only in `validate` without one).
+    pub mac_seed: Option<String>,
+    pub vxlans: Vec<VxlanSpec>,
+    pub addresses: Vec<AddressSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub neighbors: Vec<NeighborSpec>,
+    pub fdb: Vec<FdbSpec>,
+    /// Kept for status/reporting; already expanded into neighbors, fdb, routes.
+    pub peers: Vec<PeerSpec>,
+    pub nat: Option<NatSpec>,
+    pub lease: Option<LeaseSpec>,
+    pub daemon: DaemonSpec,
+    pub engine: EngineSpec,
+}
+
+impl Desired {
+    /// The MAC a VXLAN device must have: the configured one, else derived
+    /// from the node seed. `None` when there is no seed (validate-only).
+    pub fn vxlan_mac(&self, v: &VxlanSpec) -> Option<Mac> {
+        v.mac
+            .or_else(|| self.mac_seed.as_deref().map(|s| Mac::derive(s, &v.name)))
+    }
+
+    /// Names of every device whose contents netconverge fully owns.
+    pub fn owned_devices(&self) -> impl Iterator<Item = &str> {
+        self.vxlans.iter().map(|v| v.name.as_str())
+    }
+
+    pub fn vxlan(&self, name: &str) -> Option<&VxlanSpec> {
+        self.vxlans.iter().find(|v| v.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub underlay: String,
+    pub family: Family,
+    /// `None`: the underlay's first global address of `family`.
+    pub local: Option<IpAddr>,
+    /// `None`: derived (see [`Desired::vxlan_mac`]).
+    pub mac: Option<Mac>,
+    /// `None`: underlay MTU − [`Family::vxlan_overhead`].
+    pub mtu: Option<u32>,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+/// Where an object came from, for reasons and error messages
+/// (`peer 198.18.2.0/24`, `route #3`).
+pub type Origin = String;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressSpec {
+    pub dev: String,
+    /// Address with prefix length, e.g. `198.18.1.0/32`.
+    pub cidr: IpNet,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteSpec {
+    /// Network address (host bits zero).
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub dev: Option<String>,
+    pub onlink: bool,
+    pub src: Option<IpAddr>,
+    pub metric: Option<u32>,
+    pub table: u32,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NeighborSpec {
+    pub dev: String,
+    pub ip: IpAddr,
+    pub mac: Mac,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbSpec {
+    pub dev: String,
+    pub mac: Mac,
+    pub dst: IpAddr,
+    pub origin: Origin,
+}
+
+/// One remote node (flannel's lease of another node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerSpec {
+    pub dev: String,
+    pub subnet: IpNet,
+    pub vtep_ip: IpAddr,
+    pub vtep_mac: Mac,
+}
+
+// -------------------------------------------------------------------- NAT --
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatBackendKind {
+    Nftables,
+    Iptables,
+}
+
+/// Cluster network and this node's pod subnet for one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NatFamily {
+    pub cluster: IpNet,
+    pub pod_subnet: IpNet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatSpec {
+    pub backend: NatBackendKind,
+    /// `false`: netconverge keeps no masquerade rules (its own, if any, are removed).
+    pub masquerade: bool,
+    pub ipv4: Option<NatFamily>,
+    pub ipv6: Option<NatFamily>,
+    pub random_fully: bool,
+    /// kube-proxy's masquerade-skip mark: (value, mask).
+    pub mark: (u32, u32),
+    /// nftables table name (in families `ip` and `ip6`).
+    pub nft_table: String,
+    /// iptables chain name in the nat table.
+    pub iptables_chain: String,
+}
+
+// ------------------------------------------------------------------ lease --
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseMode {
+    /// netconverge owns the file's content.
+    Write,
+    /// Someone else (k3s's embedded flannel) writes it; netconverge keeps a
+    /// last-known-good copy and restores it when the file is missing.
+    Preserve,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LeaseFamily {
+    pub network: IpNet,
+    /// The node's pod subnet (network address + prefix).
+    pub subnet: IpNet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseSpec {
+    pub mode: LeaseMode,
+    pub ipv4: Option<LeaseFamily>,
+    pub ipv6: Option<LeaseFamily>,
+    /// `None`: the MTU of the VXLAN device of that family (IPv4 first).
+    pub mtu: Option<u32>,
+    pub ipmasq: bool,
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+// ----------------------------------------------------------------- daemon --
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyPolicy {
+    /// READY=1 only when nothing is blocked.
+    Converged,
+    /// READY=1 once everything not blocked is applied.
+    Applied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NmMode {
+    Auto,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonSpec {
+    pub resync_secs: u64,
+    pub debounce_ms: u64,
+    pub ready: ReadyPolicy,
+    pub networkmanager: NmMode,
+    pub backoff_max_secs: u64,
+}
+
+impl Default for DaemonSpec {
+    fn default() -> Self {
+        DaemonSpec {
+            resync_secs: 60,
+            debounce_ms: 20,
+            ready: ReadyPolicy::Converged,
+            networkmanager: NmMode::Auto,
+            backoff_max_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NexthopMode {
+    /// Use kernel nexthop objects when the kernel supports them.
+    Auto,
+    /// Always use kernel nexthop objects.
+    On,
+    /// Classic routes with a gateway.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineSpec {
+    pub route_protocol: u8,
+    pub nexthops: NexthopMode,
+}
+
+impl Default for EngineSpec {
+    fn default() -> Self {
+        EngineSpec {
+            route_protocol: ROUTE_PROTOCOL,
+            nexthops: NexthopMode::Off,
+        }
+    }
+}
+
+// --------------------------------------------------------------- observed --
+
+/// Attributes the kernel reports for a VXLAN link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VxlanAttrs {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    pub underlay_index: Option<u32>,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkState {
+    pub name: String,
+    pub index: u32,
+    /// `IFLA_INFO_KIND` (`vxlan`, `veth`, `bridge`, …), empty if none.
+    pub kind: String,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressState {
+    pub dev: String,
+    pub cidr: IpNet,
+    /// `true` for global scope.
+    pub global: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteState {
+    pub table: u32,
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub dev: Option<String>,
+    pub onlink: bool,
+    pub src: Option<IpAddr>,
+    pub metric: Option<u32>,
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NeighborState {
+    pub dev: String,
+    pub ip: IpAddr,
+    pub mac: Option<Mac>,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbState {
+    pub dev: String,
+    pub mac: Mac,
+    pub dst: Option<IpAddr>,
+    pub permanent: bool,
+}
+
+/// What the kernel (and the files/rule sets netconverge manages) look like now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Observed {
+    pub links: BTreeMap<String, LinkState>,
+    pub addresses: Vec<AddressState>,
+    pub routes: Vec<RouteState>,
+    pub neighbors: Vec<NeighborState>,
+    pub fdb: Vec<FdbState>,
+    pub nat: crate::nat::NatObserved,
+    pub lease: crate::lease::LeaseObserved,
+}
+
+impl Observed {
+    pub fn link_by_index(&self, index: u32) -> Option<&LinkState> {
+        self.links.values().find(|l| l.index == index)
+    }
+
+    /// First global address of `family` on `dev`, in kernel order.
+    pub fn first_global_addr(&self, dev: &str, family: Family) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .find(|a| a.dev == dev && a.global && Family::of_net(&a.cidr) == family)
+            .map(|a| a.cidr.addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_roundtrip_and_derivation_is_stable_unicast_local() {
+        let m: Mac = "02:42:AC:11:00:02".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:ac:11:00:02");
+        assert!("02:42:ac:11:00".parse::<Mac>().is_err());
+        assert!("02:42:ac:11:00:02:03".parse::<Mac>().is_err());
+        let a = Mac::derive("node-a", "flannel.1");
+        assert_eq!(a, Mac::derive("node-a", "flannel.1"));
+        assert_ne!(a, Mac::derive("node-b", "flannel.1"));
+        assert_ne!(a, Mac::derive("node-a", "flannel-v6.1"));
+        assert!(!a.is_multicast());
+        assert_eq!(a.0[0] & 0x02, 0x02);
+    }
+}
