@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::model::LeaseSpec;
-use crate::plan::Change;
+use crate::plan::Plan;
 
 /// The lease file (and guard-mode backup) as found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -23,11 +23,12 @@ pub enum LeaseError {
     Io(String),
 }
 
-/// Pure: changes that make the file match. `mtu` is the converged MTU of the
-/// VXLAN device of the lease's first family (used when the spec has none).
-pub fn plan(spec: Option<&LeaseSpec>, mtu: Option<u32>, observed: &LeaseObserved) -> Vec<Change> {
-    let _ = (spec, mtu, observed);
-    Vec::new()
+/// Pure: changes that make the file match. `vxlan_mtu` is the MTU the planner
+/// resolved for the VXLAN device of the lease's first family (IPv4 first;
+/// `None` when that device is blocked), used when the spec has no `mtu`.
+pub fn plan(spec: Option<&LeaseSpec>, vxlan_mtu: Option<u32>, observed: &LeaseObserved) -> Plan {
+    let _ = (spec, vxlan_mtu, observed);
+    Plan::default()
 }
 
 pub fn observe(spec: Option<&LeaseSpec>) -> Result<LeaseObserved, LeaseError> {

@@ -175,6 +175,12 @@ impl Plan {
     pub fn in_sync(&self) -> bool {
         self.changes.is_empty() && self.blocked.is_empty()
     }
+
+    /// Append another plan (NAT, lease) after this one.
+    pub fn extend(&mut self, other: Plan) {
+        self.changes.extend(other.changes);
+        self.blocked.extend(other.blocked);
+    }
 }
 
 impl fmt::Display for Plan {

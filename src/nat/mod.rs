@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::model::NatSpec;
-use crate::plan::Change;
+use crate::plan::Plan;
 
 /// What the NAT backend found on the system.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -26,10 +26,10 @@ pub enum NatError {
     Backend(String),
 }
 
-/// Pure: the changes that bring `observed` to `spec`.
-pub fn plan(spec: Option<&NatSpec>, observed: &NatObserved) -> Vec<Change> {
+/// Pure: the changes that bring `observed` to `spec` (and anything blocked).
+pub fn plan(spec: Option<&NatSpec>, observed: &NatObserved) -> Plan {
     let _ = (spec, observed);
-    Vec::new()
+    Plan::default()
 }
 
 /// Read the live rules of the configured backend.
