@@ -1,3 +1,108 @@
-//! One converge pass: observe → plan → apply → verify.
+//! One converge pass: observe → plan → apply → verify (re-observe, re-plan,
+//! expect nothing left), with a bounded number of rounds.
 //!
-//! STUB.
+//! Invariant: the only place that sequences I/O for a pass; the CLI and the
+//! daemon both go through it, so `converge`, `converge --check` and the
+//! daemon can never disagree about what "in sync" means.
+
+use serde::Serialize;
+
+use crate::apply::{self, Failure};
+use crate::model::{Desired, Observed};
+use crate::observe::{self, ObserveError};
+use crate::plan::{self, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Read everything the desired state manages: kernel objects through
+/// netlink, NAT rules and the lease file through their backends (run off the
+/// async thread: they spawn processes and touch files).
+pub async fn observe_all(
+    handle: &rtnetlink::Handle,
+    desired: &Desired,
+) -> Result<Observed, EngineError> {
+    let mut observed = observe::observe(handle, desired).await?;
+    let nat = desired.nat.clone();
+    let lease = desired.lease.clone();
+    let (nat, lease) = tokio::task::spawn_blocking(move || {
+        (
+            crate::nat::observe(nat.as_ref()),
+            crate::lease::observe(lease.as_ref()),
+        )
+    })
+    .await
+    .map_err(|e| EngineError::Task(e.to_string()))?;
+    observed.nat = nat.map_err(ObserveError::from)?;
+    observed.lease = lease.map_err(ObserveError::from)?;
+    Ok(observed)
+}
+
+/// What differs, without changing anything.
+pub async fn check(handle: &rtnetlink::Handle, desired: &Desired) -> Result<Plan, EngineError> {
+    let observed = observe_all(handle, desired).await?;
+    Ok(plan::plan(desired, &observed))
+}
+
+/// Result of [`converge`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// The plan of the first round: what was out of sync.
+    pub initial: Plan,
+    /// Operations that succeeded, over all rounds.
+    pub applied: usize,
+    /// Operations that failed in the last round that had failures.
+    pub failures: Vec<Failure>,
+    /// What still differs after the last round (empty when converged).
+    pub remaining: Plan,
+    pub rounds: u32,
+}
+
+impl Outcome {
+    /// Everything applied and verified, nothing blocked.
+    pub fn converged(&self) -> bool {
+        self.remaining.in_sync()
+    }
+
+    /// Whether any failure was a permission problem (exit code 3).
+    pub fn permission_denied(&self) -> bool {
+        self.failures.iter().any(is_permission_denied)
+    }
+}
+
+/// EPERM/EACCES from the kernel or a backend: not a drift but a missing
+/// capability (run as root or with CAP_NET_ADMIN).
+fn is_permission_denied(f: &Failure) -> bool {
+    let e = f.error.to_ascii_lowercase();
+    e.contains("operation not permitted") || e.contains("permission denied")
+}
+
+/// Apply until the kernel matches: at most `max_rounds` rounds of
+/// observe → plan → apply; the last observation verifies.
+pub async fn converge(
+    handle: &rtnetlink::Handle,
+    desired: &Desired,
+    max_rounds: u32,
+) -> Result<Outcome, EngineError> {
+    let mut out = Outcome::default();
+    let mut observed = observe_all(handle, desired).await?;
+    let mut current = plan::plan(desired, &observed);
+    out.initial = current.clone();
+    while !current.is_empty() && out.rounds < max_rounds.max(1) {
+        out.rounds += 1;
+        let report = apply::apply(handle, &current, &observed).await;
+        out.applied += report.applied;
+        if !report.failures.is_empty() {
+            out.failures = report.failures;
+        }
+        observed = observe_all(handle, desired).await?;
+        current = plan::plan(desired, &observed);
+    }
+    out.remaining = current;
+    Ok(out)
+}

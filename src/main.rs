@@ -1,1 +1,355 @@
-fn main() {}
+//! The `netconverge` command line: parses arguments, loads the config, and
+//! maps outcomes to the documented exit codes. All logic lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use netconverge::config::{self, ConfigError, ConfigErrors};
+use netconverge::engine::{self, Outcome};
+use netconverge::logging::{self, LogFormat};
+use netconverge::model::Desired;
+use netconverge::plan::Plan;
+use serde::Serialize;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("NETCONVERGE_GIT_REV"),
+    ")"
+);
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  in sync / converged
+  1  drift found (--check), or some objects could not be converged or are blocked
+  2  invalid config or usage
+  3  system state could not be read or written (permissions, no netlink)";
+
+/// Keeps a node's VXLAN overlay (devices, addresses, routes, FDB and
+/// neighbour entries, NAT masquerade, flannel's subnet.env) exactly as
+/// declared in one TOML file.
+#[derive(Debug, Parser)]
+#[command(name = "netconverge", version = VERSION, after_help = EXIT_CODES)]
+struct Cli {
+    /// Desired-state file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "NETCONVERGE_CONFIG",
+        default_value = "/etc/netconverge/netconverge.toml"
+    )]
+    config: PathBuf,
+    /// Log format (text is journald-friendly when JOURNAL_STREAM is set).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ShowFormat {
+    Toml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the config file only; touches nothing, needs no root or kernel.
+    #[command(after_help = "Example:\n  netconverge -c /etc/netconverge/netconverge.toml validate")]
+    Validate,
+    /// Make the kernel match the file, then verify (or, with --check, only show the diff).
+    #[command(
+        after_help = "Examples:\n  netconverge converge\n  netconverge converge --check\n  netconverge converge --check --format json\n\nDiff lines: `+` add, `-` remove, `~` change, `!` blocked; each with its reason."
+    )]
+    Converge {
+        /// Change nothing; print what differs and exit 1 if anything does.
+        #[arg(long)]
+        check: bool,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
+    },
+    /// Print the live state of everything the file manages.
+    #[command(
+        after_help = "Examples:\n  netconverge show\n  netconverge show --format json | jq '.route | length'"
+    )]
+    Show {
+        #[arg(long, value_enum, default_value_t = ShowFormat::Toml)]
+        format: ShowFormat,
+    },
+    /// Run as a daemon: converge, then keep converging on every change (systemd Type=notify).
+    #[command(
+        after_help = "Signals: SIGHUP reloads the file, SIGTERM/SIGINT stop (state is left in place)."
+    )]
+    Run,
+    /// Remove everything netconverge owns: its VXLAN devices (with all on them),
+    /// routes carrying its protocol marker, and its NAT tables/chains. Nothing else.
+    #[command(
+        after_help = "Example:\n  netconverge cleanup --check   # show what would be removed"
+    )]
+    Cleanup {
+        /// Only print what would be removed.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print shell completions.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+mod code {
+    pub const OK: u8 = 0;
+    pub const DRIFT: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const SYSTEM: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "netconverge",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(code::SYSTEM, &format!("cannot write man page: {e}")),
+            };
+        }
+        _ => {}
+    }
+    logging::init(cli.log_format, cli.verbose);
+    let desired = match load(&cli.config) {
+        Ok(d) => d,
+        Err(errors) => {
+            eprint!("{errors}");
+            eprintln!(
+                "{}: {} error{}; nothing was applied",
+                cli.config.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::from(code::CONFIG);
+        }
+    };
+    if let Command::Validate = cli.command {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(code::SYSTEM, &format!("cannot start runtime: {e}")),
+    };
+    runtime.block_on(async_main(cli, desired))
+}
+
+/// Load and validate the file, then give derived MACs their seed.
+fn load(path: &Path) -> Result<Desired, ConfigErrors> {
+    let mut desired = config::load(path)?;
+    if desired.mac_seed.is_none() {
+        desired.mac_seed = machine_id();
+    }
+    let needs_seed = desired.vxlans.iter().any(|v| v.mac.is_none());
+    if needs_seed && desired.mac_seed.is_none() {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            message: "no stable MAC seed: `node_name` is not set and /etc/machine-id is unreadable".into(),
+            help: Some("set `node_name = \"<this node>\"` at the top of the file, or set `mac` on each [[vxlan]]".into()),
+        }]));
+    }
+    Ok(desired)
+}
+
+fn machine_id() -> Option<String> {
+    let path = std::env::var_os("NETCONVERGE_MACHINE_ID_FILE")
+        .map_or_else(|| PathBuf::from("/etc/machine-id"), PathBuf::from);
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("netconverge: {msg}");
+    ExitCode::from(code)
+}
+
+fn netlink() -> Result<rtnetlink::Handle, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("cannot open netlink socket: {e}"))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
+    let handle = match netlink() {
+        Ok(h) => h,
+        Err(e) => return fail(code::SYSTEM, &e),
+    };
+    match cli.command {
+        Command::Converge {
+            check: true,
+            format,
+        } => match engine::check(&handle, &desired).await {
+            Ok(plan) => {
+                print_plan(&plan, format);
+                ExitCode::from(if plan.in_sync() {
+                    code::OK
+                } else {
+                    code::DRIFT
+                })
+            }
+            Err(e) => fail(code::SYSTEM, &e.to_string()),
+        },
+        Command::Converge {
+            check: false,
+            format,
+        } => match engine::converge(&handle, &desired, 3).await {
+            Ok(outcome) => {
+                print_outcome(&outcome, format);
+                ExitCode::from(if outcome.converged() {
+                    code::OK
+                } else if outcome.permission_denied() {
+                    code::SYSTEM
+                } else {
+                    code::DRIFT
+                })
+            }
+            Err(e) => fail(code::SYSTEM, &e.to_string()),
+        },
+        Command::Show { format } => match engine::observe_all(&handle, &desired).await {
+            Ok(observed) => {
+                let doc = netconverge::show::show(&desired, &observed);
+                let text = match format {
+                    ShowFormat::Json => {
+                        serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
+                    }
+                    ShowFormat::Toml => netconverge::show::to_toml(&doc).map_err(|e| e.to_string()),
+                };
+                match text {
+                    Ok(t) => {
+                        println!("{}", t.trim_end());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(code::SYSTEM, &format!("cannot render state: {e}")),
+                }
+            }
+            Err(e) => fail(code::SYSTEM, &e.to_string()),
+        },
+        Command::Cleanup { check } => cleanup(&handle, &desired, check).await,
+        Command::Run => fail(code::CONFIG, "`run` is not available in this build"),
+        Command::Validate | Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
+    }
+}
+
+async fn cleanup(handle: &rtnetlink::Handle, desired: &Desired, check: bool) -> ExitCode {
+    let observed = match engine::observe_all(handle, desired).await {
+        Ok(o) => o,
+        Err(e) => return fail(code::SYSTEM, &e.to_string()),
+    };
+    let plan = netconverge::plan::cleanup_plan(desired, &observed);
+    print!("{plan}");
+    if check {
+        return ExitCode::SUCCESS;
+    }
+    let report = netconverge::apply::apply(handle, &plan, &observed).await;
+    let mut failed = report.failures.len();
+    for f in &report.failures {
+        eprintln!("failed: {}: {}", f.object, f.error);
+    }
+    if let Some(nat) = desired.nat.as_ref() {
+        match netconverge::nat::cleanup(nat) {
+            Ok(removed) => removed.iter().for_each(|r| println!("- {r}: cleanup")),
+            Err(e) => {
+                failed += 1;
+                eprintln!("failed: nat cleanup: {e}");
+            }
+        }
+    }
+    ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    in_sync: bool,
+    changes: &'a [netconverge::plan::Change],
+    blocked: &'a [netconverge::plan::Blocked],
+}
+
+fn print_plan(plan: &Plan, format: DiffFormat) {
+    match format {
+        DiffFormat::Text => {
+            print!("{plan}");
+            println!("{}", summary(plan));
+        }
+        DiffFormat::Json => {
+            let j = PlanJson {
+                in_sync: plan.in_sync(),
+                changes: &plan.changes,
+                blocked: &plan.blocked,
+            };
+            println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        }
+    }
+}
+
+fn summary(plan: &Plan) -> String {
+    use netconverge::plan::ChangeKind;
+    if plan.in_sync() {
+        return "in sync".to_string();
+    }
+    let count = |k: ChangeKind| plan.changes.iter().filter(|c| c.kind == k).count();
+    format!(
+        "{} to add, {} to change, {} to remove, {} blocked",
+        count(ChangeKind::Add),
+        count(ChangeKind::Modify),
+        count(ChangeKind::Remove),
+        plan.blocked.len()
+    )
+}
+
+fn print_outcome(outcome: &Outcome, format: DiffFormat) {
+    match format {
+        DiffFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(outcome).unwrap_or_default()
+        ),
+        DiffFormat::Text => {
+            print!("{}", outcome.initial);
+            for f in &outcome.failures {
+                println!("failed: {}: {}", f.object, f.error);
+            }
+            if outcome.converged() {
+                println!("converged: {} change(s) applied", outcome.applied);
+            } else {
+                print!("{}", outcome.remaining);
+                println!("not converged: {}", summary(&outcome.remaining));
+            }
+        }
+    }
+}

@@ -22,7 +22,10 @@ pub enum ObserveError {
     Lease(#[from] crate::lease::LeaseError),
 }
 
-pub async fn observe(handle: &rtnetlink::Handle, desired: &Desired) -> Result<Observed, ObserveError> {
+pub async fn observe(
+    handle: &rtnetlink::Handle,
+    desired: &Desired,
+) -> Result<Observed, ObserveError> {
     let _ = (handle, desired);
     Ok(Observed::default())
 }

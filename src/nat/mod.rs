@@ -42,3 +42,9 @@ pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
 pub fn apply(op: &NatOp) -> Result<(), NatError> {
     match *op {}
 }
+
+/// Remove everything netconverge owns for NAT; returns what was removed.
+pub fn cleanup(spec: &NatSpec) -> Result<Vec<String>, NatError> {
+    let _ = spec;
+    Ok(Vec::new())
+}

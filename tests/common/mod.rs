@@ -4,7 +4,13 @@
 //!
 //! Every test that needs root calls [`require_root`] first: without root it
 //! fails loudly (never passes silently).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -47,7 +53,10 @@ impl Netns {
     pub fn exec_output(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
         full.extend_from_slice(args);
-        Command::new(full[0]).args(&full[1..]).output().expect("spawn ip netns exec")
+        Command::new(full[0])
+            .args(&full[1..])
+            .output()
+            .expect("spawn ip netns exec")
     }
 
     /// Run a command inside the namespace; panics with its stderr unless it succeeds.
@@ -93,8 +102,16 @@ impl Netns {
     pub fn bridge_json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["-n", self.name.as_str(), "-j"];
         full.extend_from_slice(args);
-        let out = Command::new("bridge").args(&full).output().expect("spawn bridge");
-        assert!(out.status.success(), "bridge {}: {}", full.join(" "), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bridge")
+            .args(&full)
+            .output()
+            .expect("spawn bridge");
+        assert!(
+            out.status.success(),
+            "bridge {}: {}",
+            full.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let s = String::from_utf8_lossy(&out.stdout);
         if s.trim().is_empty() {
             return serde_json::Value::Array(vec![]);
@@ -127,13 +144,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Run a host command, must succeed.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "`{}` failed: {}",
@@ -145,7 +167,9 @@ pub fn sh(args: &[&str]) -> String {
 
 /// Exit code of a finished process, with its output in the panic message if killed.
 pub fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| panic!("killed by signal: {out:?}"))
+    out.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by signal: {out:?}"))
 }
 
 pub fn stdout(out: &Output) -> String {

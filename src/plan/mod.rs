@@ -109,9 +109,10 @@ pub enum Stage {
 impl Op {
     pub fn stage(&self) -> Stage {
         match self {
-            Op::DelRoute(_) | Op::DelNeighbor { .. } | Op::DelFdb { .. } | Op::DelAddress { .. } => {
-                Stage::RemoveStale
-            }
+            Op::DelRoute(_)
+            | Op::DelNeighbor { .. }
+            | Op::DelFdb { .. }
+            | Op::DelAddress { .. } => Stage::RemoveStale,
             Op::DeleteLink { .. } => Stage::DeleteLinks,
             Op::CreateVxlan(_) => Stage::CreateLinks,
             Op::SetLink { .. } => Stage::SetLinks,
@@ -195,8 +196,31 @@ impl fmt::Display for Plan {
     }
 }
 
-/// Compute the ordered plan. Pure.
+mod kernel;
+#[cfg(test)]
+mod tests;
+
+/// Compute the ordered plan for everything in `desired`. Pure and
+/// deterministic: kernel objects first (in [`Stage`] order), then NAT, then
+/// the lease file.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
-    let _ = (desired, observed);
-    Plan::default()
+    let kernel = kernel::plan_kernel(desired, observed);
+    let lease_mtu = kernel.lease_mtu(desired);
+    let mut out = kernel.plan;
+    out.extend(crate::nat::plan(desired.nat.as_ref(), &observed.nat));
+    out.extend(crate::lease::plan(
+        desired.lease.as_ref(),
+        lease_mtu,
+        &observed.lease,
+    ));
+    out
+}
+
+/// Removal of everything netconverge owns in the kernel (for `cleanup`):
+/// declared VXLAN devices that exist as VXLAN (the kernel drops their
+/// addresses, neighbours, FDB entries and routes with them) and routes
+/// elsewhere that carry netconverge's protocol marker. NAT is removed by the
+/// NAT backend; the lease file is left for the pods that still read it.
+pub fn cleanup_plan(desired: &Desired, observed: &Observed) -> Plan {
+    kernel::cleanup(desired, observed)
 }

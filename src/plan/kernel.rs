@@ -1,0 +1,719 @@
+//! Planning of kernel objects: VXLAN devices, addresses, neighbours, FDB
+//! entries and routes.
+//!
+//! Invariant: removals are only ever planned for objects netconverge owns —
+//! anything on a declared VXLAN device (except what the kernel itself
+//! maintains: non-global addresses, kernel/RA routes, non-permanent
+//! neighbours) and routes carrying netconverge's protocol marker. Every
+//! lookup is through an index built once, so a plan is O(n log n).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{Blocked, Change, ChangeKind, Op, Plan, RouteOp, VxlanCreate};
+use crate::model::{
+    Desired, Family, LinkState, MAIN_TABLE, Mac, Observed, RouteSpec, RouteState, VxlanSpec,
+};
+
+/// Kernel route protocols netconverge never removes on owned devices:
+/// `kernel` (2, connected routes) and `ra` (9, router advertisements).
+const RTPROT_KERNEL: u8 = 2;
+const RTPROT_RA: u8 = 9;
+/// Minimum MTU of an IPv4 link.
+const MIN_MTU: u32 = 68;
+
+pub(super) struct KernelPlan {
+    pub plan: Plan,
+    /// MTU each VXLAN device has (or will have) once converged; absent when blocked.
+    pub mtus: BTreeMap<String, u32>,
+}
+
+impl KernelPlan {
+    /// MTU for the lease file: the VXLAN device of the lease's first family
+    /// (IPv4 first), as converged.
+    pub fn lease_mtu(&self, desired: &Desired) -> Option<u32> {
+        let lease = desired.lease.as_ref()?;
+        let family = if lease.ipv4.is_some() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        };
+        // The device carrying that family's pods: the first VXLAN with an
+        // address of that family, else the first VXLAN of that underlay family.
+        let by_addr = desired.vxlans.iter().find(|v| {
+            desired
+                .addresses
+                .iter()
+                .any(|a| a.dev == v.name && Family::of_net(&a.cidr) == family)
+        });
+        let dev = by_addr.or_else(|| desired.vxlans.iter().find(|v| v.family == family))?;
+        self.mtus.get(&dev.name).copied()
+    }
+}
+
+/// State of a declared device during planning.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DevState {
+    /// Exists and is kept: diff its contents against the kernel.
+    Present,
+    /// Will be created (or recreated): everything on it is added.
+    Fresh,
+    /// Cannot be converged now.
+    Blocked,
+}
+
+/// Default metric the kernel gives a route without RTA_PRIORITY.
+fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
+    match (metric, dst) {
+        (Some(m), _) => m,
+        (None, IpNet::V4(_)) => 0,
+        (None, IpNet::V6(_)) => 1024,
+    }
+}
+
+type RouteKey = (u32, IpNet, u32);
+
+fn route_key_spec(r: &RouteSpec) -> RouteKey {
+    (r.table, r.dst, effective_metric(&r.dst, r.metric))
+}
+
+fn route_key_state(r: &RouteState) -> RouteKey {
+    (r.table, r.dst, effective_metric(&r.dst, r.metric))
+}
+
+fn describe_route(
+    dst: &IpNet,
+    via: Option<IpAddr>,
+    dev: Option<&str>,
+    onlink: bool,
+    table: u32,
+    metric: Option<u32>,
+) -> String {
+    let mut s = format!("route {dst}");
+    if let Some(v) = via {
+        let _ = write!(s, " via {v}");
+    }
+    if let Some(d) = dev {
+        let _ = write!(s, " dev {d}");
+    }
+    if onlink {
+        s.push_str(" onlink");
+    }
+    if table != MAIN_TABLE {
+        let _ = write!(s, " table {table}");
+    }
+    if let Some(m) = metric {
+        let _ = write!(s, " metric {m}");
+    }
+    s
+}
+
+fn route_op_from_spec(r: &RouteSpec, protocol: u8) -> RouteOp {
+    RouteOp {
+        table: r.table,
+        dst: r.dst,
+        via: r.via,
+        dev: r.dev.clone(),
+        onlink: r.onlink,
+        src: r.src,
+        metric: r.metric,
+        protocol,
+    }
+}
+
+fn route_op_from_state(r: &RouteState) -> RouteOp {
+    RouteOp {
+        table: r.table,
+        dst: r.dst,
+        via: r.via,
+        dev: r.dev.clone(),
+        onlink: r.onlink,
+        src: r.src,
+        metric: r.metric,
+        protocol: r.protocol,
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+struct Planner<'a> {
+    desired: &'a Desired,
+    observed: &'a Observed,
+    changes: Vec<Change>,
+    blocked: Vec<Blocked>,
+    devs: BTreeMap<&'a str, DevState>,
+    mtus: BTreeMap<String, u32>,
+    /// Dependents skipped per blocked device, for one summary line each.
+    skipped: BTreeMap<&'a str, BTreeMap<&'static str, usize>>,
+}
+
+impl<'a> Planner<'a> {
+    fn change(&mut self, kind: ChangeKind, object: String, reason: String, op: Op) {
+        self.changes.push(Change {
+            kind,
+            object,
+            reason,
+            op,
+        });
+    }
+
+    /// State of a device some object lives on. Devices that are not declared
+    /// VXLANs (underlays, other existing links) are present if the kernel has them.
+    fn dev_state(&self, dev: &str) -> DevState {
+        match self.devs.get(dev) {
+            Some(s) => *s,
+            None if self.observed.links.contains_key(dev) => DevState::Present,
+            None => DevState::Blocked,
+        }
+    }
+
+    /// Record a dependent object that cannot be planned because its device is
+    /// blocked or absent. Returns `true` if the object must be skipped.
+    fn skip_if_blocked(&mut self, dev: &'a str, kind: &'static str) -> bool {
+        if self.dev_state(dev) != DevState::Blocked {
+            return false;
+        }
+        *self
+            .skipped
+            .entry(dev)
+            .or_default()
+            .entry(kind)
+            .or_insert(0) += 1;
+        true
+    }
+
+    fn vxlans(&mut self) {
+        let desired = self.desired;
+        for v in &desired.vxlans {
+            let state = self.vxlan(v);
+            self.devs.insert(v.name.as_str(), state);
+        }
+    }
+
+    fn vxlan(&mut self, v: &'a VxlanSpec) -> DevState {
+        let object = format!("vxlan {}", v.name);
+        let Some(under) = self.observed.links.get(&v.underlay) else {
+            self.blocked.push(Blocked {
+                object,
+                reason: format!("underlay {} absent", v.underlay),
+            });
+            return DevState::Blocked;
+        };
+        let Some(local) = v
+            .local
+            .or_else(|| self.observed.first_global_addr(&v.underlay, v.family))
+        else {
+            self.blocked.push(Blocked {
+                object,
+                reason: format!(
+                    "underlay {} has no global {} address{}",
+                    v.underlay,
+                    v.family,
+                    if v.family == Family::Ipv6 {
+                        " (IPv4-only host?)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+            return DevState::Blocked;
+        };
+        let mtu = match v.mtu {
+            Some(m) => m,
+            None => {
+                let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
+                if m < MIN_MTU {
+                    self.blocked.push(Blocked {
+                        object,
+                        reason: format!(
+                            "underlay {} MTU {} leaves no room for VXLAN overhead",
+                            v.underlay, under.mtu
+                        ),
+                    });
+                    return DevState::Blocked;
+                }
+                m
+            }
+        };
+        self.mtus.insert(v.name.clone(), mtu);
+        let mac = self.desired.vxlan_mac(v);
+        let create = Op::CreateVxlan(VxlanCreate {
+            name: v.name.clone(),
+            vni: v.vni,
+            port: v.port,
+            underlay: v.underlay.clone(),
+            family: v.family,
+            local,
+            mac,
+            mtu,
+            learning: v.learning,
+            gbp: v.gbp,
+        });
+        let Some(cur) = self.observed.links.get(&v.name) else {
+            let mut reason = format!(
+                "missing (vni {}, port {}, underlay {}, local {local}",
+                v.vni, v.port, v.underlay
+            );
+            if let Some(m) = mac {
+                let _ = write!(reason, ", mac {m}");
+            }
+            let _ = write!(reason, ", mtu {mtu})");
+            self.change(ChangeKind::Add, object, reason, create);
+            return DevState::Fresh;
+        };
+        let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
+            self.blocked.push(Blocked {
+                object,
+                reason: format!(
+                    "a {} device named {} exists; netconverge never removes devices it does not own — rename or delete it",
+                    if cur.kind.is_empty() { "non-VXLAN" } else { cur.kind.as_str() },
+                    v.name
+                ),
+            });
+            return DevState::Blocked;
+        };
+        // Attributes the kernel refuses to change in place.
+        let mut immutable = Vec::new();
+        if attrs.vni != v.vni {
+            immutable.push(format!("vni {} → {}", attrs.vni, v.vni));
+        }
+        if attrs.port != v.port {
+            immutable.push(format!("port {} → {}", attrs.port, v.port));
+        }
+        if attrs.local != Some(local) {
+            immutable.push(format!("local {} → {local}", opt(attrs.local)));
+        }
+        if attrs.underlay_index != Some(under.index) {
+            let was = attrs
+                .underlay_index
+                .and_then(|i| self.observed.link_by_index(i))
+                .map_or_else(
+                    || opt(attrs.underlay_index.map(|i| format!("ifindex {i}"))),
+                    |l| format!("{} (ifindex {})", l.name, l.index),
+                );
+            immutable.push(format!(
+                "underlay {was} → {} (ifindex {})",
+                v.underlay, under.index
+            ));
+        }
+        if attrs.gbp != v.gbp {
+            immutable.push(format!("gbp {} → {}", on_off(attrs.gbp), on_off(v.gbp)));
+        }
+        if attrs.learning != v.learning {
+            immutable.push(format!(
+                "learning {} → {}",
+                on_off(attrs.learning),
+                on_off(v.learning)
+            ));
+        }
+        if !immutable.is_empty() {
+            let why = immutable.join(", ");
+            self.change(
+                ChangeKind::Remove,
+                object.clone(),
+                format!("{why}: immutable, recreating"),
+                Op::DeleteLink {
+                    name: v.name.clone(),
+                },
+            );
+            self.change(ChangeKind::Add, object, format!("recreate ({why})"), create);
+            return DevState::Fresh;
+        }
+        self.mutable(v, cur, mtu, mac);
+        DevState::Present
+    }
+
+    fn mutable(&mut self, v: &VxlanSpec, cur: &LinkState, mtu: u32, mac: Option<Mac>) {
+        let mut reasons = Vec::new();
+        let set_mtu = (cur.mtu != mtu).then(|| {
+            reasons.push(format!("mtu {} → {mtu}", cur.mtu));
+            mtu
+        });
+        let set_mac = mac.filter(|m| cur.mac != Some(*m)).inspect(|m| {
+            reasons.push(format!("mac {} → {m}", opt(cur.mac)));
+        });
+        let set_up = (!cur.up).then(|| {
+            reasons.push("down → up".to_string());
+            true
+        });
+        if !reasons.is_empty() {
+            self.change(
+                ChangeKind::Modify,
+                format!("vxlan {}", v.name),
+                reasons.join(", "),
+                Op::SetLink {
+                    name: v.name.clone(),
+                    mtu: set_mtu,
+                    mac: set_mac,
+                    up: set_up,
+                },
+            );
+        }
+    }
+
+    fn is_owned(&self, dev: &str) -> bool {
+        self.devs.get(dev) == Some(&DevState::Present)
+    }
+
+    fn addresses(&mut self) {
+        let (desired, observed) = (self.desired, self.observed);
+        let have: BTreeSet<(&str, IpNet)> = self
+            .observed
+            .addresses
+            .iter()
+            .map(|a| (a.dev.as_str(), a.cidr))
+            .collect();
+        let mut want: BTreeSet<(&str, IpNet)> = BTreeSet::new();
+        for a in &desired.addresses {
+            want.insert((a.dev.as_str(), a.cidr));
+            if self.skip_if_blocked(&a.dev, "address") {
+                continue;
+            }
+            let fresh = self.dev_state(&a.dev) == DevState::Fresh;
+            if fresh || !have.contains(&(a.dev.as_str(), a.cidr)) {
+                self.change(
+                    ChangeKind::Add,
+                    format!("address {} dev {}", a.cidr, a.dev),
+                    format!("missing ({})", a.origin),
+                    Op::AddAddress {
+                        dev: a.dev.clone(),
+                        cidr: a.cidr,
+                    },
+                );
+            }
+        }
+        let mut stale: Vec<Change> = Vec::new();
+        for a in &observed.addresses {
+            if a.global && self.is_owned(&a.dev) && !want.contains(&(a.dev.as_str(), a.cidr)) {
+                stale.push(Change {
+                    kind: ChangeKind::Remove,
+                    object: format!("address {} dev {}", a.cidr, a.dev),
+                    reason: format!("not declared (owned device {})", a.dev),
+                    op: Op::DelAddress {
+                        dev: a.dev.clone(),
+                        cidr: a.cidr,
+                    },
+                });
+            }
+        }
+        self.push_sorted(stale);
+    }
+
+    fn neighbors(&mut self) {
+        let (desired, observed) = (self.desired, self.observed);
+        let have: HashMap<(&str, IpAddr), &crate::model::NeighborState> = self
+            .observed
+            .neighbors
+            .iter()
+            .map(|n| ((n.dev.as_str(), n.ip), n))
+            .collect();
+        let mut want: BTreeSet<(&str, IpAddr)> = BTreeSet::new();
+        for n in &desired.neighbors {
+            want.insert((n.dev.as_str(), n.ip));
+            if self.skip_if_blocked(&n.dev, "neighbor") {
+                continue;
+            }
+            let object = format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, n.mac);
+            let op = Op::SetNeighbor {
+                dev: n.dev.clone(),
+                ip: n.ip,
+                mac: n.mac,
+            };
+            let cur = match self.dev_state(&n.dev) {
+                DevState::Fresh => None,
+                _ => have.get(&(n.dev.as_str(), n.ip)),
+            };
+            match cur {
+                None => self.change(
+                    ChangeKind::Add,
+                    object,
+                    format!("missing ({})", n.origin),
+                    op,
+                ),
+                Some(c) if c.mac != Some(n.mac) => {
+                    let reason = format!("lladdr {} → {}", opt(c.mac), n.mac);
+                    self.change(ChangeKind::Modify, object, reason, op);
+                }
+                Some(c) if !c.permanent => {
+                    self.change(ChangeKind::Modify, object, "not permanent".to_string(), op)
+                }
+                Some(_) => {}
+            }
+        }
+        let mut stale = Vec::new();
+        for n in &observed.neighbors {
+            if n.permanent && self.is_owned(&n.dev) && !want.contains(&(n.dev.as_str(), n.ip)) {
+                stale.push(Change {
+                    kind: ChangeKind::Remove,
+                    object: format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, opt(n.mac)),
+                    reason: format!("not declared (owned device {})", n.dev),
+                    op: Op::DelNeighbor {
+                        dev: n.dev.clone(),
+                        ip: n.ip,
+                    },
+                });
+            }
+        }
+        self.push_sorted(stale);
+    }
+
+    fn fdb(&mut self) {
+        let (desired, observed) = (self.desired, self.observed);
+        let have: BTreeSet<(&str, Mac, Option<IpAddr>)> = self
+            .observed
+            .fdb
+            .iter()
+            .map(|f| (f.dev.as_str(), f.mac, f.dst))
+            .collect();
+        let mut want: BTreeSet<(&str, Mac, Option<IpAddr>)> = BTreeSet::new();
+        for f in &desired.fdb {
+            want.insert((f.dev.as_str(), f.mac, Some(f.dst)));
+            if self.skip_if_blocked(&f.dev, "fdb entry") {
+                continue;
+            }
+            let fresh = self.dev_state(&f.dev) == DevState::Fresh;
+            if fresh || !have.contains(&(f.dev.as_str(), f.mac, Some(f.dst))) {
+                self.change(
+                    ChangeKind::Add,
+                    format!("fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
+                    format!("missing ({})", f.origin),
+                    Op::AddFdb {
+                        dev: f.dev.clone(),
+                        mac: f.mac,
+                        dst: f.dst,
+                    },
+                );
+            }
+        }
+        let mut stale = Vec::new();
+        for f in &observed.fdb {
+            if f.permanent
+                && self.is_owned(&f.dev)
+                && !want.contains(&(f.dev.as_str(), f.mac, f.dst))
+            {
+                stale.push(Change {
+                    kind: ChangeKind::Remove,
+                    object: format!("fdb {} dev {} dst {}", f.mac, f.dev, opt(f.dst)),
+                    reason: format!("not declared (owned device {})", f.dev),
+                    op: Op::DelFdb {
+                        dev: f.dev.clone(),
+                        mac: f.mac,
+                        dst: f.dst,
+                    },
+                });
+            }
+        }
+        self.push_sorted(stale);
+    }
+
+    fn routes(&mut self) {
+        let (desired, observed) = (self.desired, self.observed);
+        let proto = desired.engine.route_protocol;
+        let have: HashMap<RouteKey, &RouteState> = self
+            .observed
+            .routes
+            .iter()
+            .map(|r| (route_key_state(r), r))
+            .collect();
+        let mut want: BTreeSet<RouteKey> = BTreeSet::new();
+        for r in &desired.routes {
+            want.insert(route_key_spec(r));
+            if let Some(dev) = r.dev.as_deref()
+                && self.skip_if_blocked(dev, "route")
+            {
+                continue;
+            }
+            let object =
+                describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
+            let op = Op::SetRoute(route_op_from_spec(r, proto));
+            let fresh = r
+                .dev
+                .as_deref()
+                .is_some_and(|d| self.dev_state(d) == DevState::Fresh);
+            let cur = if fresh {
+                None
+            } else {
+                have.get(&route_key_spec(r))
+            };
+            let Some(c) = cur else {
+                self.change(
+                    ChangeKind::Add,
+                    object,
+                    format!("missing ({})", r.origin),
+                    op,
+                );
+                continue;
+            };
+            let mut diffs = Vec::new();
+            if c.via != r.via {
+                diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
+            }
+            // A route without `dev` lets the kernel pick the device; only a
+            // declared device is compared.
+            if r.dev.is_some() && c.dev != r.dev {
+                diffs.push(format!(
+                    "dev {} → {}",
+                    opt(c.dev.as_deref()),
+                    opt(r.dev.as_deref())
+                ));
+            }
+            if c.onlink != r.onlink {
+                diffs.push(format!(
+                    "onlink {} → {}",
+                    on_off(c.onlink),
+                    on_off(r.onlink)
+                ));
+            }
+            if c.src != r.src {
+                diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
+            }
+            if c.protocol != proto {
+                diffs.push(format!("proto {} → {proto}", c.protocol));
+            }
+            if !diffs.is_empty() {
+                self.change(ChangeKind::Modify, object, diffs.join(", "), op);
+            }
+        }
+        let mut stale = Vec::new();
+        for r in &observed.routes {
+            if want.contains(&route_key_state(r)) {
+                continue;
+            }
+            let on_owned = r.dev.as_deref().is_some_and(|d| self.is_owned(d))
+                && r.protocol != RTPROT_KERNEL
+                && r.protocol != RTPROT_RA;
+            let marked = r.protocol == proto;
+            if !(on_owned || marked) {
+                continue;
+            }
+            let reason = if marked {
+                format!("not declared (route protocol {proto})")
+            } else {
+                format!(
+                    "not declared (owned device {})",
+                    r.dev.as_deref().unwrap_or("?")
+                )
+            };
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: describe_route(
+                    &r.dst,
+                    r.via,
+                    r.dev.as_deref(),
+                    r.onlink,
+                    r.table,
+                    r.metric,
+                ),
+                reason,
+                op: Op::DelRoute(route_op_from_state(r)),
+            });
+        }
+        self.push_sorted(stale);
+    }
+
+    /// Removals come from kernel dumps whose order is not ours to promise;
+    /// sort them so the plan is deterministic.
+    fn push_sorted(&mut self, mut stale: Vec<Change>) {
+        stale.sort_by(|a, b| a.object.cmp(&b.object));
+        self.changes.extend(stale);
+    }
+
+    fn summarize_skipped(&mut self) {
+        for (dev, kinds) in std::mem::take(&mut self.skipped) {
+            let what: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| {
+                    if *n == 1 {
+                        format!("1 {k}")
+                    } else if k.ends_with('y') {
+                        format!("{n} {}ies", k.trim_end_matches('y'))
+                    } else {
+                        format!("{n} {k}s")
+                    }
+                })
+                .collect();
+            let reason = if self.desired.vxlan(dev).is_some() {
+                format!("waiting for vxlan {dev}")
+            } else {
+                format!("device {dev} absent")
+            };
+            self.blocked.push(Blocked {
+                object: format!("{} on {dev}", what.join(", ")),
+                reason,
+            });
+        }
+    }
+}
+
+pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan {
+    let mut p = Planner {
+        desired,
+        observed,
+        changes: Vec::new(),
+        blocked: Vec::new(),
+        devs: BTreeMap::new(),
+        mtus: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+    };
+    p.vxlans();
+    p.addresses();
+    p.neighbors();
+    p.fdb();
+    p.routes();
+    p.summarize_skipped();
+    // Stable sort: stage order, and within a stage the order above
+    // (declaration order for additions, sorted for removals).
+    p.changes.sort_by_key(|c| c.op.stage());
+    KernelPlan {
+        plan: Plan {
+            changes: p.changes,
+            blocked: p.blocked,
+        },
+        mtus: p.mtus,
+    }
+}
+
+pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
+    let mut plan = Plan::default();
+    let proto = desired.engine.route_protocol;
+    let mut removed: BTreeSet<&str> = BTreeSet::new();
+    for v in &desired.vxlans {
+        if let Some(l) = observed.links.get(&v.name)
+            && l.kind == "vxlan"
+        {
+            removed.insert(v.name.as_str());
+            plan.changes.push(Change {
+                kind: ChangeKind::Remove,
+                object: format!("vxlan {}", v.name),
+                reason: "cleanup (owned device, with everything on it)".to_string(),
+                op: Op::DeleteLink {
+                    name: v.name.clone(),
+                },
+            });
+        }
+    }
+    let mut routes: Vec<Change> = observed
+        .routes
+        .iter()
+        .filter(|r| r.protocol == proto && !r.dev.as_deref().is_some_and(|d| removed.contains(d)))
+        .map(|r| Change {
+            kind: ChangeKind::Remove,
+            object: describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+            reason: format!("cleanup (route protocol {proto})"),
+            op: Op::DelRoute(route_op_from_state(r)),
+        })
+        .collect();
+    routes.sort_by(|a, b| a.object.cmp(&b.object));
+    plan.changes.extend(routes);
+    plan.changes.sort_by_key(|c| c.op.stage());
+    plan
+}

@@ -1,0 +1,522 @@
+//! Planner snapshots from hand-written desired/observed states (no root).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::*;
+use crate::model::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+fn mac(s: &str) -> Mac {
+    s.parse().unwrap()
+}
+
+fn vxlan(name: &str, family: Family) -> VxlanSpec {
+    VxlanSpec {
+        name: name.into(),
+        vni: 1,
+        port: 8472,
+        underlay: "eth0".into(),
+        family,
+        local: None,
+        mac: None,
+        mtu: None,
+        learning: false,
+        gbp: false,
+    }
+}
+
+/// flannel's three objects for one peer.
+fn add_peer(d: &mut Desired, dev: &str, subnet: &str, vtep_ip: &str, vtep_mac: &str) {
+    let subnet = net(subnet);
+    let origin = format!("peer {subnet}");
+    d.peers.push(PeerSpec {
+        dev: dev.into(),
+        subnet,
+        vtep_ip: ip(vtep_ip),
+        vtep_mac: mac(vtep_mac),
+    });
+    d.neighbors.push(NeighborSpec {
+        dev: dev.into(),
+        ip: subnet.network(),
+        mac: mac(vtep_mac),
+        origin: origin.clone(),
+    });
+    d.fdb.push(FdbSpec {
+        dev: dev.into(),
+        mac: mac(vtep_mac),
+        dst: ip(vtep_ip),
+        origin: origin.clone(),
+    });
+    d.routes.push(RouteSpec {
+        dst: subnet,
+        via: Some(subnet.network()),
+        dev: Some(dev.into()),
+        onlink: true,
+        src: None,
+        metric: None,
+        table: MAIN_TABLE,
+        origin,
+    });
+}
+
+/// A k3s-style IPv4 node with two peers.
+fn ipv4_node() -> Desired {
+    let mut d = Desired {
+        mac_seed: Some("node-a".into()),
+        vxlans: vec![vxlan("flannel.1", Family::Ipv4)],
+        addresses: vec![AddressSpec {
+            dev: "flannel.1".into(),
+            cidr: net("198.18.1.0/32"),
+            origin: "address #1".into(),
+        }],
+        ..Desired::default()
+    };
+    add_peer(
+        &mut d,
+        "flannel.1",
+        "198.18.2.0/24",
+        "192.0.2.2",
+        "02:00:00:00:00:02",
+    );
+    add_peer(
+        &mut d,
+        "flannel.1",
+        "198.18.3.0/24",
+        "192.0.2.3",
+        "02:00:00:00:00:03",
+    );
+    d
+}
+
+/// ipv4_node plus an IPv6 VXLAN with one peer.
+fn dual_node() -> Desired {
+    let mut d = ipv4_node();
+    d.vxlans.push(vxlan("flannel-v6.1", Family::Ipv6));
+    d.addresses.push(AddressSpec {
+        dev: "flannel-v6.1".into(),
+        cidr: net("fd00:42:0:1::/128"),
+        origin: "address #2".into(),
+    });
+    add_peer(
+        &mut d,
+        "flannel-v6.1",
+        "fd00:42:0:2::/64",
+        "2001:db8::2",
+        "02:00:00:00:06:02",
+    );
+    d
+}
+
+fn link(name: &str, index: u32, kind: &str, mtu: u32) -> LinkState {
+    LinkState {
+        name: name.into(),
+        index,
+        kind: kind.into(),
+        mtu,
+        mac: Some(mac("02:aa:00:00:00:01")),
+        up: true,
+        vxlan: None,
+    }
+}
+
+/// A host with `eth0` (veth, MTU 1500) carrying the given addresses.
+fn host(addrs: &[&str]) -> Observed {
+    let mut o = Observed::default();
+    o.links.insert("lo".into(), link("lo", 1, "", 65536));
+    o.links.insert("eth0".into(), link("eth0", 2, "veth", 1500));
+    for a in addrs {
+        o.addresses.push(AddressState {
+            dev: "eth0".into(),
+            cidr: net(a),
+            global: true,
+        });
+    }
+    o
+}
+
+/// The kernel state a successful converge of `d` leaves on `base`.
+fn converged(d: &Desired, base: &Observed) -> Observed {
+    let mut o = base.clone();
+    let under = base.links.get("eth0").unwrap();
+    for (i, v) in d.vxlans.iter().enumerate() {
+        let local = base.first_global_addr(&v.underlay, v.family).unwrap();
+        o.links.insert(
+            v.name.clone(),
+            LinkState {
+                name: v.name.clone(),
+                index: 10 + i as u32,
+                kind: "vxlan".into(),
+                mtu: under.mtu - v.family.vxlan_overhead(),
+                mac: d.vxlan_mac(v),
+                up: true,
+                vxlan: Some(VxlanAttrs {
+                    vni: v.vni,
+                    port: v.port,
+                    local: Some(local),
+                    underlay_index: Some(under.index),
+                    learning: v.learning,
+                    gbp: v.gbp,
+                }),
+            },
+        );
+    }
+    for a in &d.addresses {
+        o.addresses.push(AddressState {
+            dev: a.dev.clone(),
+            cidr: a.cidr,
+            global: true,
+        });
+    }
+    for n in &d.neighbors {
+        o.neighbors.push(NeighborState {
+            dev: n.dev.clone(),
+            ip: n.ip,
+            mac: Some(n.mac),
+            permanent: true,
+        });
+    }
+    for f in &d.fdb {
+        o.fdb.push(FdbState {
+            dev: f.dev.clone(),
+            mac: f.mac,
+            dst: Some(f.dst),
+            permanent: true,
+        });
+    }
+    for r in &d.routes {
+        o.routes.push(RouteState {
+            table: r.table,
+            dst: r.dst,
+            via: r.via,
+            dev: r.dev.clone(),
+            onlink: r.onlink,
+            src: r.src,
+            metric: match r.dst {
+                IpNet::V4(_) => None,
+                IpNet::V6(_) => Some(1024),
+            },
+            protocol: ROUTE_PROTOCOL,
+        });
+    }
+    o
+}
+
+fn dual_host() -> Observed {
+    host(&["192.0.2.1/24", "2001:db8::1/64"])
+}
+
+#[test]
+fn empty_to_full_ipv4() {
+    let p = plan(&ipv4_node(), &host(&["192.0.2.1/24"]));
+    insta::assert_snapshot!(p.to_string());
+}
+
+#[test]
+fn empty_to_full_dual_stack_json() {
+    let p = plan(&dual_node(), &dual_host());
+    insta::assert_json_snapshot!(p);
+    // ops are ordered by stage: link before its address, L2 before routes
+    let stages: Vec<Stage> = p.changes.iter().map(|c| c.op.stage()).collect();
+    let mut sorted = stages.clone();
+    sorted.sort();
+    assert_eq!(stages, sorted);
+}
+
+#[test]
+fn converged_state_plans_nothing() {
+    let d = dual_node();
+    let o = converged(&d, &dual_host());
+    let p = plan(&d, &o);
+    assert!(p.in_sync(), "{p}");
+}
+
+#[test]
+fn plan_is_deterministic_regardless_of_dump_order() {
+    let d = dual_node();
+    let mut o = converged(&d, &dual_host());
+    // stale objects in two different kernel orders
+    for i in 0..5u8 {
+        o.neighbors.push(NeighborState {
+            dev: "flannel.1".into(),
+            ip: ip(&format!("198.18.9.{i}")),
+            mac: Some(mac("02:00:00:00:09:09")),
+            permanent: true,
+        });
+    }
+    let a = plan(&d, &o);
+    o.neighbors.reverse();
+    let b = plan(&d, &o);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn each_kind_of_drift() {
+    let d = ipv4_node();
+    let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+    // mutable link attributes
+    let l = o.links.get_mut("flannel.1").unwrap();
+    l.mtu = 1500;
+    l.up = false;
+    l.mac = Some(mac("02:de:ad:be:ef:01"));
+    // address removed by hand, a foreign one added to the owned device
+    o.addresses.retain(|a| a.dev != "flannel.1");
+    o.addresses.push(AddressState {
+        dev: "flannel.1".into(),
+        cidr: net("198.18.77.1/24"),
+        global: true,
+    });
+    // neighbour with a wrong MAC, one deleted, one stale
+    o.neighbors[0].mac = Some(mac("02:00:00:00:00:99"));
+    o.neighbors.remove(1);
+    o.neighbors.push(NeighborState {
+        dev: "flannel.1".into(),
+        ip: ip("198.18.9.0"),
+        mac: Some(mac("02:00:00:00:00:09")),
+        permanent: true,
+    });
+    // fdb deleted, a stale one
+    o.fdb.remove(0);
+    o.fdb.push(FdbState {
+        dev: "flannel.1".into(),
+        mac: mac("02:00:00:00:00:09"),
+        dst: Some(ip("192.0.2.9")),
+        permanent: true,
+    });
+    // route edited (not onlink, boot proto), one deleted, one stale by hand
+    o.routes[0].onlink = false;
+    o.routes[0].protocol = 3;
+    o.routes.remove(1);
+    o.routes.push(RouteState {
+        table: MAIN_TABLE,
+        dst: net("198.18.9.0/24"),
+        via: Some(ip("198.18.9.0")),
+        dev: Some("flannel.1".into()),
+        onlink: true,
+        src: None,
+        metric: None,
+        protocol: 4,
+    });
+    insta::assert_snapshot!(plan(&d, &o).to_string());
+}
+
+#[test]
+fn immutable_change_recreates_and_replays_dependents() {
+    let d = ipv4_node();
+    let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+    let attrs = o
+        .links
+        .get_mut("flannel.1")
+        .unwrap()
+        .vxlan
+        .as_mut()
+        .unwrap();
+    attrs.vni = 2;
+    attrs.port = 4789;
+    insta::assert_snapshot!(plan(&d, &o).to_string());
+}
+
+#[test]
+fn underlay_recreated_new_ifindex_recreates_vxlan() {
+    let d = ipv4_node();
+    let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+    // NetworkManager rebuilt eth0: new ifindex; our (stale) device still points at 2
+    o.links.get_mut("eth0").unwrap().index = 42;
+    insta::assert_snapshot!(plan(&d, &o).to_string());
+}
+
+#[test]
+fn underlay_missing_blocks_dependents_only() {
+    let mut d = ipv4_node();
+    // a route elsewhere that does not depend on the VXLAN still converges
+    d.routes.push(RouteSpec {
+        dst: net("198.51.100.0/24"),
+        via: Some(ip("192.0.2.254")),
+        dev: Some("lo".into()),
+        onlink: true,
+        src: None,
+        metric: Some(100),
+        table: 100,
+        origin: "route #1".into(),
+    });
+    let mut o = Observed::default();
+    o.links.insert("lo".into(), link("lo", 1, "", 65536));
+    let p = plan(&d, &o);
+    insta::assert_snapshot!(p.to_string());
+    assert!(!p.blocked.is_empty());
+}
+
+#[test]
+fn ipv4_only_underlay_with_ipv6_vxlan_is_blocked_not_a_panic() {
+    // flannel's crash: indexing an empty IPv6 address list
+    let p = plan(&dual_node(), &host(&["192.0.2.1/24"]));
+    insta::assert_snapshot!(p.to_string());
+    assert!(p.changes.iter().any(|c| c.object == "vxlan flannel.1"));
+    assert!(p.changes.iter().all(|c| !c.object.contains("flannel-v6.1")));
+}
+
+#[test]
+fn foreign_objects_are_untouched() {
+    let d = ipv4_node();
+    let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+    // a foreign device that happens to be VXLAN, with routes
+    let mut other = link("vx-user", 7, "vxlan", 1450);
+    other.vxlan = Some(VxlanAttrs {
+        vni: 99,
+        port: 4789,
+        local: None,
+        underlay_index: None,
+        learning: true,
+        gbp: false,
+    });
+    o.links.insert("vx-user".into(), other);
+    let foreign_route = |dst: &str, dev: &str, protocol: u8| RouteState {
+        table: MAIN_TABLE,
+        dst: net(dst),
+        via: None,
+        dev: Some(dev.into()),
+        onlink: false,
+        src: None,
+        metric: None,
+        protocol,
+    };
+    // static route on the underlay, a user's route on the other VXLAN, the
+    // kernel's connected route on our device, an RA route on our device
+    o.routes.push(foreign_route("203.0.113.0/24", "eth0", 4));
+    o.routes.push(foreign_route("198.19.0.0/16", "vx-user", 3));
+    o.routes
+        .push(foreign_route("198.18.1.0/24", "flannel.1", 2));
+    o.routes.push(foreign_route("fd00:99::/64", "flannel.1", 9));
+    // non-permanent neighbours on our device (kernel-managed), permanent on eth0
+    o.neighbors.push(NeighborState {
+        dev: "flannel.1".into(),
+        ip: ip("198.18.8.8"),
+        mac: Some(mac("02:00:00:00:08:08")),
+        permanent: false,
+    });
+    o.neighbors.push(NeighborState {
+        dev: "eth0".into(),
+        ip: ip("192.0.2.77"),
+        mac: Some(mac("02:00:00:00:07:07")),
+        permanent: true,
+    });
+    // IPv6 link-local on our device
+    o.addresses.push(AddressState {
+        dev: "flannel.1".into(),
+        cidr: net("fe80::1/64"),
+        global: false,
+    });
+    // learned fdb entry on our device
+    o.fdb.push(FdbState {
+        dev: "flannel.1".into(),
+        mac: mac("02:00:00:00:05:05"),
+        dst: Some(ip("192.0.2.5")),
+        permanent: false,
+    });
+    let p = plan(&d, &o);
+    assert!(p.in_sync(), "foreign objects must not be touched:\n{p}");
+
+    // but a route carrying our marker anywhere is ours
+    o.routes
+        .push(foreign_route("203.0.113.128/25", "eth0", ROUTE_PROTOCOL));
+    insta::assert_snapshot!(plan(&d, &o).to_string());
+}
+
+#[test]
+fn device_with_our_name_but_not_vxlan_is_blocked() {
+    let d = ipv4_node();
+    let mut o = host(&["192.0.2.1/24"]);
+    o.links
+        .insert("flannel.1".into(), link("flannel.1", 5, "bridge", 1500));
+    insta::assert_snapshot!(plan(&d, &o).to_string());
+}
+
+#[test]
+fn explicit_local_mtu_and_mac_are_used() {
+    let mut d = ipv4_node();
+    let v = d.vxlans.get_mut(0).unwrap();
+    v.local = Some(ip("192.0.2.100"));
+    v.mtu = Some(1400);
+    v.mac = Some(mac("02:11:22:33:44:55"));
+    let p = plan(&d, &host(&["192.0.2.1/24"]));
+    let Some(Op::CreateVxlan(c)) = p.changes.first().map(|c| &c.op) else {
+        panic!("first op must create the device: {p}")
+    };
+    assert_eq!(c.local, ip("192.0.2.100"));
+    assert_eq!(c.mtu, 1400);
+    assert_eq!(c.mac, Some(mac("02:11:22:33:44:55")));
+}
+
+#[test]
+fn ipv6_mtu_overhead_is_70() {
+    let mut d = Desired {
+        mac_seed: Some("n".into()),
+        vxlans: vec![vxlan("flannel-v6.1", Family::Ipv6)],
+        ..Desired::default()
+    };
+    d.lease = None;
+    let p = plan(&d, &host(&["2001:db8::1/64"]));
+    let Some(Op::CreateVxlan(c)) = p.changes.first().map(|c| &c.op) else {
+        panic!("{p}")
+    };
+    assert_eq!(c.mtu, 1430);
+}
+
+#[test]
+fn cleanup_removes_only_owned() {
+    let d = ipv4_node();
+    let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+    o.routes.push(RouteState {
+        table: MAIN_TABLE,
+        dst: net("203.0.113.0/24"),
+        via: None,
+        dev: Some("eth0".into()),
+        onlink: false,
+        src: None,
+        metric: None,
+        protocol: 4,
+    });
+    o.routes.push(RouteState {
+        table: 100,
+        dst: net("203.0.113.128/25"),
+        via: None,
+        dev: Some("eth0".into()),
+        onlink: false,
+        src: None,
+        metric: None,
+        protocol: ROUTE_PROTOCOL,
+    });
+    insta::assert_snapshot!(cleanup_plan(&d, &o).to_string());
+}
+
+#[test]
+fn ten_thousand_peers_plan_in_sync() {
+    let mut d = ipv4_node();
+    for i in 0..10_000u32 {
+        let a = 64 + (i >> 14);
+        let b = (i >> 6) & 0xff;
+        let c = (i & 0x3f) << 2;
+        add_peer(
+            &mut d,
+            "flannel.1",
+            &format!("100.{a}.{b}.{c}/30"),
+            "192.0.2.2",
+            &format!(
+                "02:00:00:{:02x}:{:02x}:{:02x}",
+                i >> 16,
+                (i >> 8) & 0xff,
+                i & 0xff
+            ),
+        );
+    }
+    let o = converged(&d, &host(&["192.0.2.1/24"]));
+    assert!(plan(&d, &o).in_sync());
+    let empty = plan(&d, &host(&["192.0.2.1/24"]));
+    assert_eq!(empty.changes.len(), 2 + 3 * 10_002);
+}

@@ -1,0 +1,197 @@
+//! `netconverge show`: the live state of everything the desired state
+//! manages, in the same vocabulary as the config file.
+//!
+//! Invariant: pure conversion from (desired, observed); only objects the
+//! config declares, depends on (underlays) or owns are shown.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::model::{Desired, Mac, Observed};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowVxlan {
+    pub name: String,
+    pub ifindex: u32,
+    pub vni: u32,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    pub up: bool,
+    pub learning: bool,
+    pub gbp: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowUnderlay {
+    pub name: String,
+    pub ifindex: u32,
+    pub kind: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowAddress {
+    pub dev: String,
+    pub cidr: IpNet,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowRoute {
+    pub dst: IpNet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    pub onlink: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+    pub table: u32,
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowNeighbor {
+    pub dev: String,
+    pub ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    pub permanent: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowFdb {
+    pub dev: String,
+    pub mac: Mac,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpAddr>,
+    pub permanent: bool,
+}
+
+/// The document `show` prints (TOML or JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowDoc {
+    pub vxlan: Vec<ShowVxlan>,
+    pub underlay: Vec<ShowUnderlay>,
+    pub address: Vec<ShowAddress>,
+    pub neighbor: Vec<ShowNeighbor>,
+    pub fdb: Vec<ShowFdb>,
+    pub route: Vec<ShowRoute>,
+    pub nat: serde_json::Value,
+    pub lease: serde_json::Value,
+}
+
+pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
+    let declared: BTreeSet<&str> = desired.owned_devices().collect();
+    let underlays: BTreeSet<&str> = desired.vxlans.iter().map(|v| v.underlay.as_str()).collect();
+    let vxlan = desired
+        .vxlans
+        .iter()
+        .filter_map(|v| observed.links.get(&v.name))
+        .map(|l| {
+            let a = l.vxlan.as_ref();
+            ShowVxlan {
+                name: l.name.clone(),
+                ifindex: l.index,
+                vni: a.map_or(0, |a| a.vni),
+                port: a.map_or(0, |a| a.port),
+                underlay: a
+                    .and_then(|a| a.underlay_index)
+                    .and_then(|i| observed.link_by_index(i))
+                    .map(|u| u.name.clone()),
+                local: a.and_then(|a| a.local),
+                mac: l.mac,
+                mtu: l.mtu,
+                up: l.up,
+                learning: a.is_some_and(|a| a.learning),
+                gbp: a.is_some_and(|a| a.gbp),
+            }
+        })
+        .collect();
+    let underlay = underlays
+        .iter()
+        .filter_map(|u| observed.links.get(*u))
+        .map(|l| ShowUnderlay {
+            name: l.name.clone(),
+            ifindex: l.index,
+            kind: l.kind.clone(),
+            mtu: l.mtu,
+            up: l.up,
+            addresses: observed
+                .addresses
+                .iter()
+                .filter(|a| a.dev == l.name && a.global)
+                .map(|a| a.cidr)
+                .collect(),
+        })
+        .collect();
+    let on_declared = |dev: &str| declared.contains(dev);
+    ShowDoc {
+        vxlan,
+        underlay,
+        address: observed
+            .addresses
+            .iter()
+            .filter(|a| on_declared(&a.dev) && a.global)
+            .map(|a| ShowAddress {
+                dev: a.dev.clone(),
+                cidr: a.cidr,
+            })
+            .collect(),
+        neighbor: observed
+            .neighbors
+            .iter()
+            .filter(|n| on_declared(&n.dev))
+            .map(|n| ShowNeighbor {
+                dev: n.dev.clone(),
+                ip: n.ip,
+                mac: n.mac,
+                permanent: n.permanent,
+            })
+            .collect(),
+        fdb: observed
+            .fdb
+            .iter()
+            .filter(|f| on_declared(&f.dev))
+            .map(|f| ShowFdb {
+                dev: f.dev.clone(),
+                mac: f.mac,
+                dst: f.dst,
+                permanent: f.permanent,
+            })
+            .collect(),
+        route: observed
+            .routes
+            .iter()
+            .map(|r| ShowRoute {
+                dst: r.dst,
+                via: r.via,
+                dev: r.dev.clone(),
+                onlink: r.onlink,
+                src: r.src,
+                metric: r.metric,
+                table: r.table,
+                protocol: r.protocol,
+            })
+            .collect(),
+        nat: serde_json::to_value(&observed.nat).unwrap_or(serde_json::Value::Null),
+        lease: serde_json::to_value(&observed.lease).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// Render as TOML. JSON values that TOML cannot hold (null) are dropped.
+pub fn to_toml(doc: &ShowDoc) -> Result<String, toml::ser::Error> {
+    toml::to_string_pretty(doc)
+}
