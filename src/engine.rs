@@ -61,6 +61,9 @@ pub struct Outcome {
     /// What still differs after the last round (empty when converged).
     pub remaining: Plan,
     pub rounds: u32,
+    /// The last observation (the one that verified `remaining`).
+    #[serde(skip)]
+    pub observed: Observed,
 }
 
 impl Outcome {
@@ -104,5 +107,6 @@ pub async fn converge(
         current = plan::plan(desired, &observed);
     }
     out.remaining = current;
+    out.observed = observed;
     Ok(out)
 }

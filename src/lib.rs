@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod lease;
 pub mod logging;

@@ -262,7 +262,15 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             Err(e) => fail(code::SYSTEM, &e.to_string()),
         },
         Command::Cleanup { check } => cleanup(&handle, &desired, check).await,
-        Command::Run => fail(code::CONFIG, "`run` is not available in this build"),
+        Command::Run => {
+            drop(handle);
+            let path = cli.config.clone();
+            let loader: netconverge::daemon::Loader = Box::new(move || load(&path));
+            match netconverge::daemon::run(desired, loader, None).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(code::SYSTEM, &e.to_string()),
+            }
+        }
         Command::Validate | Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
     }
 }

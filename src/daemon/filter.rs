@@ -1,0 +1,152 @@
+//! Which netlink notifications concern the desired state.
+//!
+//! Invariant: a notification is relevant only if it touches a declared VXLAN
+//! device, an underlay (or any device the desired state places objects on),
+//! a route carrying our protocol marker or a declared route destination. A
+//! node with hundreds of pod veths churning triggers no converge pass.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+
+use crate::model::{Desired, LinkState};
+
+#[derive(Debug, Default)]
+pub struct Interest {
+    /// Every device name the desired state depends on.
+    names: BTreeSet<String>,
+    /// Declared VXLAN devices (their whole content is ours).
+    managed: BTreeSet<String>,
+    /// Current ifindex → name for the names above.
+    index: HashMap<u32, String>,
+    proto: u8,
+    route_dsts: HashSet<IpNet>,
+    neighbor_ips: HashSet<IpAddr>,
+}
+
+impl Interest {
+    pub fn new(desired: &Desired) -> Interest {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for v in &desired.vxlans {
+            names.insert(v.name.clone());
+            names.insert(v.underlay.clone());
+        }
+        names.extend(desired.addresses.iter().map(|a| a.dev.clone()));
+        names.extend(desired.neighbors.iter().map(|n| n.dev.clone()));
+        names.extend(desired.routes.iter().filter_map(|r| r.dev.clone()));
+        Interest {
+            names,
+            managed: desired.vxlans.iter().map(|v| v.name.clone()).collect(),
+            index: HashMap::new(),
+            proto: desired.engine.route_protocol,
+            route_dsts: desired.routes.iter().map(|r| r.dst).collect(),
+            neighbor_ips: desired.neighbors.iter().map(|n| n.ip).collect(),
+        }
+    }
+
+    /// Refresh the ifindex map from a link dump (after every pass).
+    pub fn learn_links(&mut self, links: &BTreeMap<String, LinkState>) {
+        self.index = links
+            .values()
+            .filter(|l| self.names.contains(&l.name))
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+    }
+
+    fn is_managed_index(&self, index: u32) -> bool {
+        self.index
+            .get(&index)
+            .is_some_and(|n| self.managed.contains(n))
+    }
+
+    /// Does this notification concern anything we converge?
+    pub fn relevant(&mut self, msg: &RouteNetlinkMessage) -> bool {
+        match msg {
+            RouteNetlinkMessage::NewLink(l) => self.link(l, false),
+            RouteNetlinkMessage::DelLink(l) => self.link(l, true),
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                self.index.contains_key(&a.header.index)
+            }
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => self.route(r),
+            RouteNetlinkMessage::NewNeighbour(n) => self.neighbour(n, false),
+            RouteNetlinkMessage::DelNeighbour(n) => self.neighbour(n, true),
+            _ => false,
+        }
+    }
+
+    fn link(&mut self, l: &LinkMessage, deleted: bool) -> bool {
+        let idx = l.header.index;
+        let name = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        });
+        match name {
+            Some(n) if self.names.contains(n) => {
+                // a recreated underlay comes back with a new ifindex
+                if deleted {
+                    self.index.remove(&idx);
+                } else {
+                    self.index.insert(idx, n.to_string());
+                }
+                true
+            }
+            // renamed away from one of our names, or a delete without a name
+            _ => {
+                if deleted {
+                    self.index.remove(&idx).is_some()
+                } else {
+                    self.index
+                        .get(&idx)
+                        .is_some_and(|old| Some(old.as_str()) != name)
+                }
+            }
+        }
+    }
+
+    fn route(&self, r: &RouteMessage) -> bool {
+        if u8::from(r.header.protocol) == self.proto {
+            return true;
+        }
+        let oif = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if oif.is_some_and(|i| self.is_managed_index(i)) {
+            return true;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        });
+        dst.and_then(|d| IpNet::new(d, r.header.destination_prefix_length).ok())
+            .is_some_and(|n| self.route_dsts.contains(&n))
+    }
+
+    fn neighbour(&self, n: &NeighbourMessage, deleted: bool) -> bool {
+        if !self.is_managed_index(n.header.ifindex) {
+            return false;
+        }
+        // Reachability churn of dynamic entries is the kernel's business;
+        // permanent entries, deletions and our declared IPs are ours.
+        if deleted || n.header.state == NeighbourState::Permanent {
+            return true;
+        }
+        n.attributes.iter().any(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                self.neighbor_ips.contains(&IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                self.neighbor_ips.contains(&IpAddr::V6(*v6))
+            }
+            _ => false,
+        })
+    }
+}
