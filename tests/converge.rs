@@ -1,6 +1,11 @@
 //! `netconverge converge` / `converge --check` on a real kernel, each test in
 //! its own network namespace, results read back with iproute2 `-j`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -21,7 +26,16 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
 /// A namespace with a veth underlay `nc-under` (192.0.2.1/24, 2001:db8::1/64).
 fn node(tag: &str, v6: bool) -> Netns {
     let ns = Netns::new(tag);
-    ns.ip(&["link", "add", "nc-under", "type", "veth", "peer", "name", "nc-under-p"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "nc-under",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "nc-under-p",
+    ]);
     ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
     if v6 {
         ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "nc-under", "nodad"]);
@@ -76,19 +90,32 @@ fn check(ns: &Netns, cfg: &PathBuf) -> (i32, String) {
 
 fn link(ns: &Netns, name: &str) -> Option<Value> {
     let all = ns.ip_json(&["-d", "link", "show"]);
-    all.as_array().unwrap().iter().find(|l| l["ifname"] == name).cloned()
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifname"] == name)
+        .cloned()
 }
 
 fn routes(ns: &Netns) -> Vec<Value> {
-    ns.ip_json(&["route", "show", "dev", "flannel.1"]).as_array().unwrap().clone()
+    ns.ip_json(&["route", "show", "dev", "flannel.1"])
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn neighs(ns: &Netns) -> Vec<Value> {
-    ns.ip_json(&["neigh", "show", "dev", "flannel.1"]).as_array().unwrap().clone()
+    ns.ip_json(&["neigh", "show", "dev", "flannel.1"])
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn fdbs(ns: &Netns) -> Vec<Value> {
-    ns.bridge_json(&["fdb", "show", "dev", "flannel.1"]).as_array().unwrap().clone()
+    ns.bridge_json(&["fdb", "show", "dev", "flannel.1"])
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Everything converge must have built for `ipv4_config(peers)`.
@@ -103,7 +130,10 @@ fn assert_full_state(ns: &Netns, peers: usize) {
     assert_eq!(info["learning"], false);
     assert_eq!(l["mtu"], 1450);
     assert_eq!(l["address"], Mac::derive(NODE, "flannel.1").to_string());
-    assert!(l["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "{l}");
+    assert!(
+        l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{l}"
+    );
 
     let addrs = ns.ip_json(&["-4", "addr", "show", "dev", "flannel.1"]);
     let a = &addrs[0]["addr_info"];
@@ -114,22 +144,46 @@ fn assert_full_state(ns: &Netns, peers: usize) {
     let n = neighs(ns);
     let f = fdbs(ns);
     let r = routes(ns);
-    assert_eq!(n.iter().filter(|x| x["state"][0] == "PERMANENT").count(), peers, "{n:?}");
+    assert_eq!(
+        n.iter().filter(|x| x["state"][0] == "PERMANENT").count(),
+        peers,
+        "{n:?}"
+    );
     assert_eq!(f.len(), peers, "{f:?}");
     assert_eq!(r.len(), peers, "{r:?}");
     for i in 0..peers {
         let k = i + 2;
         let gw = format!("198.18.{k}.0");
         let mac = format!("02:00:00:00:00:{k:02x}");
-        assert!(n.iter().any(|x| x["dst"] == gw.as_str() && x["lladdr"] == mac.as_str()), "neigh {gw}: {n:?}");
-        let fe = f.iter().find(|x| x["mac"] == mac.as_str()).unwrap_or_else(|| panic!("fdb {mac}: {f:?}"));
+        assert!(
+            n.iter()
+                .any(|x| x["dst"] == gw.as_str() && x["lladdr"] == mac.as_str()),
+            "neigh {gw}: {n:?}"
+        );
+        let fe = f
+            .iter()
+            .find(|x| x["mac"] == mac.as_str())
+            .unwrap_or_else(|| panic!("fdb {mac}: {f:?}"));
         assert_eq!(fe["dst"], format!("192.0.2.{k}"));
         assert_eq!(fe["state"], "permanent");
-        assert!(fe["flags"].as_array().unwrap().iter().any(|x| x == "self"), "{fe}");
-        let re = r.iter().find(|x| x["dst"] == format!("198.18.{k}.0/24")).unwrap_or_else(|| panic!("route {k}: {r:?}"));
+        assert!(
+            fe["flags"].as_array().unwrap().iter().any(|x| x == "self"),
+            "{fe}"
+        );
+        let re = r
+            .iter()
+            .find(|x| x["dst"] == format!("198.18.{k}.0/24"))
+            .unwrap_or_else(|| panic!("route {k}: {r:?}"));
         assert_eq!(re["gateway"], gw.as_str());
         assert_eq!(re["protocol"], "199");
-        assert!(re["flags"].as_array().unwrap().iter().any(|x| x == "onlink"), "{re}");
+        assert!(
+            re["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "onlink"),
+            "{re}"
+        );
     }
 }
 
@@ -141,7 +195,10 @@ fn converge_from_empty_then_nothing_to_do() {
     let (c, out) = check(&ns, &cfg);
     assert_eq!(c, 1, "--check on an empty node must report drift: {out}");
     assert!(out.contains("+ vxlan flannel.1"), "{out}");
-    assert!(link(&ns, "flannel.1").is_none(), "--check must not change anything");
+    assert!(
+        link(&ns, "flannel.1").is_none(),
+        "--check must not change anything"
+    );
 
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 0, "{out}");
@@ -152,10 +209,17 @@ fn converge_from_empty_then_nothing_to_do() {
     assert!(out.contains("in sync"), "{out}");
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 0, "{out}");
-    assert!(out.contains("converged: 0 change(s) applied"), "second converge must change nothing: {out}");
+    assert!(
+        out.contains("converged: 0 change(s) applied"),
+        "second converge must change nothing: {out}"
+    );
     let ifindex = link(&ns, "flannel.1").unwrap()["ifindex"].clone();
     converge(&ns, &cfg);
-    assert_eq!(link(&ns, "flannel.1").unwrap()["ifindex"], ifindex, "device must not be recreated");
+    assert_eq!(
+        link(&ns, "flannel.1").unwrap()["ifindex"],
+        ifindex,
+        "device must not be recreated"
+    );
 }
 
 /// Each kind of drift made by hand: `--check` exits 1 naming it, `converge` repairs it.
@@ -167,35 +231,101 @@ fn every_kind_of_drift_is_found_and_repaired() {
     assert_eq!(converge(&ns, &cfg).0, 0);
 
     let cases: &[(&str, &[&str], &str)] = &[
-        ("route deleted", &["route", "del", "198.18.2.0/24", "dev", "flannel.1"], "route 198.18.2.0/24"),
+        (
+            "route deleted",
+            &["route", "del", "198.18.2.0/24", "dev", "flannel.1"],
+            "route 198.18.2.0/24",
+        ),
         (
             "route edited",
-            &["route", "replace", "198.18.3.0/24", "via", "198.18.3.0", "dev", "flannel.1", "onlink", "proto", "static"],
+            &[
+                "route",
+                "replace",
+                "198.18.3.0/24",
+                "via",
+                "198.18.3.0",
+                "dev",
+                "flannel.1",
+                "onlink",
+                "proto",
+                "static",
+            ],
             "route 198.18.3.0/24",
         ),
-        ("neighbour deleted", &["neigh", "del", "198.18.2.0", "dev", "flannel.1"], "neighbor 198.18.2.0"),
+        (
+            "neighbour deleted",
+            &["neigh", "del", "198.18.2.0", "dev", "flannel.1"],
+            "neighbor 198.18.2.0",
+        ),
         (
             "neighbour lladdr changed",
-            &["neigh", "replace", "198.18.3.0", "lladdr", "02:00:00:00:00:99", "dev", "flannel.1", "nud", "permanent"],
+            &[
+                "neigh",
+                "replace",
+                "198.18.3.0",
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
             "neighbor 198.18.3.0",
         ),
         (
             "stale neighbour added",
-            &["neigh", "add", "198.18.9.0", "lladdr", "02:00:00:00:00:09", "dev", "flannel.1", "nud", "permanent"],
+            &[
+                "neigh",
+                "add",
+                "198.18.9.0",
+                "lladdr",
+                "02:00:00:00:00:09",
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
             "neighbor 198.18.9.0",
         ),
-        ("address deleted", &["addr", "del", "198.18.1.0/32", "dev", "flannel.1"], "address 198.18.1.0/32"),
-        ("stale address", &["addr", "add", "198.18.77.1/24", "dev", "flannel.1"], "address 198.18.77.1/24"),
-        ("mtu changed", &["link", "set", "flannel.1", "mtu", "1400"], "vxlan flannel.1"),
-        ("device down", &["link", "set", "flannel.1", "down"], "vxlan flannel.1"),
-        ("mac changed", &["link", "set", "flannel.1", "address", "02:de:ad:be:ef:01"], "vxlan flannel.1"),
-        ("device deleted", &["link", "del", "flannel.1"], "vxlan flannel.1"),
+        (
+            "address deleted",
+            &["addr", "del", "198.18.1.0/32", "dev", "flannel.1"],
+            "address 198.18.1.0/32",
+        ),
+        (
+            "stale address",
+            &["addr", "add", "198.18.77.1/24", "dev", "flannel.1"],
+            "address 198.18.77.1/24",
+        ),
+        (
+            "mtu changed",
+            &["link", "set", "flannel.1", "mtu", "1400"],
+            "vxlan flannel.1",
+        ),
+        (
+            "device down",
+            &["link", "set", "flannel.1", "down"],
+            "vxlan flannel.1",
+        ),
+        (
+            "mac changed",
+            &["link", "set", "flannel.1", "address", "02:de:ad:be:ef:01"],
+            "vxlan flannel.1",
+        ),
+        (
+            "device deleted",
+            &["link", "del", "flannel.1"],
+            "vxlan flannel.1",
+        ),
     ];
     for (what, cmd, expect) in cases {
         ns.ip(cmd);
         let (c, out) = check(&ns, &cfg);
         assert_eq!(c, 1, "{what}: --check must exit 1: {out}");
-        assert!(out.contains(expect), "{what}: --check must name `{expect}`: {out}");
+        assert!(
+            out.contains(expect),
+            "{what}: --check must name `{expect}`: {out}"
+        );
         let (c, out) = converge(&ns, &cfg);
         assert_eq!(c, 0, "{what}: {out}");
         assert_full_state(&ns, 2);
@@ -204,12 +334,34 @@ fn every_kind_of_drift_is_found_and_repaired() {
 
     // FDB entries through the bridge tool
     let mac = "02:00:00:00:00:02";
-    common::sh(&["bridge", "-n", &ns.name, "fdb", "del", mac, "dev", "flannel.1", "dst", "192.0.2.2", "self"]);
+    common::sh(&[
+        "bridge",
+        "-n",
+        &ns.name,
+        "fdb",
+        "del",
+        mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.0.2.2",
+        "self",
+    ]);
     let (c, out) = check(&ns, &cfg);
     assert_eq!(c, 1);
     assert!(out.contains(&format!("fdb {mac}")), "{out}");
     common::sh(&[
-        "bridge", "-n", &ns.name, "fdb", "append", "02:00:00:00:00:42", "dev", "flannel.1", "dst", "192.0.2.42", "self",
+        "bridge",
+        "-n",
+        &ns.name,
+        "fdb",
+        "append",
+        "02:00:00:00:00:42",
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.0.2.42",
+        "self",
         "permanent",
     ]);
     let (c, out) = check(&ns, &cfg);
@@ -232,19 +384,65 @@ fn immutable_attribute_change_recreates_the_device() {
     assert_eq!(converge(&ns, &cfg).0, 0);
     let l = link(&ns, "flannel.1").unwrap();
     assert_eq!(l["linkinfo"]["info_data"]["id"], 7);
-    assert_eq!(routes(&ns).len(), 1, "dependents replayed on the new device");
+    assert_eq!(
+        routes(&ns).len(),
+        1,
+        "dependents replayed on the new device"
+    );
 }
 
 #[test]
 fn foreign_routes_devices_and_neighbours_are_untouched() {
     let ns = node("foreign", false);
-    ns.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
+    ns.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
     ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "other0"]);
     ns.ip(&["link", "set", "other0", "up"]);
-    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.254", "dev", "other0", "proto", "static"]);
-    ns.ip(&["route", "add", "198.18.200.0/24", "dev", "other0", "table", "100"]);
-    ns.ip(&["neigh", "add", "198.51.100.7", "lladdr", "02:00:00:00:07:07", "dev", "other0", "nud", "permanent"]);
-    ns.ip(&["link", "add", "vx-user", "type", "vxlan", "id", "99", "dstport", "4789", "local", "192.0.2.1"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "198.51.100.254",
+        "dev",
+        "other0",
+        "proto",
+        "static",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "198.18.200.0/24",
+        "dev",
+        "other0",
+        "table",
+        "100",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.51.100.7",
+        "lladdr",
+        "02:00:00:00:07:07",
+        "dev",
+        "other0",
+        "nud",
+        "permanent",
+    ]);
+    ns.ip(&[
+        "link",
+        "add",
+        "vx-user",
+        "type",
+        "vxlan",
+        "id",
+        "99",
+        "dstport",
+        "4789",
+        "local",
+        "192.0.2.1",
+    ]);
     let snapshot = |ns: &Netns| {
         (
             (),
@@ -269,8 +467,24 @@ fn foreign_routes_devices_and_neighbours_are_untouched() {
 #[test]
 fn route_with_our_marker_elsewhere_is_ours_but_others_are_not() {
     let ns = node("marker", false);
-    ns.ip(&["route", "add", "203.0.113.0/25", "dev", "nc-under", "proto", "199"]);
-    ns.ip(&["route", "add", "203.0.113.128/25", "dev", "nc-under", "proto", "static"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/25",
+        "dev",
+        "nc-under",
+        "proto",
+        "199",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.128/25",
+        "dev",
+        "nc-under",
+        "proto",
+        "static",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(&dir, &ipv4_config(1));
     let (c, out) = check(&ns, &cfg);
@@ -279,7 +493,12 @@ fn route_with_our_marker_elsewhere_is_ours_but_others_are_not() {
     assert!(!out.contains("203.0.113.128/25"), "{out}");
     assert_eq!(converge(&ns, &cfg).0, 0);
     let r = ns.ip_json(&["route", "show", "dev", "nc-under"]);
-    let dsts: Vec<&str> = r.as_array().unwrap().iter().filter_map(|x| x["dst"].as_str()).collect();
+    let dsts: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["dst"].as_str())
+        .collect();
     assert!(!dsts.contains(&"203.0.113.0/25"), "{dsts:?}");
     assert!(dsts.contains(&"203.0.113.128/25"), "{dsts:?}");
 }
@@ -347,10 +566,22 @@ fn underlay_deleted_and_recreated_is_restored_with_the_same_mac() {
     assert_eq!(converge(&ns, &cfg).0, 0);
     let mac = link(&ns, "flannel.1").unwrap()["address"].clone();
     ns.ip(&["link", "del", "nc-under"]);
-    assert!(link(&ns, "flannel.1").is_none(), "the kernel deletes the bound VXLAN");
+    assert!(
+        link(&ns, "flannel.1").is_none(),
+        "the kernel deletes the bound VXLAN"
+    );
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 1, "underlay absent: {out}");
-    ns.ip(&["link", "add", "nc-under", "type", "veth", "peer", "name", "nc-under-p"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "nc-under",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "nc-under-p",
+    ]);
     ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
     ns.ip(&["link", "set", "nc-under", "up"]);
     let (c, out) = converge(&ns, &cfg);
@@ -363,11 +594,19 @@ fn underlay_deleted_and_recreated_is_restored_with_the_same_mac() {
 fn invalid_config_exits_2_and_applies_nothing() {
     let ns = node("invalid", false);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(1).replace("vni = 1", "vni = 0").replace("underlay =", "underlya ="));
+    let cfg = write_config(
+        &dir,
+        &ipv4_config(1)
+            .replace("vni = 1", "vni = 0")
+            .replace("underlay =", "underlya ="),
+    );
     let out = ns.netconverge(&cfg, &["converge"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("netconverge.toml:"), "errors carry file:line:col: {err}");
+    assert!(
+        err.contains("netconverge.toml:"),
+        "errors carry file:line:col: {err}"
+    );
     assert!(err.contains("vni"), "{err}");
     assert!(err.contains("underlay"), "suggestion expected: {err}");
     assert!(link(&ns, "flannel.1").is_none(), "nothing may be applied");
@@ -382,7 +621,13 @@ fn check_json_and_show_are_machine_readable() {
     assert_eq!(code(&out), 1);
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["in_sync"], false);
-    assert!(v["changes"].as_array().unwrap().iter().any(|c| c["kind"] == "add" && c["object"] == "vxlan flannel.1"));
+    assert!(
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "add" && c["object"] == "vxlan flannel.1")
+    );
     assert_eq!(converge(&ns, &cfg).0, 0);
     let out = ns.netconverge(&cfg, &["show", "--format", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -398,7 +643,15 @@ fn check_json_and_show_are_machine_readable() {
 #[test]
 fn cleanup_removes_only_what_netconverge_owns() {
     let ns = node("cleanup", false);
-    ns.ip(&["route", "add", "203.0.113.0/24", "dev", "nc-under", "proto", "static"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "dev",
+        "nc-under",
+        "proto",
+        "static",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(&dir, &ipv4_config(2));
     assert_eq!(converge(&ns, &cfg).0, 0);
@@ -407,5 +660,11 @@ fn cleanup_removes_only_what_netconverge_owns() {
     assert!(link(&ns, "flannel.1").is_none());
     assert!(link(&ns, "nc-under").is_some());
     let r = ns.ip_json(&["route", "show", "dev", "nc-under"]);
-    assert!(r.as_array().unwrap().iter().any(|x| x["dst"] == "203.0.113.0/24"), "{r}");
+    assert!(
+        r.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["dst"] == "203.0.113.0/24"),
+        "{r}"
+    );
 }

@@ -12,6 +12,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod daemon;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,159 @@
+//! A `netconverge run` under test: started in a namespace with NOTIFY_SOCKET
+//! pointing at a datagram socket this harness bound (exactly what systemd
+//! reads), logs captured to a file, stopped by PID.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Netns;
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub sock: UnixDatagram,
+    pub log: PathBuf,
+    /// Every notify message received so far, in order.
+    pub messages: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Start `netconverge -c config run` in `ns` with extra env vars.
+    pub fn start(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let sock_path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        let log = dir.path().join("daemon.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_netconverge"),
+            "-v",
+            "-c",
+        ])
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Daemon {
+            child: Some(child),
+            sock,
+            log,
+            messages: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Receive notify messages until one contains `needle` (returns it).
+    pub fn wait_notify(&mut self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no notify message containing {needle:?} within {timeout:?}; got {:?}\nlog:\n{}",
+                self.messages,
+                self.logs()
+            );
+            self.sock
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.messages.push(m.clone());
+                if m.contains(needle) {
+                    return m;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) while waiting for {needle:?}:\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    /// Drain what has arrived without blocking.
+    pub fn drain(&mut self) {
+        self.sock.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.sock.set_nonblocking(false).unwrap();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        super::sh(&["kill", sig, &self.pid().to_string()]);
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < end, "daemon did not stop within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Poll `f` until it returns true (or panic with `what` after `timeout`).
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
