@@ -12,5 +12,6 @@ pub mod engine;
 pub mod lease;
 pub mod model;
 pub mod nat;
+pub mod netlink;
 pub mod observe;
 pub mod plan;
