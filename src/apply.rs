@@ -1,13 +1,34 @@
-//! Operations → netlink / nft / files.
+//! Operations → netlink (and the NAT / lease backends).
 //!
-//! Invariant: every operation is idempotent (EEXIST on add and ENOENT on
-//! delete count as success); one failure never stops the others; all failures
-//! are returned.
-//!
-//! STUB: implemented in the core engine issue.
+//! Invariant: every operation is idempotent (EEXIST on add, and ENOENT /
+//! ESRCH / ENODEV / EADDRNOTAVAIL or an absent device on delete count as
+//! success); stages run in [`Stage`] order, the operations of one stage run
+//! concurrently within a bounded window; one failure never stops the others
+//! and every failure is returned.
 
-use crate::model::Observed;
-use crate::plan::Plan;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use futures::{StreamExt, stream};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::model::{Mac, Observed};
+use crate::netlink::{REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::observe;
+use crate::plan::{Change, Op, Plan, RouteOp, Stage, VxlanCreate};
 
 /// One operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -22,7 +43,617 @@ pub struct ApplyReport {
     pub failures: Vec<Failure>,
 }
 
-pub async fn apply(handle: &rtnetlink::Handle, plan: &Plan, observed: &Observed) -> ApplyReport {
-    let _ = (handle, plan, observed);
-    ApplyReport::default()
+/// Why one operation did not take effect.
+#[derive(Debug)]
+enum OpError {
+    Netlink(rtnetlink::Error),
+    NoDevice(String),
+    Invalid(String),
+    Timeout,
+    Other(String),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Netlink(e) => f.write_str(&error_text(e)),
+            OpError::NoDevice(d) => write!(f, "device `{d}` does not exist"),
+            OpError::Invalid(m) | OpError::Other(m) => f.write_str(m),
+            OpError::Timeout => write!(
+                f,
+                "no reply from the kernel within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+impl From<rtnetlink::Error> for OpError {
+    fn from(e: rtnetlink::Error) -> Self {
+        OpError::Netlink(e)
+    }
+}
+
+/// Run `plan` against the kernel. `observed` supplies device indexes; they
+/// are re-read after link deletions/creations (new devices, new indexes).
+pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyReport {
+    let mut links: HashMap<String, u32> = observed
+        .links
+        .values()
+        .map(|l| (l.name.clone(), l.index))
+        .collect();
+    let mut stages: BTreeMap<Stage, Vec<(usize, &Change)>> = BTreeMap::new();
+    for (i, c) in plan.changes.iter().enumerate() {
+        stages.entry(c.op.stage()).or_default().push((i, c));
+    }
+
+    let mut report = ApplyReport::default();
+    let mut failures: Vec<(usize, Failure)> = Vec::new();
+    for (stage, changes) in stages {
+        let index = &links;
+        let results: Vec<(usize, &Change, Result<(), OpError>)> = stream::iter(changes)
+            .map(|(i, c)| async move { (i, c, run(handle, index, &c.op).await) })
+            .buffer_unordered(REQUEST_WINDOW)
+            .collect()
+            .await;
+        for (i, c, result) in results {
+            match result {
+                Ok(()) => report.applied += 1,
+                Err(e) => failures.push((
+                    i,
+                    Failure {
+                        object: c.object.clone(),
+                        error: e.to_string(),
+                    },
+                )),
+            }
+        }
+        if matches!(stage, Stage::DeleteLinks | Stage::CreateLinks) {
+            match observe::dump_links(handle).await {
+                Ok(fresh) => links = fresh.into_values().map(|l| (l.name, l.index)).collect(),
+                // Later operations on the new devices then fail on their own.
+                Err(e) => tracing::warn!("re-reading links after {stage:?}: {e}"),
+            }
+        }
+    }
+    failures.sort_by_key(|(i, _)| *i);
+    report.failures = failures.into_iter().map(|(_, f)| f).collect();
+    report
+}
+
+/// One operation, bounded in time, with the idempotency rules applied.
+async fn run(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Result<(), OpError> {
+    let result = match tokio::time::timeout(REQUEST_TIMEOUT, execute(handle, links, op)).await {
+        Ok(r) => r,
+        Err(_) => Err(OpError::Timeout),
+    };
+    match result {
+        Err(e) if tolerated(op, &e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_delete(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::DeleteLink { .. }
+            | Op::DelAddress { .. }
+            | Op::DelNeighbor { .. }
+            | Op::DelFdb { .. }
+            | Op::DelRoute(_)
+    )
+}
+
+/// Errors that mean the kernel already is as the operation wants it.
+fn tolerated(op: &Op, e: &OpError) -> bool {
+    match e {
+        // A missing device carries no addresses, neighbours, FDB entries
+        // or routes: whatever was to be deleted is gone.
+        OpError::NoDevice(_) => is_delete(op),
+        OpError::Netlink(n) => {
+            let Some(code) = errno(n) else { return false };
+            if is_delete(op) {
+                matches!(code, libc::ENOENT | libc::ESRCH | libc::ENODEV)
+                    || (code == libc::EADDRNOTAVAIL && matches!(op, Op::DelAddress { .. }))
+            } else {
+                code == libc::EEXIST
+                    && matches!(
+                        op,
+                        Op::CreateVxlan(_)
+                            | Op::AddAddress { .. }
+                            | Op::SetNeighbor { .. }
+                            | Op::AddFdb { .. }
+                            | Op::SetRoute(_)
+                    )
+            }
+        }
+        _ => false,
+    }
+}
+
+fn index(links: &HashMap<String, u32>, dev: &str) -> Result<u32, OpError> {
+    links
+        .get(dev)
+        .copied()
+        .ok_or_else(|| OpError::NoDevice(dev.to_string()))
+}
+
+async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Result<(), OpError> {
+    match op {
+        Op::CreateVxlan(v) => {
+            let underlay = index(links, &v.underlay)?;
+            match handle
+                .link()
+                .add(vxlan_message(v, underlay))
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            disable_accept_ra(&v.name)
+        }
+        Op::DeleteLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
+        Op::SetLink { name, mtu, mac, up } => {
+            let msg = set_link_message(index(links, name)?, *mtu, *mac, *up);
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::AddAddress { dev, cidr } => {
+            let mut req = handle
+                .address()
+                .add(index(links, dev)?, cidr.addr(), cidr.prefix_len());
+            if cidr.addr().is_ipv6() {
+                // A node-unique /128 on the overlay: duplicate detection
+                // only delays it (and routes using it as `src`).
+                req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            }
+            Ok(req.execute().await?)
+        }
+        Op::DelAddress { dev, cidr } => {
+            let msg = address_message(index(links, dev)?, cidr.addr(), cidr.prefix_len());
+            Ok(handle.address().del(msg).execute().await?)
+        }
+        Op::SetNeighbor { dev, ip, mac } => Ok(handle
+            .neighbours()
+            .add(index(links, dev)?, *ip)
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?),
+        Op::DelNeighbor { dev, ip } => Ok(handle
+            .neighbours()
+            .del(neighbour_message(index(links, dev)?, *ip))
+            .execute()
+            .await?),
+        Op::AddFdb { dev, mac, dst } => {
+            let msg = fdb_message(index(links, dev)?, *mac, Some(*dst));
+            Ok(request_ack(
+                handle,
+                RouteNetlinkMessage::NewNeighbour(msg),
+                fdb_add_flags(mac),
+            )
+            .await?)
+        }
+        Op::DelFdb { dev, mac, dst } => Ok(handle
+            .neighbours()
+            .del(fdb_message(index(links, dev)?, *mac, *dst))
+            .execute()
+            .await?),
+        Op::SetRoute(r) => {
+            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
+            let msg = route_message(r, oif).map_err(OpError::Invalid)?;
+            Ok(handle.route().add(msg).replace().execute().await?)
+        }
+        Op::DelRoute(r) => {
+            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
+            let msg = route_del_message(r, oif).map_err(OpError::Invalid)?;
+            Ok(handle.route().del(msg).execute().await?)
+        }
+        // Synchronous and quick (one transaction / one file). Run on this
+        // thread, not a blocking pool: the thread's network namespace is the
+        // one the caller means.
+        Op::Nat(n) => crate::nat::apply(n).map_err(|e| OpError::Other(e.to_string())),
+        Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::Other(e.to_string())),
+    }
+}
+
+/// Send one request that is answered by an ACK (or a NACK). For requests
+/// whose flags no rtnetlink builder exposes.
+async fn request_ack(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = flags;
+    let mut handle = handle.clone();
+    let mut response = handle.request(req)?;
+    while let Some(reply) = response.next().await {
+        if let NetlinkPayload::Error(e) = reply.payload
+            && e.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(e));
+        }
+    }
+    Ok(())
+}
+
+/// IPv6 router advertisements must not configure the overlay device.
+/// Absent when IPv6 is disabled: nothing to do then.
+fn disable_accept_ra(dev: &str) -> Result<(), OpError> {
+    if dev.is_empty() || dev.contains('/') || dev == "." || dev == ".." {
+        return Err(OpError::Invalid(format!("`{dev}` is not a device name")));
+    }
+    let path = Path::new("/proc/sys/net/ipv6/conf")
+        .join(dev)
+        .join("accept_ra");
+    match std::fs::write(&path, "0") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(OpError::Other(format!("{}: {e}", path.display()))),
+    }
+}
+
+// ------------------------------------------------------- message builders --
+
+/// `ip link add NAME [address MAC] mtu MTU up type vxlan id VNI dev UNDERLAY
+/// local LOCAL dstport PORT [no]learning [gbp]`.
+pub(crate) fn vxlan_message(v: &VxlanCreate, underlay: u32) -> LinkMessage {
+    let mut b = LinkVxlan::new(&v.name, v.vni)
+        .dev(underlay)
+        .port(v.port)
+        .learning(v.learning);
+    b = match v.local {
+        IpAddr::V4(a) => b.local(a),
+        IpAddr::V6(a) => b.local6(a),
+    };
+    if v.gbp {
+        b = b.gbp();
+    }
+    if let Some(mac) = v.mac {
+        b = b.address(mac.0.to_vec());
+    }
+    b.mtu(v.mtu).up().build()
+}
+
+/// `ip link set` of only the given fields.
+pub(crate) fn set_link_message(
+    index: u32,
+    mtu: Option<u32>,
+    mac: Option<Mac>,
+    up: Option<bool>,
+) -> LinkMessage {
+    let mut b = LinkUnspec::new_with_index(index);
+    if let Some(mtu) = mtu {
+        b = b.mtu(mtu);
+    }
+    if let Some(mac) = mac {
+        b = b.address(mac.0.to_vec());
+    }
+    b = match up {
+        Some(true) => b.up(),
+        Some(false) => b.down(),
+        None => b,
+    };
+    b.build()
+}
+
+/// An address with IFA_LOCAL and IFA_ADDRESS both set (what `ip addr`
+/// sends), for deletion.
+pub(crate) fn address_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family_of(ip);
+    msg.header.index = index;
+    msg.header.prefix_len = prefix_len;
+    msg.attributes = vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)];
+    msg
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// An ARP/NDP entry key, for deletion.
+pub(crate) fn neighbour_message(index: u32, ip: IpAddr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family_of(ip);
+    msg.header.ifindex = index;
+    msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::from(ip))];
+    msg
+}
+
+/// A permanent `self` FDB entry of a VXLAN device (`bridge fdb ... dev D
+/// self permanent dst DST`).
+pub(crate) fn fdb_message(index: u32, mac: Mac, dst: Option<IpAddr>) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.header.kind = RouteType::Unspec;
+    msg.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.0.to_vec())];
+    if let Some(dst) = dst {
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
+    }
+    msg
+}
+
+/// Flags of an FDB add. The kernel keeps one destination per unicast MAC
+/// and ignores APPEND for it (an existing entry would silently keep its old
+/// destination), so unicast entries are replaced; all-zero and multicast
+/// MACs (flood lists) get destinations appended, like `bridge fdb append`.
+pub(crate) fn fdb_add_flags(mac: &Mac) -> u16 {
+    let mode = if mac.is_zero() || mac.is_multicast() {
+        NLM_F_APPEND
+    } else {
+        NLM_F_REPLACE
+    };
+    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | mode
+}
+
+fn invalid(e: impl fmt::Display) -> String {
+    e.to_string()
+}
+
+/// `ip route replace DST [via VIA] [dev DEV] [onlink] [src SRC] [metric M]
+/// table T proto P` (scope link for a direct IPv4 route, like iproute2).
+pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
+    let dst = r.dst.trunc();
+    let scope = if r.via.is_none() && r.dst.addr().is_ipv4() {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .map_err(invalid)?
+        .table_id(r.table)
+        .protocol(RouteProtocol::from(r.protocol))
+        .scope(scope)
+        .kind(RouteType::Unicast);
+    if let Some(via) = r.via {
+        b = b.gateway(via).map_err(invalid)?;
+    }
+    if let Some(oif) = oif {
+        b = b.output_interface(oif);
+    }
+    if r.onlink {
+        b = b.onlink();
+    }
+    if let Some(src) = r.src {
+        b = b.pref_source(src).map_err(invalid)?;
+    }
+    if let Some(metric) = r.metric {
+        b = b.priority(metric);
+    }
+    Ok(b.build())
+}
+
+/// `ip route del DST table T [via VIA] [dev DEV] [metric M]`: protocol,
+/// scope and type are wildcards, like iproute2's delete.
+pub(crate) fn route_del_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
+    let dst = r.dst.trunc();
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .map_err(invalid)?
+        .table_id(r.table)
+        .protocol(RouteProtocol::Unspec)
+        .scope(RouteScope::NoWhere)
+        .kind(RouteType::Unspec);
+    if let Some(via) = r.via {
+        b = b.gateway(via).map_err(invalid)?;
+    }
+    if let Some(oif) = oif {
+        b = b.output_interface(oif);
+    }
+    if let Some(metric) = r.metric {
+        b = b.priority(metric);
+    }
+    Ok(b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo};
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
+
+    use crate::model::Family;
+
+    fn nack(code: i32) -> OpError {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-code);
+        OpError::Netlink(rtnetlink::Error::NetlinkError(m))
+    }
+
+    fn route_op() -> RouteOp {
+        RouteOp {
+            table: 254,
+            dst: "198.18.2.0/24".parse().unwrap(),
+            via: Some("198.18.2.0".parse().unwrap()),
+            dev: Some("flannel.1".into()),
+            onlink: true,
+            src: None,
+            metric: None,
+            protocol: 199,
+        }
+    }
+
+    #[test]
+    fn idempotency_rules() {
+        let add = Op::AddFdb {
+            dev: "v".into(),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            dst: "192.0.2.2".parse().unwrap(),
+        };
+        let del = Op::DelRoute(route_op());
+        let del_addr = Op::DelAddress {
+            dev: "v".into(),
+            cidr: "198.18.1.0/32".parse().unwrap(),
+        };
+        assert!(tolerated(&add, &nack(libc::EEXIST)));
+        assert!(!tolerated(&add, &nack(libc::ENOENT)));
+        assert!(!tolerated(&add, &OpError::NoDevice("v".into())));
+        assert!(tolerated(&del, &nack(libc::ESRCH)));
+        assert!(tolerated(&del, &nack(libc::ENODEV)));
+        assert!(tolerated(&del, &OpError::NoDevice("v".into())));
+        assert!(!tolerated(&del, &nack(libc::EEXIST)));
+        assert!(!tolerated(&del, &nack(libc::EADDRNOTAVAIL)));
+        assert!(tolerated(&del_addr, &nack(libc::EADDRNOTAVAIL)));
+        assert!(!tolerated(&del, &nack(libc::EPERM)));
+        assert!(!tolerated(&del, &OpError::Timeout));
+        let set = Op::SetLink {
+            name: "v".into(),
+            mtu: Some(1),
+            mac: None,
+            up: None,
+        };
+        assert!(
+            !tolerated(&set, &nack(libc::EEXIST)),
+            "nothing is added by a set"
+        );
+    }
+
+    #[test]
+    fn vxlan_create_carries_every_attribute() {
+        let v = VxlanCreate {
+            name: "flannel.1".into(),
+            vni: 1,
+            port: 8472,
+            underlay: "eth0".into(),
+            family: Family::Ipv4,
+            local: "192.0.2.1".parse().unwrap(),
+            mac: Some(Mac([2, 0, 0, 0, 0, 1])),
+            mtu: 1450,
+            learning: false,
+            gbp: true,
+        };
+        let msg = vxlan_message(&v, 3);
+        assert!(msg.header.flags.contains(LinkFlags::Up));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("flannel.1".into()))
+        );
+        assert!(msg.attributes.contains(&LinkAttribute::Mtu(1450)));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]))
+        );
+        let data = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => i.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Vxlan(d)) => Some(d.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .unwrap();
+        for want in [
+            InfoVxlan::Id(1),
+            InfoVxlan::Link(3),
+            InfoVxlan::Port(8472),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Local("192.0.2.1".parse().unwrap()),
+            InfoVxlan::Gbp,
+        ] {
+            assert!(data.contains(&want), "{want:?} missing from {data:?}");
+        }
+        let v6 = VxlanCreate {
+            local: "2001:db8::1".parse().unwrap(),
+            gbp: false,
+            ..v
+        };
+        let msg = vxlan_message(&v6, 3);
+        let text = format!("{msg:?}");
+        assert!(
+            text.contains("Local6(2001:db8::1)") && !text.contains("Gbp"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn set_link_sets_only_given_fields() {
+        let msg = set_link_message(4, None, None, Some(false));
+        assert!(msg.attributes.is_empty());
+        assert!(
+            msg.header.change_mask.contains(LinkFlags::Up)
+                && !msg.header.flags.contains(LinkFlags::Up)
+        );
+        let msg = set_link_message(4, Some(1400), None, None);
+        assert_eq!(msg.attributes, vec![LinkAttribute::Mtu(1400)]);
+        assert!(msg.header.change_mask.is_empty());
+    }
+
+    #[test]
+    fn route_messages() {
+        let msg = route_message(&route_op(), Some(7)).unwrap();
+        assert_eq!(msg.header.table, 254);
+        assert_eq!(u8::from(msg.header.protocol), 199);
+        assert_eq!(msg.header.scope, RouteScope::Universe);
+        assert!(msg.header.flags.contains(RouteFlags::Onlink));
+        assert!(msg.attributes.contains(&RouteAttribute::Oif(7)));
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet(
+                    "198.18.2.0".parse().unwrap()
+                )))
+        );
+        let direct = RouteOp {
+            via: None,
+            onlink: false,
+            table: 1000,
+            metric: Some(20),
+            src: Some("198.18.1.0".parse().unwrap()),
+            ..route_op()
+        };
+        let msg = route_message(&direct, Some(7)).unwrap();
+        assert_eq!(msg.header.scope, RouteScope::Link);
+        assert!(msg.attributes.contains(&RouteAttribute::Table(1000)));
+        assert!(msg.attributes.contains(&RouteAttribute::Priority(20)));
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::PrefSource(RouteAddress::Inet(
+                    "198.18.1.0".parse().unwrap()
+                )))
+        );
+        let del = route_del_message(&direct, Some(7)).unwrap();
+        assert_eq!(del.header.protocol, RouteProtocol::Unspec);
+        assert_eq!(del.header.scope, RouteScope::NoWhere);
+        assert!(
+            !del.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::PrefSource(_)))
+        );
+        let bad = RouteOp {
+            via: Some("2001:db8::1".parse().unwrap()),
+            dst: "fd00::/64".parse().unwrap(),
+            src: Some("198.18.1.0".parse().unwrap()),
+            ..route_op()
+        };
+        assert!(
+            route_message(&bad, None).is_err(),
+            "IPv4 src on an IPv6 route"
+        );
+    }
+
+    #[test]
+    fn fdb_flags_append_only_for_flood_entries() {
+        assert_eq!(fdb_add_flags(&Mac::ZERO) & NLM_F_APPEND, NLM_F_APPEND);
+        let unicast = fdb_add_flags(&Mac([2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            unicast & (NLM_F_REPLACE | NLM_F_CREATE),
+            NLM_F_REPLACE | NLM_F_CREATE
+        );
+        let msg = fdb_message(3, Mac([2, 0, 0, 0, 0, 1]), None);
+        assert_eq!(msg.attributes.len(), 1);
+        assert!(msg.header.flags.contains(NeighbourFlags::Own));
+    }
 }

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod logging;
 pub mod model;
 pub mod nat;
+pub mod netlink;
 pub mod observe;
 pub mod plan;
 pub mod show;

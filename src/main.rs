@@ -199,17 +199,10 @@ fn fail(code: u8, msg: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn netlink() -> Result<rtnetlink::Handle, String> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("cannot open netlink socket: {e}"))?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
 async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
-    let handle = match netlink() {
+    let handle = match netconverge::netlink::connect() {
         Ok(h) => h,
-        Err(e) => return fail(code::SYSTEM, &e),
+        Err(e) => return fail(code::SYSTEM, &e.to_string()),
     };
     match cli.command {
         Command::Converge {

@@ -50,6 +50,8 @@ pub enum Hint {
 pub enum DaemonError {
     #[error("cannot open netlink socket: {0}")]
     Netlink(#[source] std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::netlink::NetlinkError),
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -171,8 +173,7 @@ pub async fn run(
     // Subscribe before the first dump, so no change between dump and
     // subscription can be missed.
     let mut monitor = monitor_connection()?;
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(DaemonError::Netlink)?;
-    tokio::spawn(conn);
+    let handle = crate::netlink::connect().map_err(DaemonError::Connect)?;
 
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;

@@ -100,6 +100,9 @@ pub enum Stage {
     CreateLinks,
     SetLinks,
     Addresses,
+    /// After the new addresses: removing a device's last IPv4 address makes
+    /// the kernel drop every IPv4 route through it.
+    PruneAddresses,
     L2,
     Routes,
     Nat,

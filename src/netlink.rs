@@ -1,0 +1,100 @@
+//! rtnetlink connection setup and netlink error classification.
+//!
+//! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
+//! the thread that called it, over a socket whose receive buffer is large
+//! enough for every ACK of a full request window ([`REQUEST_WINDOW`]), so
+//! pipelined requests never lose their replies.
+
+use std::io;
+use std::time::Duration;
+
+use rtnetlink::Handle;
+use rtnetlink::sys::AsyncSocket;
+
+/// Requests kept in flight at once on one handle. Bounded so the ACKs the
+/// kernel queues for us always fit in the socket's receive buffer: a dropped
+/// ACK would leave its request waiting forever.
+pub const REQUEST_WINDOW: usize = 256;
+
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`, then
+/// doubles it). Even the default cap (~416 KiB effective) holds a window of
+/// ACKs; the larger buffer also keeps big dumps from stalling.
+pub const RX_BUFFER_BYTES: usize = 8 << 20;
+
+/// Upper bound on one request/ACK round trip. Only reached if the kernel's
+/// reply was lost; turns a silent hang into a reported failure.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("rtnetlink needs a running tokio runtime (with I/O and time enabled)")]
+    NoRuntime,
+    #[error("cannot open an rtnetlink socket: {0}")]
+    Open(#[source] io::Error),
+}
+
+/// Open an rtnetlink connection in the calling thread's network namespace
+/// and drive it on the current tokio runtime.
+///
+/// The runtime must have its I/O and time drivers enabled
+/// (`Builder::enable_all`): the socket is registered with the reactor and
+/// requests are bounded by [`REQUEST_TIMEOUT`].
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+    let (mut connection, handle, _unsolicited) =
+        rtnetlink::new_connection().map_err(NetlinkError::Open)?;
+    let socket = connection.socket_mut().socket_mut();
+    // Best effort: a smaller buffer still works with the bounded window.
+    let rx = i32::try_from(RX_BUFFER_BYTES).unwrap_or(i32::MAX);
+    if let Err(e) = socket.set_rx_buf_sz(rx) {
+        tracing::debug!("SO_RCVBUF {rx}: {e}");
+    }
+    // Error ACKs then carry only the request header, not the whole request.
+    if let Err(e) = socket.set_cap_ack(true) {
+        tracing::debug!("NETLINK_CAP_ACK: {e}");
+    }
+    tracing::trace!(rx_buffer = ?socket.get_rx_buf_sz().ok(), "rtnetlink connected");
+    runtime.spawn(connection);
+    Ok(handle)
+}
+
+/// The errno of a kernel NACK (positive, e.g. `libc::EEXIST`), if `e` is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().saturating_abs()),
+        _ => None,
+    }
+}
+
+/// Human text for a netlink failure: the errno's description for kernel
+/// NACKs (`File exists (os error 17)`), the library's message otherwise.
+pub fn error_text(e: &rtnetlink::Error) -> String {
+    match errno(e) {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_core::ErrorMessage;
+
+    fn nack(code: i32) -> rtnetlink::Error {
+        let mut m = ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(code);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn errno_is_positive_and_text_names_it() {
+        let e = nack(-libc::EEXIST);
+        assert_eq!(errno(&e), Some(libc::EEXIST));
+        assert!(error_text(&e).contains("File exists"), "{}", error_text(&e));
+        assert_eq!(errno(&rtnetlink::Error::RequestFailed), None);
+        assert_eq!(
+            error_text(&rtnetlink::Error::RequestFailed),
+            "A netlink request failed"
+        );
+    }
+}
