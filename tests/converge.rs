@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{Netns, code, stderr, stdout};
 use netconverge::model::Mac;
@@ -74,14 +74,14 @@ vtep_mac = "02:00:00:00:00:{n:02x}"
     s
 }
 
-fn converge(ns: &Netns, cfg: &PathBuf) -> (i32, String) {
+fn converge(ns: &Netns, cfg: &Path) -> (i32, String) {
     let out = ns.netconverge(cfg, &["converge"]);
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "panic: {err}");
     (code(&out), format!("{}{}", stdout(&out), err))
 }
 
-fn check(ns: &Netns, cfg: &PathBuf) -> (i32, String) {
+fn check(ns: &Netns, cfg: &Path) -> (i32, String) {
     let out = ns.netconverge(cfg, &["converge", "--check"]);
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "panic: {err}");
