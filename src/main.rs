@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use netconverge::config::{self, ConfigError, ConfigErrors};
+use netconverge::daemon::nm;
 use netconverge::engine::{self, Outcome};
 use netconverge::logging::{self, LogFormat};
-use netconverge::model::Desired;
+use netconverge::model::{Desired, NmMode};
 use netconverge::plan::Plan;
 use serde::Serialize;
 
@@ -154,6 +155,7 @@ fn main() -> ExitCode {
     };
     if let Command::Validate = cli.command {
         println!("{}: ok", cli.config.display());
+        warn_nm_managed_blocking(&desired);
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -164,6 +166,42 @@ fn main() -> ExitCode {
         Err(e) => return fail(code::SYSTEM, &format!("cannot start runtime: {e}")),
     };
     runtime.block_on(async_main(cli, desired))
+}
+
+/// How long `validate`/`converge --check` may spend asking NetworkManager.
+const NM_QUERY_BUDGET: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Warn (stderr only, exit code unaffected) about owned devices that
+/// NetworkManager manages. Silent without a bus, without NetworkManager, or
+/// with `networkmanager = "off"`.
+async fn warn_nm_managed(desired: &Desired) {
+    if desired.daemon.networkmanager == NmMode::Off {
+        return;
+    }
+    let owned: Vec<String> = desired.owned_devices().map(str::to_string).collect();
+    match nm::managed_devices(&owned, NM_QUERY_BUDGET).await {
+        Ok(devices) => devices
+            .iter()
+            .for_each(|d| eprintln!("netconverge: {}", nm::managed_warning(d))),
+        Err(e) => tracing::debug!("cannot ask NetworkManager about owned devices: {e}"),
+    }
+}
+
+/// [`warn_nm_managed`] for `validate`, which otherwise runs no runtime (and
+/// must stay instant where there is no bus, e.g. in a build sandbox).
+fn warn_nm_managed_blocking(desired: &Desired) {
+    if desired.vxlans.is_empty()
+        || desired.daemon.networkmanager == NmMode::Off
+        || !nm::system_bus_configured()
+    {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(warn_nm_managed(desired));
+    }
 }
 
 /// Load and validate the file, then give derived MACs their seed.
@@ -210,6 +248,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             format,
         } => match engine::check(&handle, &desired).await {
             Ok(plan) => {
+                warn_nm_managed(&desired).await;
                 print_plan(&plan, format);
                 ExitCode::from(if plan.in_sync() {
                     code::OK
@@ -259,7 +298,10 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             drop(handle);
             let path = cli.config.clone();
             let loader: netconverge::daemon::Loader = Box::new(move || load(&path));
-            match netconverge::daemon::run(desired, loader, None).await {
+            // D-Bus lives in its own task; without a bus it only logs once
+            let follower = (desired.daemon.networkmanager == NmMode::Auto)
+                .then(|| nm::spawn(nm::underlays(&desired)));
+            match netconverge::daemon::run(desired, loader, follower).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(code::SYSTEM, &e.to_string()),
             }

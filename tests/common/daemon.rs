@@ -28,28 +28,34 @@ pub struct Daemon {
 impl Daemon {
     /// Start `netconverge -c config run` in `ns` with extra env vars.
     pub fn start(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(&["ip", "netns", "exec", &ns.name], config, env)
+    }
+
+    /// Start `netconverge -c config run` through an arbitrary command
+    /// `prefix` (e.g. `nsenter -t PID -n -m -u --`) that must exec the
+    /// daemon, so the child's PID is the daemon's.
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        prefix: &[S],
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let sock_path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         let log = dir.path().join("daemon.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &ns.name,
-            env!("CARGO_BIN_EXE_netconverge"),
-            "-v",
-            "-c",
-        ])
-        .arg(config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
+        let (first, rest) = prefix.split_first().expect("empty command prefix");
+        let mut cmd = Command::new(first);
+        cmd.args(rest)
+            .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
+            .arg(config)
+            .arg("run")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
         }

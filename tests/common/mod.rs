@@ -13,6 +13,7 @@
 )]
 
 pub mod daemon;
+pub mod nm;
 
 use std::path::Path;
 use std::process::{Command, Output};
