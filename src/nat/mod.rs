@@ -284,8 +284,3 @@ pub fn check_backend(spec: &NatSpec) -> Result<(), NatError> {
     backend(spec.backend).check(spec)
 }
 
-/// Remove everything netconverge owns for NAT; returns what was removed.
-pub fn cleanup(spec: &NatSpec) -> Result<Vec<String>, NatError> {
-    let _ = spec;
-    Ok(Vec::new())
-}
