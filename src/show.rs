@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::model::{Desired, Mac, Observed};
 
+const RTPROT_KERNEL: u8 = 2;
+const RTPROT_RA: u8 = 9;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowVxlan {
     pub name: String,
@@ -175,6 +178,8 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
         route: observed
             .routes
             .iter()
+            // connected and RA routes are the kernel's, not managed state
+            .filter(|r| r.protocol != RTPROT_KERNEL && r.protocol != RTPROT_RA)
             .map(|r| ShowRoute {
                 dst: r.dst,
                 via: r.via,

@@ -264,9 +264,23 @@ fn teardown_cycles(stack: Stack, cycles: usize) {
         // the address arrives a moment later
         std::thread::sleep(Duration::from_millis(if i % 10 == 0 { 30 } else { 2 }));
         add_underlay_addr(&ns, stack);
-        eventually(&format!("cycle {i}: full state back"), LONG, || {
-            full_state(&ns, dir.path(), stack, 5)
-        });
+        let start = std::time::Instant::now();
+        while !full_state(&ns, dir.path(), stack, 5) {
+            if start.elapsed() > LONG {
+                let logs = d.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                panic!(
+                    "cycle {i}: full state not back within {LONG:?}\nlinks: {}\nroutes: {}\nneigh: {}\nfdb: {}\nlease: {:?}\nlog tail (newest first):\n{}",
+                    ns.ip(&["-d", "link"]),
+                    ns.ip(&["route", "show", "table", "all"]),
+                    ns.ip(&["neigh"]),
+                    ns.exec(&["bridge", "fdb", "show"]),
+                    std::fs::read_to_string(lease_path(dir.path())),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     assert!(d.logs().lines().all(|l| !l.contains("panicked")));
     assert_eq!(d.stop(), 0);

@@ -134,7 +134,9 @@ fn log_pass(n: u64, trigger: Trigger, outcome: &Outcome, took: Duration) {
         debug!(pass = n, %trigger, "pass #{n} ({trigger}): in sync ({} ms)", took.as_millis());
         return;
     }
-    let what = if changes.len() <= DETAIL {
+    let what = if changes.is_empty() {
+        "no changes possible".to_string()
+    } else if changes.len() <= DETAIL {
         changes
             .iter()
             .map(|c| format!("{} {}: {}", c.kind.sigil(), c.object, c.reason))
@@ -194,6 +196,7 @@ pub async fn run(
     let mut rec = Reconciler::new(&desired.daemon, Instant::now());
     let mut note: Option<String> = None;
     let mut relevant_events: u64 = 0;
+    let mut last_status = String::new();
     let ignore_netlink = std::env::var_os(TEST_IGNORE_NETLINK_ENV).is_some();
     if ignore_netlink {
         warn!("{TEST_IGNORE_NETLINK_ENV} is set: ignoring every netlink notification (test-only)");
@@ -279,6 +282,7 @@ pub async fn run(
                 let Some(trigger) = rec.poll(Instant::now()) else { continue };
                 let start = Instant::now();
                 let n = rec.passes() + 1;
+                debug!(pass = n, %trigger, "pass #{n} starting");
                 let result = tokio::time::timeout(PASS_TIMEOUT, engine::converge(&handle, &desired, 3)).await;
                 let took = start.elapsed();
                 let pass = match result {
@@ -292,7 +296,11 @@ pub async fn run(
                             }
                         }
                         let status = status_line(&desired, &outcome, note.as_deref());
-                        notify(&[NotifyState::Status(&status)]);
+                        // only changes: STATUS= is a display, not a heartbeat
+                        if status != last_status {
+                            notify(&[NotifyState::Status(&status)]);
+                            last_status = status;
+                        }
                         PassResult {
                             remaining: outcome.remaining.changes.len(),
                             blocked: outcome.remaining.blocked.len(),
