@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use zbus::export::ordered_stream::{OrderedStreamExt, join};
 use zbus::fdo::DBusProxy;
 use zbus::names::BusName;
 use zbus::proxy::CacheProperties;
@@ -31,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a `DeviceRemoved` without a teardown waits for NetworkManager
+/// to leave the bus (then it was quitting, and the link stays).
+const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// Where zbus looks when `DBUS_SYSTEM_BUS_ADDRESS` is unset.
 const DEFAULT_SOCKETS: [&str; 2] = [
     "/run/dbus/system_bus_socket",
@@ -51,9 +54,6 @@ mod manager {
 
         #[zbus(property(emits_changed_signal = "false"))]
         fn version(&self) -> zbus::Result<String>;
-
-        #[zbus(property(emits_changed_signal = "false"))]
-        fn state(&self) -> zbus::Result<u32>;
 
         #[zbus(signal)]
         fn device_added(&self, device_path: ObjectPath<'_>) -> zbus::Result<()>;
@@ -94,7 +94,6 @@ pub mod state {
     pub const UNAVAILABLE: u32 = 20;
     pub const DISCONNECTED: u32 = 30;
     pub const PREPARE: u32 = 40;
-    pub const IP_CONFIG: u32 = 70;
     pub const ACTIVATED: u32 = 100;
     pub const DEACTIVATING: u32 = 110;
     pub const FAILED: u32 = 120;
@@ -106,7 +105,7 @@ pub enum NmError {
     Bus(#[from] zbus::Error),
     #[error("{0}")]
     Fdo(#[from] zbus::fdo::Error),
-    #[error("no answer within {} s", .0.as_secs())]
+    #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
 }
 
@@ -220,16 +219,6 @@ impl Tracker {
         None
     }
 
-    /// A device came (back) with `current` state: if it is already
-    /// activated and nobody said so yet, that is an activation.
-    pub fn added(&mut self, iface: &str, current: u32) -> Option<Hint> {
-        if current == state::ACTIVATED && self.last.get(iface) != Some(&true) {
-            self.last.insert(iface.to_string(), true);
-            return Some(Hint::Activated(iface.to_string()));
-        }
-        None
-    }
-
     /// `DeviceRemoved`.
     pub fn removed(&mut self, iface: &str) -> Option<Hint> {
         if self.last.get(iface) == Some(&false) {
@@ -237,6 +226,11 @@ impl Tracker {
         }
         self.last.insert(iface.to_string(), false);
         Some(Hint::Deactivated(iface.to_string()))
+    }
+
+    /// Was the last hint for `iface` a deactivation?
+    pub fn is_down(&self, iface: &str) -> bool {
+        self.last.get(iface) == Some(&false)
     }
 
     pub fn forget_all(&mut self) {
@@ -274,12 +268,18 @@ impl Watcher {
     }
 }
 
-/// Start following NetworkManager for `underlays` in a task of the current
-/// tokio runtime.
+/// Start following NetworkManager for `underlays` on the system bus, in a
+/// task of the current tokio runtime.
 pub fn spawn(underlays: BTreeSet<String>) -> Watcher {
+    spawn_on(None, underlays)
+}
+
+/// [`spawn`] on the bus at `address` (`unix:path=…`) instead of the system
+/// bus; `None` is the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or its default).
+pub fn spawn_on(address: Option<String>, underlays: BTreeSet<String>) -> Watcher {
     let (tx, hints) = mpsc::unbounded_channel();
     let (underlays_tx, underlays_rx) = watch::channel(underlays);
-    tokio::spawn(follow(underlays_rx, tx));
+    tokio::spawn(follow(address, underlays_rx, tx));
     Watcher {
         hints,
         underlays: underlays_tx,
@@ -309,8 +309,12 @@ pub fn system_bus_configured() -> bool {
             .any(|p| std::path::Path::new(p).exists())
 }
 
-async fn connect(limit: Duration) -> Result<zbus::Connection, NmError> {
-    let builder = zbus::connection::Builder::system()?.method_timeout(limit);
+async fn connect(address: Option<&str>, limit: Duration) -> Result<zbus::Connection, NmError> {
+    let builder = match address {
+        Some(a) => zbus::connection::Builder::address(a)?,
+        None => zbus::connection::Builder::system()?,
+    }
+    .method_timeout(limit);
     bounded(limit, builder.build()).await
 }
 
@@ -326,7 +330,7 @@ pub async fn managed_devices(names: &[String], budget: Duration) -> Result<Vec<S
         return Ok(Vec::new());
     }
     bounded(budget, async {
-        let conn = connect(budget).await?;
+        let conn = connect(None, budget).await?;
         let dbus = DBusProxy::builder(&conn)
             .cache_properties(CacheProperties::No)
             .build()
@@ -345,7 +349,7 @@ pub async fn managed_devices(names: &[String], budget: Duration) -> Result<Vec<S
                 continue;
             };
             let dev = device_proxy(&conn, path).await?;
-            if dev.managed().await? {
+            if let Ok(true) = dev.managed().await {
                 managed.push(name.clone());
             }
         }
@@ -396,7 +400,9 @@ enum Signal {
 enum End {
     /// The daemon dropped the [`Watcher`].
     Stopped,
-    /// The bus connection failed or closed.
+    /// No usable connection (connecting or subscribing failed).
+    Failed(String),
+    /// An established connection failed or closed.
     Lost(String),
 }
 
@@ -409,7 +415,7 @@ struct Status {
 }
 
 impl Status {
-    fn unreachable(&mut self, e: &NmError) {
+    fn unreachable(&mut self, e: &str) {
         if !self.bus_down {
             info!(
                 "NetworkManager: system D-Bus not reachable ({e}); following the kernel alone, retrying in the background"
@@ -462,25 +468,25 @@ impl Status {
     }
 }
 
-async fn follow(mut underlays: watch::Receiver<BTreeSet<String>>, tx: mpsc::UnboundedSender<Hint>) {
+async fn follow(
+    address: Option<String>,
+    mut underlays: watch::Receiver<BTreeSet<String>>,
+    tx: mpsc::UnboundedSender<Hint>,
+) {
     let mut status = Status::default();
     let mut backoff = BACKOFF_MIN;
     loop {
-        let end = match connect(CONNECT_TIMEOUT).await {
-            Err(e) => {
-                status.unreachable(&e);
-                None
-            }
-            Ok(conn) => {
-                status.connected();
-                backoff = BACKOFF_MIN;
-                Some(session(conn, &mut underlays, &tx, &mut status).await)
-            }
+        let end = match connect(address.as_deref(), CONNECT_TIMEOUT).await {
+            Err(e) => End::Failed(e.to_string()),
+            Ok(conn) => session(conn, &mut underlays, &tx, &mut status).await,
         };
         match end {
-            Some(End::Stopped) => return,
-            Some(End::Lost(why)) => status.lost(&why, &tx),
-            None => {}
+            End::Stopped => return,
+            End::Failed(e) => status.unreachable(&e),
+            End::Lost(why) => {
+                status.lost(&why, &tx);
+                backoff = BACKOFF_MIN;
+            }
         }
         tokio::select! {
             _ = tx.closed() => return,
@@ -508,35 +514,24 @@ async fn subscribe(
 ) -> Result<(Pump, mpsc::UnboundedReceiver<Signal>), NmError> {
     let owner = dbus
         .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
-        .await?
-        .filter_map(|s| async move {
-            let args = s.args().ok()?;
-            Some(Signal::Owner(
-                args.new_owner().as_ref().map(|n| n.to_string()),
-            ))
-        })
-        .boxed();
-    let added = nm
-        .receive_device_added()
-        .await?
-        .filter_map(|s| async move {
-            let args = s.args().ok()?;
-            Some(Signal::Added(args.device_path().clone().into()))
-        })
-        .boxed();
-    let removed = nm
-        .receive_device_removed()
-        .await?
-        .filter_map(|s| async move {
-            let args = s.args().ok()?;
-            Some(Signal::Removed(args.device_path().clone().into()))
-        })
-        .boxed();
-    let manager_state = nm
-        .receive_state_changed()
-        .await?
-        .filter_map(|s| async move { Some(Signal::Manager(*s.args().ok()?.state())) })
-        .boxed();
+        .await?;
+    let owner = OrderedStreamExt::filter_map(owner, |s| {
+        let args = s.args().ok()?;
+        Some(Signal::Owner(
+            args.new_owner().as_ref().map(|n| n.to_string()),
+        ))
+    });
+    let added = OrderedStreamExt::filter_map(nm.receive_device_added().await?, |s| {
+        let args = s.args().ok()?;
+        Some(Signal::Added(args.device_path().clone().into()))
+    });
+    let removed = OrderedStreamExt::filter_map(nm.receive_device_removed().await?, |s| {
+        let args = s.args().ok()?;
+        Some(Signal::Removed(args.device_path().clone().into()))
+    });
+    let manager_state = OrderedStreamExt::filter_map(nm.receive_state_changed().await?, |s| {
+        Some(Signal::Manager(*s.args().ok()?.state()))
+    });
     // One subscription for the StateChanged of every device (object paths
     // are not known in advance and survive a rebuild); the bus only
     // delivers NetworkManager's own.
@@ -546,25 +541,28 @@ async fn subscribe(
         .interface(DEVICE_INTERFACE)?
         .member("StateChanged")?
         .build();
-    let devices = zbus::MessageStream::for_match_rule(rule, conn, None)
-        .await?
-        .filter_map(|m| async move {
-            let s = device::StateChanged::from_message(m.ok()?)?;
-            let path = s.message().header().path()?.to_owned().into();
-            let a = s.args().ok()?;
-            Some(Signal::Device {
-                path,
-                new: *a.new_state(),
-                old: *a.old_state(),
-                reason: *a.reason(),
-            })
+    let devices = zbus::MessageStream::for_match_rule(rule, conn, None).await?;
+    let devices = OrderedStreamExt::filter_map(devices, |m| {
+        let s = device::StateChanged::from_message(m.ok()?)?;
+        let path = s.message().header().path()?.to_owned().into();
+        let a = s.args().ok()?;
+        Some(Signal::Device {
+            path,
+            new: *a.new_state(),
+            old: *a.old_state(),
+            reason: *a.reason(),
         })
-        .boxed();
-    let streams: Vec<BoxStream<'static, Signal>> =
-        vec![owner, added, removed, manager_state, devices];
-    let mut all = futures::stream::select_all(streams);
+    });
+    // Merged in the order the socket delivered them (a device's
+    // DeviceAdded before its StateChanged, a departure before a return).
+    let all = join(
+        join(owner, removed),
+        join(join(added, manager_state), devices),
+    );
+    let all = OrderedStreamExt::into_stream(all);
     let (sig_tx, sig_rx) = mpsc::unbounded_channel();
     let handle = tokio::spawn(async move {
+        let mut all = std::pin::pin!(all);
         while let Some(s) = all.next().await {
             if sig_tx.send(s).is_err() {
                 return;
@@ -583,9 +581,39 @@ struct Session {
     paths: HashMap<OwnedObjectPath, String>,
     tracker: Tracker,
     names: BTreeSet<String>,
+    /// Underlays removed without a teardown, until it is clear
+    /// NetworkManager is not simply quitting.
+    pending: HashMap<String, tokio::time::Instant>,
 }
 
 impl Session {
+    /// A removal that was not NetworkManager quitting.
+    fn removal_confirmed(&mut self, iface: &str, tx: &mpsc::UnboundedSender<Hint>) {
+        let hint = self.tracker.removed(iface);
+        if hint.is_some() {
+            info!("NetworkManager: {iface} removed");
+        }
+        self.emit(tx, hint);
+    }
+
+    fn next_removal(&self) -> Option<tokio::time::Instant> {
+        self.pending.values().min().copied()
+    }
+
+    fn expire_removals(&mut self, tx: &mpsc::UnboundedSender<Hint>) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(i, _)| i.clone())
+            .collect();
+        for iface in due {
+            self.pending.remove(&iface);
+            self.removal_confirmed(&iface, tx);
+        }
+    }
+
     fn emit(&self, tx: &mpsc::UnboundedSender<Hint>, hint: Option<Hint>) {
         if let Some(h) = hint {
             let _ = tx.send(h);
@@ -595,6 +623,7 @@ impl Session {
     /// NetworkManager is (again) on the bus: find the underlays it knows.
     async fn discover(&mut self) {
         self.paths.clear();
+        self.pending.clear();
         self.tracker.forget_all();
         let version = bounded(CALL_TIMEOUT, self.nm.version())
             .await
@@ -640,6 +669,7 @@ impl Session {
     /// The set of underlays changed (reload).
     async fn retarget(&mut self, names: BTreeSet<String>) {
         self.paths.retain(|_, n| names.contains(n));
+        self.pending.retain(|n, _| names.contains(n));
         let new: Vec<String> = names
             .iter()
             .filter(|n| !self.paths.values().any(|v| v == *n))
@@ -659,9 +689,11 @@ impl Session {
         match s {
             Signal::Owner(_) => {}
             Signal::Manager(st) => {
-                info!("NetworkManager state: {} ({st})", manager_state_name(st));
+                debug!("NetworkManager state: {} ({st})", manager_state_name(st));
             }
             Signal::Added(path) => {
+                // Only learn the path: the device's StateChanged signals
+                // follow in order (a State read here would run ahead of them).
                 let dev = match device_proxy(&self.conn, path.clone()).await {
                     Ok(d) => d,
                     Err(e) => return debug!("NetworkManager: device {}: {e}", path.as_str()),
@@ -669,32 +701,32 @@ impl Session {
                 let Ok(iface) = bounded(CALL_TIMEOUT, dev.interface()).await else {
                     return;
                 };
-                if !self.names.contains(&iface) {
+                if self.names.contains(&iface) {
+                    debug!("NetworkManager: {iface} added ({})", path.as_str());
+                    self.paths.insert(path, iface);
+                } else {
                     self.paths.remove(&path);
-                    return;
                 }
-                let st = bounded(CALL_TIMEOUT, dev.state())
-                    .await
-                    .unwrap_or(state::UNKNOWN);
-                info!("NetworkManager: {iface} added ({})", device_state_name(st));
-                self.paths.insert(path, iface.clone());
-                let hint = self.tracker.added(&iface, st);
-                self.emit(tx, hint);
             }
             Signal::Removed(path) => {
                 let Some(iface) = self.paths.get(&path).cloned() else {
                     return;
                 };
-                let hint = self.tracker.removed(&iface);
-                info!(
-                    "NetworkManager: {iface} removed{}",
-                    if hint.is_some() {
-                        ""
-                    } else {
-                        " (already deactivated)"
-                    }
+                if self.tracker.is_down(&iface) {
+                    debug!("NetworkManager: {iface} removed (already deactivated)");
+                    return;
+                }
+                // Removed without a teardown: NetworkManager also unexports
+                // every device, leaving the links in place, just before it
+                // quits. Only a removal not followed by its departure
+                // explains a vanished underlay.
+                debug!(
+                    "NetworkManager: {iface} removed without deactivation; waiting {} ms to tell it from NetworkManager quitting",
+                    REMOVAL_GRACE.as_millis()
                 );
-                self.emit(tx, hint);
+                self.pending
+                    .entry(iface)
+                    .or_insert_with(|| tokio::time::Instant::now() + REMOVAL_GRACE);
             }
             Signal::Device {
                 path,
@@ -705,7 +737,14 @@ impl Session {
                 let Some(iface) = self.paths.get(&path).cloned() else {
                     return;
                 };
+                if new == state::ACTIVATED && self.pending.remove(&iface).is_some() {
+                    // removed and back already: it was rebuilt
+                    self.removal_confirmed(&iface, tx);
+                }
                 let hint = self.tracker.state_changed(&iface, new, old);
+                if matches!(hint, Some(Hint::Deactivated(_))) {
+                    self.pending.remove(&iface);
+                }
                 let why = format!("reason {reason}: {}", reason_name(reason));
                 match &hint {
                     Some(Hint::Activated(_)) => {
@@ -752,14 +791,16 @@ async fn session(
     };
     let (nm, _pump, mut signals, present) = match bounded(CONNECT_TIMEOUT, setup).await {
         Ok(x) => x,
-        Err(e) => return End::Lost(e.to_string()),
+        Err(e) => return End::Failed(e.to_string()),
     };
+    status.connected();
     let mut s = Session {
         conn,
         nm,
         paths: HashMap::new(),
         tracker: Tracker::default(),
         names: underlays.borrow_and_update().clone(),
+        pending: HashMap::new(),
     };
     if present {
         status.nm_here(tx);
@@ -768,8 +809,12 @@ async fn session(
         status.nm_absent_at_connect();
     }
     loop {
+        let removal = s.next_removal();
         tokio::select! {
             _ = tx.closed() => return End::Stopped,
+            _ = tokio::time::sleep_until(removal.unwrap_or_else(tokio::time::Instant::now)), if removal.is_some() => {
+                s.expire_removals(tx);
+            }
             changed = underlays.changed() => {
                 if changed.is_err() {
                     return End::Stopped;
@@ -780,14 +825,19 @@ async fn session(
             sig = signals.recv() => match sig {
                 None => return End::Lost("connection closed".into()),
                 Some(Signal::Owner(Some(owner))) => {
-                    info!("NetworkManager appeared on the system bus ({owner})");
+                    debug!("NetworkManager appeared on the system bus ({owner})");
                     status.nm_here(tx);
                     s.discover().await;
                 }
                 Some(Signal::Owner(None)) => {
-                    info!("NetworkManager left the system bus; following the kernel alone until it returns");
+                    // the daemon logs the NmDown hint: once, in one place
+                    debug!("NetworkManager left the system bus");
+                    if !s.pending.is_empty() {
+                        debug!("NetworkManager quit: its devices stay in place");
+                    }
                     status.nm_gone(tx);
                     s.paths.clear();
+                    s.pending.clear();
                     s.tracker.forget_all();
                 }
                 Some(other) => s.on_signal(other, tx).await,
@@ -815,8 +865,7 @@ mod tests {
         assert_eq!(t.state_changed("m", 110, 100), deact("m"));
         assert_eq!(t.state_changed("m", 30, 110), None);
         assert_eq!(t.removed("m"), None);
-        // up: DeviceAdded (unavailable), 20 → 30 → 40 … → 100
-        assert_eq!(t.added("m", 20), None);
+        // up: DeviceAdded, then 20 → 30 → 40 … → 100
         for (new, old) in [(30, 20), (40, 30), (50, 40), (70, 50), (80, 70), (90, 80)] {
             assert_eq!(t.state_changed("m", new, old), None, "{old} → {new}");
         }
@@ -835,10 +884,9 @@ mod tests {
     }
 
     #[test]
-    fn activation_missed_in_the_signals_is_caught_when_added() {
+    fn failures_and_reactivation() {
         let mut t = Tracker::default();
-        assert_eq!(t.added("m", 100), act("m"));
-        assert_eq!(t.added("m", 100), None);
+        assert_eq!(t.state_changed("m", 100, 90), act("m"));
         // failure during activation after a teardown: no second Deactivated
         assert_eq!(t.state_changed("m", 110, 100), deact("m"));
         assert_eq!(t.state_changed("m", 120, 70), None);

@@ -32,7 +32,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start `netconverge -c config run` in `ns` with extra env vars.
     pub fn start(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let prefix = ["ip".to_string(), "netns".into(), "exec".into(), ns.name.clone()];
+        let prefix = [
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            ns.name.clone(),
+        ];
         Daemon::start_with(&prefix, config, env)
     }
 
@@ -62,7 +67,10 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
-                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -102,7 +110,10 @@ impl Daemon {
                 Err(RecvTimeoutError::Disconnected) => panic!("notify reader stopped"),
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited ({status}) while waiting for {needle:?}:\n{}", self.logs());
+                panic!(
+                    "daemon exited ({status}) while waiting for {needle:?}:\n{}",
+                    self.logs()
+                );
             }
         }
     }

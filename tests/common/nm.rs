@@ -217,6 +217,13 @@ impl NmSandbox {
     /// Namespaces, mounts, bus and NetworkManager (running, startup
     /// complete). No profile yet: see [`NmSandbox::add_mgmt0`].
     pub fn new() -> NmSandbox {
+        let mut sb = NmSandbox::without_nm();
+        sb.start_nm();
+        sb
+    }
+
+    /// Namespaces, mounts and the bus; NetworkManager not started.
+    pub fn without_nm() -> NmSandbox {
         require_root();
         for tool in [
             "NetworkManager",
@@ -317,8 +324,10 @@ impl NmSandbox {
         let end = Instant::now() + Duration::from_secs(5);
         let netns = loop {
             let (n, m) = (ns_link(holder_pid, "net"), ns_link(holder_pid, "mnt"));
-            if n.is_some() && n != my_net && m != my_mnt {
-                break n.unwrap();
+            if let Some(n) = n.filter(|n| Some(n) != my_net.as_ref())
+                && m != my_mnt
+            {
+                break n;
             }
             assert!(
                 Instant::now() < end,
@@ -361,7 +370,6 @@ impl NmSandbox {
             "nsenter does not land in the sandbox"
         );
         sb.start_bus();
-        sb.start_nm();
         sb
     }
 
@@ -619,7 +627,12 @@ impl NmSandbox {
         assert!(self.nm.is_none(), "NetworkManager already running");
         let log = self.log_file("NetworkManager.log");
         let mut child = self
-            .command(&["NetworkManager", "--no-daemon", "--log-level=INFO"])
+            .command(&[
+                "NetworkManager",
+                "--no-daemon",
+                "--debug",
+                "--log-level=INFO",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
