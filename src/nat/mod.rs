@@ -283,4 +283,3 @@ pub fn check_backend(spec: &NatSpec) -> Result<(), NatError> {
     }
     backend(spec.backend).check(spec)
 }
-

@@ -32,7 +32,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start `netconverge -c config run` in `ns` with extra env vars.
     pub fn start(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let prefix = ["ip".to_string(), "netns".into(), "exec".into(), ns.name.clone()];
+        let prefix = [
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            ns.name.clone(),
+        ];
         Daemon::start_with(&prefix, config, env)
     }
 
@@ -43,17 +48,24 @@ impl Daemon {
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         let log = dir.path().join("daemon.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(&prefix[0]);
-        cmd.args(&prefix[1..])
-            .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
-            .arg(config)
-            .arg("run")
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
+        // systemd sets WATCHDOG_PID to the main PID; `sh -c 'exec'` keeps the
+        // PID through `ip netns exec`/`nsenter` (which exec, not fork).
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$@\"",
+            "sh",
+        ])
+        .args(prefix)
+        .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -62,7 +74,10 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
-                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -102,7 +117,10 @@ impl Daemon {
                 Err(RecvTimeoutError::Disconnected) => panic!("notify reader stopped"),
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited ({status}) while waiting for {needle:?}:\n{}", self.logs());
+                panic!(
+                    "daemon exited ({status}) while waiting for {needle:?}:\n{}",
+                    self.logs()
+                );
             }
         }
     }
