@@ -105,8 +105,7 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
         .sort_by(|a, b| (&a.dev, a.ip).cmp(&(&b.dev, b.ip)));
     doc.fdb
         .sort_by(|a, b| (&a.dev, a.mac, a.dst).cmp(&(&b.dev, b.mac, b.dst)));
-    doc.route
-        .sort_by(|a, b| (a.table, a.dst, a.metric).cmp(&(b.table, b.dst, b.metric)));
+    doc.route.sort_by_key(|r| (r.table, r.dst, r.metric));
     doc
 }
 
