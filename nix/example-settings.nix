@@ -39,10 +39,7 @@
     backend = "nftables";
     masquerade = true;
     random_fully = true;
-    ipv4 = {
-      cluster = "198.18.0.0/16";
-      pod_subnet = "198.18.1.0/24";
-    };
+    # network and subnet come from [lease]
   };
 
   # /run/flannel/subnet.env for the flannel CNI plugin.
@@ -51,10 +48,8 @@
     path = "/run/flannel/subnet.env";
     state_dir = "/var/lib/netconverge";
     ipmasq = true;
-    ipv4 = {
-      network = "198.18.0.0/16";
-      subnet = "198.18.1.0/24";
-    };
+    network = "198.18.0.0/16";
+    subnet = "198.18.1.0/24";
   };
 
   daemon = {

@@ -140,7 +140,9 @@ fn main() -> ExitCode {
         _ => {}
     }
     logging::init(cli.log_format, cli.verbose);
-    let desired = match load(&cli.config) {
+    // validate runs at NixOS build time: no machine-id there, and no MAC is needed
+    let needs_seed = !matches!(cli.command, Command::Validate);
+    let desired = match load(&cli.config, needs_seed) {
         Ok(d) => d,
         Err(errors) => {
             eprint!("{errors}");
@@ -205,13 +207,12 @@ fn warn_nm_managed_blocking(desired: &Desired) {
 }
 
 /// Load and validate the file, then give derived MACs their seed.
-fn load(path: &Path) -> Result<Desired, ConfigErrors> {
+fn load(path: &Path, needs_seed: bool) -> Result<Desired, ConfigErrors> {
     let mut desired = config::load(path)?;
     if desired.mac_seed.is_none() {
         desired.mac_seed = machine_id();
     }
-    let needs_seed = desired.vxlans.iter().any(|v| v.mac.is_none());
-    if needs_seed && desired.mac_seed.is_none() {
+    if needs_seed && desired.vxlans.iter().any(|v| v.mac.is_none()) && desired.mac_seed.is_none() {
         return Err(ConfigErrors(vec![ConfigError {
             file: path.display().to_string(),
             line: 1,
@@ -297,7 +298,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         Command::Run => {
             drop(handle);
             let path = cli.config.clone();
-            let loader: netconverge::daemon::Loader = Box::new(move || load(&path));
+            let loader: netconverge::daemon::Loader = Box::new(move || load(&path, true));
             // D-Bus lives in its own task; without a bus it only logs once
             let follower = (desired.daemon.networkmanager == NmMode::Auto)
                 .then(|| nm::spawn(nm::underlays(&desired)));

@@ -97,6 +97,19 @@ pub struct ShowDoc {
 }
 
 pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
+    let mut doc = unsorted(desired, observed);
+    // kernel dump order is not meaningful: print in a stable, readable order
+    doc.address
+        .sort_by(|a, b| (&a.dev, a.cidr).cmp(&(&b.dev, b.cidr)));
+    doc.neighbor
+        .sort_by(|a, b| (&a.dev, a.ip).cmp(&(&b.dev, b.ip)));
+    doc.fdb
+        .sort_by(|a, b| (&a.dev, a.mac, a.dst).cmp(&(&b.dev, b.mac, b.dst)));
+    doc.route.sort_by_key(|r| (r.table, r.dst, r.metric));
+    doc
+}
+
+fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
     let declared: BTreeSet<&str> = desired.owned_devices().collect();
     let underlays: BTreeSet<&str> = desired.vxlans.iter().map(|v| v.underlay.as_str()).collect();
     let vxlan = desired
@@ -198,5 +211,24 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
 
 /// Render as TOML. JSON values that TOML cannot hold (null) are dropped.
 pub fn to_toml(doc: &ShowDoc) -> Result<String, toml::ser::Error> {
-    toml::to_string_pretty(doc)
+    let mut doc = doc.clone();
+    strip_nulls(&mut doc.nat);
+    strip_nulls(&mut doc.lease);
+    toml::to_string_pretty(&doc)
+}
+
+/// TOML has no null: drop null members and elements; a null root becomes `{}`.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Null => *v = serde_json::Value::Object(serde_json::Map::new()),
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => {
+            a.retain(|x| !x.is_null());
+            a.iter_mut().for_each(strip_nulls);
+        }
+        _ => {}
+    }
 }

@@ -115,10 +115,7 @@ in
       nat = {
         backend = "nftables";
         masquerade = true;
-        ipv4 = {
-          cluster = "198.18.0.0/16";
-          pod_subnet = "198.18.1.0/24";
-        };
+        # network and subnet come from [lease]
       };
 
       # This subnet must be the one k3s assigned to the node
@@ -126,10 +123,8 @@ in
       lease = {
         mode = "write";
         ipmasq = true;
-        ipv4 = {
-          network = "198.18.0.0/16";
-          subnet = "198.18.1.0/24";
-        };
+        network = "198.18.0.0/16";
+        subnet = "198.18.1.0/24";
       };
 
       # READY (and so k3s) only once the overlay is really up.

@@ -249,6 +249,7 @@ pub async fn run(
                 Some((m, _)) => match m.payload {
                     NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.relevant(&inner) => {
                         relevant_events += 1;
+                        tracing::trace!("relevant: {}", Interest::describe(&inner));
                         rec.on_event(Instant::now());
                     }
                     NetlinkPayload::Overrun(_) => {

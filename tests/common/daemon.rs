@@ -48,17 +48,24 @@ impl Daemon {
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         let log = dir.path().join("daemon.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(&prefix[0]);
-        cmd.args(&prefix[1..])
-            .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
-            .arg(config)
-            .arg("run")
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
+        // systemd sets WATCHDOG_PID to the main PID; `sh -c 'exec'` keeps the
+        // PID through `ip netns exec`/`nsenter` (which exec, not fork).
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$@\"",
+            "sh",
+        ])
+        .args(prefix)
+        .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
         }
