@@ -9,7 +9,7 @@ use netconverge::config::{self, ConfigError, ConfigErrors};
 use netconverge::daemon::nm;
 use netconverge::engine::{self, Outcome};
 use netconverge::logging::{self, LogFormat};
-use netconverge::model::{Desired, NmMode};
+use netconverge::model::{Desired, NmMode, Observed};
 use netconverge::plan::Plan;
 use serde::Serialize;
 
@@ -319,6 +319,11 @@ async fn cleanup(handle: &rtnetlink::Handle, desired: &Desired, check: bool) -> 
     let plan = netconverge::plan::cleanup_plan(desired, &observed);
     print!("{plan}");
     if check {
+        // The NAT part is not in the plan (nat::cleanup runs on its own
+        // below), but --check must list everything cleanup would remove.
+        for r in nat_cleanup_preview(desired, &observed) {
+            println!("- {r}: cleanup");
+        }
         return ExitCode::SUCCESS;
     }
     let report = netconverge::apply::apply(handle, &plan, &observed).await;
@@ -336,6 +341,36 @@ async fn cleanup(handle: &rtnetlink::Handle, desired: &Desired, check: bool) -> 
         }
     }
     ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
+}
+
+/// What `nat::cleanup` would remove, from the observation of the same
+/// backend, labelled as `nat::cleanup` reports it.
+fn nat_cleanup_preview(desired: &Desired, observed: &Observed) -> Vec<String> {
+    use netconverge::model::Family;
+    use netconverge::nat::{FamilyObserved, iptables, nftables};
+    let Some(nat) = desired.nat.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        match observed.nat.family(family) {
+            FamilyObserved::Nftables(_) => out.push(nftables::table_label(family, &nat.nft_table)),
+            FamilyObserved::Iptables(seen) => {
+                let chain = &nat.iptables_chain;
+                if seen.chain {
+                    out.push(iptables::chain_label(family, chain));
+                }
+                if !seen.jumps.is_empty() {
+                    out.push(format!(
+                        "{} jump(s) from {family} POSTROUTING to {chain}",
+                        seen.jumps.len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
