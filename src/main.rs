@@ -157,6 +157,12 @@ fn main() -> ExitCode {
     };
     if let Command::Validate = cli.command {
         println!("{}: ok", cli.config.display());
+        // A warning, not an error: the NixOS build sandbox has no nft either.
+        if let Some(nat) = desired.nat.as_ref()
+            && let Err(e) = netconverge::nat::check_backend(nat)
+        {
+            eprintln!("warning: {e}");
+        }
         warn_nm_managed_blocking(&desired);
         return ExitCode::SUCCESS;
     }

@@ -147,3 +147,26 @@ fn version_completions_and_man_page() {
     assert_eq!(code, 0);
     assert!(out.contains("Exit codes:"), "{out}");
 }
+
+#[test]
+fn validate_warns_when_the_nat_backend_binary_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[nat]\nbackend = \"nftables\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &["-c", cfg.to_str().unwrap(), "validate"],
+        &[("PATH", "/nonexistent")],
+    );
+    assert_eq!(
+        code, 0,
+        "a missing backend is a warning at validate time: {err}"
+    );
+    assert!(
+        err.contains("`nft` not found") && err.contains("nftables"),
+        "{err}"
+    );
+}
