@@ -7,22 +7,30 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::process::Command;
+
+use common::fixtures::write_config;
+use common::{code, stderr, stdout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netconverge");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (code(&out), stdout(&out), stderr(&out))
+}
+
+/// `netconverge -c <config> <args>`, the config being `text` written as
+/// `<name>` in a temp dir.
+fn run_on(name: &str, text: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), name, text);
+    run(&[&["-c", cfg.to_str().unwrap()][..], args].concat(), env)
 }
 
 fn example(name: &str) -> String {
@@ -53,11 +61,7 @@ fn validate_needs_no_root_and_no_machine_id() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let is_root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    let mut c = if is_root {
+    let mut c = if common::is_root() {
         let mut c = Command::new("setpriv");
         c.args([
             "--reuid=65534",
@@ -86,15 +90,10 @@ fn validate_needs_no_root_and_no_machine_id() {
 
 #[test]
 fn converge_without_any_mac_seed_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (code, _, err) = run_on(
+        "c.toml",
         "[[vxlan]]\nname = \"flannel.1\"\nvni = 1\nunderlay = \"eth0\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(
-        &["-c", cfg.to_str().unwrap(), "converge", "--check"],
+        &["converge", "--check"],
         &[("NETCONVERGE_MACHINE_ID_FILE", "/nonexistent")],
     );
     assert_eq!(code, 2, "{err}");
@@ -103,14 +102,12 @@ fn converge_without_any_mac_seed_is_a_config_error() {
 
 #[test]
 fn invalid_config_reports_all_errors_with_positions_and_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let (code, out, err) = run_on(
+        "bad.toml",
         "[[vxlan]]\nname = \"a-name-longer-than-15\"\nvni = 0\nunderlya = \"eth0\"\n",
-    )
-    .unwrap();
-    let (code, out, err) = run(&["-c", cfg.to_str().unwrap(), "validate"], &[]);
+        &["validate"],
+        &[],
+    );
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("bad.toml:2:9"), "name position: {err}");
     assert!(err.contains("bad.toml:3:7"), "vni position: {err}");
@@ -150,15 +147,10 @@ fn version_completions_and_man_page() {
 
 #[test]
 fn validate_warns_when_the_nat_backend_binary_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (code, _, err) = run_on(
+        "c.toml",
         "[nat]\nbackend = \"nftables\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
-    )
-    .unwrap();
-    let (code, _, err) = run(
-        &["-c", cfg.to_str().unwrap(), "validate"],
+        &["validate"],
         &[("PATH", "/nonexistent")],
     );
     assert_eq!(

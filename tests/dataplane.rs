@@ -17,10 +17,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::daemon::{Daemon, eventually};
-use common::{Netns, code, stdout};
+use common::fixtures::write_config;
+use common::ruleset::{nft_file, rules_in};
+use common::{LONG, Netns, code, stdout, stdout_stderr};
 use netconverge::model::Mac;
 use serde_json::Value;
 
@@ -77,9 +78,7 @@ fn pair_config(node: &str, dir: &Path) -> PathBuf {
         .map(|l| l + "\n")
         .collect();
     assert_eq!((paths, states), (1, 1), "{shipped:?}: layout changed");
-    let p = dir.join(format!("{node}.toml"));
-    std::fs::write(&p, out).unwrap();
-    p
+    write_config(dir, &format!("{node}.toml"), &out)
 }
 
 struct Node {
@@ -216,12 +215,7 @@ fn ping(pod: &Netns, dst: &str, count: u32, wait_secs: u32) -> (bool, String) {
         &wait_secs.to_string(),
         dst,
     ]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), stdout_stderr(&out))
 }
 
 /// `received` from ping's summary line.
@@ -234,23 +228,19 @@ fn received(ping_output: &str) -> u64 {
     part.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// (tx packets, rx packets) of `dev`, from `ip -s -j link show`.
-fn counters(ns: &Netns, dev: &str) -> (u64, u64) {
+/// (tx, rx) `counter` (`packets`, `dropped`…) of `dev`, from `ip -s -j link show`.
+fn stats(ns: &Netns, dev: &str, counter: &str) -> (u64, u64) {
     let v = ns.ip_json(&["-s", "link", "show", "dev", dev]);
     let s = &v[0]["stats64"];
     (
-        s["tx"]["packets"].as_u64().unwrap(),
-        s["rx"]["packets"].as_u64().unwrap(),
+        s["tx"][counter].as_u64().unwrap(),
+        s["rx"][counter].as_u64().unwrap(),
     )
 }
 
-fn link(ns: &Netns, dev: &str) -> Option<Value> {
-    ns.ip_json(&["-d", "link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["ifname"] == dev)
-        .cloned()
+/// (tx packets, rx packets) of `dev`.
+fn counters(ns: &Netns, dev: &str) -> (u64, u64) {
+    stats(ns, dev, "packets")
 }
 
 /// A foreign nftables table on a node that counts VXLAN (UDP 8472) packets
@@ -262,11 +252,7 @@ fn install_wire_counter(ns: &Netns) {
         \t\tip protocol udp udp dport 8472 counter comment \"vxlan4\"\n\
         \t\tip6 nexthdr udp udp dport 8472 counter comment \"vxlan6\"\n\
         \t}\n}\n";
-    let path =
-        std::env::temp_dir().join(format!("nct-wire-{}-{}.nft", std::process::id(), ns.name));
-    std::fs::write(&path, rules).unwrap();
-    ns.exec(&["nft", "-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
+    nft_file(ns, rules);
 }
 
 /// Packets the wire counter of `fam` saw.
@@ -274,11 +260,7 @@ fn wire_packets(ns: &Netns, fam: Fam) -> u64 {
     let comment = if fam.nft == "ip" { "vxlan4" } else { "vxlan6" };
     let v: Value =
         serde_json::from_str(&ns.exec(&["nft", "-j", "list", "table", "netdev", "wire"])).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule"))
+    rules_in(&v)
         .find(|r| r["comment"] == comment)
         .and_then(|r| {
             r["expr"]
@@ -316,44 +298,23 @@ fn ping_crosses_the_vxlan(c: &Cluster, fam: Fam) {
     let b1 = counters(&b.ns, fam.dev);
     let wa1 = wire_packets(&a.ns, fam);
     let wb1 = wire_packets(&b.ns, fam);
-    let n = u64::from(N);
-    // requests: out of node-a's VTEP, into node-b's; replies the other way
-    assert!(
-        a1.0 - a0.0 >= n,
-        "{}: node-a {} tx {a0:?} → {a1:?}",
-        fam.name,
-        fam.dev
-    );
-    assert!(
-        b1.1 - b0.1 >= n,
-        "{}: node-b {} rx {b0:?} → {b1:?}",
-        fam.name,
-        fam.dev
-    );
-    assert!(
-        b1.0 - b0.0 >= n,
-        "{}: node-b {} tx {b0:?} → {b1:?}",
-        fam.name,
-        fam.dev
-    );
-    assert!(
-        a1.1 - a0.1 >= n,
-        "{}: node-a {} rx {a0:?} → {a1:?}",
-        fam.name,
-        fam.dev
-    );
-    assert!(
-        wb1 - wb0 >= n,
-        "{}: node-b saw {} VXLAN packets on the wire",
-        fam.name,
-        wb1 - wb0
-    );
-    assert!(
-        wa1 - wa0 >= n,
-        "{}: node-a saw {} VXLAN packets on the wire",
-        fam.name,
-        wa1 - wa0
-    );
+    // requests: out of node-a's VTEP, into node-b's; replies the other way;
+    // and each node saw them as VXLAN packets on its underlay
+    for (what, before, after) in [
+        ("node-a tx", a0.0, a1.0),
+        ("node-b rx", b0.1, b1.1),
+        ("node-b tx", b0.0, b1.0),
+        ("node-a rx", a0.1, a1.1),
+        ("node-b wire", wb0, wb1),
+        ("node-a wire", wa0, wa1),
+    ] {
+        assert!(
+            after - before >= u64::from(N),
+            "{} {}: {what} packets {before} → {after}",
+            fam.name,
+            fam.dev
+        );
+    }
 }
 
 #[test]
@@ -371,7 +332,7 @@ fn pods_on_two_nodes_ping_each_other_across_the_vxlan_ipv4_and_ipv6() {
     // neighbour point at the MAC the other node's device really has
     for (i, fam) in [(0usize, V4), (1, V4), (0, V6), (1, V6)] {
         let (me, other) = (&c.nodes[i], &c.nodes[1 - i]);
-        let other_mac = link(&other.ns, fam.dev).unwrap()["address"]
+        let other_mac = other.ns.link(fam.dev).unwrap()["address"]
             .as_str()
             .unwrap()
             .to_string();
@@ -381,25 +342,19 @@ fn pods_on_two_nodes_ping_each_other_across_the_vxlan_ipv4_and_ipv6() {
             "{}: MAC not derived from node_name",
             fam.dev
         );
-        let fdb = me.ns.bridge_json(&["fdb", "show", "dev", fam.dev]);
+        let fdb = me.ns.bridge_list(&["fdb", "show", "dev", fam.dev]);
         assert!(
-            fdb.as_array()
-                .unwrap()
-                .iter()
+            fdb.iter()
                 .any(|f| f["mac"] == other_mac.as_str() && f["dst"] == fam.vtep[1 - i]),
-            "{}: no fdb {other_mac} dst {} on {}: {fdb}",
+            "{}: no fdb {other_mac} dst {} on {}: {fdb:?}",
             NODES[i],
             fam.vtep[1 - i],
             fam.dev
         );
-        let neigh = me.ns.ip_json(&["neigh", "show", "dev", fam.dev]);
+        let neigh = me.ns.ip_list(&["neigh", "show", "dev", fam.dev]);
         assert!(
-            neigh
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n["lladdr"] == other_mac.as_str()),
-            "{}: no neighbour → {other_mac}: {neigh}",
+            neigh.iter().any(|n| n["lladdr"] == other_mac.as_str()),
+            "{}: no neighbour → {other_mac}: {neigh:?}",
             NODES[i]
         );
     }
@@ -429,25 +384,10 @@ fn without_the_fdb_entry_the_ping_fails_and_converge_restores_it() {
         let (ok, text) = ping(&a.pod, fam.pod[1], 1, 5);
         assert!(ok, "{}: {text}", fam.name);
         let mac = Mac::derive("node-b", fam.dev).to_string();
-        a.ns.exec(&[
-            "bridge",
-            "fdb",
-            "del",
-            &mac,
-            "dev",
-            fam.dev,
-            "dst",
-            fam.vtep[1],
-        ]);
-        let fdb = a.ns.bridge_json(&["fdb", "show", "dev", fam.dev]);
-        assert!(
-            !fdb.as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f["mac"] == mac.as_str()),
-            "{fdb}"
-        );
-        let (tx_drop0, _) = tx_dropped(&a.ns, fam.dev);
+        a.ns.fdb_del(fam.dev, &mac, fam.vtep[1]);
+        let fdb = a.ns.bridge_list(&["fdb", "show", "dev", fam.dev]);
+        assert!(!fdb.iter().any(|f| f["mac"] == mac.as_str()), "{fdb:?}");
+        let (tx_drop0, _) = stats(&a.ns, fam.dev, "dropped");
         let (ok, text) = ping(&a.pod, fam.pod[1], 2, 1);
         assert!(
             !ok,
@@ -455,7 +395,7 @@ fn without_the_fdb_entry_the_ping_fails_and_converge_restores_it() {
             fam.name
         );
         // the VXLAN device had nowhere to send them
-        let (tx_drop1, _) = tx_dropped(&a.ns, fam.dev);
+        let (tx_drop1, _) = stats(&a.ns, fam.dev, "dropped");
         assert!(
             tx_drop1 >= tx_drop0 + 2,
             "{}: tx_dropped {tx_drop0} → {tx_drop1}",
@@ -484,15 +424,6 @@ fn without_the_fdb_entry_the_ping_fails_and_converge_restores_it() {
     }
 }
 
-fn tx_dropped(ns: &Netns, dev: &str) -> (u64, u64) {
-    let v = ns.ip_json(&["-s", "link", "show", "dev", dev]);
-    let s = &v[0]["stats64"];
-    (
-        s["tx"]["dropped"].as_u64().unwrap(),
-        s["rx"]["dropped"].as_u64().unwrap(),
-    )
-}
-
 #[test]
 fn daemons_on_both_nodes_heal_the_dataplane_after_the_vtep_is_deleted() {
     let c = Cluster::new("heal");
@@ -502,7 +433,7 @@ fn daemons_on_both_nodes_heal_the_dataplane_after_the_vtep_is_deleted() {
         .map(|n| Daemon::start(&n.ns, &n.cfg, &[]))
         .collect();
     for d in &mut daemons {
-        d.wait_notify("READY=1", Duration::from_secs(20));
+        d.wait_notify("READY=1", LONG);
     }
     let (a, b) = (c.a(), c.b());
     for fam in [V4, V6] {
@@ -511,22 +442,17 @@ fn daemons_on_both_nodes_heal_the_dataplane_after_the_vtep_is_deleted() {
     }
     // someone deletes node-a's VTEPs: the kernel drops their addresses,
     // routes, neighbours and FDB entries with them
-    let old = link(&a.ns, V4.dev).unwrap()["ifindex"].clone();
+    let old = a.ns.link(V4.dev).unwrap()["ifindex"].clone();
     a.ns.ip(&["link", "del", V4.dev]);
     a.ns.ip(&["link", "del", V6.dev]);
-    eventually(
-        "node-a's daemon recreates both devices",
-        Duration::from_secs(20),
-        || {
-            link(&a.ns, V4.dev).is_some_and(|l| l["ifindex"] != old)
-                && link(&a.ns, V6.dev).is_some()
-        },
-    );
+    eventually("node-a's daemon recreates both devices", LONG, || {
+        a.ns.link(V4.dev).is_some_and(|l| l["ifindex"] != old) && a.ns.link(V6.dev).is_some()
+    });
     for fam in [V4, V6] {
         // converged again: the pods reach each other without a manual step
         eventually(
             &format!("{} ping after the daemon's repair", fam.name),
-            Duration::from_secs(20),
+            LONG,
             || ping(&a.pod, fam.pod[1], 1, 1).0,
         );
         let (ok, text) = ping(&b.pod, fam.pod[0], 2, 3);

@@ -22,27 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::daemon::{Daemon, Probe, eventually};
-use common::{Netns, code, stdout};
-
-const LONG: Duration = Duration::from_secs(20);
-
-fn node(tag: &str) -> Netns {
-    let ns = Netns::new(tag);
-    ns.ip(&[
-        "link",
-        "add",
-        "nc-under",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "nc-under-p",
-    ]);
-    ns.ip(&["link", "set", "nc-under", "up"]);
-    ns.ip(&["link", "set", "nc-under-p", "up"]);
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
-    ns
-}
+use common::fixtures;
+use common::{LONG, Netns, Stack, UNDERLAY};
 
 struct Paths {
     live: PathBuf,
@@ -58,29 +39,34 @@ fn paths(dir: &Path) -> Paths {
     }
 }
 
+/// A node (IPv4 underlay) with a config from [`config`] in a temp dir.
+fn setup(
+    tag: &str,
+    mode: &str,
+    lease_extra: &str,
+    resync_secs: u32,
+) -> (Netns, tempfile::TempDir, Paths, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), mode, lease_extra, resync_secs);
+    let p = paths(dir.path());
+    (Netns::node(tag, Stack::V4), dir, p, cfg)
+}
+
 /// A node with one IPv4 VXLAN device, two peers and a `[lease]` in `mode`.
 /// `lease_extra` adds keys to `[lease]`.
 fn config(dir: &Path, mode: &str, lease_extra: &str, resync_secs: u32) -> PathBuf {
     let p = paths(dir);
-    let mut s = String::from(
-        "node_name = \"lease-node\"\n\n\
-         [[vxlan]]\nname = \"flannel.1\"\nvni = 1\nunderlay = \"nc-under\"\n\n\
-         [[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n",
-    );
-    for i in 2..4 {
-        s += &format!(
-            "\n[[peer]]\ndev = \"flannel.1\"\nsubnet = \"198.18.{i}.0/24\"\nvtep_ip = \"192.0.2.{i}\"\nvtep_mac = \"02:00:00:00:00:{i:02x}\"\n"
-        );
-    }
-    s += &format!(
-        "\n[lease]\nmode = \"{mode}\"\npath = \"{}\"\nstate_dir = \"{}\"\n{lease_extra}\n\
-         [daemon]\nnetworkmanager = \"off\"\nresync_secs = {resync_secs}\ndebounce_ms = 10\n",
+    let lease = format!(
+        "\n[lease]\nmode = \"{mode}\"\npath = \"{}\"\nstate_dir = \"{}\"\n{lease_extra}",
         p.live.display(),
         p.state.display()
     );
-    let path = dir.join("netconverge.toml");
-    std::fs::write(&path, s).unwrap();
-    path
+    let text = fixtures::node_name("lease-node")
+        + &fixtures::vxlan_v4(UNDERLAY)
+        + &fixtures::peers_v4_24(2)
+        + &lease
+        + &fixtures::daemon(resync_secs, "networkmanager = \"off\"\n");
+    fixtures::write_config(dir, "netconverge.toml", &text)
 }
 
 const WRITE_KEYS: &str = "network = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n";
@@ -106,9 +92,7 @@ fn read(path: &Path) -> Option<String> {
 }
 
 fn mtu(ns: &Netns, dev: &str) -> u64 {
-    ns.ip_json(&["link", "show", "dev", dev])[0]["mtu"]
-        .as_u64()
-        .unwrap()
+    ns.link(dev).unwrap()["mtu"].as_u64().unwrap()
 }
 
 /// A probe that reads `path` at the instant READY=1 arrives.
@@ -126,11 +110,8 @@ fn read_at_ready(path: PathBuf) -> Probe {
 
 #[test]
 fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
-    let ns = node("lease-w");
-    let dir = tempfile::tempdir().unwrap();
-    let p = paths(dir.path());
     // a long resync: the MTU change must come through the netlink event
-    let cfg = config(dir.path(), "write", WRITE_KEYS, 3600);
+    let (ns, _dir, p, cfg) = setup("lease-w", "write", WRITE_KEYS, 3600);
     let mut d = Daemon::start_probed(&ns, &cfg, &[], read_at_ready(p.live.clone()));
     d.wait_notify("READY=1", LONG);
     let at_ready = d.probed("READY=1").unwrap();
@@ -154,7 +135,7 @@ fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
 
     // the underlay's MTU changes: device and file follow, without a resync
     for (under, want) in [(1400, 1350), (1500, 1450), (9000, 8950)] {
-        ns.ip(&["link", "set", "nc-under", "mtu", &under.to_string()]);
+        ns.ip(&["link", "set", UNDERLAY, "mtu", &under.to_string()]);
         eventually(
             &format!("underlay mtu {under} → flannel.1 {want} and FLANNEL_MTU={want}"),
             LONG,
@@ -171,8 +152,7 @@ fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
         logs.contains("FLANNEL_MTU 1450 → 1350"),
         "the pass names the key it changed:\n{logs}"
     );
-    let out = ns.netconverge(&cfg, &["converge", "--check"]);
-    assert_eq!(code(&out), 0, "{out:?}");
+    ns.netconverge_exits(&cfg, &["converge", "--check"], 0);
     assert_eq!(d.stop(), 0, "{}", d.logs());
     assert_eq!(
         read(&p.live).unwrap(),
@@ -185,10 +165,7 @@ fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
 /// its next pass. `resync_secs = 1` makes that pass come quickly here.
 #[test]
 fn write_mode_deleted_file_is_restored_by_the_periodic_resync() {
-    let ns = node("lease-del");
-    let dir = tempfile::tempdir().unwrap();
-    let p = paths(dir.path());
-    let cfg = config(dir.path(), "write", WRITE_KEYS, 1);
+    let (ns, _dir, p, cfg) = setup("lease-del", "write", WRITE_KEYS, 1);
     let mut d = Daemon::start(&ns, &cfg, &[]);
     d.wait_notify("READY=1", LONG);
     // past the passes that the first pass's own changes trigger
@@ -212,12 +189,8 @@ fn write_mode_deleted_file_is_restored_by_the_periodic_resync() {
 
 #[test]
 fn write_mode_check_names_the_drifted_keys_and_converge_repairs() {
-    let ns = node("lease-chk");
-    let dir = tempfile::tempdir().unwrap();
-    let p = paths(dir.path());
-    let cfg = config(dir.path(), "write", WRITE_KEYS, 3600);
-    let out = ns.netconverge(&cfg, &["converge"]);
-    assert_eq!(code(&out), 0, "{out:?}");
+    let (ns, _dir, p, cfg) = setup("lease-chk", "write", WRITE_KEYS, 3600);
+    ns.netconverge_exits(&cfg, &["converge"], 0);
     assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
 
     // someone edits the file: two values changed, one key gone, one added
@@ -226,9 +199,7 @@ fn write_mode_check_names_the_drifted_keys_and_converge_repairs() {
         "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.9.1/24\nFLANNEL_MTU=9000\nFOO=bar\n",
     )
     .unwrap();
-    let out = ns.netconverge(&cfg, &["converge", "--check"]);
-    assert_eq!(code(&out), 1, "{out:?}");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
     let line = text
         .lines()
         .find(|l| l.starts_with(&format!("~ lease {}:", p.live.display())))
@@ -249,9 +220,8 @@ fn write_mode_check_names_the_drifted_keys_and_converge_repairs() {
         text.contains("0 to add, 1 to change, 0 to remove, 0 blocked"),
         "{text}"
     );
-    let out = ns.netconverge(&cfg, &["converge", "--check", "--format", "json"]);
-    assert_eq!(code(&out), 1);
-    let j: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let json = ns.netconverge_exits(&cfg, &["converge", "--check", "--format", "json"], 1);
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(j["changes"][0]["kind"], "modify", "{j}");
     assert!(
         j["changes"][0]["reason"]
@@ -261,11 +231,9 @@ fn write_mode_check_names_the_drifted_keys_and_converge_repairs() {
         "{j}"
     );
 
-    let out = ns.netconverge(&cfg, &["converge"]);
-    assert_eq!(code(&out), 0, "{out:?}");
+    ns.netconverge_exits(&cfg, &["converge"], 0);
     assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
-    let out = ns.netconverge(&cfg, &["converge", "--check"]);
-    assert_eq!(code(&out), 0, "{out:?}");
+    ns.netconverge_exits(&cfg, &["converge", "--check"], 0);
 }
 
 // ----------------------------------------------------------- guard mode --
@@ -277,11 +245,8 @@ FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
 #[test]
 fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
-    let ns = node("lease-g");
-    let dir = tempfile::tempdir().unwrap();
-    let p = paths(dir.path());
     // resync 1 s: a corrupted file raises no event either
-    let cfg = config(dir.path(), "preserve", "", 1);
+    let (ns, dir, p, cfg) = setup("lease-g", "preserve", "", 1);
 
     // 1. k3s wrote a valid file: the daemon saves it before READY=1
     std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
@@ -325,9 +290,7 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
     assert_eq!(read(&p.backup).unwrap(), K3S_FILE, "backup overwritten");
     assert_eq!(read(&p.live).unwrap(), corrupt, "flannel's file rewritten");
     assert_eq!(d.stop(), 0);
-    let out = ns.netconverge(&cfg, &["converge", "--check"]);
-    assert_eq!(code(&out), 1, "{out:?}");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
     assert!(
         text.contains(&format!(
             "! lease {}: blocked: invalid (FLANNEL_SUBNET=\"garbage\"",
@@ -335,8 +298,8 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
         )) && text.contains(&format!("backup {} kept", p.backup.display())),
         "{text}"
     );
-    let out = ns.netconverge(&cfg, &["converge"]);
-    assert_eq!(code(&out), 1, "blocked is not converged: {out:?}");
+    // blocked is not converged
+    ns.netconverge_exits(&cfg, &["converge"], 1);
     assert_eq!(read(&p.backup).unwrap(), K3S_FILE);
 
     // 4. k3s rewrites a valid but different file: --check names the keys
@@ -345,9 +308,7 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
         .replace("FLANNEL_MTU=1450", "FLANNEL_MTU=1400")
         .replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false");
     std::fs::write(&p.live, &newer).unwrap();
-    let out = ns.netconverge(&cfg, &["converge", "--check"]);
-    assert_eq!(code(&out), 1, "{out:?}");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
     let want = format!(
         "~ lease backup {}: refresh: FLANNEL_MTU 1450 → 1400; FLANNEL_IPMASQ true → false",
         p.backup.display()
@@ -358,8 +319,7 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
         K3S_FILE,
         "--check changed nothing"
     );
-    let out = ns.netconverge(&cfg, &["converge"]);
-    assert_eq!(code(&out), 0, "{out:?}");
+    ns.netconverge_exits(&cfg, &["converge"], 0);
     assert_eq!(read(&p.backup).unwrap(), newer);
     assert_eq!(
         read(&p.live).unwrap(),
@@ -370,10 +330,7 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
 
 #[test]
 fn guard_mode_without_file_or_backup_holds_readiness() {
-    let ns = node("lease-g0");
-    let dir = tempfile::tempdir().unwrap();
-    let p = paths(dir.path());
-    let cfg = config(dir.path(), "preserve", "", 3600);
+    let (ns, _dir, p, cfg) = setup("lease-g0", "preserve", "", 3600);
     let mut d = Daemon::start(&ns, &cfg, &[]);
     let status = d.wait_notify("STATUS=waiting", LONG);
     assert!(

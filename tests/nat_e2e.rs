@@ -14,34 +14,18 @@
 //! Every result is read with `nft` / `iptables-save` run by the test.
 
 mod common;
-#[path = "common/rules_watch.rs"]
-mod rules_watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::{Netns, code, stdout};
-use rules_watch::Watch;
+use common::fixtures::{self, NatRules};
+use common::rules_watch::{self, Watch};
+use common::ruleset::{self, CHAIN, TABLE, nft_table, rules_in};
+use common::{LONG, Netns, Stack, cpu_exclusive, cpu_shared};
 use serde_json::Value;
-
-const TABLE: &str = "netconverge";
-const CHAIN: &str = "NETCONVERGE-POSTRTG";
-const LONG: Duration = Duration::from_secs(30);
-
-/// The no-gap tests need the CPU (the watcher must reach 200 Hz on a
-/// 2-core machine): they take this lock exclusively, the others share it.
-static CPU: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    CPU.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    CPU.write().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Backend {
@@ -58,144 +42,36 @@ impl Backend {
     }
 }
 
-/// A node: the underlay veth with its address, nothing else.
-fn node(tag: &str) -> Netns {
-    let ns = Netns::new(tag);
-    ns.ip(&[
-        "link",
-        "add",
-        "nc-under",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "nc-under-p",
-    ]);
-    ns.ip(&["link", "set", "nc-under", "up"]);
-    ns.ip(&["link", "set", "nc-under-p", "up"]);
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
-    ns
-}
-
 /// A dual-stack NAT config (one IPv4 VXLAN device with `peers` peers; the
 /// networks come from `[lease]`), written as `dir/<name>.toml`.
 fn config(dir: &Path, name: &str, backend: Backend, mark: &str, peers: usize) -> PathBuf {
-    let mut s = String::from(
-        "node_name = \"nat-node\"\n\n\
-         [[vxlan]]\nname = \"flannel.1\"\nvni = 1\nunderlay = \"nc-under\"\n\n\
-         [[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n",
-    );
-    for i in 0..peers {
-        // /26 peer subnets in 198.19.0.0/16 (inside the /15 cluster network)
-        s += &format!(
-            "\n[[peer]]\ndev = \"flannel.1\"\nsubnet = \"198.19.{}.{}/26\"\nvtep_ip = \"192.0.2.{}\"\nvtep_mac = \"02:00:00:00:{:02x}:{:02x}\"\n",
-            i / 4,
-            (i % 4) * 64,
-            i % 250 + 2,
-            i >> 8,
-            i & 0xff
-        );
-    }
-    s += &format!(
-        "\n[nat]\nbackend = \"{}\"\nmark = \"{mark}\"\n\n\
-         [lease]\nnetwork = \"198.18.0.0/15\"\nsubnet = \"198.18.1.0/24\"\n\
-         ipv6_network = \"fd00:42::/56\"\nipv6_subnet = \"fd00:42:0:1::/64\"\n\
-         path = \"{}\"\nstate_dir = \"{}\"\n\n\
-         [daemon]\nnetworkmanager = \"off\"\nresync_secs = 3600\ndebounce_ms = 10\n",
-        backend.word(),
-        dir.join("run/subnet.env").display(),
-        dir.join("state").display()
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, s).unwrap();
-    p
+    let text = fixtures::node_name("nat-node")
+        + &fixtures::vxlan_v4("nc-under")
+        + &fixtures::peers_v4(peers)
+        + &format!(
+            "\n[nat]\nbackend = \"{}\"\nmark = \"{mark}\"\n",
+            backend.word()
+        )
+        + &fixtures::lease(dir, Stack::Dual)
+        + &fixtures::daemon(3600, "networkmanager = \"off\"\n");
+    fixtures::write_config(dir, &format!("{name}.toml"), &text)
 }
 
-fn run(ns: &Netns, cfg: &Path, args: &[&str]) -> Output {
-    ns.netconverge(cfg, args)
-}
-
-fn assert_code(out: &Output, want: i32, what: &str) {
-    assert_eq!(
-        code(out),
-        want,
-        "{what}: stdout:\n{}\nstderr:\n{}",
-        stdout(out),
-        common::stderr(out)
-    );
+/// A node (IPv4 underlay) with a `backend` NAT config, two peers, mark
+/// 0x4000, in a temp dir.
+fn setup(tag: &str, backend: Backend) -> (Netns, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "node", backend, "0x4000/0x4000", 2);
+    (Netns::node(tag, Stack::V4), dir, cfg)
 }
 
 // ------------------------------------------------- independent expectations --
 
-const NFT_V4: &str = r#"table ip netconverge {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
-		ip saddr 198.18.1.0/24 ip daddr 198.18.0.0/15 return comment "netconverge masq"
-		ip saddr 198.18.0.0/15 ip daddr 198.18.1.0/24 return comment "netconverge masq"
-		ip saddr != 198.18.0.0/15 ip daddr 198.18.1.0/24 return comment "netconverge masq"
-		ip saddr 198.18.0.0/15 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq"
-		ip saddr != 198.18.0.0/15 ip daddr 198.18.0.0/15 masquerade fully-random comment "netconverge masq"
-	}
-}
-"#;
-
-const NFT_V6: &str = r#"table ip6 netconverge {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
-		ip6 saddr fd00:42:0:1::/64 ip6 daddr fd00:42::/56 return comment "netconverge masq"
-		ip6 saddr fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
-		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
-		ip6 saddr fd00:42::/56 ip6 daddr != ff00::/8 masquerade fully-random comment "netconverge masq"
-		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42::/56 masquerade fully-random comment "netconverge masq"
-	}
-}
-"#;
-
-const IPT_V4: &str = r#":NETCONVERGE-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
--A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.1.0/24 -d 198.18.0.0/15 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.0.0/15 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG ! -s 198.18.0.0/15 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.0.0/15 ! -d 224.0.0.0/4 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
--A NETCONVERGE-POSTRTG ! -s 198.18.0.0/15 -d 198.18.0.0/15 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
-"#;
-
-const IPT_V6: &str = r#":NETCONVERGE-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
--A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42:0:1::/64 -d fd00:42::/56 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42::/56 ! -d ff00::/8 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
--A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42::/56 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
-"#;
+static WANT: LazyLock<NatRules> = LazyLock::new(|| NatRules::new("198.18.0.0/15"));
 
 // --------------------------------------------------------------- readers --
 
-/// `nft list table <family> netconverge`, `None` when absent.
-fn nft_table(ns: &Netns, family: &str) -> Option<String> {
-    let out = ns.exec_output(&["nft", "list", "table", family, TABLE]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Rules of our chain from `nft -j list ruleset`: (handle, JSON expr).
-fn nft_rules(ns: &Netns, family: &str) -> Vec<(u64, Value)> {
-    let v: Value = serde_json::from_str(&ns.exec(&["nft", "-j", "list", "ruleset"])).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule"))
-        .filter(|r| r["family"] == family && r["table"] == TABLE && r["chain"] == "postrouting")
-        .map(|r| (r["handle"].as_u64().unwrap(), r["expr"].clone()))
-        .collect()
-}
-
+/// `(ip|ip6)tables-save` of `family` (`ipv4`, `ipv6`).
 fn save_tool(family: &str) -> &'static str {
     if family == "ipv4" {
         "iptables-save"
@@ -204,55 +80,23 @@ fn save_tool(family: &str) -> &'static str {
     }
 }
 
-fn ipt_tool(family: &str) -> &'static str {
-    if family == "ipv4" {
-        "iptables"
-    } else {
-        "ip6tables"
-    }
-}
-
-/// Our lines of `iptables-save -t nat` (chain declaration, jump, rules).
 fn ipt_ours(ns: &Netns, family: &str) -> String {
-    ns.exec(&[save_tool(family), "-t", "nat"])
-        .lines()
-        .filter(|l| l.contains(CHAIN))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-/// Every line of `iptables-save -c` (all tables, with counters) that is
-/// not ours and not a comment (the comments carry a timestamp).
-fn ipt_foreign(ns: &Netns, family: &str) -> String {
-    ns.exec(&[save_tool(family), "-c"])
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.contains(CHAIN))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    ruleset::ipt_ours(ns, save_tool(family))
 }
 
 fn ipt(ns: &Netns, family: &str, args: &[&str]) {
-    let mut full = vec![ipt_tool(family), "-w", "-t", "nat"];
-    full.extend_from_slice(args);
-    ns.exec(&full);
-}
-
-fn nft_file(ns: &Netns, text: &str) {
-    let path = std::env::temp_dir().join(format!(
-        "nct-nat-e2e-{}-{}.nft",
-        std::process::id(),
-        ns.name
-    ));
-    std::fs::write(&path, text).unwrap();
-    ns.exec(&["nft", "-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
+    let cli = if family == "ipv4" {
+        "iptables"
+    } else {
+        "ip6tables"
+    };
+    ruleset::ipt_nat(ns, cli, args);
 }
 
 /// The `--check` text must report exactly one NAT change: `want` in it.
+#[track_caller]
 fn check_finds(ns: &Netns, cfg: &Path, want: &[&str]) -> String {
-    let out = run(ns, cfg, &["converge", "--check"]);
-    assert_code(&out, 1, "check after a hand edit");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(cfg, &["converge", "--check"], 1);
     for w in want {
         assert!(text.contains(w), "want {w:?} in --check output:\n{text}");
     }
@@ -264,26 +108,51 @@ fn check_finds(ns: &Netns, cfg: &Path, want: &[&str]) -> String {
     text
 }
 
+#[track_caller]
 fn converge_ok(ns: &Netns, cfg: &Path) {
-    let out = run(ns, cfg, &["converge"]);
-    assert_code(&out, 0, "converge");
-    let out = run(ns, cfg, &["converge", "--check"]);
-    assert_code(&out, 0, "check after converge");
-    assert!(stdout(&out).contains("in sync"), "{}", stdout(&out));
+    ns.netconverge_exits(cfg, &["converge"], 0);
+    let text = ns.netconverge_exits(cfg, &["converge", "--check"], 0);
+    assert!(text.contains("in sync"), "{text}");
+}
+
+/// Our rules of both families as `backend`'s own tool prints them (`None`:
+/// absent).
+fn ours(ns: &Netns, backend: Backend) -> [Option<String>; 2] {
+    match backend {
+        Backend::Nft => [nft_table(ns, "ip"), nft_table(ns, "ip6")],
+        Backend::Ipt => {
+            [ipt_ours(ns, "ipv4"), ipt_ours(ns, "ipv6")].map(|t| (!t.is_empty()).then_some(t))
+        }
+    }
+}
+
+/// What [`ours`] must read once converged.
+fn want(backend: Backend) -> [Option<String>; 2] {
+    let [v4, v6] = match backend {
+        Backend::Nft => [&WANT.nft_v4, &WANT.nft_v6],
+        Backend::Ipt => [&WANT.ipt_v4, &WANT.ipt_v6],
+    };
+    [Some(v4.clone()), Some(v6.clone())]
+}
+
+/// After a hand edit: `--check` names it (see [`check_finds`]), `converge`
+/// repairs it, and both families' rules read back exactly as expected.
+#[track_caller]
+fn found_and_repaired(ns: &Netns, cfg: &Path, backend: Backend, want_in_check: &[&str]) {
+    check_finds(ns, cfg, want_in_check);
+    converge_ok(ns, cfg);
+    assert_eq!(ours(ns, backend), want(backend), "not repaired");
 }
 
 // ------------------------------------------------------- converge/check --
 
 #[test]
 fn nftables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
-    let _cpu = shared();
-    let ns = node("nat-nft");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "node", Backend::Nft, "0x4000/0x4000", 2);
+    let _cpu = cpu_shared();
+    let (ns, _dir, cfg) = setup("nat-nft", Backend::Nft);
     // nothing there yet: --check says so, in JSON too
-    let out = run(&ns, &cfg, &["converge", "--check", "--format", "json"]);
-    assert_code(&out, 1, "check before converge");
-    let j: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let json = ns.netconverge_exits(&cfg, &["converge", "--check", "--format", "json"], 1);
+    let j: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(j["in_sync"], false);
     let objects: Vec<&str> = j["changes"]
         .as_array()
@@ -298,150 +167,97 @@ fn nftables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
     );
 
     converge_ok(&ns, &cfg);
-    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(NFT_V4));
-    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(NFT_V6));
-    let handles = nft_rules(&ns, "ip");
+    assert_eq!(ours(&ns, Backend::Nft), want(Backend::Nft));
+    let handles = ruleset::nft_rules(&ns, "ip");
     assert_eq!(handles.len(), 6);
+    let chain = format!("ip|{TABLE}|postrouting");
 
     // 1. a masquerade rule deleted by hand
-    let last = handles.last().unwrap().0.to_string();
-    ns.exec(&[
-        "nft",
-        "delete",
-        "rule",
-        "ip",
-        TABLE,
-        "postrouting",
-        "handle",
-        &last,
-    ]);
-    check_finds(
+    let last = handles.last().unwrap().0;
+    ruleset::nft(&ns, &format!("delete|rule|{chain}|handle|{last}"));
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Nft,
         &["~ nat ipv4 (nftables table ip netconverge): missing rule \
              `ip saddr != 198.18.0.0/15 ip daddr 198.18.0.0/15 masquerade fully-random comment \"netconverge masq\"`"],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(NFT_V4));
 
     // 2. a rule appended by hand to our IPv6 chain
-    ns.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "ip6",
-        TABLE,
-        "postrouting",
-        "ip6",
-        "saddr",
-        "2001:db8:ff::/48",
-        "accept",
-    ]);
-    check_finds(
+    ruleset::nft(
+        &ns,
+        &format!("add|rule|ip6|{TABLE}|postrouting|ip6|saddr|2001:db8:ff::/48|accept"),
+    );
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Nft,
         &[
             "~ nat ipv6 (nftables table ip6 netconverge): extra rule",
             "2001:db8:ff::",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(NFT_V6));
 
     // 3. the mark rule edited in place (another kube-proxy mark)
-    let first = nft_rules(&ns, "ip")[0].0.to_string();
-    ns.exec(&[
-        "nft",
-        "replace",
-        "rule",
-        "ip",
-        TABLE,
-        "postrouting",
-        "handle",
-        &first,
-        "meta",
-        "mark",
-        "and",
-        "0x8000",
-        "==",
-        "0x8000",
-        "return",
-        "comment",
-        "\"netconverge masq\"",
-    ]);
-    check_finds(
+    let first = ruleset::nft_rules(&ns, "ip")[0].0;
+    let rule = r#"meta mark and 0x8000 == 0x8000 return comment "netconverge masq""#;
+    ruleset::nft(&ns, &format!("replace|rule|{chain}|handle|{first}|{rule}"));
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Nft,
         &[
             "~ nat ipv4 (nftables table ip netconverge): rule 1 edited",
             "0x00008000",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(NFT_V4));
 
     // 4. the whole table deleted
-    ns.exec(&["nft", "delete", "table", "ip", TABLE]);
-    check_finds(
+    ruleset::nft(&ns, &format!("delete|table|ip|{TABLE}"));
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Nft,
         &["+ nat ipv4 (nftables table ip netconverge): missing"],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(NFT_V4));
-    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(NFT_V6));
 }
 
 #[test]
 fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
-    let _cpu = shared();
-    let ns = node("nat-ipt");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "node", Backend::Ipt, "0x4000/0x4000", 2);
+    let _cpu = cpu_shared();
+    let (ns, _dir, cfg) = setup("nat-ipt", Backend::Ipt);
     converge_ok(&ns, &cfg);
-    assert_eq!(ipt_ours(&ns, "ipv4"), IPT_V4);
-    assert_eq!(ipt_ours(&ns, "ipv6"), IPT_V6);
+    assert_eq!(ours(&ns, Backend::Ipt), want(Backend::Ipt));
     // the iptables backend creates no nftables table of its own
     assert!(nft_table(&ns, "ip").is_none());
 
     // 1. a MASQUERADE rule deleted by hand
     ipt(&ns, "ipv4", &["-D", CHAIN, "6"]);
-    check_finds(
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Ipt,
         &[
             "~ nat ipv4 (iptables chain NETCONVERGE-POSTRTG): missing rule \
              `-A NETCONVERGE-POSTRTG ! -s 198.18.0.0/15 -d 198.18.0.0/15 -m comment --comment \"netconverge masq\" -j MASQUERADE --random-fully`",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(ipt_ours(&ns, "ipv4"), IPT_V4);
 
     // 2. the jump from POSTROUTING deleted
     ipt(
         &ns,
         "ipv4",
-        &[
-            "-D",
-            "POSTROUTING",
-            "-m",
-            "comment",
-            "--comment",
-            "netconverge masq",
-            "-j",
-            CHAIN,
-        ],
+        &ruleset::commented(&["-D", "POSTROUTING"], &[CHAIN]),
     );
-    check_finds(
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Ipt,
         &[
             "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)",
             "POSTROUTING",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(ipt_ours(&ns, "ipv4"), IPT_V4);
 
     // 3. a rule inserted by hand at the top of our IPv6 chain
     ipt(
@@ -449,28 +265,26 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
         "ipv6",
         &["-I", CHAIN, "1", "-s", "2001:db8:ff::/48", "-j", "RETURN"],
     );
-    check_finds(
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Ipt,
         &[
             "~ nat ipv6 (ip6tables chain NETCONVERGE-POSTRTG): extra rule `-A NETCONVERGE-POSTRTG -s 2001:db8:ff::/48 -j RETURN`",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(ipt_ours(&ns, "ipv6"), IPT_V6);
 
     // 4. the chain flushed
     ipt(&ns, "ipv4", &["-F", CHAIN]);
-    check_finds(
+    found_and_repaired(
         &ns,
         &cfg,
+        Backend::Ipt,
         &[
             "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)",
             "missing rule",
         ],
     );
-    converge_ok(&ns, &cfg);
-    assert_eq!(ipt_ours(&ns, "ipv4"), IPT_V4);
 }
 
 // -------------------------------------------------------------- cleanup --
@@ -479,7 +293,7 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
 /// with a masquerade rule and an iptables chain (both families) with a
 /// MASQUERADE rule and a jump from POSTROUTING.
 fn add_foreign(ns: &Netns) {
-    nft_file(
+    ruleset::nft_file(
         ns,
         "table inet foreign {\n\
          \tchain post {\n\
@@ -503,8 +317,8 @@ fn add_foreign(ns: &Netns) {
 fn foreign_snapshot(ns: &Netns) -> Vec<String> {
     let snap = vec![
         ns.exec(&["nft", "-a", "list", "table", "inet", "foreign"]),
-        ipt_foreign(ns, "ipv4"),
-        ipt_foreign(ns, "ipv6"),
+        ruleset::ipt_foreign(ns, "iptables-save"),
+        ruleset::ipt_foreign(ns, "ip6tables-save"),
     ];
     assert!(snap[0].contains("masquerade"), "{snap:?}");
     assert!(
@@ -519,23 +333,12 @@ fn foreign_snapshot(ns: &Netns) -> Vec<String> {
 }
 
 fn ours_present(ns: &Netns, backend: Backend) -> [bool; 2] {
-    match backend {
-        Backend::Nft => [
-            nft_table(ns, "ip").is_some(),
-            nft_table(ns, "ip6").is_some(),
-        ],
-        Backend::Ipt => [
-            !ipt_ours(ns, "ipv4").is_empty(),
-            !ipt_ours(ns, "ipv6").is_empty(),
-        ],
-    }
+    ours(ns, backend).map(|o| o.is_some())
 }
 
 fn cleanup_removes_only_ours(backend: Backend) {
-    let _cpu = shared();
-    let ns = node(&format!("nat-clean-{}", backend.word()));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "node", backend, "0x4000/0x4000", 2);
+    let _cpu = cpu_shared();
+    let (ns, _dir, cfg) = setup(&format!("nat-clean-{}", backend.word()), backend);
     add_foreign(&ns);
     let before = foreign_snapshot(&ns);
     converge_ok(&ns, &cfg);
@@ -560,9 +363,7 @@ fn cleanup_removes_only_ours(backend: Backend) {
     };
 
     // --check lists exactly what cleanup will remove, and removes nothing
-    let out = run(&ns, &cfg, &["cleanup", "--check"]);
-    assert_code(&out, 0, "cleanup --check");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(&cfg, &["cleanup", "--check"], 0);
     assert!(text.contains("- vxlan flannel.1: cleanup"), "{text}");
     for l in &nat_lines {
         assert!(
@@ -571,37 +372,17 @@ fn cleanup_removes_only_ours(backend: Backend) {
         );
     }
     assert_eq!(ours_present(&ns, backend), [true, true]);
-    assert!(
-        ns.ip_json(&["link", "show", "dev", "flannel.1"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    );
+    assert!(ns.link("flannel.1").is_some());
 
-    let out = run(&ns, &cfg, &["cleanup"]);
-    assert_code(&out, 0, "cleanup");
-    let text = stdout(&out);
+    let text = ns.netconverge_exits(&cfg, &["cleanup"], 0);
     for l in &nat_lines {
         assert!(text.contains(l), "want {l:?} in:\n{text}");
     }
     assert_eq!(ours_present(&ns, backend), [false, false]);
     assert_eq!(ipt_ours(&ns, "ipv4"), "");
     assert_eq!(ipt_ours(&ns, "ipv6"), "");
-    let tables = ns.exec(&["nft", "list", "tables"]);
-    assert!(
-        !tables.contains("ip netconverge\n") && !tables.contains("ip6 netconverge\n"),
-        "{tables}"
-    );
-    let links = ns.ip_json(&["link", "show"]);
-    assert!(
-        !links
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["ifname"] == "flannel.1"),
-        "{links}"
-    );
+    ruleset::assert_no_nft_table_of_ours(&ns);
+    assert!(ns.link("flannel.1").is_none());
     assert_eq!(
         foreign_snapshot(&ns),
         before,
@@ -609,21 +390,15 @@ fn cleanup_removes_only_ours(backend: Backend) {
     );
 
     // a second cleanup has nothing left to remove
-    let out = run(&ns, &cfg, &["cleanup"]);
-    assert_code(&out, 0, "second cleanup");
-    assert!(!stdout(&out).contains("cleanup"), "{}", stdout(&out));
+    let text = ns.netconverge_exits(&cfg, &["cleanup"], 0);
+    assert!(!text.contains("cleanup"), "{text}");
     assert_eq!(foreign_snapshot(&ns), before);
 }
 
-#[test]
-fn cleanup_removes_only_our_nftables_tables() {
-    cleanup_removes_only_ours(Backend::Nft);
-}
-
-#[test]
-fn cleanup_removes_only_our_iptables_chains() {
-    cleanup_removes_only_ours(Backend::Ipt);
-}
+variants!(cleanup_removes_only_ours:
+    cleanup_removes_only_our_nftables_tables => Backend::Nft,
+    cleanup_removes_only_our_iptables_chains => Backend::Ipt,
+);
 
 // --------------------------------------------------- no gap, lifecycle --
 
@@ -631,11 +406,7 @@ fn cleanup_removes_only_our_iptables_chains() {
 /// `nft -j list ruleset` output.
 fn nft_masquerades(v: &Value) -> [usize; 2] {
     let count = |family: &str| {
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.get("rule"))
+        rules_in(v)
             .filter(|r| r["family"] == family && r["table"] == TABLE && r["chain"] == "postrouting")
             .filter(|r| {
                 r["expr"]
@@ -697,10 +468,7 @@ fn live_mark(ns: &Netns, backend: Backend) -> Option<&'static str> {
 }
 
 fn peer_routes(ns: &Netns) -> usize {
-    ns.ip_json(&["route", "show", "proto", "199"])
-        .as_array()
-        .unwrap()
-        .len()
+    ns.ip_list(&["route", "show", "proto", "199"]).len()
 }
 
 const PEERS: usize = 500;
@@ -748,8 +516,8 @@ fn niced_daemon(ns: &Netns, cfg: &Path) -> Daemon {
 }
 
 fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
-    let _cpu = exclusive();
-    let ns = node(&format!("nat-life-{}", backend.word()));
+    let _cpu = cpu_exclusive();
+    let ns = Netns::node(&format!("nat-life-{}", backend.word()), Stack::V4);
     let dir = tempfile::tempdir().unwrap();
     // two configs that differ in the first rule: every start that follows
     // the other one rewrites both chains (same two masquerade rules)
@@ -766,19 +534,11 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
     converge_ok(&ns, &cfgs[0].0);
 
     // control: a hand-made flush-then-refill is seen, so the watcher can fail
-    let w = watcher(&ns, backend);
-    match backend {
-        Backend::Nft => ns.exec(&["nft", "flush", "chain", "ip", TABLE, "postrouting"]),
-        Backend::Ipt => ns.exec(&["iptables", "-w", "-t", "nat", "-F", CHAIN]),
-    };
-    std::thread::sleep(Duration::from_millis(50));
-    converge_ok(&ns, &cfgs[0].0);
-    let control = w.stop();
-    eprintln!("{backend:?} control: {control:?} ({:.0} Hz)", control.hz());
-    assert!(
-        control.bad > 0,
-        "the watcher missed a 50 ms gap: {control:?}"
-    );
+    let cli = (backend == Backend::Ipt).then_some("iptables");
+    let what = format!("{backend:?}");
+    ruleset::assert_watch_sees_a_gap(&ns, watcher(&ns, backend), cli, &what, || {
+        converge_ok(&ns, &cfgs[0].0);
+    });
 
     let rounds = [
         Stop::Term,
@@ -829,12 +589,7 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
                 d.kill9();
                 let routes = peer_routes(&ns);
                 let nat = live_mark(&ns, backend);
-                let dev = ns
-                    .ip_json(&["link", "show"])
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|l| l["ifname"] == "flannel.1");
+                let dev = ns.link("flannel.1").is_some();
                 // started applying, not finished: killed mid-converge
                 let unfinished = routes < PEERS || nat != Some(*mark);
                 if dev && unfinished {
@@ -883,10 +638,8 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
     let mut d = niced_daemon(&ns, &cfgs[0].0);
     d.wait_notify("READY=1", LONG);
     assert_eq!(d.stop(), 0, "{}", d.logs());
-    let report = w.stop();
     eprintln!("{backend:?} lifecycle:\n  {}", log.join("\n  "));
-    eprintln!("{backend:?}: {report:?} ({:.0} Hz)", report.hz());
-    report.assert_no_gap(200.0);
+    ruleset::assert_no_gap(w, &what);
     assert!(
         mid >= 1,
         "no SIGKILL landed mid-converge, the test proved less than it claims:\n{}",
@@ -897,17 +650,12 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
         "never caught a NAT transaction in flight:\n{}",
         log.join("\n")
     );
-    let out = run(&ns, &cfgs[0].0, &["converge", "--check"]);
-    assert_code(&out, 0, "check after the lifecycle");
+    // in sync after the lifecycle
+    ns.netconverge_exits(&cfgs[0].0, &["converge", "--check"], 0);
     assert_eq!(live_mark(&ns, backend), Some("0x4000"));
 }
 
-#[test]
-fn no_gap_across_daemon_stop_kill_restart_nftables() {
-    no_gap_across_the_daemon_lifecycle(Backend::Nft);
-}
-
-#[test]
-fn no_gap_across_daemon_stop_kill_restart_iptables() {
-    no_gap_across_the_daemon_lifecycle(Backend::Ipt);
-}
+variants!(no_gap_across_the_daemon_lifecycle:
+    no_gap_across_daemon_stop_kill_restart_nftables => Backend::Nft,
+    no_gap_across_daemon_stop_kill_restart_iptables => Backend::Ipt,
+);
