@@ -21,12 +21,14 @@ use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::model::{Mac, Observed};
-use crate::netlink::{REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::netlink::{Handle, REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::nexthop::{NexthopError, NexthopMessage};
 use crate::observe;
 use crate::plan::{Change, Op, Plan, RouteOp, Stage, VxlanCreate};
 
@@ -47,6 +49,7 @@ pub struct ApplyReport {
 #[derive(Debug)]
 enum OpError {
     Netlink(rtnetlink::Error),
+    Nexthop(NexthopError),
     NoDevice(String),
     Invalid(String),
     Timeout,
@@ -57,6 +60,7 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Netlink(e) => f.write_str(&error_text(e)),
+            OpError::Nexthop(e) => write!(f, "{e}"),
             OpError::NoDevice(d) => write!(f, "device `{d}` does not exist"),
             OpError::Invalid(m) | OpError::Other(m) => f.write_str(m),
             OpError::Timeout => write!(
@@ -71,6 +75,12 @@ impl fmt::Display for OpError {
 impl From<rtnetlink::Error> for OpError {
     fn from(e: rtnetlink::Error) -> Self {
         OpError::Netlink(e)
+    }
+}
+
+impl From<NexthopError> for OpError {
+    fn from(e: NexthopError) -> Self {
+        OpError::Nexthop(e)
     }
 }
 
@@ -141,12 +151,18 @@ fn is_delete(op: &Op) -> bool {
             | Op::DelNeighbor { .. }
             | Op::DelFdb { .. }
             | Op::DelRoute(_)
+            | Op::DelNexthop { .. }
     )
 }
 
 /// Errors that mean the kernel already is as the operation wants it.
+/// (EEXIST on a nexthop create is not one: the id was taken by someone
+/// else since it was observed.)
 fn tolerated(op: &Op, e: &OpError) -> bool {
     match e {
+        OpError::Nexthop(n) => {
+            matches!(op, Op::DelNexthop { .. }) && n.errno() == Some(libc::ENOENT)
+        }
         // A missing device carries no addresses, neighbours, FDB entries
         // or routes: whatever was to be deleted is gone.
         OpError::NoDevice(_) => is_delete(op),
@@ -241,13 +257,26 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
             .del(fdb_message(index(links, dev)?, *mac, *dst))
             .execute()
             .await?),
+        Op::SetNexthop(n) => {
+            let msg =
+                NexthopMessage::gateway(n.id, n.via, index(links, &n.dev)?, n.onlink, n.protocol);
+            Ok(handle.nexthop().create(msg).await?)
+        }
+        Op::DelNexthop { id } => Ok(handle.nexthop().delete(*id).await?),
         Op::SetRoute(r) => {
-            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
+            // Through a nexthop object the device is the nexthop's.
+            let oif = match r.nhid {
+                Some(_) => None,
+                None => r.dev.as_deref().map(|d| index(links, d)).transpose()?,
+            };
             let msg = route_message(r, oif).map_err(OpError::Invalid)?;
             Ok(handle.route().add(msg).replace().execute().await?)
         }
         Op::DelRoute(r) => {
-            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
+            let oif = match r.nhid {
+                Some(_) => None,
+                None => r.dev.as_deref().map(|d| index(links, d)).transpose()?,
+            };
             let msg = route_del_message(r, oif).map_err(OpError::Invalid)?;
             Ok(handle.route().del(msg).execute().await?)
         }
@@ -262,7 +291,7 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
 /// Send one request that is answered by an ACK (or a NACK). For requests
 /// whose flags no rtnetlink builder exposes.
 async fn request_ack(
-    handle: &Handle,
+    handle: &rtnetlink::Handle,
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<(), rtnetlink::Error> {
@@ -402,10 +431,12 @@ fn invalid(e: impl fmt::Display) -> String {
 }
 
 /// `ip route replace DST [via VIA] [dev DEV] [onlink] [src SRC] [metric M]
-/// table T proto P` (scope link for a direct IPv4 route, like iproute2).
+/// table T proto P` (scope link for a direct IPv4 route, like iproute2), or
+/// with `nhid N` in place of via/dev/onlink for a route through a nexthop
+/// object.
 pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
     let dst = r.dst.trunc();
-    let scope = if r.via.is_none() && r.dst.addr().is_ipv4() {
+    let scope = if r.via.is_none() && r.nhid.is_none() && r.dst.addr().is_ipv4() {
         RouteScope::Link
     } else {
         RouteScope::Universe
@@ -417,14 +448,16 @@ pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessag
         .protocol(RouteProtocol::from(r.protocol))
         .scope(scope)
         .kind(RouteType::Unicast);
-    if let Some(via) = r.via {
-        b = b.gateway(via).map_err(invalid)?;
-    }
-    if let Some(oif) = oif {
-        b = b.output_interface(oif);
-    }
-    if r.onlink {
-        b = b.onlink();
+    if r.nhid.is_none() {
+        if let Some(via) = r.via {
+            b = b.gateway(via).map_err(invalid)?;
+        }
+        if let Some(oif) = oif {
+            b = b.output_interface(oif);
+        }
+        if r.onlink {
+            b = b.onlink();
+        }
     }
     if let Some(src) = r.src {
         b = b.pref_source(src).map_err(invalid)?;
@@ -432,11 +465,16 @@ pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessag
     if let Some(metric) = r.metric {
         b = b.priority(metric);
     }
-    Ok(b.build())
+    let mut msg = b.build();
+    if let Some(id) = r.nhid {
+        msg.attributes.push(RouteAttribute::NhId(id));
+    }
+    Ok(msg)
 }
 
-/// `ip route del DST table T [via VIA] [dev DEV] [metric M]`: protocol,
-/// scope and type are wildcards, like iproute2's delete.
+/// `ip route del DST table T [via VIA] [dev DEV] [metric M]` (or `nhid N`:
+/// the kernel matches an IPv4 route through a nexthop object only by its
+/// id): protocol, scope and type are wildcards, like iproute2's delete.
 pub(crate) fn route_del_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
     let dst = r.dst.trunc();
     let mut b = RouteMessageBuilder::<IpAddr>::new()
@@ -446,16 +484,22 @@ pub(crate) fn route_del_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMe
         .protocol(RouteProtocol::Unspec)
         .scope(RouteScope::NoWhere)
         .kind(RouteType::Unspec);
-    if let Some(via) = r.via {
-        b = b.gateway(via).map_err(invalid)?;
-    }
-    if let Some(oif) = oif {
-        b = b.output_interface(oif);
+    if r.nhid.is_none() {
+        if let Some(via) = r.via {
+            b = b.gateway(via).map_err(invalid)?;
+        }
+        if let Some(oif) = oif {
+            b = b.output_interface(oif);
+        }
     }
     if let Some(metric) = r.metric {
         b = b.priority(metric);
     }
-    Ok(b.build())
+    let mut msg = b.build();
+    if let Some(id) = r.nhid {
+        msg.attributes.push(RouteAttribute::NhId(id));
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -482,6 +526,7 @@ mod tests {
             src: None,
             metric: None,
             protocol: 199,
+            nhid: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod model;
 pub mod nat;
 pub mod netlink;
+pub mod nexthop;
 pub mod observe;
 pub mod plan;
 pub mod show;

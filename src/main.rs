@@ -268,7 +268,11 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
     }
 }
 
-async fn cleanup(handle: &rtnetlink::Handle, desired: &Desired, check: bool) -> ExitCode {
+async fn cleanup(
+    handle: &netconverge::netlink::Handle,
+    desired: &Desired,
+    check: bool,
+) -> ExitCode {
     let observed = match engine::observe_all(handle, desired).await {
         Ok(o) => o,
         Err(e) => return fail(code::SYSTEM, &e.to_string()),

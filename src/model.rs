@@ -415,11 +415,29 @@ pub struct AddressState {
 pub struct RouteState {
     pub table: u32,
     pub dst: IpNet,
+    /// For a route through a nexthop object: the nexthop's gateway, device
+    /// and onlink flag (as the kernel reports them, or resolved from
+    /// [`Observed::nexthops`]).
     pub via: Option<IpAddr>,
     pub dev: Option<String>,
     pub onlink: bool,
     pub src: Option<IpAddr>,
     pub metric: Option<u32>,
+    pub protocol: u8,
+    /// The nexthop object the route goes through (`ip route ... nhid N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nhid: Option<u32>,
+}
+
+/// A kernel nexthop object (`ip nexthop`). `via`/`dev` are absent for
+/// groups, blackholes and FDB nexthops, which netconverge never creates but
+/// must not collide with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NexthopState {
+    pub id: u32,
+    pub via: Option<IpAddr>,
+    pub dev: Option<String>,
+    pub onlink: bool,
     pub protocol: u8,
 }
 
@@ -445,6 +463,12 @@ pub struct Observed {
     pub links: BTreeMap<String, LinkState>,
     pub addresses: Vec<AddressState>,
     pub routes: Vec<RouteState>,
+    /// Every nexthop object of the namespace (foreign ones too: their ids
+    /// are taken).
+    pub nexthops: Vec<NexthopState>,
+    /// The kernel answered a nexthop dump (Linux ≥ 5.3). `false` in
+    /// hand-written observations: classic routes.
+    pub nexthop_objects: bool,
     pub neighbors: Vec<NeighborState>,
     pub fdb: Vec<FdbState>,
     pub nat: crate::nat::NatObserved,
