@@ -318,6 +318,27 @@ pub fn connect(rx_buffer: usize) -> io::Result<NexthopHandle> {
     Ok(NexthopHandle(handle))
 }
 
+/// Nexthop notifications (`ip monitor nexthop`) of the calling thread's
+/// network namespace; an overrun arrives as `NetlinkPayload::Overrun`.
+/// Fails on kernels without nexthop objects (no such multicast group).
+pub fn monitor(
+    rx_buffer: usize,
+) -> io::Result<
+    futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<NexthopNetlinkMessage>, SocketAddr)>,
+> {
+    let (mut conn, _handle, messages) =
+        netlink_proto::new_connection::<NexthopNetlinkMessage>(NETLINK_ROUTE)?;
+    let socket = conn.socket_mut().socket_mut();
+    socket.bind(&SocketAddr::new(0, 0))?;
+    socket.add_membership(RTNLGRP_NEXTHOP)?;
+    let rx = i32::try_from(rx_buffer).unwrap_or(i32::MAX);
+    if let Err(e) = socket.set_rx_buf_sz(rx) {
+        tracing::debug!("nexthop monitor SO_RCVBUF {rx}: {e}");
+    }
+    tokio::spawn(conn);
+    Ok(messages)
+}
+
 impl NexthopHandle {
     fn request(
         &self,
