@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use crate::model::{Desired, Mac, Observed};
 
+const RTPROT_KERNEL: u8 = 2;
+const RTPROT_RA: u8 = 9;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowVxlan {
     pub name: String,
@@ -175,6 +178,8 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
         route: observed
             .routes
             .iter()
+            // connected and RA routes are the kernel's, not managed state
+            .filter(|r| r.protocol != RTPROT_KERNEL && r.protocol != RTPROT_RA)
             .map(|r| ShowRoute {
                 dst: r.dst,
                 via: r.via,
@@ -193,5 +198,24 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
 
 /// Render as TOML. JSON values that TOML cannot hold (null) are dropped.
 pub fn to_toml(doc: &ShowDoc) -> Result<String, toml::ser::Error> {
-    toml::to_string_pretty(doc)
+    let mut doc = doc.clone();
+    strip_nulls(&mut doc.nat);
+    strip_nulls(&mut doc.lease);
+    toml::to_string_pretty(&doc)
+}
+
+/// TOML has no null: drop null members and elements; a null root becomes `{}`.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Null => *v = serde_json::Value::Object(serde_json::Map::new()),
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => {
+            a.retain(|x| !x.is_null());
+            a.iter_mut().for_each(strip_nulls);
+        }
+        _ => {}
+    }
 }

@@ -554,7 +554,7 @@ cidr = "fd00:42:0:1::/128"
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 0, "{out}");
     let l = link(&ns, "flannel-v6.1").unwrap();
-    assert_eq!(l["linkinfo"]["info_data"]["local"], "2001:db8::1");
+    assert_eq!(l["linkinfo"]["info_data"]["local6"], "2001:db8::1");
     assert_eq!(l["mtu"], 1430, "IPv6 underlay overhead is 70");
 }
 

@@ -130,6 +130,11 @@ fn count(ns: &Netns, what: &[&str]) -> usize {
 
 /// The full state for `stack` with `peers` peers is in the kernel and the file.
 fn full_state(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> bool {
+    missing(ns, dir, stack, peers).is_none()
+}
+
+/// What is missing from the full state, if anything.
+fn missing(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> Option<String> {
     let mut devs = vec![];
     if stack.v4() {
         devs.push(("flannel.1", 1450, "-4"));
@@ -138,39 +143,54 @@ fn full_state(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> bool {
         devs.push(("flannel-v6.1", 1430, "-6"));
     }
     for (dev, mtu, fam) in devs {
-        let Some(l) = link(ns, dev) else { return false };
+        let Some(l) = link(ns, dev) else {
+            return Some(format!("{dev} absent"));
+        };
         if l["mtu"] != mtu || l["address"] != Mac::derive(NODE, dev).to_string() {
-            return false;
+            return Some(format!("{dev}: mtu/mac {} {}", l["mtu"], l["address"]));
         }
-        if count(ns, &[fam, "route", "show", "dev", dev, "proto", "199"]) != peers {
-            return false;
+        let n = count(ns, &[fam, "route", "show", "dev", dev, "proto", "199"]);
+        if n != peers {
+            return Some(format!("{dev}: {n} routes"));
         }
-        let perm = ns.ip_json(&[fam, "neigh", "show", "dev", dev, "nud", "permanent"]);
-        if perm.as_array().unwrap().len() != peers {
-            return false;
+        let n = count(ns, &[fam, "neigh", "show", "dev", dev, "nud", "permanent"]);
+        if n != peers {
+            return Some(format!("{dev}: {n} permanent neighbours"));
         }
-        if ns
-            .bridge_json(&["fdb", "show", "dev", dev])
-            .as_array()
-            .unwrap()
-            .len()
-            != peers
-        {
-            return false;
-        }
-        let addrs = ns.ip_json(&[fam, "addr", "show", "dev", dev, "scope", "global"]);
-        if addrs
+        // entries with a VTEP destination (not the device's own multicast addresses)
+        let fdb = ns.bridge_json(&["fdb", "show", "dev", dev]);
+        let n = fdb
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| a["addr_info"].as_array().unwrap().len())
-            .sum::<usize>()
-            != 1
-        {
-            return false;
+            .filter(|f| f.get("dst").is_some())
+            .count();
+        if n != peers {
+            return Some(format!("{dev}: {n} fdb entries"));
+        }
+        let addrs = ns.ip_json(&[fam, "addr", "show", "dev", dev, "scope", "global"]);
+        // iproute2 prints addresses its filter dropped as `{}`: count real ones
+        let n: usize = addrs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a["addr_info"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| i.get("local").is_some())
+                    .count()
+            })
+            .sum();
+        if n != 1 {
+            return Some(format!("{dev}: {n} global addresses"));
         }
     }
-    std::fs::read_to_string(lease_path(dir)).is_ok_and(|s| s.contains("FLANNEL_MTU="))
+    match std::fs::read_to_string(lease_path(dir)) {
+        Ok(s) if s.contains("FLANNEL_MTU=") => None,
+        other => Some(format!("lease: {other:?}")),
+    }
 }
 
 #[test]
@@ -192,7 +212,13 @@ fn ready_only_after_device_peers_and_lease_exist_then_status_watchdog_stopping()
         lease.contains("FLANNEL_SUBNET=198.18.1.1/24") && lease.contains("FLANNEL_MTU=1450"),
         "{lease}"
     );
-    d.wait_notify("STATUS=converged", LONG);
+    assert!(
+        d.messages
+            .iter()
+            .any(|m| m.contains("STATUS=converged: 1 device(s), 50 peer(s), lease ok")),
+        "{:?}",
+        d.messages
+    );
     // watchdog pings keep coming (every 100 ms)
     let before = d
         .messages
@@ -264,9 +290,24 @@ fn teardown_cycles(stack: Stack, cycles: usize) {
         // the address arrives a moment later
         std::thread::sleep(Duration::from_millis(if i % 10 == 0 { 30 } else { 2 }));
         add_underlay_addr(&ns, stack);
-        eventually(&format!("cycle {i}: full state back"), LONG, || {
-            full_state(&ns, dir.path(), stack, 5)
-        });
+        let start = std::time::Instant::now();
+        while !full_state(&ns, dir.path(), stack, 5) {
+            if start.elapsed() > LONG {
+                let logs = d.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                panic!(
+                    "cycle {i}: full state not back within {LONG:?}: {:?}\nlinks: {}\nroutes: {}\nneigh: {}\nfdb: {}\nlease: {:?}\nlog tail (newest first):\n{}",
+                    missing(&ns, dir.path(), stack, 5),
+                    ns.ip(&["-d", "link"]),
+                    ns.ip(&["route", "show", "table", "all"]),
+                    ns.ip(&["neigh"]),
+                    ns.exec(&["bridge", "fdb", "show"]),
+                    std::fs::read_to_string(lease_path(dir.path())),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     assert!(d.logs().lines().all(|l| !l.contains("panicked")));
     assert_eq!(d.stop(), 0);

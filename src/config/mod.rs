@@ -1,13 +1,23 @@
 //! TOML → validated [`Desired`] state.
 //!
 //! Invariant: either every check passed and a `Desired` is returned, or every
-//! problem found is returned, each with file:line:col and what to do. Nothing
-//! here touches the kernel.
+//! problem found is returned (in file order), each with file:line:col and a
+//! `help:` saying what to do. Nothing here touches the kernel or other files.
 //!
-//! STUB: implemented in the core engine issue.
+//! Pipeline: `toml_span::parse` (syntax, first error only) → [`schema`]
+//! (typed, spanned values; type errors and unknown keys) → [`validate`]
+//! (cross-object checks, then mapping into the model).
+
+mod schema;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::Path;
+
+use toml_span::{ErrorKind, Span};
 
 use crate::model::Desired;
 
@@ -15,7 +25,9 @@ use crate::model::Desired;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
+    /// 1-based; 0 only when the problem has no position (unreadable file).
     pub line: usize,
+    /// 1-based, in characters.
     pub col: usize,
     pub message: String,
     pub help: Option<String>,
@@ -23,11 +35,15 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: error: {}",
-            self.file, self.line, self.col, self.message
-        )?;
+        if self.line == 0 {
+            write!(f, "{}: error: {}", self.file, self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.file, self.line, self.col, self.message
+            )?;
+        }
         if let Some(h) = &self.help {
             write!(f, "\n  help: {h}")?;
         }
@@ -50,8 +66,32 @@ impl fmt::Display for ConfigErrors {
 
 /// Parse and validate `source` (named `file` in messages).
 pub fn parse(source: &str, file: &str) -> Result<Desired, ConfigErrors> {
-    let _ = (source, file);
-    Ok(Desired::default())
+    let mut d = Diags::new(source);
+    let mut root = match toml_span::parse(source) {
+        Ok(v) => v,
+        Err(e) => {
+            syntax_error(&mut d, &e);
+            return Err(d.finish(file));
+        }
+    };
+    let raw = schema::read(&mut root, &mut d);
+    validate::check(&raw, &mut d);
+    if !d.is_empty() {
+        return Err(d.finish(file));
+    }
+    match validate::build(&raw) {
+        Some(desired) => Ok(desired),
+        // Unreachable when every missing/invalid value was reported; kept as an
+        // error instead of a panic so a schema bug can never crash the daemon.
+        None => {
+            d.error(
+                Span::new(0, 0),
+                "internal error: the configuration passed validation but is incomplete",
+                "please report this with the config file attached",
+            );
+            Err(d.finish(file))
+        }
+    }
 }
 
 /// Read and validate a file.
@@ -67,4 +107,179 @@ pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
         }])
     })?;
     parse(&source, &name)
+}
+
+// ------------------------------------------------------------ diagnostics --
+
+/// One problem, still positioned by byte span.
+struct Diag {
+    span: Span,
+    message: String,
+    help: String,
+}
+
+/// Collects problems from every stage; positions are resolved once at the end.
+pub(crate) struct Diags<'s> {
+    src: &'s str,
+    /// Byte offset where each line starts (line 1 at index 0).
+    line_starts: Vec<usize>,
+    list: Vec<Diag>,
+}
+
+impl<'s> Diags<'s> {
+    fn new(src: &'s str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Diags {
+            src,
+            line_starts,
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn error(
+        &mut self,
+        span: Span,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.list.push(Diag {
+            span,
+            message: message.into(),
+            help: help.into(),
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// 1-based line of a byte offset.
+    pub(crate) fn line(&self, span: Span) -> usize {
+        self.line_starts
+            .partition_point(|&s| s <= span.start)
+            .max(1)
+    }
+
+    /// 1-based (line, column in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or_default();
+        let col = match self.src.get(start..offset) {
+            Some(s) => s.chars().count(),
+            None => offset.saturating_sub(start),
+        };
+        (line, col + 1)
+    }
+
+    fn finish(mut self, file: &str) -> ConfigErrors {
+        // Stable: problems at the same position keep the order they were found.
+        self.list.sort_by_key(|e| e.span.start);
+        ConfigErrors(
+            self.list
+                .iter()
+                .map(|e| {
+                    let (line, col) = self.line_col(e.span.start);
+                    ConfigError {
+                        file: file.to_string(),
+                        line,
+                        col,
+                        message: e.message.clone(),
+                        help: Some(e.help.clone()),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Turns the parser's (single) syntax error into a message with a remedy.
+fn syntax_error(d: &mut Diags<'_>, e: &toml_span::Error) {
+    let (message, help) = match &e.kind {
+        ErrorKind::UnexpectedEof => (
+            "unexpected end of file".to_string(),
+            "finish the last `key = value` line or [table] header".to_string(),
+        ),
+        ErrorKind::InvalidCharInString('\n') => (
+            "string is not closed before the end of the line".to_string(),
+            "add the closing quote; use '''…''' for multi-line strings".to_string(),
+        ),
+        ErrorKind::InvalidCharInString(c) => (
+            format!("invalid character {c:?} in string"),
+            "write control characters as escapes such as \\t or \\u0001".to_string(),
+        ),
+        ErrorKind::InvalidEscape(c) => (
+            format!("invalid escape `\\{c}` in string"),
+            "write a backslash as \\\\ or use a 'literal string'".to_string(),
+        ),
+        ErrorKind::InvalidHexEscape(c) => (
+            format!("invalid character {c:?} in a \\u escape"),
+            "\\u takes 4 and \\U takes 8 hex digits".to_string(),
+        ),
+        ErrorKind::InvalidEscapeValue(v) => (
+            format!("escape value {v:#x} is not a unicode scalar value"),
+            "use a valid code point".to_string(),
+        ),
+        ErrorKind::Unexpected(c) => (
+            format!("unexpected character {c:?}"),
+            "each line is `key = value`, a [table] header, or a # comment".to_string(),
+        ),
+        ErrorKind::UnterminatedString => (
+            "unterminated string".to_string(),
+            "add the closing quote".to_string(),
+        ),
+        ErrorKind::InvalidNumber => (
+            "invalid number".to_string(),
+            "write integers like 8472 or 0x4000, and quote strings and addresses".to_string(),
+        ),
+        ErrorKind::OutOfRange(_) => (
+            "number out of range".to_string(),
+            "integers must fit in 64 bits".to_string(),
+        ),
+        ErrorKind::Wanted { expected, found } => (
+            format!("expected {expected}, found {found}"),
+            "each line is `key = value`, a [table] header, or a # comment".to_string(),
+        ),
+        ErrorKind::DuplicateTable { name, first } => (
+            format!("table [{name}] is defined twice"),
+            format!(
+                "first defined at line {}; merge the two, or use [[{name}]] for a list",
+                d.line(*first)
+            ),
+        ),
+        ErrorKind::DuplicateKey { key, first } => (
+            format!("key `{key}` is set twice"),
+            format!("first set at line {}; keep only one", d.line(*first)),
+        ),
+        ErrorKind::RedefineAsArray => (
+            "table redefined as an array of tables".to_string(),
+            "use either [name] or [[name]] for one name, not both".to_string(),
+        ),
+        ErrorKind::MultilineStringKey => (
+            "a multi-line string cannot be a key".to_string(),
+            "write the key bare or in single-line quotes".to_string(),
+        ),
+        ErrorKind::DottedKeyInvalidType { first } => (
+            "dotted key extends a value that is not a table".to_string(),
+            format!("the value was set at line {}", d.line(*first)),
+        ),
+        ErrorKind::UnquotedString => (
+            "bare words are not values".to_string(),
+            "quote strings and addresses: `name = \"flannel.1\"`".to_string(),
+        ),
+        ErrorKind::ExceededDepthLimit => (
+            "tables or arrays are nested too deeply".to_string(),
+            "this configuration never nests more than two levels".to_string(),
+        ),
+        other => (
+            format!("invalid TOML ({other})"),
+            "check the syntax near here".to_string(),
+        ),
+    };
+    d.error(e.span, format!("syntax: {message}"), help);
 }

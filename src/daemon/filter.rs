@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressScope;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -19,6 +20,9 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 
 use crate::model::{Desired, LinkState, NexthopState};
 use crate::nexthop::NexthopMessage;
+
+const RTPROT_KERNEL: u8 = 2;
+const RTPROT_RA: u8 = 9;
 
 #[derive(Debug, Default)]
 pub struct Interest {
@@ -88,13 +92,38 @@ impl Interest {
             .is_some_and(|n| self.managed.contains(n))
     }
 
+    /// Short description of a notification for debug logs.
+    pub fn describe(msg: &RouteNetlinkMessage) -> String {
+        match msg {
+            RouteNetlinkMessage::NewLink(l) => format!("new link #{}", l.header.index),
+            RouteNetlinkMessage::DelLink(l) => format!("del link #{}", l.header.index),
+            RouteNetlinkMessage::NewAddress(a) => format!("new address on #{}", a.header.index),
+            RouteNetlinkMessage::DelAddress(a) => format!("del address on #{}", a.header.index),
+            RouteNetlinkMessage::NewRoute(r) => {
+                format!("new route proto {}", u8::from(r.header.protocol))
+            }
+            RouteNetlinkMessage::DelRoute(r) => {
+                format!("del route proto {}", u8::from(r.header.protocol))
+            }
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                format!("new neighbour on #{}", n.header.ifindex)
+            }
+            RouteNetlinkMessage::DelNeighbour(n) => {
+                format!("del neighbour on #{}", n.header.ifindex)
+            }
+            _ => "other".to_string(),
+        }
+    }
+
     /// Does this notification concern anything we converge?
     pub fn relevant(&mut self, msg: &RouteNetlinkMessage) -> bool {
         match msg {
             RouteNetlinkMessage::NewLink(l) => self.link(l, false),
             RouteNetlinkMessage::DelLink(l) => self.link(l, true),
+            // Link-local addresses (and their DAD completing) are the kernel's
+            // business; the engine only ever uses or manages global ones.
             RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                self.index.contains_key(&a.header.index)
+                a.header.scope == AddressScope::Universe && self.index.contains_key(&a.header.index)
             }
             RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => self.route(r),
             RouteNetlinkMessage::NewNeighbour(n) => self.neighbour(n, false),
@@ -133,8 +162,13 @@ impl Interest {
     }
 
     fn route(&self, r: &RouteMessage) -> bool {
-        if u8::from(r.header.protocol) == self.proto {
+        let proto = u8::from(r.header.protocol);
+        if proto == self.proto {
             return true;
+        }
+        // connected and RA routes are maintained by the kernel, never by us
+        if proto == RTPROT_KERNEL || proto == RTPROT_RA {
+            return false;
         }
         let oif = r.attributes.iter().find_map(|a| match a {
             RouteAttribute::Oif(i) => Some(*i),

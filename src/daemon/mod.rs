@@ -151,7 +151,9 @@ fn log_pass(n: u64, trigger: Trigger, outcome: &Outcome, took: Duration) {
         debug!(pass = n, %trigger, "pass #{n} ({trigger}): in sync ({} ms)", took.as_millis());
         return;
     }
-    let what = if changes.len() <= DETAIL {
+    let what = if changes.is_empty() {
+        "no changes possible".to_string()
+    } else if changes.len() <= DETAIL {
         changes
             .iter()
             .map(|c| format!("{} {}: {}", c.kind.sigil(), c.object, c.reason))
@@ -207,6 +209,7 @@ pub async fn run(
     let mut rec = Reconciler::new(&desired.daemon, Instant::now());
     let mut note: Option<String> = None;
     let mut relevant_events: u64 = 0;
+    let mut last_status = String::new();
     info!(
         "netconverge {} running: {} device(s), {} peer(s)",
         env!("CARGO_PKG_VERSION"),
@@ -254,6 +257,7 @@ pub async fn run(
                 Some((m, _)) => match m.payload {
                     NetlinkPayload::InnerMessage(inner) if interest.relevant(&inner) => {
                         relevant_events += 1;
+                        tracing::trace!("relevant: {}", Interest::describe(&inner));
                         rec.on_event(Instant::now());
                     }
                     NetlinkPayload::Overrun(_) => {
@@ -306,6 +310,7 @@ pub async fn run(
                 let Some(trigger) = rec.poll(Instant::now()) else { continue };
                 let start = Instant::now();
                 let n = rec.passes() + 1;
+                debug!(pass = n, %trigger, "pass #{n} starting");
                 let result = tokio::time::timeout(PASS_TIMEOUT, engine::converge(&handle, &desired, 3)).await;
                 let took = start.elapsed();
                 let pass = match result {
@@ -320,7 +325,11 @@ pub async fn run(
                             }
                         }
                         let status = status_line(&desired, &outcome, note.as_deref());
-                        notify(&[NotifyState::Status(&status)]);
+                        // only changes: STATUS= is a display, not a heartbeat
+                        if status != last_status {
+                            notify(&[NotifyState::Status(&status)]);
+                            last_status = status;
+                        }
                         PassResult {
                             remaining: outcome.remaining.changes.len(),
                             blocked: outcome.remaining.blocked.len(),

@@ -12,13 +12,17 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use super::Netns;
 
 pub struct Daemon {
     pub child: Option<Child>,
-    pub sock: UnixDatagram,
+    /// Fed by a thread that reads the notify socket continuously, as systemd
+    /// does: the kernel queues only a few datagrams, and a full queue would
+    /// block the daemon's sd_notify.
+    rx: Receiver<String>,
     pub log: PathBuf,
     /// Every notify message received so far, in order.
     pub messages: Vec<String>,
@@ -28,20 +32,32 @@ pub struct Daemon {
 impl Daemon {
     /// Start `netconverge -c config run` in `ns` with extra env vars.
     pub fn start(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let prefix = [
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            ns.name.clone(),
+        ];
+        Daemon::start_with(&prefix, config, env)
+    }
+
+    /// Start the daemon through an arbitrary command prefix (e.g. nsenter).
+    pub fn start_with(prefix: &[String], config: &Path, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let sock_path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         let log = dir.path().join("daemon.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new("ip");
+        // systemd sets WATCHDOG_PID to the main PID; `sh -c 'exec'` keeps the
+        // PID through `ip netns exec`/`nsenter` (which exec, not fork).
+        let mut cmd = Command::new("sh");
         cmd.args([
-            "netns",
-            "exec",
-            &ns.name,
-            env!("CARGO_BIN_EXE_netconverge"),
-            "-v",
             "-c",
+            "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$@\"",
+            "sh",
         ])
+        .args(prefix)
+        .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
         .arg(config)
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
@@ -54,9 +70,21 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         Daemon {
             child: Some(child),
-            sock,
+            rx,
             log,
             messages: Vec::new(),
             _dir: dir,
@@ -78,16 +106,15 @@ impl Daemon {
                 self.messages,
                 self.logs()
             );
-            self.sock
-                .set_read_timeout(Some(left.min(Duration::from_millis(200))))
-                .unwrap();
-            let mut buf = vec![0u8; 4096];
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-                self.messages.push(m.clone());
-                if m.contains(needle) {
-                    return m;
+            match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(m) => {
+                    self.messages.push(m.clone());
+                    if m.contains(needle) {
+                        return m;
+                    }
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => panic!("notify reader stopped"),
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
@@ -98,15 +125,11 @@ impl Daemon {
         }
     }
 
-    /// Drain what has arrived without blocking.
+    /// Collect what has arrived without blocking.
     pub fn drain(&mut self) {
-        self.sock.set_nonblocking(true).unwrap();
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = self.sock.recv(&mut buf) {
-            self.messages
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        while let Ok(m) = self.rx.try_recv() {
+            self.messages.push(m);
         }
-        self.sock.set_nonblocking(false).unwrap();
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,920 @@
+//! Cross-object checks on the raw config, and the mapping into [`Desired`].
+//!
+//! Invariant: checks only look at values the schema layer accepted, so each
+//! mistake is reported once; every check is O(n log n) or better in the
+//! number of objects (thousands of peers are normal), using maps, never
+//! pairwise scans.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use toml_span::Span;
+
+use super::Diags;
+use super::schema::{Field, Raw, RawFamily, RawPeer, RawVxlan, Sp, fam_name, fam_of, family_keys};
+use crate::model::{
+    AddressSpec, Desired, Family, FdbSpec, LeaseFamily, LeaseMode, LeaseSpec, MAIN_TABLE, Mac,
+    NatFamily, NatSpec, NeighborSpec, PeerSpec, RouteSpec, VxlanSpec,
+};
+
+const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+fn fam_of_net(n: &IpNet) -> &'static str {
+    fam_name(Family::of_net(n))
+}
+
+fn peer_origin(subnet: &IpNet) -> String {
+    format!("peer {subnet}")
+}
+
+/// The kernel's default metric when none is given: routes differing only in
+/// "unset" vs. the default are the same route.
+fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
+    metric.unwrap_or(match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    })
+}
+
+/// Networks, each with a payload, answering "does anything overlap this
+/// network?" in O(prefix length × log n): CIDR blocks either nest or are
+/// disjoint, so an overlapping block either starts inside the query, or is
+/// one of its at most 128 supernets.
+struct NetIndex<T> {
+    by_network: BTreeMap<IpAddr, Vec<(u8, T)>>,
+}
+
+impl<T> NetIndex<T> {
+    fn new() -> Self {
+        NetIndex {
+            by_network: BTreeMap::new(),
+        }
+    }
+
+    fn insert(&mut self, net: IpNet, v: T) {
+        self.by_network
+            .entry(net.network())
+            .or_default()
+            .push((net.prefix_len(), v));
+    }
+
+    fn find_overlap(&self, q: &IpNet) -> Option<(IpNet, &T)> {
+        if let Some((addr, entries)) = self.by_network.range(q.network()..=q.broadcast()).next() {
+            if let Some((len, v)) = entries.first() {
+                if let Ok(n) = IpNet::new(*addr, *len) {
+                    return Some((n, v));
+                }
+            }
+        }
+        for len in 0..q.prefix_len() {
+            let Ok(sup) = IpNet::new(q.network(), len) else {
+                continue;
+            };
+            if let Some(entries) = self.by_network.get(&sup.network()) {
+                for (plen, v) in entries {
+                    if let Ok(n) = IpNet::new(sup.network(), *plen) {
+                        if n.contains(q) {
+                            return Some((n, v));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What the [[vxlan]] entries declare, for reference checks.
+struct Devices<'r> {
+    vxlans: HashMap<&'r str, &'r RawVxlan>,
+    underlays: HashSet<&'r str>,
+}
+
+impl Devices<'_> {
+    fn knows(&self, dev: &str) -> bool {
+        self.vxlans.contains_key(dev) || self.underlays.contains(dev)
+    }
+
+    fn names(&self) -> String {
+        let mut v: Vec<&str> = self.vxlans.keys().copied().collect();
+        v.sort_unstable();
+        v.join(", ")
+    }
+}
+
+/// One family's network or subnet after taking [nat] values from [lease].
+#[derive(Clone, Copy)]
+enum Merged {
+    Absent,
+    /// Invalid somewhere: already reported, nothing to check.
+    Unknown,
+    Known {
+        net: IpNet,
+        span: Span,
+        from_nat: bool,
+    },
+}
+
+fn merge(nat: &Field<IpNet>, lease: Option<&Field<IpNet>>) -> Merged {
+    match (nat, lease) {
+        (Field::Invalid, _) | (_, Some(Field::Invalid)) => Merged::Unknown,
+        (Field::Given(s), _) => Merged::Known {
+            net: s.v,
+            span: s.span,
+            from_nat: true,
+        },
+        (Field::Absent, Some(Field::Given(s))) => Merged::Known {
+            net: s.v,
+            span: s.span,
+            from_nat: false,
+        },
+        (Field::Absent, Some(Field::Absent) | None) => Merged::Absent,
+    }
+}
+
+/// This node's pod subnet of `f` ([lease] first, else [nat]), with where it
+/// was written.
+fn pod_subnet(raw: &Raw, f: Family) -> Option<(IpNet, String)> {
+    let (_, key) = family_keys(f);
+    if let Some(s) = raw.lease.as_ref().and_then(|l| l.family(f).subnet.given()) {
+        return Some((s.v, format!("[lease] `{key}`")));
+    }
+    raw.nat
+        .as_ref()
+        .and_then(|n| n.family(f).subnet.given())
+        .map(|s| (s.v, format!("[nat] `{key}`")))
+}
+
+/// Runs every semantic check; problems go to `d`.
+pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
+    let devs = vxlans(raw, d);
+    addresses(raw, &devs, d);
+    routes(raw, &devs, d);
+    neighbors(raw, &devs, d);
+    fdb(raw, &devs, d);
+    peers(raw, &devs, d);
+    lease(raw, d);
+    nat(raw, d);
+}
+
+fn vxlans<'r>(raw: &'r Raw, d: &mut Diags<'_>) -> Devices<'r> {
+    let mut devs = Devices {
+        vxlans: HashMap::new(),
+        underlays: HashSet::new(),
+    };
+    let mut name_at: HashMap<&str, Span> = HashMap::new();
+    let mut vni_at: HashMap<(u32, u16, Family, bool), (&str, Span)> = HashMap::new();
+    for v in &raw.vxlans {
+        if let Some(u) = &v.underlay {
+            devs.underlays.insert(u.v.as_str());
+        }
+        let Some(name) = &v.name else { continue };
+        if let Some(first) = name_at.get(name.v.as_str()) {
+            d.error(
+                name.span,
+                format!("duplicate [[vxlan]] name `{}`", name.v),
+                format!(
+                    "first declared at line {}; each device needs its own name",
+                    d.line(*first)
+                ),
+            );
+            continue;
+        }
+        name_at.insert(&name.v, name.span);
+        devs.vxlans.insert(&name.v, v);
+    }
+
+    for v in &raw.vxlans {
+        let name = v.name.as_ref().map_or("", |n| n.v.as_str());
+        if let (Some(vni), Some(port), Some(fam), Some(gbp)) = (&v.vni, &v.port, &v.family, &v.gbp)
+        {
+            // The kernel's own uniqueness key (vxlan_vni_in_use): the underlay
+            // does not matter, the family and GBP flag do.
+            let key = (vni.v, port.v, fam.v, gbp.v);
+            if let Some((other, at)) = vni_at.get(&key) {
+                d.error(
+                    vni.span,
+                    format!(
+                        "VNI {} on UDP port {} is already used by {} [[vxlan]] `{other}` (line {})",
+                        vni.v,
+                        port.v,
+                        fam_name(fam.v),
+                        d.line(*at)
+                    ),
+                    format!(
+                        "the kernel allows one {} VXLAN device per VNI and port: change `vni` or `port`",
+                        fam_name(fam.v)
+                    ),
+                );
+            } else {
+                vni_at.insert(key, (name, vni.span));
+            }
+        }
+        if let (true, Some(fam), Some(local)) = (v.family_explicit, &v.family, v.local.given()) {
+            if Family::of(&local.v) != fam.v {
+                d.error(
+                    local.span,
+                    format!(
+                        "`local` {} is {} but `family` is \"{}\"",
+                        local.v,
+                        fam_of(&local.v),
+                        fam.v
+                    ),
+                    format!(
+                        "use an {} local address, or set family = \"{}\"",
+                        fam_name(fam.v),
+                        Family::of(&local.v)
+                    ),
+                );
+            }
+        }
+        if let Some(u) = &v.underlay {
+            if devs.vxlans.contains_key(u.v.as_str()) {
+                d.error(
+                    u.span,
+                    format!("underlay `{}` is itself a declared [[vxlan]]", u.v),
+                    "the underlay is the interface that carries the encapsulated packets, e.g. \"eth0\"",
+                );
+            }
+        }
+    }
+    devs
+}
+
+fn unknown_dev(d: &mut Diags<'_>, dev: &Sp<String>, what: &str) {
+    d.error(
+        dev.span,
+        format!(
+            "{what} device `{}` is neither a declared [[vxlan]] nor a VXLAN underlay",
+            dev.v
+        ),
+        "declare it as [[vxlan]] or use an underlay",
+    );
+}
+
+fn addresses(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    let mut seen: HashMap<(&str, IpNet), usize> = HashMap::new();
+    for (i, a) in raw.addresses.iter().enumerate() {
+        let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) else {
+            continue;
+        };
+        if !devs.knows(&dev.v) {
+            unknown_dev(d, dev, "[[address]]");
+            continue;
+        }
+        if let Some(first) = seen.get(&(dev.v.as_str(), cidr.v)) {
+            d.error(
+                cidr.span,
+                format!("address {} on `{}` is declared twice", cidr.v, dev.v),
+                format!("address #{} already declares it: remove one", first + 1),
+            );
+            continue;
+        }
+        seen.insert((&dev.v, cidr.v), i);
+        let fam = Family::of_net(&cidr.v);
+        if devs.vxlans.contains_key(dev.v.as_str()) {
+            if let Some((subnet, from)) = pod_subnet(raw, fam) {
+                if !subnet.contains(&cidr.v) {
+                    let full = if fam == Family::Ipv4 { 32 } else { 128 };
+                    d.error(
+                        cidr.span,
+                        format!(
+                            "address {} on VXLAN `{}` is outside this node's pod subnet {subnet} ({from})",
+                            cidr.v, dev.v
+                        ),
+                        format!(
+                            "flannel convention: the subnet's network address, i.e. \"{}/{full}\"",
+                            subnet.network()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn routes(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    // (table, dst, metric) → route #N (0-based)
+    let mut seen: HashMap<(u32, IpNet, u32), usize> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if r.via.is_absent() && r.dev.is_absent() {
+            d.error(
+                r.header,
+                "[[route]] needs `via`, `dev`, or both",
+                "add `dev = \"flannel.1\"` for a device route, or `via = \"192.0.2.1\"` for a gateway",
+            );
+        }
+        if let (Some(onlink), true) = (&r.onlink, r.via.is_absent()) {
+            if onlink.v {
+                d.error(
+                    onlink.span,
+                    "`onlink` requires `via`",
+                    "add the gateway with `via`, or remove `onlink`",
+                );
+            }
+        }
+        if let Some(dev) = r.dev.given() {
+            if !devs.knows(&dev.v) {
+                unknown_dev(d, dev, "[[route]]");
+            }
+        }
+        let Some(dst) = &r.dst else { continue };
+        for (key, f) in [("via", &r.via), ("src", &r.src)] {
+            if let Some(a) = f.given() {
+                if Family::of(&a.v) != Family::of_net(&dst.v) {
+                    d.error(
+                        a.span,
+                        format!(
+                            "`{key}` {} is {} but `dst` {} is {}",
+                            a.v,
+                            fam_of(&a.v),
+                            dst.v,
+                            fam_of_net(&dst.v)
+                        ),
+                        format!(
+                            "use an {} `{key}`, or write one [[route]] per family",
+                            fam_of_net(&dst.v)
+                        ),
+                    );
+                }
+            }
+        }
+        let (Some(table), Ok(metric)) = (&r.table, r.metric.value()) else {
+            continue;
+        };
+        let key = (table.v, dst.v, effective_metric(&dst.v, metric));
+        if let Some(first) = seen.get(&key) {
+            d.error(
+                dst.span,
+                format!(
+                    "route {} (table {}, metric {}) is declared twice",
+                    dst.v, key.0, key.2
+                ),
+                format!(
+                    "route #{} already declares it: remove one, or give them different metrics",
+                    first + 1
+                ),
+            );
+        } else {
+            seen.insert(key, i);
+        }
+    }
+    for p in &raw.peers {
+        let Some(subnet) = &p.subnet else { continue };
+        let key = (MAIN_TABLE, subnet.v, effective_metric(&subnet.v, None));
+        if let Some(first) = seen.get(&key) {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer {} installs a route to {} that route #{} also declares",
+                    subnet.v,
+                    subnet.v,
+                    first + 1
+                ),
+                "remove that [[route]]: the peer already routes its subnet",
+            );
+        }
+    }
+}
+
+fn neighbors(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    let mut seen: HashMap<(&str, IpAddr), usize> = HashMap::new();
+    for (i, n) in raw.neighbors.iter().enumerate() {
+        let Some(dev) = &n.dev else { continue };
+        if !devs.knows(&dev.v) {
+            unknown_dev(d, dev, "[[neighbor]]");
+            continue;
+        }
+        let Some(ip) = &n.ip else { continue };
+        if let Some(first) = seen.get(&(dev.v.as_str(), ip.v)) {
+            d.error(
+                ip.span,
+                format!("neighbor {} on `{}` is declared twice", ip.v, dev.v),
+                format!("neighbor #{} already declares it: remove one", first + 1),
+            );
+        } else {
+            seen.insert((&dev.v, ip.v), i);
+        }
+    }
+    for p in &raw.peers {
+        let (Some(dev), Some(subnet)) = (&p.dev, &p.subnet) else {
+            continue;
+        };
+        if let Some(first) = seen.get(&(dev.v.as_str(), subnet.v.network())) {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer {} installs the neighbor {} on `{}` that neighbor #{} also declares",
+                    subnet.v,
+                    subnet.v.network(),
+                    dev.v,
+                    first + 1
+                ),
+                "remove that [[neighbor]]: the peer already installs it",
+            );
+        }
+    }
+}
+
+/// The declared VXLAN a [[fdb]]/[[peer]] entry lives on, reporting when absent.
+fn vxlan_dev<'r>(
+    devs: &Devices<'r>,
+    dev: &Sp<String>,
+    what: &str,
+    d: &mut Diags<'_>,
+) -> Option<&'r RawVxlan> {
+    let v = devs.vxlans.get(dev.v.as_str()).copied();
+    if v.is_none() {
+        let names = devs.names();
+        let help = if names.is_empty() {
+            "declare the VXLAN device with a [[vxlan]] table".to_string()
+        } else {
+            format!("{what} entries live on a declared [[vxlan]]: {names}")
+        };
+        d.error(
+            dev.span,
+            format!("{what} device `{}` is not a declared [[vxlan]]", dev.v),
+            help,
+        );
+    }
+    v
+}
+
+fn family_mismatch(d: &mut Diags<'_>, at: &Sp<IpAddr>, key: &str, v: &RawVxlan, fam: Family) {
+    let name = v.name.as_ref().map_or("", |n| n.v.as_str());
+    d.error(
+        at.span,
+        format!(
+            "`{key}` {} is {} but [[vxlan]] `{name}` is {}",
+            at.v,
+            fam_of(&at.v),
+            fam_name(fam)
+        ),
+        format!(
+            "use the remote VTEP's {} underlay address (or a VXLAN device of family \"{}\")",
+            fam_name(fam),
+            Family::of(&at.v)
+        ),
+    );
+}
+
+fn fdb(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    let mut seen: HashMap<(&str, Mac, IpAddr), usize> = HashMap::new();
+    for (i, e) in raw.fdb.iter().enumerate() {
+        let Some(dev) = &e.dev else { continue };
+        let Some(v) = vxlan_dev(devs, dev, "[[fdb]]", d) else {
+            continue;
+        };
+        let Some(dst) = &e.dst else { continue };
+        if let Some(fam) = &v.family {
+            if Family::of(&dst.v) != fam.v {
+                family_mismatch(d, dst, "dst", v, fam.v);
+                continue;
+            }
+        }
+        let Some(mac) = &e.mac else { continue };
+        if let Some(first) = seen.get(&(dev.v.as_str(), mac.v, dst.v)) {
+            d.error(
+                dst.span,
+                format!(
+                    "FDB entry {} → {} on `{}` is declared twice",
+                    mac.v, dst.v, dev.v
+                ),
+                format!("fdb #{} already declares it: remove one", first + 1),
+            );
+        } else {
+            seen.insert((&dev.v, mac.v, dst.v), i);
+        }
+    }
+    for p in &raw.peers {
+        let (Some(dev), Some(mac), Some(ip)) = (&p.dev, &p.vtep_mac, &p.vtep_ip) else {
+            continue;
+        };
+        if let Some(first) = seen.get(&(dev.v.as_str(), mac.v, ip.v)) {
+            d.error(
+                mac.span,
+                format!(
+                    "peer installs the FDB entry {} → {} on `{}` that fdb #{} also declares",
+                    mac.v,
+                    ip.v,
+                    dev.v,
+                    first + 1
+                ),
+                "remove that [[fdb]]: the peer already installs it",
+            );
+        }
+    }
+}
+
+/// The MAC this node's VXLAN will carry, when it is known without machine-id.
+fn own_mac(raw: &Raw, v: &RawVxlan) -> Option<Mac> {
+    if let Some(m) = v.mac.given() {
+        return Some(m.v);
+    }
+    let seed = raw.node_name.as_ref()?;
+    let name = v.name.as_ref()?;
+    v.mac.is_absent().then(|| Mac::derive(&seed.v, &name.v))
+}
+
+fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    // Every [[address]] on a device, as the network it covers.
+    let mut addrs: HashMap<&str, NetIndex<Span>> = HashMap::new();
+    for a in &raw.addresses {
+        if let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) {
+            addrs
+                .entry(&dev.v)
+                .or_insert_with(NetIndex::new)
+                .insert(cidr.v.trunc(), cidr.span);
+        }
+    }
+    let own: Vec<(Family, IpNet, String)> = FAMILIES
+        .iter()
+        .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
+        .collect();
+    let mut others: NetIndex<Span> = NetIndex::new();
+    let mut macs: HashMap<(&str, Mac), (&RawPeer, Span)> = HashMap::new();
+
+    for p in &raw.peers {
+        let v = p
+            .dev
+            .as_ref()
+            .and_then(|dev| vxlan_dev(devs, dev, "[[peer]]", d));
+        if let (Some(v), Some(ip)) = (v, &p.vtep_ip) {
+            if let Some(fam) = &v.family {
+                if Family::of(&ip.v) != fam.v {
+                    family_mismatch(d, ip, "vtep_ip", v, fam.v);
+                }
+            }
+            if v.local.given().is_some_and(|l| l.v == ip.v) {
+                d.error(
+                    ip.span,
+                    format!("`vtep_ip` {} is this node's own `local` address", ip.v),
+                    "a peer is another node: use that node's underlay address",
+                );
+            }
+        }
+        if let (Some(v), Some(mac)) = (v, &p.vtep_mac) {
+            if own_mac(raw, v) == Some(mac.v) {
+                d.error(
+                    mac.span,
+                    format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
+                    "a peer is another node: use that node's VTEP MAC",
+                );
+            }
+        }
+        if let (Some(dev), Some(mac)) = (&p.dev, &p.vtep_mac) {
+            match macs.get(&(dev.v.as_str(), mac.v)) {
+                Some((first, at)) => {
+                    let other = first
+                        .subnet
+                        .as_ref()
+                        .map_or(String::new(), |s| s.v.to_string());
+                    d.error(
+                        mac.span,
+                        format!(
+                            "VTEP MAC {} on `{}` is already used by peer {other} (line {})",
+                            mac.v,
+                            dev.v,
+                            d.line(*at)
+                        ),
+                        "each node's VTEP has its own MAC: check which peer has the wrong one",
+                    );
+                }
+                None => {
+                    macs.insert((&dev.v, mac.v), (p, mac.span));
+                }
+            }
+        }
+
+        let Some(subnet) = &p.subnet else { continue };
+        for (f, n, from) in &own {
+            if Family::of_net(&subnet.v) == *f && (n.contains(&subnet.v) || subnet.v.contains(n)) {
+                d.error(
+                    subnet.span,
+                    format!(
+                        "peer subnet {} overlaps this node's own pod subnet {n} ({from})",
+                        subnet.v
+                    ),
+                    "a peer is another node: use that node's pod subnet",
+                );
+            }
+        }
+        if let Some(dev) = &p.dev {
+            if let Some((n, at)) = addrs
+                .get(dev.v.as_str())
+                .and_then(|ix| ix.find_overlap(&subnet.v))
+            {
+                d.error(
+                    subnet.span,
+                    format!(
+                        "peer subnet {} overlaps address {n} on `{}` (line {})",
+                        subnet.v,
+                        dev.v,
+                        d.line(*at)
+                    ),
+                    "this node's own address is not a peer's: use the peer's pod subnet",
+                );
+            }
+        }
+        match others.find_overlap(&subnet.v) {
+            Some((n, at)) => {
+                let how = if n == subnet.v {
+                    "is the same as".to_string()
+                } else {
+                    "overlaps".to_string()
+                };
+                d.error(
+                    subnet.span,
+                    format!(
+                        "peer subnet {} {how} peer subnet {n} (line {})",
+                        subnet.v,
+                        d.line(*at)
+                    ),
+                    "each node has its own pod subnet: remove the duplicate peer or fix its subnet",
+                );
+            }
+            None => others.insert(subnet.v, subnet.span),
+        }
+    }
+}
+
+fn lease(raw: &Raw, d: &mut Diags<'_>) {
+    let Some(l) = &raw.lease else { return };
+    let mut any = false;
+    for f in FAMILIES {
+        let (nk, sk) = family_keys(f);
+        let fam = l.family(f);
+        any |= !fam.network.is_absent() || !fam.subnet.is_absent();
+        family_pair(d, "[lease]", fam, nk, sk);
+    }
+    if !any && l.mode.as_ref().is_some_and(|m| m.v == LeaseMode::Write) {
+        d.error(
+            l.header,
+            "[lease] in write mode needs at least one address family",
+            "set `network` and `subnet` (and/or `ipv6_network` and `ipv6_subnet`), or use mode = \"preserve\"",
+        );
+    }
+}
+
+/// One family of [lease] as written: both keys or neither, subnet in network.
+fn family_pair(d: &mut Diags<'_>, section: &str, fam: &RawFamily, nk: &str, sk: &str) {
+    match (&fam.network, &fam.subnet) {
+        (Field::Given(n), Field::Absent) => d.error(
+            n.span,
+            format!("{section} has `{nk}` but no `{sk}`"),
+            format!(
+                "add `{sk}` (this node's pod subnet inside {}), or remove `{nk}`",
+                n.v
+            ),
+        ),
+        (Field::Absent, Field::Given(s)) => d.error(
+            s.span,
+            format!("{section} has `{sk}` but no `{nk}`"),
+            format!(
+                "add `{nk}` (the cluster network containing {}), or remove `{sk}`",
+                s.v
+            ),
+        ),
+        (Field::Given(n), Field::Given(s)) if !n.v.contains(&s.v) => d.error(
+            s.span,
+            format!("`{sk}` {} is not inside `{nk}` {}", s.v, n.v),
+            format!(
+                "the node's pod subnet must be part of the cluster network {}",
+                n.v
+            ),
+        ),
+        _ => {}
+    }
+}
+
+fn nat(raw: &Raw, d: &mut Diags<'_>) {
+    let Some(n) = &raw.nat else { return };
+    let mut complete = false;
+    let mut unknown = false;
+    for f in FAMILIES {
+        let (nk, sk) = family_keys(f);
+        let lf = raw.lease.as_ref().map(|l| l.family(f));
+        let nf = n.family(f);
+        // [nat] repeating a [lease] value must agree with it.
+        let mut differs = false;
+        for (key, nv, lv) in [
+            (nk, &nf.network, lf.map(|x| &x.network)),
+            (sk, &nf.subnet, lf.map(|x| &x.subnet)),
+        ] {
+            if let (Some(a), Some(Field::Given(b))) = (nv.given(), lv) {
+                if a.v != b.v {
+                    differs = true;
+                    d.error(
+                        a.span,
+                        format!("[nat] `{key}` {} differs from [lease] `{key}` {}", a.v, b.v),
+                        format!(
+                            "remove `{key}` from [nat] (it is taken from [lease]), or make both {}",
+                            b.v
+                        ),
+                    );
+                }
+            }
+        }
+        if differs {
+            // Which of the two is meant is unknown: nothing more to check.
+            unknown = true;
+            continue;
+        }
+        let net = merge(&nf.network, lf.map(|x| &x.network));
+        let sub = merge(&nf.subnet, lf.map(|x| &x.subnet));
+        match (net, sub) {
+            (Merged::Unknown, _) | (_, Merged::Unknown) => unknown = true,
+            (Merged::Known { net, span, from_nat: true }, Merged::Absent) => d.error(
+                span,
+                format!("[nat] has `{nk}` but no `{sk}`"),
+                format!(
+                    "add `{sk}` (this node's pod subnet inside {net}) to [nat] or [lease], or remove `{nk}`"
+                ),
+            ),
+            (Merged::Absent, Merged::Known { net, span, from_nat: true }) => d.error(
+                span,
+                format!("[nat] has `{sk}` but no `{nk}`"),
+                format!(
+                    "add `{nk}` (the cluster network containing {net}) to [nat] or [lease], or remove `{sk}`"
+                ),
+            ),
+            (
+                Merged::Known {
+                    net: cn,
+                    span: cs,
+                    from_nat: cf,
+                },
+                Merged::Known {
+                    net: sn,
+                    span: ss,
+                    from_nat: sf,
+                },
+            ) => {
+                complete = true;
+                if (cf || sf) && !cn.contains(&sn) {
+                    d.error(
+                        if sf { ss } else { cs },
+                        format!("`{sk}` {sn} is not inside `{nk}` {cn}"),
+                        format!("the node's pod subnet must be part of the cluster network {cn}"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if !complete && !unknown && n.masquerade.as_ref().is_some_and(|m| m.v) {
+        d.error(
+            n.header,
+            "[nat] masquerades but knows no cluster network",
+            "set `network` and `subnet` (or the ipv6_ ones) in [nat] or [lease], or set masquerade = false",
+        );
+    }
+}
+
+// ---------------------------------------------------------------- mapping --
+
+fn nat_family(raw: &Raw, f: Family) -> Option<NatFamily> {
+    let n = raw.nat.as_ref()?;
+    let lf = raw.lease.as_ref().map(|l| l.family(f));
+    let nf = n.family(f);
+    match (
+        merge(&nf.network, lf.map(|x| &x.network)),
+        merge(&nf.subnet, lf.map(|x| &x.subnet)),
+    ) {
+        (Merged::Known { net: c, .. }, Merged::Known { net: s, .. }) => Some(NatFamily {
+            cluster: c,
+            pod_subnet: s,
+        }),
+        _ => None,
+    }
+}
+
+fn lease_family(fam: &RawFamily) -> Option<LeaseFamily> {
+    Some(LeaseFamily {
+        network: fam.network.given()?.v,
+        subnet: fam.subnet.given()?.v,
+    })
+}
+
+/// Maps a config that passed [`check`] (with no errors) into the model.
+/// `None` only if a required value is missing, which `check` has reported.
+pub(crate) fn build(raw: &Raw) -> Option<Desired> {
+    if !raw.settings_ok {
+        return None;
+    }
+    let mut out = Desired {
+        mac_seed: raw.node_name.as_ref().map(|n| n.v.clone()),
+        daemon: raw.daemon.clone(),
+        engine: raw.engine.clone(),
+        ..Desired::default()
+    };
+    for v in &raw.vxlans {
+        out.vxlans.push(VxlanSpec {
+            name: v.name.as_ref()?.v.clone(),
+            vni: v.vni.as_ref()?.v,
+            port: v.port.as_ref()?.v,
+            underlay: v.underlay.as_ref()?.v.clone(),
+            family: v.family.as_ref()?.v,
+            local: v.local.value().ok()?,
+            mac: v.mac.value().ok()?,
+            mtu: v.mtu.value().ok()?,
+            learning: v.learning.as_ref()?.v,
+            gbp: v.gbp.as_ref()?.v,
+        });
+    }
+    for (i, a) in raw.addresses.iter().enumerate() {
+        out.addresses.push(AddressSpec {
+            dev: a.dev.as_ref()?.v.clone(),
+            cidr: a.cidr.as_ref()?.v,
+            origin: format!("address #{}", i + 1),
+        });
+    }
+    for (i, r) in raw.routes.iter().enumerate() {
+        out.routes.push(RouteSpec {
+            dst: r.dst.as_ref()?.v,
+            via: r.via.value().ok()?,
+            dev: r.dev.value().ok()?,
+            onlink: r.onlink.as_ref()?.v,
+            src: r.src.value().ok()?,
+            metric: r.metric.value().ok()?,
+            table: r.table.as_ref()?.v,
+            origin: format!("route #{}", i + 1),
+        });
+    }
+    for (i, n) in raw.neighbors.iter().enumerate() {
+        out.neighbors.push(NeighborSpec {
+            dev: n.dev.as_ref()?.v.clone(),
+            ip: n.ip.as_ref()?.v,
+            mac: n.mac.as_ref()?.v,
+            origin: format!("neighbor #{}", i + 1),
+        });
+    }
+    for (i, e) in raw.fdb.iter().enumerate() {
+        out.fdb.push(FdbSpec {
+            dev: e.dev.as_ref()?.v.clone(),
+            mac: e.mac.as_ref()?.v,
+            dst: e.dst.as_ref()?.v,
+            origin: format!("fdb #{}", i + 1),
+        });
+    }
+    // flannel's three objects per remote node, in its order: neighbour,
+    // FDB, then the onlink route (the planner keeps stage order).
+    for p in &raw.peers {
+        let peer = PeerSpec {
+            dev: p.dev.as_ref()?.v.clone(),
+            subnet: p.subnet.as_ref()?.v,
+            vtep_ip: p.vtep_ip.as_ref()?.v,
+            vtep_mac: p.vtep_mac.as_ref()?.v,
+        };
+        let origin = peer_origin(&peer.subnet);
+        out.neighbors.push(NeighborSpec {
+            dev: peer.dev.clone(),
+            ip: peer.subnet.network(),
+            mac: peer.vtep_mac,
+            origin: origin.clone(),
+        });
+        out.fdb.push(FdbSpec {
+            dev: peer.dev.clone(),
+            mac: peer.vtep_mac,
+            dst: peer.vtep_ip,
+            origin: origin.clone(),
+        });
+        out.routes.push(RouteSpec {
+            dst: peer.subnet,
+            via: Some(peer.subnet.network()),
+            dev: Some(peer.dev.clone()),
+            onlink: true,
+            src: None,
+            metric: None,
+            table: MAIN_TABLE,
+            origin,
+        });
+        out.peers.push(peer);
+    }
+    if let Some(n) = &raw.nat {
+        out.nat = Some(NatSpec {
+            backend: n.backend.as_ref()?.v,
+            masquerade: n.masquerade.as_ref()?.v,
+            ipv4: nat_family(raw, Family::Ipv4),
+            ipv6: nat_family(raw, Family::Ipv6),
+            random_fully: n.random_fully.as_ref()?.v,
+            mark: n.mark.as_ref()?.v,
+            nft_table: n.table.as_ref()?.v.clone(),
+            iptables_chain: n.chain.as_ref()?.v.clone(),
+        });
+    }
+    if let Some(l) = &raw.lease {
+        let nat_masq = out.nat.as_ref().is_some_and(|n| n.masquerade);
+        out.lease = Some(LeaseSpec {
+            mode: l.mode.as_ref()?.v,
+            ipv4: lease_family(&l.v4),
+            ipv6: lease_family(&l.v6),
+            mtu: l.mtu.value().ok()?,
+            ipmasq: l.ipmasq.value().ok()?.unwrap_or(nat_masq),
+            path: l.path.as_ref()?.v.clone(),
+            state_dir: l.state_dir.as_ref()?.v.clone(),
+        });
+    }
+    Some(out)
+}

@@ -1,0 +1,1251 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! NAT backends against the real kernel, in throwaway network namespaces:
+//! install, idempotence (handles / counters untouched), every drift found
+//! and repaired, foreign rules untouched, cleanup, both iptables flavours,
+//! the no-gap proof, and real masqueraded traffic.
+//!
+//! The library runs inside the namespace (`ns.enter`); results are checked
+//! with `nft` / `iptables-save` run by the test itself (`ns.exec`).
+
+mod common;
+#[path = "common/rules_watch.rs"]
+mod rules_watch;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use common::Netns;
+use netconverge::model::{Family, NatBackendKind, NatFamily, NatSpec};
+use netconverge::nat::{self, IptablesBackend, IptablesTools, NatBackend, NatObserved, NatOp};
+use netconverge::plan::{ChangeKind, Op, Plan};
+use rules_watch::Watch;
+
+const TABLE: &str = "netconverge";
+const CHAIN: &str = "NETCONVERGE-POSTRTG";
+
+/// The no-gap tests need the CPU to themselves (the watcher must reach
+/// 200 Hz on a 2-core machine): they take this lock exclusively, every
+/// other test shares it.
+static CPU: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(|e| e.into_inner())
+}
+
+// ------------------------------------------------------------- flavours --
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// nftables through the public `nat::observe` / `nat::apply`.
+    Nft,
+    /// iptables through the public functions (the system's `iptables-*`).
+    IptSystem,
+    /// `iptables-nft-*` explicitly.
+    IptNft,
+    /// `iptables-legacy-*`.
+    IptLegacy,
+}
+
+impl Flavour {
+    fn kind(self) -> NatBackendKind {
+        match self {
+            Flavour::Nft => NatBackendKind::Nftables,
+            _ => NatBackendKind::Iptables,
+        }
+    }
+
+    fn tools(self) -> IptablesTools {
+        match self {
+            Flavour::IptLegacy => IptablesTools::legacy(),
+            Flavour::IptNft => IptablesTools::nft(),
+            _ => IptablesTools::system(),
+        }
+    }
+
+    fn observe(self, spec: &NatSpec) -> NatObserved {
+        match self {
+            Flavour::Nft | Flavour::IptSystem => nat::observe(Some(spec)).unwrap(),
+            _ => IptablesBackend::new(self.tools()).observe(spec),
+        }
+    }
+
+    fn apply(self, op: &NatOp) -> Result<(), nat::NatError> {
+        match self {
+            Flavour::Nft | Flavour::IptSystem => nat::apply(op),
+            _ => IptablesBackend::new(self.tools()).apply(op),
+        }
+    }
+
+    fn cleanup(self, spec: &NatSpec) -> Vec<String> {
+        match self {
+            Flavour::Nft | Flavour::IptSystem => nat::cleanup(spec).unwrap(),
+            _ => IptablesBackend::new(self.tools()).cleanup(spec).unwrap(),
+        }
+    }
+
+    /// The iptables command line tool of this flavour, for making drift.
+    fn cli(self, family: Family) -> String {
+        let base = if family == Family::Ipv4 {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
+        match self {
+            Flavour::IptLegacy => format!("{base}-legacy"),
+            Flavour::IptNft => format!("{base}-nft"),
+            _ => base.to_string(),
+        }
+    }
+
+    fn save(self, family: Family) -> String {
+        format!("{}-save", self.cli(family))
+    }
+}
+
+// ----------------------------------------------------------------- specs --
+
+fn v4() -> NatFamily {
+    NatFamily {
+        cluster: "198.18.0.0/16".parse().unwrap(),
+        pod_subnet: "198.18.1.0/24".parse().unwrap(),
+    }
+}
+
+fn v6() -> NatFamily {
+    NatFamily {
+        cluster: "fd00:42::/56".parse().unwrap(),
+        pod_subnet: "fd00:42:0:1::/64".parse().unwrap(),
+    }
+}
+
+fn spec(flavour: Flavour, ipv4: bool, ipv6: bool) -> NatSpec {
+    NatSpec {
+        backend: flavour.kind(),
+        masquerade: true,
+        ipv4: ipv4.then(v4),
+        ipv6: ipv6.then(v6),
+        random_fully: true,
+        mark: (0x4000, 0x4000),
+        nft_table: TABLE.into(),
+        iptables_chain: CHAIN.into(),
+    }
+}
+
+/// Observe and plan inside the namespace (no writes).
+fn check(ns: &Netns, flavour: Flavour, spec: &NatSpec) -> Plan {
+    let spec = spec.clone();
+    ns.enter(move || nat::plan(Some(&spec), &flavour.observe(&spec)))
+}
+
+/// One converge pass inside the namespace: observe, plan, apply every
+/// change, then verify that a fresh observation plans nothing. Returns the
+/// plan that was applied.
+fn converge(ns: &Netns, flavour: Flavour, spec: &NatSpec) -> Plan {
+    let spec = spec.clone();
+    ns.enter(move || {
+        let plan = nat::plan(Some(&spec), &flavour.observe(&spec));
+        for c in &plan.changes {
+            let Op::Nat(op) = &c.op else {
+                panic!("non-NAT op {c:?}")
+            };
+            flavour
+                .apply(op)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.object));
+        }
+        let after = nat::plan(Some(&spec), &flavour.observe(&spec));
+        assert!(
+            after.in_sync(),
+            "not converged after applying:\n{plan}\nstill:\n{after}"
+        );
+        plan
+    })
+}
+
+// ------------------------------------------------- independent expectations --
+
+const NFT_V4: &str = r#"table ip netconverge {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
+		ip saddr 198.18.1.0/24 ip daddr 198.18.0.0/16 return comment "netconverge masq"
+		ip saddr 198.18.0.0/16 ip daddr 198.18.1.0/24 return comment "netconverge masq"
+		ip saddr != 198.18.0.0/16 ip daddr 198.18.1.0/24 return comment "netconverge masq"
+		ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq"
+		ip saddr != 198.18.0.0/16 ip daddr 198.18.0.0/16 masquerade fully-random comment "netconverge masq"
+	}
+}
+"#;
+
+const NFT_V6: &str = r#"table ip6 netconverge {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
+		ip6 saddr fd00:42:0:1::/64 ip6 daddr fd00:42::/56 return comment "netconverge masq"
+		ip6 saddr fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
+		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
+		ip6 saddr fd00:42::/56 ip6 daddr != ff00::/8 masquerade fully-random comment "netconverge masq"
+		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42::/56 masquerade fully-random comment "netconverge masq"
+	}
+}
+"#;
+
+const IPT_V4: &str = r#":NETCONVERGE-POSTRTG - [0:0]
+-A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
+-A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s 198.18.1.0/24 -d 198.18.0.0/16 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG ! -s 198.18.0.0/16 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
+-A NETCONVERGE-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
+"#;
+
+const IPT_V6: &str = r#":NETCONVERGE-POSTRTG - [0:0]
+-A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
+-A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s fd00:42:0:1::/64 -d fd00:42::/56 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
+-A NETCONVERGE-POSTRTG -s fd00:42::/56 ! -d ff00::/8 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
+-A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42::/56 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
+"#;
+
+// --------------------------------------------------------------- readers --
+
+fn nft_word(family: Family) -> &'static str {
+    if family == Family::Ipv4 { "ip" } else { "ip6" }
+}
+
+/// `nft list table <family> netconverge`, or `None` when it does not exist.
+fn nft_table(ns: &Netns, family: Family) -> Option<String> {
+    let out = ns.exec_output(&["nft", "list", "table", nft_word(family), TABLE]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nft_tables(ns: &Netns) -> String {
+    ns.exec(&["nft", "list", "tables"])
+}
+
+/// Handles of the rules in our chain, in order (from `nft -j list ruleset`).
+fn nft_handles(ns: &Netns, family: Family) -> Vec<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ns.exec(&["nft", "-j", "list", "ruleset"])).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| {
+            r["family"] == nft_word(family) && r["table"] == TABLE && r["chain"] == "postrouting"
+        })
+        .map(|r| r["handle"].as_u64().unwrap())
+        .collect()
+}
+
+/// Our lines of `iptables-save -t nat` (chain declaration, jumps, rules).
+fn ipt_ours(ns: &Netns, flavour: Flavour, family: Family) -> String {
+    let save = ns.exec(&[&flavour.save(family), "-t", "nat"]);
+    save.lines()
+        .filter(|l| l.contains(CHAIN))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Every line of `iptables-save -c` (all tables, with counters) that is not
+/// ours and not a comment: what must stay byte for byte.
+fn ipt_foreign(ns: &Netns, flavour: Flavour, family: Family) -> String {
+    let save = ns.exec(&[&flavour.save(family), "-c"]);
+    save.lines()
+        .filter(|l| !l.starts_with('#') && !l.contains(CHAIN))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn ipt(ns: &Netns, flavour: Flavour, family: Family, args: &[&str]) {
+    let cli = flavour.cli(family);
+    let mut full = vec![cli.as_str(), "-w", "-t", "nat"];
+    full.extend_from_slice(args);
+    ns.exec(&full);
+}
+
+fn one_change(plan: &Plan) -> (&ChangeKind, &str, &str) {
+    assert_eq!(plan.changes.len(), 1, "want exactly one change:\n{plan}");
+    let c = &plan.changes[0];
+    (&c.kind, c.object.as_str(), c.reason.as_str())
+}
+
+// ------------------------------------------------------------- nftables --
+
+#[test]
+fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
+    let _cpu = shared();
+    let ns = Netns::new("nat-nft");
+    let s = spec(Flavour::Nft, true, true);
+    let first = converge(&ns, Flavour::Nft, &s);
+    assert_eq!(first.changes.len(), 2, "{first}");
+    assert!(
+        first.changes.iter().all(|c| c.kind == ChangeKind::Add),
+        "{first}"
+    );
+    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
+    assert_eq!(nft_table(&ns, Family::Ipv6).as_deref(), Some(NFT_V6));
+
+    let handles = (
+        nft_handles(&ns, Family::Ipv4),
+        nft_handles(&ns, Family::Ipv6),
+    );
+    assert_eq!(handles.0.len(), 6);
+    let ruleset = ns.exec(&["nft", "-j", "list", "ruleset"]);
+    let second = converge(&ns, Flavour::Nft, &s);
+    assert!(second.changes.is_empty(), "{second}");
+    assert_eq!(
+        (
+            nft_handles(&ns, Family::Ipv4),
+            nft_handles(&ns, Family::Ipv6)
+        ),
+        handles
+    );
+    assert_eq!(ns.exec(&["nft", "-j", "list", "ruleset"]), ruleset);
+}
+
+#[test]
+fn nft_single_family_and_removal_when_config_shrinks() {
+    let _cpu = shared();
+    let ns = Netns::new("nat-nft1");
+    converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, false));
+    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
+    assert_eq!(nft_table(&ns, Family::Ipv6), None);
+
+    let ns6 = Netns::new("nat-nft6");
+    converge(&ns6, Flavour::Nft, &spec(Flavour::Nft, false, true));
+    assert_eq!(nft_table(&ns6, Family::Ipv4), None);
+    assert_eq!(nft_table(&ns6, Family::Ipv6).as_deref(), Some(NFT_V6));
+
+    // dual → IPv4 only: our IPv6 table goes, IPv4 stays untouched
+    converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, true));
+    let v4_handles = nft_handles(&ns, Family::Ipv4);
+    let p = converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, false));
+    let (kind, object, reason) = one_change(&p);
+    assert_eq!(
+        (kind, object, reason),
+        (
+            &ChangeKind::Remove,
+            "nat ipv6 (nftables table ip6 netconverge)",
+            "ipv6 not configured"
+        )
+    );
+    assert_eq!(nft_table(&ns, Family::Ipv6), None);
+    assert_eq!(nft_handles(&ns, Family::Ipv4), v4_handles);
+
+    // masquerade = false: nothing of ours left
+    let off = NatSpec {
+        masquerade: false,
+        ..spec(Flavour::Nft, true, true)
+    };
+    let p = converge(&ns, Flavour::Nft, &off);
+    assert_eq!(p.changes.len(), 1, "{p}");
+    assert_eq!(p.changes[0].kind, ChangeKind::Remove);
+    assert_eq!(nft_tables(&ns).trim(), "");
+}
+
+#[test]
+fn nft_every_drift_is_found_and_repaired() {
+    let _cpu = shared();
+    let ns = Netns::new("nat-nftd");
+    let s = spec(Flavour::Nft, true, false);
+    converge(&ns, Flavour::Nft, &s);
+    let t = TABLE;
+    let mark_rule = r#"meta mark & 0x4000 == 0x4000 return comment "netconverge masq""#;
+    let masq_rule = r#"ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq""#;
+    type Drift = Box<dyn Fn(&Netns, &[u64])>;
+    let nft = |args: &'static str| -> Drift {
+        Box::new(move |ns: &Netns, _h: &[u64]| {
+            let mut full = vec!["nft"];
+            full.extend(args.split('|'));
+            ns.exec(&full);
+        })
+    };
+    let cases: Vec<(&str, Drift, ChangeKind, &str)> = vec![
+        (
+            "rule deleted",
+            Box::new(move |ns, h| {
+                ns.exec(&[
+                    "nft",
+                    "delete",
+                    "rule",
+                    "ip",
+                    t,
+                    "postrouting",
+                    "handle",
+                    &h[1].to_string(),
+                ]);
+            }),
+            ChangeKind::Modify,
+            "missing rule `ip saddr 198.18.1.0/24 ip daddr 198.18.0.0/16 return",
+        ),
+        (
+            "reordered",
+            Box::new(move |ns, h| {
+                ns.exec(&[
+                    "nft",
+                    "delete",
+                    "rule",
+                    "ip",
+                    t,
+                    "postrouting",
+                    "handle",
+                    &h[0].to_string(),
+                ]);
+                ns.exec(&["nft", "add", "rule", "ip", t, "postrouting", mark_rule]);
+            }),
+            ChangeKind::Modify,
+            "rules reordered",
+        ),
+        (
+            "duplicated",
+            Box::new(move |ns, _| {
+                ns.exec(&["nft", "add", "rule", "ip", t, "postrouting", masq_rule]);
+            }),
+            ChangeKind::Modify,
+            "duplicate rule `ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
+        ),
+        (
+            "edited",
+            Box::new(move |ns, h| {
+                let h = h[1].to_string();
+                let rule = r#"ip saddr 198.18.9.0/24 ip daddr 198.18.0.0/16 return comment "netconverge masq""#;
+                ns.exec(&[
+                    "nft",
+                    "replace",
+                    "rule",
+                    "ip",
+                    t,
+                    "postrouting",
+                    "handle",
+                    &h,
+                    rule,
+                ]);
+            }),
+            ChangeKind::Modify,
+            "rule 2 edited: `ip saddr 198.18.9.0/24",
+        ),
+        (
+            "foreign rule in our chain",
+            nft("insert|rule|ip|netconverge|postrouting|counter|accept"),
+            ChangeKind::Modify,
+            "extra rule `unrecognized",
+        ),
+        (
+            "chain priority changed",
+            Box::new(move |ns, _| {
+                ns.exec(&["nft", "delete", "chain", "ip", t, "postrouting"]);
+                ns.exec(&[
+                    "nft",
+                    "add",
+                    "chain",
+                    "ip",
+                    t,
+                    "postrouting",
+                    "{ type nat hook postrouting priority 0; }",
+                ]);
+            }),
+            ChangeKind::Modify,
+            "chain postrouting is `type nat hook postrouting priority 0; policy accept`",
+        ),
+        (
+            "chain deleted",
+            nft("delete|chain|ip|netconverge|postrouting"),
+            ChangeKind::Modify,
+            "chain postrouting missing",
+        ),
+        (
+            "foreign chain in our table",
+            nft("add|chain|ip|netconverge|extra"),
+            ChangeKind::Modify,
+            "foreign chain `extra` in our table",
+        ),
+        (
+            "table made dormant",
+            nft("add|table|ip|netconverge|{ flags dormant; }"),
+            ChangeKind::Modify,
+            "table has flags set",
+        ),
+        (
+            "whole table deleted",
+            nft("delete|table|ip|netconverge"),
+            ChangeKind::Add,
+            "missing",
+        ),
+    ];
+    for (name, drift, want_kind, want_reason) in cases {
+        let handles = nft_handles(&ns, Family::Ipv4);
+        drift(&ns, &handles);
+        assert_ne!(
+            nft_table(&ns, Family::Ipv4).as_deref(),
+            Some(NFT_V4),
+            "{name}: drift had no effect"
+        );
+        let p = check(&ns, Flavour::Nft, &s);
+        let (kind, object, reason) = one_change(&p);
+        assert_eq!(kind, &want_kind, "{name}: {p}");
+        assert_eq!(object, "nat ipv4 (nftables table ip netconverge)");
+        assert!(
+            reason.contains(want_reason),
+            "{name}: reason {reason:?} lacks {want_reason:?}"
+        );
+        converge(&ns, Flavour::Nft, &s);
+        assert_eq!(
+            nft_table(&ns, Family::Ipv4).as_deref(),
+            Some(NFT_V4),
+            "{name}: not repaired"
+        );
+    }
+}
+
+#[test]
+fn nft_foreign_tables_untouched_and_cleanup_removes_only_ours() {
+    let _cpu = shared();
+    let ns = Netns::new("nat-nftf");
+    let foreign = r#"
+table ip usernat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 198.18.7.0/24 oifname "veth9" counter masquerade
+	}
+}
+table ip6 netconverge2 {
+	chain postrouting {
+		type nat hook postrouting priority srcnat - 1; policy accept;
+		ip6 saddr fd00:99::/64 counter return
+	}
+}
+table inet filter {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip saddr 198.18.0.0/16 counter accept
+	}
+}
+"#;
+    let path = std::env::temp_dir().join(format!("nct-foreign-{}.nft", std::process::id()));
+    std::fs::write(&path, foreign).unwrap();
+    ns.exec(&["nft", "-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    let snapshot = |ns: &Netns| {
+        ["ip usernat", "ip6 netconverge2", "inet filter"]
+            .iter()
+            .map(|t| {
+                let mut args = vec!["nft", "-a", "list", "table"];
+                args.extend(t.split(' '));
+                ns.exec(&args)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(&ns);
+    assert!(before[0].contains("masquerade"), "{before:?}");
+
+    let s = spec(Flavour::Nft, true, true);
+    converge(&ns, Flavour::Nft, &s);
+    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
+    assert_eq!(snapshot(&ns), before);
+
+    let removed = ns.enter({
+        let s = s.clone();
+        move || Flavour::Nft.cleanup(&s)
+    });
+    assert_eq!(
+        removed,
+        [
+            "nftables table ip netconverge",
+            "nftables table ip6 netconverge"
+        ]
+    );
+    assert_eq!(snapshot(&ns), before);
+    let tables = nft_tables(&ns);
+    assert!(
+        !tables.contains("ip netconverge\n") && !tables.contains("ip6 netconverge\n"),
+        "{tables}"
+    );
+    let again = ns.enter(move || Flavour::Nft.cleanup(&s));
+    assert!(again.is_empty(), "{again:?}");
+}
+
+// ------------------------------------------------------------- iptables --
+
+const IPT_FLAVOURS: [Flavour; 2] = [Flavour::IptNft, Flavour::IptLegacy];
+
+/// Send one UDP datagram from `src` (a cluster address) out of the
+/// namespace so that our MASQUERADE rule counts a packet.
+fn send_udp(ns: &Netns, src: &str, dst: &str) {
+    let py = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{src}', 0)); s.sendto(b'x', ('{dst}', 9))"
+    );
+    ns.exec(&[python(), "-c", &py]);
+}
+
+#[test]
+fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
+    let _cpu = shared();
+    for flavour in IPT_FLAVOURS {
+        let ns = Netns::new("nat-ipt");
+        ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+        ns.ip(&["link", "set", "v0", "up"]);
+        ns.ip(&["link", "set", "v1", "up"]);
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "v0"]);
+        ns.ip(&["addr", "add", "198.18.1.5/32", "dev", "v0"]);
+
+        let s = spec(flavour, true, true);
+        let first = converge(&ns, flavour, &s);
+        assert_eq!(first.changes.len(), 2, "{flavour:?}: {first}");
+        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
+        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv6), IPT_V6, "{flavour:?}");
+
+        // Make our MASQUERADE rule count traffic: a re-applied chain would
+        // start again from [0:0].
+        send_udp(&ns, "198.18.1.5", "192.0.2.2");
+        let counted = ns.exec(&[&flavour.save(Family::Ipv4), "-c", "-t", "nat"]);
+        let masq = counted
+            .lines()
+            .find(|l| l.contains(&format!("-A {CHAIN} -s 198.18.0.0/16 ! -d 224.0.0.0/4")))
+            .unwrap();
+        assert!(
+            !masq.starts_with("[0:0]"),
+            "{flavour:?}: traffic not counted: {masq}"
+        );
+
+        let strip = |s: String| {
+            s.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let before = (
+            strip(ns.exec(&[&flavour.save(Family::Ipv4), "-c"])),
+            strip(ns.exec(&[&flavour.save(Family::Ipv6), "-c"])),
+        );
+        let second = converge(&ns, flavour, &s);
+        assert!(second.changes.is_empty(), "{flavour:?}: {second}");
+        let after = (
+            strip(ns.exec(&[&flavour.save(Family::Ipv4), "-c"])),
+            strip(ns.exec(&[&flavour.save(Family::Ipv6), "-c"])),
+        );
+        assert_eq!(after, before, "{flavour:?}");
+    }
+}
+
+#[test]
+fn iptables_single_family_and_removal() {
+    let _cpu = shared();
+    for flavour in IPT_FLAVOURS {
+        let ns4 = Netns::new("nat-ipt4");
+        converge(&ns4, flavour, &spec(flavour, true, false));
+        assert_eq!(ipt_ours(&ns4, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
+        assert_eq!(ipt_ours(&ns4, flavour, Family::Ipv6), "", "{flavour:?}");
+
+        let ns6 = Netns::new("nat-ipt6");
+        converge(&ns6, flavour, &spec(flavour, false, true));
+        assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv4), "", "{flavour:?}");
+        assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv6), IPT_V6, "{flavour:?}");
+
+        let off = NatSpec {
+            masquerade: false,
+            ..spec(flavour, true, true)
+        };
+        let p = converge(&ns6, flavour, &off);
+        let (kind, object, reason) = one_change(&p);
+        assert_eq!(
+            (kind, object, reason),
+            (
+                &ChangeKind::Remove,
+                "nat ipv6 (ip6tables chain NETCONVERGE-POSTRTG)",
+                "masquerade = false"
+            )
+        );
+        assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv6), "", "{flavour:?}");
+    }
+}
+
+#[test]
+fn iptables_every_drift_is_found_and_repaired() {
+    let _cpu = shared();
+    let jump = [
+        "-m",
+        "comment",
+        "--comment",
+        "netconverge masq",
+        "-j",
+        CHAIN,
+    ];
+    for flavour in IPT_FLAVOURS {
+        let ns = Netns::new("nat-iptd");
+        let s = spec(flavour, true, false);
+        converge(&ns, flavour, &s);
+        let f = Family::Ipv4;
+        type Drift<'a> = Box<dyn Fn(&Netns) + 'a>;
+        let cases: Vec<(&str, Drift, ChangeKind, &str)> = vec![
+            (
+                "rule deleted",
+                Box::new(|ns| ipt(ns, flavour, f, &["-D", CHAIN, "3"])),
+                ChangeKind::Modify,
+                "missing rule `-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 -d 198.18.1.0/24",
+            ),
+            (
+                "reordered",
+                Box::new(|ns| {
+                    ipt(ns, flavour, f, &["-D", CHAIN, "1"]);
+                    ipt(
+                        ns,
+                        flavour,
+                        f,
+                        &[
+                            "-A",
+                            CHAIN,
+                            "-m",
+                            "mark",
+                            "--mark",
+                            "0x4000/0x4000",
+                            "-m",
+                            "comment",
+                            "--comment",
+                            "netconverge masq",
+                            "-j",
+                            "RETURN",
+                        ],
+                    );
+                }),
+                ChangeKind::Modify,
+                "rules reordered",
+            ),
+            (
+                "duplicated",
+                Box::new(|ns| {
+                    ipt(
+                        ns,
+                        flavour,
+                        f,
+                        &[
+                            "-A",
+                            CHAIN,
+                            "-s",
+                            "198.18.0.0/16",
+                            "!",
+                            "-d",
+                            "224.0.0.0/4",
+                            "-m",
+                            "comment",
+                            "--comment",
+                            "netconverge masq",
+                            "-j",
+                            "MASQUERADE",
+                            "--random-fully",
+                        ],
+                    )
+                }),
+                ChangeKind::Modify,
+                "duplicate rule `-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 ! -d 224.0.0.0/4",
+            ),
+            (
+                "edited",
+                Box::new(|ns| {
+                    ipt(
+                        ns,
+                        flavour,
+                        f,
+                        &[
+                            "-R",
+                            CHAIN,
+                            "2",
+                            "-s",
+                            "198.18.9.0/24",
+                            "-d",
+                            "198.18.0.0/16",
+                            "-m",
+                            "comment",
+                            "--comment",
+                            "netconverge masq",
+                            "-j",
+                            "RETURN",
+                        ],
+                    )
+                }),
+                ChangeKind::Modify,
+                "rule 2 edited: `-A NETCONVERGE-POSTRTG -s 198.18.9.0/24",
+            ),
+            (
+                "jump removed",
+                Box::new(|ns| {
+                    let mut a = vec!["-D", "POSTROUTING"];
+                    a.extend(jump);
+                    ipt(ns, flavour, f, &a);
+                }),
+                ChangeKind::Modify,
+                "jump from POSTROUTING missing",
+            ),
+            (
+                "jump duplicated",
+                Box::new(|ns| {
+                    let mut a = vec!["-I", "POSTROUTING"];
+                    a.extend(jump);
+                    ipt(ns, flavour, f, &a);
+                }),
+                ChangeKind::Modify,
+                "jump from POSTROUTING duplicated (2 copies)",
+            ),
+            (
+                "jump edited",
+                Box::new(|ns| {
+                    let mut a = vec!["-D", "POSTROUTING"];
+                    a.extend(jump);
+                    ipt(ns, flavour, f, &a);
+                    ipt(
+                        ns,
+                        flavour,
+                        f,
+                        &["-A", "POSTROUTING", "-o", "lo", "-j", CHAIN],
+                    );
+                }),
+                ChangeKind::Modify,
+                "unexpected jump from POSTROUTING `-A POSTROUTING -o lo -j NETCONVERGE-POSTRTG`",
+            ),
+            (
+                "chain and jump deleted",
+                Box::new(|ns| {
+                    let mut a = vec!["-D", "POSTROUTING"];
+                    a.extend(jump);
+                    ipt(ns, flavour, f, &a);
+                    ipt(ns, flavour, f, &["-F", CHAIN]);
+                    ipt(ns, flavour, f, &["-X", CHAIN]);
+                }),
+                ChangeKind::Add,
+                "missing",
+            ),
+        ];
+        for (name, drift, want_kind, want_reason) in cases {
+            drift(&ns);
+            assert_ne!(
+                ipt_ours(&ns, flavour, f),
+                IPT_V4,
+                "{flavour:?} {name}: drift had no effect"
+            );
+            let p = check(&ns, flavour, &s);
+            let (kind, object, reason) = one_change(&p);
+            assert_eq!(kind, &want_kind, "{flavour:?} {name}: {p}");
+            assert_eq!(object, "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)");
+            assert!(
+                reason.contains(want_reason),
+                "{flavour:?} {name}: reason {reason:?} lacks {want_reason:?}"
+            );
+            converge(&ns, flavour, &s);
+            assert_eq!(
+                ipt_ours(&ns, flavour, f),
+                IPT_V4,
+                "{flavour:?} {name}: not repaired"
+            );
+        }
+    }
+}
+
+#[test]
+fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
+    let _cpu = shared();
+    for flavour in IPT_FLAVOURS {
+        let ns = Netns::new("nat-iptf");
+        for f in [Family::Ipv4, Family::Ipv6] {
+            let kube_masq = [
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service traffic requiring SNAT",
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ];
+            ipt(&ns, flavour, f, &["-N", "KUBE-POSTROUTING"]);
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &[
+                    "-A",
+                    "KUBE-POSTROUTING",
+                    "-m",
+                    "mark",
+                    "!",
+                    "--mark",
+                    "0x4000/0x4000",
+                    "-j",
+                    "RETURN",
+                ],
+            );
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &[
+                    "-A",
+                    "KUBE-POSTROUTING",
+                    "-j",
+                    "MARK",
+                    "--xor-mark",
+                    "0x4000",
+                ],
+            );
+            let mut a = vec!["-A", "KUBE-POSTROUTING"];
+            a.extend(kube_masq);
+            ipt(&ns, flavour, f, &a);
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &[
+                    "-A",
+                    "POSTROUTING",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "kubernetes postrouting rules",
+                    "-j",
+                    "KUBE-POSTROUTING",
+                ],
+            );
+            ipt(&ns, flavour, f, &["-N", "KUBE-MARK-MASQ"]);
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &["-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", "0x4000"],
+            );
+            let cli = flavour.cli(f);
+            ns.exec(&[
+                &cli, "-w", "-t", "filter", "-A", "FORWARD", "-i", "lo", "-j", "ACCEPT",
+            ]);
+        }
+        let foreign = |ns: &Netns| {
+            (
+                ipt_foreign(ns, flavour, Family::Ipv4),
+                ipt_foreign(ns, flavour, Family::Ipv6),
+            )
+        };
+        let before = foreign(&ns);
+        assert!(before.0.contains("KUBE-POSTROUTING") && before.1.contains("KUBE-MARK-MASQ"));
+
+        let s = spec(flavour, true, true);
+        converge(&ns, flavour, &s);
+        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
+        assert_eq!(
+            foreign(&ns),
+            before,
+            "{flavour:?}: foreign rules changed by converge"
+        );
+
+        let removed = ns.enter({
+            let s = s.clone();
+            move || flavour.cleanup(&s)
+        });
+        assert_eq!(
+            removed,
+            [
+                "iptables chain NETCONVERGE-POSTRTG",
+                "1 jump(s) from ipv4 POSTROUTING to NETCONVERGE-POSTRTG",
+                "ip6tables chain NETCONVERGE-POSTRTG",
+                "1 jump(s) from ipv6 POSTROUTING to NETCONVERGE-POSTRTG"
+            ],
+            "{flavour:?}"
+        );
+        assert_eq!(
+            foreign(&ns),
+            before,
+            "{flavour:?}: foreign rules changed by cleanup"
+        );
+        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), "", "{flavour:?}");
+        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv6), "", "{flavour:?}");
+        let again = ns.enter(move || flavour.cleanup(&s));
+        assert!(again.is_empty(), "{flavour:?}: {again:?}");
+    }
+}
+
+// ---------------------------------------------------------------- no gap --
+
+/// Spec whose first rule differs (another kube-proxy mark): applying it and
+/// the real spec alternately rewrites the chain each time, while both keep
+/// the same two masquerade rules.
+fn edited(s: &NatSpec) -> NatSpec {
+    NatSpec {
+        mark: (0x8000, 0x8000),
+        ..s.clone()
+    }
+}
+
+fn watch_cmd(flavour: Flavour) -> Vec<String> {
+    match flavour {
+        Flavour::Nft => ["nft", "-j", "list", "table", "ip", TABLE]
+            .map(String::from)
+            .to_vec(),
+        f => vec![f.save(Family::Ipv4), "-t".into(), "nat".into()],
+    }
+}
+
+fn watcher(ns: &Netns, flavour: Flavour) -> Watch {
+    let cmd = watch_cmd(flavour);
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let check = match flavour {
+        Flavour::Nft => rules_watch::nft_masquerades("postrouting", 2),
+        _ => rules_watch::iptables_masquerades(CHAIN, 2),
+    };
+    Watch::start(&ns.name, &cmd, check)
+}
+
+fn no_gap(flavour: Flavour) {
+    let _cpu = exclusive();
+    let ns = Netns::new("nat-gap");
+    let s = spec(flavour, true, false);
+    converge(&ns, flavour, &s);
+
+    // Control: a non-atomic flush-then-refill is caught, so the watcher
+    // can fail.
+    let w = watcher(&ns, flavour);
+    match flavour {
+        Flavour::Nft => ns.exec(&["nft", "flush", "chain", "ip", TABLE, "postrouting"]),
+        f => ns.exec(&[&f.cli(Family::Ipv4), "-w", "-t", "nat", "-F", CHAIN]),
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    converge(&ns, flavour, &s);
+    let control = w.stop();
+    eprintln!("{flavour:?} control: {control:?} ({:.0} Hz)", control.hz());
+    assert!(
+        control.bad > 0,
+        "{flavour:?}: the watcher missed a 50 ms gap: {control:?}"
+    );
+
+    // The proof: 100 rewrites of the chain (50 drifts, 50 repairs), each
+    // one transaction through the library, and never a missing rule.
+    let w = watcher(&ns, flavour);
+    let rewrites = ns.enter({
+        let s = s.clone();
+        move || {
+            let mut n = 0;
+            for _ in 0..50 {
+                for target in [edited(&s), s.clone()] {
+                    let plan = nat::plan(Some(&target), &flavour.observe(&target));
+                    assert_eq!(plan.changes.len(), 1, "{plan}");
+                    for c in &plan.changes {
+                        let Op::Nat(op) = &c.op else { panic!() };
+                        flavour.apply(op).unwrap();
+                        n += 1;
+                    }
+                    // Leave the CPU to the watcher between rewrites: the
+                    // rate it reaches is what makes the proof meaningful.
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            }
+            n
+        }
+    });
+    let report = w.stop();
+    assert_eq!(rewrites, 100);
+    eprintln!("{flavour:?}: {report:?} ({:.0} Hz)", report.hz());
+    report.assert_no_gap(200.0);
+    assert!(check(&ns, flavour, &s).in_sync());
+}
+
+#[test]
+fn no_gap_nftables() {
+    no_gap(Flavour::Nft);
+}
+
+#[test]
+fn no_gap_iptables_nft() {
+    no_gap(Flavour::IptNft);
+}
+
+#[test]
+fn no_gap_iptables_legacy() {
+    no_gap(Flavour::IptLegacy);
+}
+
+// --------------------------------------------------------- real traffic --
+
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+const UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    try:
+        s.sendto(peer[0].encode(), peer)
+    except OSError:
+        pass  # no route back (unmasqueraded source): the client times out
+"#;
+
+const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.3)
+for _ in range(5):
+    s.sendto(b"who am i", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recv(2048).decode())
+        sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+"#;
+
+/// A UDP server that answers with the source address it saw; killed by PID
+/// on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &Netns, addr: &str, port: u16) -> Server {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                python(),
+                "-c",
+                UDP_SERVER,
+                addr,
+                &port.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ask the server at `addr:port` from inside `ns`; `None` when no answer.
+fn whoami(ns: &Netns, addr: &str, port: u16) -> Option<String> {
+    let out = ns.exec_output(&[python(), "-c", UDP_CLIENT, addr, &port.to_string()]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// pod (198.18.1.2) → node (router, NAT) → outside (192.0.2.2, no route
+/// back to the cluster) and → peer (198.18.2.2, another cluster subnet).
+fn masquerade_traffic(flavour: Flavour) {
+    let _cpu = shared();
+    let pod = Netns::new("pod");
+    let node = Netns::new("node");
+    let outside = Netns::new("out");
+    let peer = Netns::new("peer");
+    node.ip(&[
+        "link", "add", "n-pod", "type", "veth", "peer", "name", "p0", "netns", &pod.name,
+    ]);
+    node.ip(&[
+        "link",
+        "add",
+        "n-out",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "o0",
+        "netns",
+        &outside.name,
+    ]);
+    node.ip(&[
+        "link", "add", "n-peer", "type", "veth", "peer", "name", "r0", "netns", &peer.name,
+    ]);
+    for (ns, dev, addr) in [
+        (&node, "n-pod", "198.18.1.1/24"),
+        (&node, "n-out", "192.0.2.1/24"),
+        (&node, "n-peer", "198.18.2.1/24"),
+        (&pod, "p0", "198.18.1.2/24"),
+        (&outside, "o0", "192.0.2.2/24"),
+        (&peer, "r0", "198.18.2.2/24"),
+    ] {
+        ns.ip(&["addr", "add", addr, "dev", dev]);
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    pod.ip(&["route", "add", "default", "via", "198.18.1.1"]);
+    peer.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+    let _out_srv = Server::start(&outside, "192.0.2.2", 5353);
+    let _peer_srv = Server::start(&peer, "198.18.2.2", 5353);
+
+    // Without NAT the outside cannot answer: the test can fail.
+    assert_eq!(
+        whoami(&pod, "192.0.2.2", 5353),
+        None,
+        "{flavour:?}: answered without NAT"
+    );
+
+    let s = NatSpec {
+        ipv4: Some(NatFamily {
+            cluster: "198.18.0.0/16".parse().unwrap(),
+            pod_subnet: "198.18.1.0/24".parse().unwrap(),
+        }),
+        ..spec(flavour, true, false)
+    };
+    converge(&node, flavour, &s);
+    assert_eq!(
+        whoami(&pod, "192.0.2.2", 5353).as_deref(),
+        Some("192.0.2.1"),
+        "{flavour:?}: not masqueraded"
+    );
+    assert_eq!(
+        whoami(&pod, "198.18.2.2", 5353).as_deref(),
+        Some("198.18.1.2"),
+        "{flavour:?}: pod-to-cluster traffic must keep its source"
+    );
+}
+
+#[test]
+fn traffic_is_masqueraded_only_when_leaving_the_cluster_nftables() {
+    masquerade_traffic(Flavour::Nft);
+}
+
+#[test]
+fn traffic_is_masqueraded_only_when_leaving_the_cluster_iptables() {
+    masquerade_traffic(Flavour::IptSystem);
+}
+
+#[test]
+fn traffic_is_masqueraded_only_when_leaving_the_cluster_iptables_legacy() {
+    masquerade_traffic(Flavour::IptLegacy);
+}
+
+#[test]
+fn backend_tools_are_found_on_this_machine() {
+    nat::check_backend(&spec(Flavour::Nft, true, true)).unwrap();
+    nat::check_backend(&spec(Flavour::IptSystem, true, true)).unwrap();
+    IptablesBackend::new(IptablesTools::legacy())
+        .check(&spec(Flavour::IptLegacy, true, true))
+        .unwrap();
+}
