@@ -604,3 +604,59 @@ fn observe_reports_kernel_support_and_resolves_routes() {
     );
     assert!(check(&ns, &d).in_sync());
 }
+
+/// The daemon notices a nexthop deleted by hand (the kernel drops its IPv4
+/// route without any route notification) through nexthop events, not the
+/// resync timer, and the CLI agrees afterwards.
+#[test]
+fn daemon_restores_a_deleted_nexthop_and_its_route_from_events() {
+    use common::daemon::{Daemon, eventually};
+    use std::time::Duration;
+
+    let ns = node("nh-daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = String::from(
+        "node_name = \"nh-daemon\"\n\n[engine]\nnexthops = \"on\"\n\n\
+         [daemon]\nresync_secs = 3600\ndebounce_ms = 10\n\n\
+         [[vxlan]]\nname = \"nc.4\"\nvni = 4\nunderlay = \"ul0\"\n\n\
+         [[address]]\ndev = \"nc.4\"\ncidr = \"198.18.1.0/32\"\n",
+    );
+    for i in 2..=4 {
+        cfg += &format!(
+            "\n[[peer]]\ndev = \"nc.4\"\nsubnet = \"198.18.{i}.0/24\"\nvtep_ip = \"192.0.2.{i}\"\nvtep_mac = \"02:00:00:00:00:{i:02x}\"\n"
+        );
+    }
+    let path = dir.path().join("netconverge.toml");
+    std::fs::write(&path, cfg).unwrap();
+
+    let mut d = Daemon::start(&ns, &path, &[]);
+    d.wait_notify("READY=1", Duration::from_secs(20));
+    assert_through_nexthops(&ns, "-4", VX4, 3);
+    let id = ns.ip_json(&["route", "show", "198.18.3.0/24"])[0]["nhid"]
+        .as_u64()
+        .unwrap();
+    ns.ip(&["nexthop", "del", "id", &id.to_string()]);
+    let took = eventually(
+        "route through its nexthop restored",
+        Duration::from_secs(5),
+        || {
+            ns.ip_json(&["route", "show", "198.18.3.0/24"])
+                .as_array()
+                .unwrap()
+                .first()
+                .is_some_and(|r| r["nhid"] == id)
+        },
+    );
+    assert!(took < Duration::from_secs(5));
+    assert_through_nexthops(&ns, "-4", VX4, 3);
+    assert_eq!(d.stop(), 0);
+
+    let out = ns.netconverge(&path, &["converge", "--check"]);
+    assert_eq!(
+        common::code(&out),
+        0,
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+}
