@@ -7,6 +7,7 @@
 //! `engine`.
 
 pub mod apply;
+pub mod bulk;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -1,7 +1,8 @@
 //! Kernel nexthop objects (`ip nexthop`, Linux ≥ 5.3) over netlink: the
 //! typed `RTM_{NEW,DEL,GET}NEXTHOP` messages that netlink-packet-route 0.34
-//! lacks, built on netlink-packet-core and carried by their own
-//! netlink-proto connection (a second `NETLINK_ROUTE` socket).
+//! lacks, built on netlink-packet-core. Dumps and notifications use their
+//! own netlink-proto connection; creations and deletions go through the
+//! bulk socket ([`crate::bulk`]) with everything else.
 //!
 //! Invariant: only what netconverge uses is typed (id, gateway, device,
 //! onlink flag, protocol); every other attribute survives a parse as
@@ -13,9 +14,9 @@ use std::net::IpAddr;
 
 use futures::{Stream, StreamExt};
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32, parse_ip, parse_u32,
+    DecodeError, DefaultNla, Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, NlaBuffer,
+    NlasIterator, Parseable, emit_u32, parse_ip, parse_u32,
 };
 use netlink_proto::ConnectionHandle;
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -353,30 +354,6 @@ impl NexthopHandle {
         self.0
             .request(req, SocketAddr::new(0, 0))
             .map_err(|_| NexthopError::Closed)
-    }
-
-    async fn ack(&self, msg: NexthopNetlinkMessage, flags: u16) -> Result<(), NexthopError> {
-        let mut replies = std::pin::pin!(self.request(msg, flags)?);
-        while let Some(reply) = replies.next().await {
-            if let NetlinkPayload::Error(e) = reply.payload
-                && let Some(code) = e.code
-            {
-                return Err(NexthopError::Nack(code.get().saturating_abs()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Create a nexthop whose id must be free: an id taken since it was
-    /// observed (by anyone) is an EEXIST failure, never an overwrite.
-    pub async fn create(&self, msg: NexthopMessage) -> Result<(), NexthopError> {
-        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        self.ack(NexthopNetlinkMessage::New(msg), flags).await
-    }
-
-    pub async fn delete(&self, id: u32) -> Result<(), NexthopError> {
-        let msg = NexthopNetlinkMessage::Del(NexthopMessage::id_only(id));
-        self.ack(msg, NLM_F_REQUEST | NLM_F_ACK).await
     }
 
     /// Every nexthop object of the namespace. A kernel without nexthop
