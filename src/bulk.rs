@@ -29,7 +29,6 @@ const DATAGRAM_BYTES: usize = 64 << 10;
 /// Receive-buffer bytes budgeted per outstanding NACK (its skb's truesize
 /// is well under this).
 const BYTES_PER_REPLY: usize = 1024;
-const MIN_WINDOW: usize = 64;
 const MAX_WINDOW: usize = 4096;
 
 /// One request of a bulk run: the message and its `NLM_F_*` flags
@@ -82,9 +81,12 @@ impl BulkSocket {
         if let Err(e) = s.set_cap_ack(true) {
             tracing::debug!("bulk socket NETLINK_CAP_ACK: {e}");
         }
-        // The kernel reports twice what it grants (bookkeeping overhead).
+        // The kernel reports twice what it grants (room for bookkeeping);
+        // budget on the granted half, and keep room for the barrier's ACK.
         let granted = s.get_rx_buf_sz().unwrap_or(0) / 2;
-        let window = (granted / BYTES_PER_REPLY).clamp(MIN_WINDOW, MAX_WINDOW);
+        let window = (granted / BYTES_PER_REPLY)
+            .saturating_sub(1)
+            .clamp(1, MAX_WINDOW);
         tracing::trace!(granted, window, "bulk netlink socket open");
         Ok(BulkSocket {
             socket,
@@ -97,6 +99,13 @@ impl BulkSocket {
     /// Requests per window (at most this many NACKs can be outstanding).
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// Override the window (tests: force replies to overflow the buffer).
+    #[doc(hidden)]
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     /// Send every request, in order; one verdict per request, in order.
@@ -179,7 +188,7 @@ impl BulkSocket {
         ok
     }
 
-    /// Read replies until the barrier's ACK, recording NACKs.
+    /// Read replies until a barrier's ACK, recording NACKs.
     async fn drain(
         &self,
         first: u32,
@@ -188,19 +197,41 @@ impl BulkSocket {
     ) -> io::Result<()> {
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut overrun = None;
+        let mut barriers = vec![barrier];
+        // After an overrun: read what is queued without waiting, then ask
+        // for a new barrier (its ACK has room then; the first one's ACK may
+        // have been dropped with the other replies).
+        let mut resync = false;
         loop {
             buf.clear();
-            match self.socket.recv(&mut buf).await {
+            let received = if resync {
+                self.socket
+                    .socket_ref()
+                    .recv(&mut buf, libc::MSG_DONTWAIT)
+                    .map(|_| ())
+            } else {
+                self.socket.recv(&mut buf).await
+            };
+            match received {
                 Ok(()) => {}
-                // Some replies were dropped; keep reading up to the barrier.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     overrun = Some(e);
+                    resync = true;
+                    continue;
+                }
+                Err(e) if resync && e.kind() == io::ErrorKind::WouldBlock => {
+                    let again = self.seq.fetch_add(1, Ordering::Relaxed);
+                    let mut b = Vec::new();
+                    encode_barrier(again, &mut b);
+                    self.socket.send(&b).await?;
+                    barriers.push(again);
+                    resync = false;
                     continue;
                 }
                 Err(e) => return Err(e),
             }
             for (seq, code) in replies(&buf) {
-                if seq == barrier {
+                if barriers.contains(&seq) {
                     return overrun.map_or(Ok(()), Err);
                 }
                 let i = seq.wrapping_sub(first) as usize;
