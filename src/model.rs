@@ -358,12 +358,16 @@ impl Default for DaemonSpec {
     }
 }
 
+/// How routes with a gateway and a device are installed (`[engine]
+/// nexthops`): through kernel nexthop objects (`ip nexthop`, Linux ≥ 5.3;
+/// one per gateway, shared by its routes, ~6× faster for the kernel to
+/// install at fleet scale) or as classic `via` routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NexthopMode {
-    /// Use kernel nexthop objects when the kernel supports them.
+    /// Use kernel nexthop objects when the kernel supports them (the default).
     Auto,
-    /// Always use kernel nexthop objects.
+    /// Always use kernel nexthop objects (routes are blocked without them).
     On,
     /// Classic routes with a gateway.
     Off,
@@ -379,7 +383,7 @@ impl Default for EngineSpec {
     fn default() -> Self {
         EngineSpec {
             route_protocol: ROUTE_PROTOCOL,
-            nexthops: NexthopMode::Off,
+            nexthops: NexthopMode::Auto,
         }
     }
 }
