@@ -2,31 +2,33 @@
 //!
 //! Invariant: every operation is idempotent (EEXIST on add, and ENOENT /
 //! ESRCH / ENODEV / EADDRNOTAVAIL or an absent device on delete count as
-//! success); stages run in [`Stage`] order, the operations of one stage run
-//! concurrently within a bounded window; one failure never stops the others
-//! and every failure is returned.
+//! success); stages run in [`Stage`] order, the operations of one stage are
+//! independent (pipelined in bulk, or concurrent within a bounded window);
+//! one failure never stops the others and every failure is returned.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use futures::{StreamExt, stream};
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
+use crate::bulk::{BulkError, BulkRequest};
 use crate::model::{Mac, Observed};
-use crate::netlink::{REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::netlink::{Handle, REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::nexthop::{NexthopMessage, NexthopNetlinkMessage};
 use crate::observe;
 use crate::plan::{Change, Op, Plan, RouteOp, Stage, VxlanCreate};
 
@@ -47,6 +49,7 @@ pub struct ApplyReport {
 #[derive(Debug)]
 enum OpError {
     Netlink(rtnetlink::Error),
+    Bulk(BulkError),
     NoDevice(String),
     Invalid(String),
     Timeout,
@@ -57,6 +60,7 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Netlink(e) => f.write_str(&error_text(e)),
+            OpError::Bulk(e) => write!(f, "{e}"),
             OpError::NoDevice(d) => write!(f, "device `{d}` does not exist"),
             OpError::Invalid(m) | OpError::Other(m) => f.write_str(m),
             OpError::Timeout => write!(
@@ -74,8 +78,24 @@ impl From<rtnetlink::Error> for OpError {
     }
 }
 
+impl OpError {
+    /// The errno of a kernel NACK (positive).
+    fn errno(&self) -> Option<i32> {
+        match self {
+            OpError::Netlink(e) => errno(e),
+            OpError::Bulk(BulkError::Nack(code)) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
 /// Run `plan` against the kernel. `observed` supplies device indexes; they
 /// are re-read after link deletions/creations (new devices, new indexes).
+///
+/// Links, NAT and the lease go one request at a time (concurrently within
+/// a bounded window); every other kernel object goes through the bulk
+/// socket ([`crate::bulk`]): thousands of requests in a few datagrams, the
+/// kernel answering only failures.
 pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyReport {
     let mut links: HashMap<String, u32> = observed
         .links
@@ -91,11 +111,16 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
     let mut failures: Vec<(usize, Failure)> = Vec::new();
     for (stage, changes) in stages {
         let index = &links;
-        let results: Vec<(usize, &Change, Result<(), OpError>)> = stream::iter(changes)
-            .map(|(i, c)| async move { (i, c, run(handle, index, &c.op).await) })
-            .buffer_unordered(REQUEST_WINDOW)
-            .collect()
-            .await;
+        let (bulk, single): (Vec<_>, Vec<_>) =
+            changes.into_iter().partition(|(_, c)| is_bulk(&c.op));
+        let mut results = run_bulk(handle, index, bulk).await;
+        results.extend(
+            stream::iter(single)
+                .map(|(i, c)| async move { (i, c, run(handle, index, &c.op).await) })
+                .buffer_unordered(REQUEST_WINDOW)
+                .collect::<Vec<_>>()
+                .await,
+        );
         for (i, c, result) in results {
             match result {
                 Ok(()) => report.applied += 1,
@@ -121,12 +146,53 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
     report
 }
 
+type Outcome<'a> = (usize, &'a Change, Result<(), OpError>);
+
+/// The object kinds that go through the bulk socket.
+fn is_bulk(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::CreateVxlan(_) | Op::DeleteLink { .. } | Op::SetLink { .. } | Op::Nat(_) | Op::Lease(_)
+    )
+}
+
+async fn run_bulk<'a>(
+    handle: &Handle,
+    links: &HashMap<String, u32>,
+    changes: Vec<(usize, &'a Change)>,
+) -> Vec<Outcome<'a>> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut requests = Vec::with_capacity(changes.len());
+    let mut sent = Vec::with_capacity(changes.len());
+    for (i, c) in changes {
+        match bulk_request(links, &c.op) {
+            Ok(r) => {
+                requests.push(r);
+                sent.push((i, c));
+            }
+            Err(e) => out.push((i, c, settle(&c.op, Err(e)))),
+        }
+    }
+    if requests.is_empty() {
+        return out;
+    }
+    let verdicts = handle.bulk().run(&requests).await;
+    for ((i, c), v) in sent.into_iter().zip(verdicts) {
+        out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
+    }
+    out
+}
+
 /// One operation, bounded in time, with the idempotency rules applied.
 async fn run(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Result<(), OpError> {
     let result = match tokio::time::timeout(REQUEST_TIMEOUT, execute(handle, links, op)).await {
         Ok(r) => r,
         Err(_) => Err(OpError::Timeout),
     };
+    settle(op, result)
+}
+
+fn settle(op: &Op, result: Result<(), OpError>) -> Result<(), OpError> {
     match result {
         Err(e) if tolerated(op, &e) => Ok(()),
         other => other,
@@ -141,33 +207,35 @@ fn is_delete(op: &Op) -> bool {
             | Op::DelNeighbor { .. }
             | Op::DelFdb { .. }
             | Op::DelRoute(_)
+            | Op::DelNexthop { .. }
     )
 }
 
 /// Errors that mean the kernel already is as the operation wants it.
+/// (EEXIST on a nexthop create is not one: the id was taken by someone
+/// else since it was observed.)
 fn tolerated(op: &Op, e: &OpError) -> bool {
-    match e {
-        // A missing device carries no addresses, neighbours, FDB entries
-        // or routes: whatever was to be deleted is gone.
-        OpError::NoDevice(_) => is_delete(op),
-        OpError::Netlink(n) => {
-            let Some(code) = errno(n) else { return false };
-            if is_delete(op) {
-                matches!(code, libc::ENOENT | libc::ESRCH | libc::ENODEV)
-                    || (code == libc::EADDRNOTAVAIL && matches!(op, Op::DelAddress { .. }))
-            } else {
-                code == libc::EEXIST
-                    && matches!(
-                        op,
-                        Op::CreateVxlan(_)
-                            | Op::AddAddress { .. }
-                            | Op::SetNeighbor { .. }
-                            | Op::AddFdb { .. }
-                            | Op::SetRoute(_)
-                    )
-            }
-        }
-        _ => false,
+    if let OpError::NoDevice(_) = e {
+        // A missing device carries no addresses, neighbours, FDB entries,
+        // nexthops or routes: whatever was to be deleted is gone.
+        return is_delete(op);
+    }
+    let Some(code) = e.errno() else {
+        return false;
+    };
+    if is_delete(op) {
+        matches!(code, libc::ENOENT | libc::ESRCH | libc::ENODEV)
+            || (code == libc::EADDRNOTAVAIL && matches!(op, Op::DelAddress { .. }))
+    } else {
+        code == libc::EEXIST
+            && matches!(
+                op,
+                Op::CreateVxlan(_)
+                    | Op::AddAddress { .. }
+                    | Op::SetNeighbor { .. }
+                    | Op::AddFdb { .. }
+                    | Op::SetRoute(_)
+            )
     }
 }
 
@@ -178,6 +246,7 @@ fn index(links: &HashMap<String, u32>, dev: &str) -> Result<u32, OpError> {
         .ok_or_else(|| OpError::NoDevice(dev.to_string()))
 }
 
+/// Links, NAT and the lease: one request (or backend call) each.
 async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Result<(), OpError> {
     match op {
         Op::CreateVxlan(v) => {
@@ -199,85 +268,105 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
             let msg = set_link_message(index(links, name)?, *mtu, *mac, *up);
             Ok(handle.link().change(msg).execute().await?)
         }
-        Op::AddAddress { dev, cidr } => {
-            let mut req = handle
-                .address()
-                .add(index(links, dev)?, cidr.addr(), cidr.prefix_len());
-            if cidr.addr().is_ipv6() {
-                // A node-unique /128 on the overlay: duplicate detection
-                // only delays it (and routes using it as `src`).
-                req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
-            }
-            Ok(req.execute().await?)
-        }
-        Op::DelAddress { dev, cidr } => {
-            let msg = address_message(index(links, dev)?, cidr.addr(), cidr.prefix_len());
-            Ok(handle.address().del(msg).execute().await?)
-        }
-        Op::SetNeighbor { dev, ip, mac } => Ok(handle
-            .neighbours()
-            .add(index(links, dev)?, *ip)
-            .link_layer_address(&mac.0)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await?),
-        Op::DelNeighbor { dev, ip } => Ok(handle
-            .neighbours()
-            .del(neighbour_message(index(links, dev)?, *ip))
-            .execute()
-            .await?),
-        Op::AddFdb { dev, mac, dst } => {
-            let msg = fdb_message(index(links, dev)?, *mac, Some(*dst));
-            Ok(request_ack(
-                handle,
-                RouteNetlinkMessage::NewNeighbour(msg),
-                fdb_add_flags(mac),
-            )
-            .await?)
-        }
-        Op::DelFdb { dev, mac, dst } => Ok(handle
-            .neighbours()
-            .del(fdb_message(index(links, dev)?, *mac, *dst))
-            .execute()
-            .await?),
-        Op::SetRoute(r) => {
-            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
-            let msg = route_message(r, oif).map_err(OpError::Invalid)?;
-            Ok(handle.route().add(msg).replace().execute().await?)
-        }
-        Op::DelRoute(r) => {
-            let oif = r.dev.as_deref().map(|d| index(links, d)).transpose()?;
-            let msg = route_del_message(r, oif).map_err(OpError::Invalid)?;
-            Ok(handle.route().del(msg).execute().await?)
-        }
         // Synchronous and quick (one transaction / one file). Run on this
         // thread, not a blocking pool: the thread's network namespace is the
         // one the caller means.
         Op::Nat(n) => crate::nat::apply(n).map_err(|e| OpError::Other(e.to_string())),
         Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::Other(e.to_string())),
+        // Object kinds go in bulk (`is_bulk`); one alone still works.
+        other => {
+            let req = bulk_request(links, other)?;
+            let verdict = handle.bulk().run(std::slice::from_ref(&req)).await;
+            verdict
+                .into_iter()
+                .next()
+                .unwrap_or(Ok(()))
+                .map_err(OpError::Bulk)
+        }
     }
 }
 
-/// Send one request that is answered by an ACK (or a NACK). For requests
-/// whose flags no rtnetlink builder exposes.
-async fn request_ack(
-    handle: &Handle,
-    msg: RouteNetlinkMessage,
-    flags: u16,
-) -> Result<(), rtnetlink::Error> {
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = flags;
-    let mut handle = handle.clone();
-    let mut response = handle.request(req)?;
-    while let Some(reply) = response.next().await {
-        if let NetlinkPayload::Error(e) = reply.payload
-            && e.code.is_some()
-        {
-            return Err(rtnetlink::Error::NetlinkError(e));
+const ADD: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+const DEL: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+/// The request of an object operation, with the flags iproute2 would use
+/// (`ip neigh replace`, `ip route replace`, `ip addr add`, ...).
+fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, OpError> {
+    use RouteNetlinkMessage as M;
+    let route = |m, flags| Ok(BulkRequest::Route(m, flags));
+    match op {
+        Op::AddAddress { dev, cidr } => route(
+            M::NewAddress(address_add_message(
+                index(links, dev)?,
+                cidr.addr(),
+                cidr.prefix_len(),
+            )),
+            ADD | NLM_F_EXCL,
+        ),
+        Op::DelAddress { dev, cidr } => route(
+            M::DelAddress(address_message(
+                index(links, dev)?,
+                cidr.addr(),
+                cidr.prefix_len(),
+            )),
+            DEL,
+        ),
+        Op::SetNeighbor { dev, ip, mac } => route(
+            M::NewNeighbour(neighbour_set_message(index(links, dev)?, *ip, *mac)),
+            ADD | NLM_F_REPLACE,
+        ),
+        Op::DelNeighbor { dev, ip } => route(
+            M::DelNeighbour(neighbour_message(index(links, dev)?, *ip)),
+            DEL,
+        ),
+        Op::AddFdb { dev, mac, dst } => route(
+            M::NewNeighbour(fdb_message(index(links, dev)?, *mac, Some(*dst))),
+            fdb_add_flags(mac),
+        ),
+        Op::DelFdb { dev, mac, dst } => route(
+            M::DelNeighbour(fdb_message(index(links, dev)?, *mac, *dst)),
+            DEL,
+        ),
+        Op::SetNexthop(n) => Ok(BulkRequest::Nexthop(
+            NexthopNetlinkMessage::New(NexthopMessage::gateway(
+                n.id,
+                n.via,
+                index(links, &n.dev)?,
+                n.onlink,
+                n.protocol,
+            )),
+            // Never overwrite: an id taken since it was observed fails.
+            ADD | NLM_F_EXCL,
+        )),
+        Op::DelNexthop { id } => Ok(BulkRequest::Nexthop(
+            NexthopNetlinkMessage::Del(NexthopMessage::id_only(*id)),
+            DEL,
+        )),
+        Op::SetRoute(r) => {
+            // Through a nexthop object the device is the nexthop's.
+            let oif = match r.nhid {
+                Some(_) => None,
+                None => r.dev.as_deref().map(|d| index(links, d)).transpose()?,
+            };
+            let msg = route_message(r, oif).map_err(OpError::Invalid)?;
+            route(M::NewRoute(msg), ADD | NLM_F_REPLACE)
         }
+        Op::DelRoute(r) => {
+            let oif = match r.nhid {
+                Some(_) => None,
+                None => r.dev.as_deref().map(|d| index(links, d)).transpose()?,
+            };
+            let msg = route_del_message(r, oif).map_err(OpError::Invalid)?;
+            route(M::DelRoute(msg), DEL)
+        }
+        Op::CreateVxlan(_)
+        | Op::DeleteLink { .. }
+        | Op::SetLink { .. }
+        | Op::Nat(_)
+        | Op::Lease(_) => Err(OpError::Invalid(
+            "not an object operation for the bulk socket".into(),
+        )),
     }
-    Ok(())
 }
 
 /// IPv6 router advertisements must not configure the overlay device.
@@ -338,6 +427,38 @@ pub(crate) fn set_link_message(
         None => b,
     };
     b.build()
+}
+
+/// `ip addr add CIDR dev INDEX` (IFA_LOCAL, IFA_ADDRESS, IFA_BROADCAST for
+/// IPv4, like iproute2); IPv6 without duplicate address detection: a
+/// node-unique /128 on the overlay, which DAD would only delay (and routes
+/// using it as `src`).
+pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
+    match ip {
+        IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(a, prefix_len)
+            .build(),
+        IpAddr::V6(a) => {
+            let mut m = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(a, prefix_len)
+                .build();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m
+        }
+    }
+}
+
+/// A permanent ARP/NDP entry (`ip neigh replace IP lladdr MAC dev INDEX
+/// nud permanent`).
+pub(crate) fn neighbour_set_message(index: u32, ip: IpAddr, mac: Mac) -> NeighbourMessage {
+    let mut msg = neighbour_message(index, ip);
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.kind = RouteType::Unspec;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    msg
 }
 
 /// An address with IFA_LOCAL and IFA_ADDRESS both set (what `ip addr`
@@ -402,10 +523,12 @@ fn invalid(e: impl fmt::Display) -> String {
 }
 
 /// `ip route replace DST [via VIA] [dev DEV] [onlink] [src SRC] [metric M]
-/// table T proto P` (scope link for a direct IPv4 route, like iproute2).
+/// table T proto P` (scope link for a direct IPv4 route, like iproute2), or
+/// with `nhid N` in place of via/dev/onlink for a route through a nexthop
+/// object.
 pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
     let dst = r.dst.trunc();
-    let scope = if r.via.is_none() && r.dst.addr().is_ipv4() {
+    let scope = if r.via.is_none() && r.nhid.is_none() && r.dst.addr().is_ipv4() {
         RouteScope::Link
     } else {
         RouteScope::Universe
@@ -417,14 +540,16 @@ pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessag
         .protocol(RouteProtocol::from(r.protocol))
         .scope(scope)
         .kind(RouteType::Unicast);
-    if let Some(via) = r.via {
-        b = b.gateway(via).map_err(invalid)?;
-    }
-    if let Some(oif) = oif {
-        b = b.output_interface(oif);
-    }
-    if r.onlink {
-        b = b.onlink();
+    if r.nhid.is_none() {
+        if let Some(via) = r.via {
+            b = b.gateway(via).map_err(invalid)?;
+        }
+        if let Some(oif) = oif {
+            b = b.output_interface(oif);
+        }
+        if r.onlink {
+            b = b.onlink();
+        }
     }
     if let Some(src) = r.src {
         b = b.pref_source(src).map_err(invalid)?;
@@ -432,11 +557,16 @@ pub(crate) fn route_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessag
     if let Some(metric) = r.metric {
         b = b.priority(metric);
     }
-    Ok(b.build())
+    let mut msg = b.build();
+    if let Some(id) = r.nhid {
+        msg.attributes.push(RouteAttribute::NhId(id));
+    }
+    Ok(msg)
 }
 
-/// `ip route del DST table T [via VIA] [dev DEV] [metric M]`: protocol,
-/// scope and type are wildcards, like iproute2's delete.
+/// `ip route del DST table T [via VIA] [dev DEV] [metric M]` (or `nhid N`:
+/// the kernel matches an IPv4 route through a nexthop object only by its
+/// id): protocol, scope and type are wildcards, like iproute2's delete.
 pub(crate) fn route_del_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMessage, String> {
     let dst = r.dst.trunc();
     let mut b = RouteMessageBuilder::<IpAddr>::new()
@@ -446,16 +576,22 @@ pub(crate) fn route_del_message(r: &RouteOp, oif: Option<u32>) -> Result<RouteMe
         .protocol(RouteProtocol::Unspec)
         .scope(RouteScope::NoWhere)
         .kind(RouteType::Unspec);
-    if let Some(via) = r.via {
-        b = b.gateway(via).map_err(invalid)?;
-    }
-    if let Some(oif) = oif {
-        b = b.output_interface(oif);
+    if r.nhid.is_none() {
+        if let Some(via) = r.via {
+            b = b.gateway(via).map_err(invalid)?;
+        }
+        if let Some(oif) = oif {
+            b = b.output_interface(oif);
+        }
     }
     if let Some(metric) = r.metric {
         b = b.priority(metric);
     }
-    Ok(b.build())
+    let mut msg = b.build();
+    if let Some(id) = r.nhid {
+        msg.attributes.push(RouteAttribute::NhId(id));
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -482,6 +618,7 @@ mod tests {
             src: None,
             metric: None,
             protocol: 199,
+            nhid: None,
         }
     }
 

@@ -24,7 +24,7 @@ pub enum EngineError {
 /// netlink, NAT rules and the lease file through their backends (run off the
 /// async thread: they spawn processes and touch files).
 pub async fn observe_all(
-    handle: &rtnetlink::Handle,
+    handle: &crate::netlink::Handle,
     desired: &Desired,
 ) -> Result<Observed, EngineError> {
     let mut observed = observe::observe(handle, desired).await?;
@@ -44,7 +44,10 @@ pub async fn observe_all(
 }
 
 /// What differs, without changing anything.
-pub async fn check(handle: &rtnetlink::Handle, desired: &Desired) -> Result<Plan, EngineError> {
+pub async fn check(
+    handle: &crate::netlink::Handle,
+    desired: &Desired,
+) -> Result<Plan, EngineError> {
     let observed = observe_all(handle, desired).await?;
     Ok(plan::plan(desired, &observed))
 }
@@ -88,7 +91,7 @@ fn is_permission_denied(f: &Failure) -> bool {
 /// Apply until the kernel matches: at most `max_rounds` rounds of
 /// observe → plan → apply; the last observation verifies.
 pub async fn converge(
-    handle: &rtnetlink::Handle,
+    handle: &crate::netlink::Handle,
     desired: &Desired,
     max_rounds: u32,
 ) -> Result<Outcome, EngineError> {

@@ -7,6 +7,7 @@
 //! `engine`.
 
 pub mod apply;
+pub mod bulk;
 pub mod config;
 pub mod daemon;
 pub mod engine;
@@ -15,6 +16,7 @@ pub mod logging;
 pub mod model;
 pub mod nat;
 pub mod netlink;
+pub mod nexthop;
 pub mod observe;
 pub mod plan;
 pub mod show;

@@ -1,15 +1,20 @@
 //! rtnetlink connection setup and netlink error classification.
 //!
 //! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
-//! the thread that called it, over a socket whose receive buffer is large
-//! enough for every ACK of a full request window ([`REQUEST_WINDOW`]), so
-//! pipelined requests never lose their replies.
+//! the thread that called it (both of its sockets are opened there), over
+//! sockets whose receive buffers are large enough for every ACK of a full
+//! request window ([`REQUEST_WINDOW`]), so pipelined requests never lose
+//! their replies.
 
 use std::io;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rtnetlink::Handle;
 use rtnetlink::sys::AsyncSocket;
+
+use crate::bulk::BulkSocket;
+use crate::nexthop::{self, NexthopHandle};
 
 /// Requests kept in flight at once on one handle. Bounded so the ACKs the
 /// kernel queues for us always fit in the socket's receive buffer: a dropped
@@ -33,11 +38,39 @@ pub enum NetlinkError {
     Open(#[source] io::Error),
 }
 
-/// Open an rtnetlink connection in the calling thread's network namespace
-/// and drive it on the current tokio runtime.
+/// The kernel connection of one network namespace: rtnetlink for links
+/// and dumps, a socket for nexthop objects (which rtnetlink's message types
+/// do not cover, see [`crate::nexthop`]) and one for bulk writes
+/// ([`crate::bulk`]). Dereferences to the rtnetlink handle.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    route: rtnetlink::Handle,
+    nexthop: NexthopHandle,
+    bulk: Arc<BulkSocket>,
+}
+
+impl Handle {
+    pub fn nexthop(&self) -> &NexthopHandle {
+        &self.nexthop
+    }
+
+    pub fn bulk(&self) -> &BulkSocket {
+        &self.bulk
+    }
+}
+
+impl Deref for Handle {
+    type Target = rtnetlink::Handle;
+    fn deref(&self) -> &rtnetlink::Handle {
+        &self.route
+    }
+}
+
+/// Open the rtnetlink and nexthop sockets in the calling thread's network
+/// namespace and drive them on the current tokio runtime.
 ///
 /// The runtime must have its I/O and time drivers enabled
-/// (`Builder::enable_all`): the socket is registered with the reactor and
+/// (`Builder::enable_all`): the sockets are registered with the reactor and
 /// requests are bounded by [`REQUEST_TIMEOUT`].
 pub fn connect() -> Result<Handle, NetlinkError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
@@ -55,7 +88,13 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     }
     tracing::trace!(rx_buffer = ?socket.get_rx_buf_sz().ok(), "rtnetlink connected");
     runtime.spawn(connection);
-    Ok(handle)
+    let nexthop = nexthop::connect(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
+    let bulk = BulkSocket::open(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
+    Ok(Handle {
+        route: handle,
+        nexthop,
+        bulk: Arc::new(bulk),
+    })
 }
 
 /// The errno of a kernel NACK (positive, e.g. `libc::EEXIST`), if `e` is one.

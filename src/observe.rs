@@ -1,5 +1,5 @@
-//! Kernel → [`Observed`] through rtnetlink dumps (links, addresses, routes,
-//! neighbours, bridge-family FDB).
+//! Kernel → [`Observed`] through rtnetlink dumps (links, addresses, nexthop
+//! objects, routes, neighbours, bridge-family FDB).
 //!
 //! Invariant: read-only; one dump per object kind (and address family where
 //! the kernel needs one) per pass, run one after another (the kernel serves
@@ -25,9 +25,11 @@ use rtnetlink::packet_route::route::{
 };
 
 use crate::model::{
-    AddressState, Desired, FdbState, LinkState, Mac, NeighborState, Observed, RouteState,
-    VxlanAttrs,
+    AddressState, Desired, FdbState, LinkState, Mac, NeighborState, NexthopState, Observed,
+    RouteState, VxlanAttrs,
 };
+use crate::netlink::Handle as KernelHandle;
+use crate::nexthop::{NexthopError, NexthopHandle, NexthopMessage};
 
 /// Kernel `RT_TABLE_LOCAL`: local/broadcast addresses, never ours.
 pub const LOCAL_TABLE: u32 = 255;
@@ -45,6 +47,8 @@ pub enum ObserveError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error("netlink dump of nexthop objects failed: {0}")]
+    Nexthop(#[source] NexthopError),
     #[error(transparent)]
     Nat(#[from] crate::nat::NatError),
     #[error(transparent)]
@@ -68,11 +72,18 @@ pub fn link_names(links: &BTreeMap<String, LinkState>) -> LinkNames {
 
 /// Read the kernel state relevant to `desired`. NAT and lease state are left
 /// at their defaults (the engine fills them).
-pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, ObserveError> {
+pub async fn observe(handle: &KernelHandle, desired: &Desired) -> Result<Observed, ObserveError> {
     let links = dump_links(handle).await?;
     let names = link_names(&links);
     let addresses = dump_addresses(handle, &names).await?;
-    let routes = dump_routes(handle, &names, &RouteFilter::from_desired(desired)).await?;
+    let nexthops = dump_nexthops(handle.nexthop(), &names).await?;
+    let routes = dump_routes(
+        handle,
+        &names,
+        nexthops.as_deref().unwrap_or_default(),
+        &RouteFilter::from_desired(desired),
+    )
+    .await?;
 
     let vxlans: HashSet<&str> = desired.owned_devices().collect();
     let mut neighbor_devs = vxlans.clone();
@@ -84,6 +95,8 @@ pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, Obs
         links,
         addresses,
         routes,
+        nexthop_objects: nexthops.is_some(),
+        nexthops: nexthops.unwrap_or_default(),
         neighbors,
         fdb,
         ..Observed::default()
@@ -143,6 +156,38 @@ pub async fn dump_addresses(
     Ok(out)
 }
 
+/// Every nexthop object; `None` when the kernel has none (before Linux 5.3).
+pub async fn dump_nexthops(
+    handle: &NexthopHandle,
+    names: &LinkNames,
+) -> Result<Option<Vec<NexthopState>>, ObserveError> {
+    match handle.dump().await {
+        Ok(msgs) => Ok(Some(
+            msgs.iter()
+                .filter_map(|m| nexthop_from_message(m, names))
+                .collect(),
+        )),
+        Err(e) if e.is_unsupported() => {
+            tracing::debug!("no nexthop objects in this kernel: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(ObserveError::Nexthop(e)),
+    }
+}
+
+/// Routes through a nexthop object carry its gateway, device and onlink
+/// flag only when `net.ipv4.nexthop_compat_mode` is on; fill them in from
+/// the nexthop either way, so such a route reads like the classic one.
+pub fn resolve_nexthop(r: &mut RouteState, nexthops: &HashMap<u32, &NexthopState>) {
+    if let Some(n) = r.nhid.and_then(|id| nexthops.get(&id)) {
+        r.via = r.via.or(n.via);
+        if r.dev.is_none() {
+            r.dev.clone_from(&n.dev);
+        }
+        r.onlink |= n.onlink;
+    }
+}
+
 /// Which routes an observation keeps: those netconverge could own or must
 /// compare with a desired route.
 #[derive(Debug, Clone, Default)]
@@ -177,12 +222,15 @@ impl RouteFilter {
     }
 }
 
-/// IPv4 and IPv6 routes of every table except `local`, filtered by `filter`.
+/// IPv4 and IPv6 routes of every table except `local`, those through one of
+/// `nexthops` resolved ([`resolve_nexthop`]), filtered by `filter`.
 pub async fn dump_routes(
     handle: &Handle,
     names: &LinkNames,
+    nexthops: &[NexthopState],
     filter: &RouteFilter,
 ) -> Result<Vec<RouteState>, ObserveError> {
+    let nexthops: HashMap<u32, &NexthopState> = nexthops.iter().map(|n| (n.id, n)).collect();
     let mut out = Vec::new();
     for (what, family) in [
         ("IPv4 routes", AddressFamily::Inet),
@@ -195,8 +243,11 @@ pub async fn dump_routes(
             what,
             handle.route().get(req).execute(),
             |msg: RouteMessage| {
-                if let Some(r) = route_from_message(&msg, names).filter(|r| filter.keeps(r)) {
-                    out.push(r);
+                if let Some(mut r) = route_from_message(&msg, names) {
+                    resolve_nexthop(&mut r, &nexthops);
+                    if filter.keeps(&r) {
+                        out.push(r);
+                    }
                 }
             },
         )
@@ -392,6 +443,7 @@ pub fn route_from_message(msg: &RouteMessage, names: &LinkNames) -> Option<Route
     let mut oif = None;
     let mut src = None;
     let mut metric = None;
+    let mut nhid = None;
     let mut onlink = h.flags.contains(RouteFlags::Onlink);
     for attr in &msg.attributes {
         match attr {
@@ -402,6 +454,7 @@ pub fn route_from_message(msg: &RouteMessage, names: &LinkNames) -> Option<Route
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::PrefSource(a) => src = route_address(a),
             RouteAttribute::Priority(p) => metric = Some(*p),
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             // Multipath: the model has one next hop; report the first.
             RouteAttribute::MultiPath(hops) => {
                 if let Some(nh) = hops.first() {
@@ -428,6 +481,18 @@ pub fn route_from_message(msg: &RouteMessage, names: &LinkNames) -> Option<Route
         src,
         metric,
         protocol: h.protocol.into(),
+        nhid,
+    })
+}
+
+/// A nexthop object as the model sees it; `None` without an id.
+pub fn nexthop_from_message(msg: &NexthopMessage, names: &LinkNames) -> Option<NexthopState> {
+    Some(NexthopState {
+        id: msg.id()?,
+        via: msg.gateway_addr(),
+        dev: msg.oif().and_then(|i| names.get(&i).cloned()),
+        onlink: msg.onlink(),
+        protocol: msg.header.protocol,
     })
 }
 
@@ -613,6 +678,7 @@ mod tests {
                 src: Some("198.18.1.0".parse().unwrap()),
                 metric: Some(5),
                 protocol: 199,
+                nhid: None,
             }
         );
         let mut big = route(254);

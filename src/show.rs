@@ -63,6 +63,9 @@ pub struct ShowRoute {
     pub metric: Option<u32>,
     pub table: u32,
     pub protocol: u8,
+    /// The nexthop object the route goes through (`via`/`dev` are its).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nhid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +205,7 @@ fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
                 metric: r.metric,
                 table: r.table,
                 protocol: r.protocol,
+                nhid: r.nhid,
             })
             .collect(),
         nat: serde_json::to_value(&observed.nat).unwrap_or(serde_json::Value::Null),

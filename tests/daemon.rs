@@ -184,7 +184,7 @@ variants!(teardown_100_cycles:
 fn drift_is_repaired_by_events_not_the_resync_timer() {
     let (ns, dir, _cfg, mut d) = ready("ddrift", Stack::V4, 3, &[]);
     let ok = || full_state(&ns, dir.path(), Stack::V4, 3);
-    ns.ip(&["route", "del", "198.19.0.0/26", "dev", "flannel.1"]);
+    ns.ip(&["route", "del", "198.19.0.0/26"]);
     eventually("route restored", Duration::from_secs(5), ok);
     ns.ip(&["neigh", "del", "198.19.0.64", "dev", "flannel.1"]);
     eventually("neighbour restored", Duration::from_secs(5), ok);
@@ -257,7 +257,7 @@ fn netlink_overrun_triggers_resync_and_converges() {
     }
     std::fs::write(&batch, s).unwrap();
     ns.ip(&["-batch", batch.to_str().unwrap()]);
-    ns.ip(&["route", "del", "198.19.0.0/26", "dev", "flannel.1"]);
+    ns.ip(&["route", "del", "198.19.0.0/26"]);
     d.signal("-CONT");
     eventually("repaired after overrun", LONG, || {
         full_state(&ns, dir.path(), Stack::V4, 3)
@@ -288,7 +288,7 @@ fn reload_valid_and_invalid_config() {
     let s = d.wait_notify("reload failed", LONG);
     assert!(s.contains("STATUS="), "{s}");
     assert!(full_state(&ns, dir.path(), Stack::V4, 3));
-    ns.ip(&["route", "del", "198.19.0.0/26", "dev", "flannel.1"]);
+    ns.ip(&["route", "del", "198.19.0.0/26"]);
     eventually("old config still enforced", Duration::from_secs(5), || {
         full_state(&ns, dir.path(), Stack::V4, 3)
     });

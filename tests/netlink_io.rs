@@ -27,7 +27,7 @@ const VX_MAC: Mac = Mac([0x02, 0xaa, 0, 0, 0, 0x01]);
 /// socket is created there, so it talks to that namespace).
 fn block_in<R, F, Fut>(ns: &Netns, f: F) -> R
 where
-    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    F: FnOnce(netlink::Handle) -> Fut + Send + 'static,
     Fut: Future<Output = R>,
     R: Send + 'static,
 {
@@ -124,6 +124,7 @@ fn route_op(dst: IpNet, via: Option<IpAddr>, dev: &str) -> RouteOp {
         src: None,
         metric: None,
         protocol: 199,
+        nhid: None,
     }
 }
 

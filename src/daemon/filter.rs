@@ -2,8 +2,9 @@
 //!
 //! Invariant: a notification is relevant only if it touches a declared VXLAN
 //! device, an underlay (or any device the desired state places objects on),
-//! a route carrying our protocol marker or a declared route destination. A
-//! node with hundreds of pod veths churning triggers no converge pass.
+//! a route or nexthop object carrying our protocol marker (or a nexthop id
+//! we own), or a declared route destination. A node with hundreds of pod
+//! veths churning triggers no converge pass.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -17,7 +18,8 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 
-use crate::model::{Desired, LinkState};
+use crate::model::{Desired, LinkState, NexthopState};
+use crate::nexthop::NexthopMessage;
 
 const RTPROT_KERNEL: u8 = 2;
 const RTPROT_RA: u8 = 9;
@@ -33,6 +35,8 @@ pub struct Interest {
     proto: u8,
     route_dsts: HashSet<IpNet>,
     neighbor_ips: HashSet<IpAddr>,
+    /// Ids of the nexthop objects we own (as of the last pass).
+    nexthop_ids: HashSet<u32>,
 }
 
 impl Interest {
@@ -52,7 +56,25 @@ impl Interest {
             proto: desired.engine.route_protocol,
             route_dsts: desired.routes.iter().map(|r| r.dst).collect(),
             neighbor_ips: desired.neighbors.iter().map(|n| n.ip).collect(),
+            nexthop_ids: HashSet::new(),
         }
+    }
+
+    /// Refresh the ids of our nexthop objects (after every pass).
+    pub fn learn_nexthops(&mut self, nexthops: &[NexthopState]) {
+        self.nexthop_ids = nexthops
+            .iter()
+            .filter(|n| n.protocol == self.proto)
+            .map(|n| n.id)
+            .collect();
+    }
+
+    /// Does this nexthop notification concern us? Ours by marker, or one of
+    /// our ids replaced by someone else. (Deleting a nexthop deletes its
+    /// IPv4 routes without any route notification: this is the only sign.)
+    pub fn nexthop(&self, msg: &NexthopMessage) -> bool {
+        msg.header.protocol == self.proto
+            || msg.id().is_some_and(|id| self.nexthop_ids.contains(&id))
     }
 
     /// Refresh the ifindex map from a link dump (after every pass).
@@ -182,5 +204,30 @@ impl Interest {
             }
             _ => false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nexthop_events_are_ours_by_marker_or_by_id() {
+        let mut i = Interest::new(&Desired::default());
+        let ours =
+            NexthopMessage::gateway(199_000_001, "198.18.2.0".parse().unwrap(), 5, true, 199);
+        let mut foreign = NexthopMessage::gateway(7, "192.0.2.9".parse().unwrap(), 2, false, 4);
+        assert!(i.nexthop(&ours));
+        assert!(!i.nexthop(&foreign));
+        i.learn_nexthops(&[NexthopState {
+            id: 7,
+            via: None,
+            dev: None,
+            onlink: false,
+            protocol: 199,
+        }]);
+        assert!(i.nexthop(&foreign), "someone replaced one of our ids");
+        foreign.attributes.clear();
+        assert!(!i.nexthop(&foreign));
     }
 }

@@ -88,6 +88,23 @@ fn monitor_connection() -> Result<futures::channel::mpsc::UnboundedReceiver<Moni
     Ok(messages)
 }
 
+/// Nexthop notifications, when the kernel has nexthop objects: deleting a
+/// nexthop silently deletes its IPv4 routes, so this is the only sign of it.
+fn nexthop_monitor() -> Option<futures::channel::mpsc::UnboundedReceiver<NexthopMonitored>> {
+    match crate::nexthop::monitor(MONITOR_RCVBUF) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            debug!("no nexthop notifications (kernel without nexthop objects?): {e}");
+            None
+        }
+    }
+}
+
+type NexthopMonitored = (
+    netlink_packet_core::NetlinkMessage<crate::nexthop::NexthopNetlinkMessage>,
+    netlink_sys::SocketAddr,
+);
+
 type Monitored = (
     netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
     netlink_sys::SocketAddr,
@@ -180,6 +197,7 @@ pub async fn run(
     // Subscribe before the first dump, so no change between dump and
     // subscription can be missed.
     let mut monitor = monitor_connection()?;
+    let mut nexthop_events = nexthop_monitor();
     let handle = crate::netlink::connect().map_err(DaemonError::Connect)?;
 
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
@@ -265,6 +283,25 @@ pub async fn run(
                     rec.on_urgent(Instant::now());
                 }
             },
+            msg = async { match nexthop_events.as_mut() { Some(m) => m.next().await, None => std::future::pending().await } } => match msg {
+                Some((m, _)) => match m.payload {
+                    NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.nexthop(inner.message()) => {
+                        relevant_events += 1;
+                        rec.on_event(Instant::now());
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        warn!("nexthop notification overrun (ENOBUFS): full resync");
+                        rec.on_urgent(Instant::now());
+                    }
+                    _ => {}
+                },
+                None => {
+                    warn!("nexthop notification socket closed: resubscribing and resyncing");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    nexthop_events = nexthop_monitor();
+                    rec.on_urgent(Instant::now());
+                }
+            },
             hint = async { match nm.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => match hint {
                 Some(Hint::Activated(dev)) => {
                     info!("NetworkManager activated {dev}: converging now");
@@ -290,6 +327,7 @@ pub async fn run(
                     Ok(Ok(outcome)) => {
                         log_pass(n, trigger, &outcome, took);
                         interest.learn_links(&outcome.observed.links);
+                        interest.learn_nexthops(&outcome.observed.nexthops);
                         if outcome.converged() {
                             // the explanation of a vanished device is history now
                             if note.as_deref().is_some_and(|n| n.contains("NetworkManager")) {

@@ -1,21 +1,24 @@
 //! Planning of kernel objects: VXLAN devices, addresses, neighbours, FDB
-//! entries and routes.
+//! entries, nexthop objects and routes.
 //!
 //! Invariant: removals are only ever planned for objects netconverge owns —
 //! anything on a declared VXLAN device (except what the kernel itself
 //! maintains: non-global addresses, kernel/RA routes, non-permanent
-//! neighbours) and routes carrying netconverge's protocol marker. Every
-//! lookup is through an index built once, so a plan is O(n log n).
+//! neighbours), routes and nexthop objects carrying netconverge's protocol
+//! marker. Every lookup is through an index built once, so a plan is
+//! O(n log n).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Blocked, Change, ChangeKind, Op, Plan, RouteOp, VxlanCreate};
+use super::{Blocked, Change, ChangeKind, NexthopOp, Op, Plan, RouteOp, VxlanCreate};
 use crate::model::{
-    Desired, Family, LinkState, MAIN_TABLE, Mac, Observed, RouteSpec, RouteState, VxlanSpec,
+    Desired, Family, LinkState, MAIN_TABLE, Mac, NexthopMode, NexthopState, Observed, RouteSpec,
+    RouteState, VxlanSpec,
 };
 
 /// Kernel route protocols netconverge never removes on owned devices:
@@ -65,6 +68,122 @@ enum DevState {
     Blocked,
 }
 
+/// rustc's FxHash. The planner's keys come from the local config and the
+/// kernel, not from an adversary, so SipHash's flooding resistance buys
+/// nothing, while its cost dominated lookups at 10 000 peers.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        for (d, s) in w.iter_mut().zip(chunks.remainder()) {
+            *d = *s;
+        }
+        self.add(u64::from_le_bytes(w) ^ (bytes.len() as u64) << 56);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.add(u64::from(v));
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
+
+fn set_with_capacity<K>(n: usize) -> HashSet<K> {
+    HashSet::with_capacity_and_hasher(n, BuildHasherDefault::default())
+}
+
+/// How routes with a gateway and a device are installed in this plan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouteStyle {
+    /// `ip route ... via GW dev DEV`.
+    Classic,
+    /// Through a shared nexthop object: `ip route ... nhid N`.
+    Nexthops,
+    /// Nexthop objects are required but the kernel has none.
+    Unavailable,
+}
+
+/// What makes two routes share one nexthop object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct NhKey<'a> {
+    dev: &'a str,
+    via: IpAddr,
+    onlink: bool,
+}
+
+impl<'a> NhKey<'a> {
+    /// Routes with both a gateway and a device go through nexthop objects
+    /// (the kernel requires a device for a gateway nexthop).
+    fn of_spec(r: &'a RouteSpec) -> Option<NhKey<'a>> {
+        Some(NhKey {
+            dev: r.dev.as_deref()?,
+            via: r.via?,
+            onlink: r.onlink,
+        })
+    }
+
+    fn of_state(n: &'a NexthopState) -> Option<NhKey<'a>> {
+        Some(NhKey {
+            dev: n.dev.as_deref()?,
+            via: n.via?,
+            onlink: n.onlink,
+        })
+    }
+}
+
+/// Ids netconverge allocates for its nexthop objects: a block of a million
+/// per route protocol (199000001–199999999 for protocol 199), so ids are
+/// recognizable, and ids taken by anyone are skipped.
+pub const NEXTHOP_IDS_PER_PROTOCOL: u32 = 1_000_000;
+
+fn nexthop_id_range(protocol: u8) -> (u32, u32) {
+    let base = u32::from(protocol) * NEXTHOP_IDS_PER_PROTOCOL;
+    (base + 1, base + NEXTHOP_IDS_PER_PROTOCOL - 1)
+}
+
+fn describe_nexthop(id: u32, via: Option<IpAddr>, dev: Option<&str>, onlink: bool) -> String {
+    let mut s = format!("nexthop {id}");
+    if let Some(v) = via {
+        let _ = write!(s, " via {v}");
+    }
+    if let Some(d) = dev {
+        let _ = write!(s, " dev {d}");
+    }
+    if onlink {
+        s.push_str(" onlink");
+    }
+    s
+}
+
 /// Default metric the kernel gives a route without RTA_PRIORITY.
 fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
     match (metric, dst) {
@@ -111,6 +230,14 @@ fn describe_route(
     s
 }
 
+fn describe_route_state(r: &RouteState) -> String {
+    let mut s = describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
+    if let Some(id) = r.nhid {
+        let _ = write!(s, " nhid {id}");
+    }
+    s
+}
+
 fn route_op_from_spec(r: &RouteSpec, protocol: u8) -> RouteOp {
     RouteOp {
         table: r.table,
@@ -121,6 +248,7 @@ fn route_op_from_spec(r: &RouteSpec, protocol: u8) -> RouteOp {
         src: r.src,
         metric: r.metric,
         protocol,
+        nhid: None,
     }
 }
 
@@ -134,6 +262,7 @@ fn route_op_from_state(r: &RouteState) -> RouteOp {
         src: r.src,
         metric: r.metric,
         protocol: r.protocol,
+        nhid: r.nhid,
     }
 }
 
@@ -154,6 +283,11 @@ struct Planner<'a> {
     mtus: BTreeMap<String, u32>,
     /// Dependents skipped per blocked device, for one summary line each.
     skipped: BTreeMap<&'a str, BTreeMap<&'static str, usize>>,
+    style: RouteStyle,
+    /// The nexthop id of every (device, gateway, onlink) the desired routes use.
+    nh_ids: HashMap<NhKey<'a>, u32>,
+    /// Owned nexthop ids that stay (in use, or under a route left alone).
+    nh_keep: HashSet<u32>,
 }
 
 impl<'a> Planner<'a> {
@@ -410,44 +544,40 @@ impl<'a> Planner<'a> {
 
     fn neighbors(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
-        let have: HashMap<(&str, IpAddr), &crate::model::NeighborState> = self
-            .observed
+        let have: HashMap<(&str, IpAddr), &crate::model::NeighborState> = observed
             .neighbors
             .iter()
             .map(|n| ((n.dev.as_str(), n.ip), n))
             .collect();
-        let mut want: BTreeSet<(&str, IpAddr)> = BTreeSet::new();
+        let mut want: HashSet<(&str, IpAddr)> = set_with_capacity(desired.neighbors.len());
         for n in &desired.neighbors {
             want.insert((n.dev.as_str(), n.ip));
             if self.skip_if_blocked(&n.dev, "neighbor") {
                 continue;
             }
-            let object = format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, n.mac);
-            let op = Op::SetNeighbor {
-                dev: n.dev.clone(),
-                ip: n.ip,
-                mac: n.mac,
-            };
             let cur = match self.dev_state(&n.dev) {
                 DevState::Fresh => None,
                 _ => have.get(&(n.dev.as_str(), n.ip)),
             };
-            match cur {
-                None => self.change(
-                    ChangeKind::Add,
-                    object,
-                    format!("missing ({})", n.origin),
-                    op,
+            let (kind, reason) = match cur {
+                None => (ChangeKind::Add, format!("missing ({})", n.origin)),
+                Some(c) if c.mac != Some(n.mac) => (
+                    ChangeKind::Modify,
+                    format!("lladdr {} → {}", opt(c.mac), n.mac),
                 ),
-                Some(c) if c.mac != Some(n.mac) => {
-                    let reason = format!("lladdr {} → {}", opt(c.mac), n.mac);
-                    self.change(ChangeKind::Modify, object, reason, op);
-                }
-                Some(c) if !c.permanent => {
-                    self.change(ChangeKind::Modify, object, "not permanent".to_string(), op)
-                }
-                Some(_) => {}
-            }
+                Some(c) if !c.permanent => (ChangeKind::Modify, "not permanent".to_string()),
+                Some(_) => continue,
+            };
+            self.change(
+                kind,
+                format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, n.mac),
+                reason,
+                Op::SetNeighbor {
+                    dev: n.dev.clone(),
+                    ip: n.ip,
+                    mac: n.mac,
+                },
+            );
         }
         let mut stale = Vec::new();
         for n in &observed.neighbors {
@@ -468,13 +598,12 @@ impl<'a> Planner<'a> {
 
     fn fdb(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
-        let have: BTreeSet<(&str, Mac, Option<IpAddr>)> = self
-            .observed
+        let have: HashSet<(&str, Mac, Option<IpAddr>)> = observed
             .fdb
             .iter()
             .map(|f| (f.dev.as_str(), f.mac, f.dst))
             .collect();
-        let mut want: BTreeSet<(&str, Mac, Option<IpAddr>)> = BTreeSet::new();
+        let mut want: HashSet<(&str, Mac, Option<IpAddr>)> = set_with_capacity(desired.fdb.len());
         for f in &desired.fdb {
             want.insert((f.dev.as_str(), f.mac, Some(f.dst)));
             if self.skip_if_blocked(&f.dev, "fdb entry") {
@@ -515,26 +644,141 @@ impl<'a> Planner<'a> {
         self.push_sorted(stale);
     }
 
+    /// How routes with a gateway are installed, from `[engine] nexthops`
+    /// and what the kernel supports.
+    fn route_style(&self) -> RouteStyle {
+        match (self.desired.engine.nexthops, self.observed.nexthop_objects) {
+            (NexthopMode::Off, _) | (NexthopMode::Auto, false) => RouteStyle::Classic,
+            (NexthopMode::Auto | NexthopMode::On, true) => RouteStyle::Nexthops,
+            (NexthopMode::On, false) => RouteStyle::Unavailable,
+        }
+    }
+
+    /// Give every distinct (device, gateway, onlink) of the desired routes a
+    /// nexthop id (its owned nexthop's, else the lowest free one of
+    /// netconverge's range) and plan the missing ones. Runs before
+    /// [`Self::routes`], which looks the ids up.
+    fn nexthops(&mut self) {
+        if self.style != RouteStyle::Nexthops {
+            return;
+        }
+        let (desired, observed) = (self.desired, self.observed);
+        let proto = desired.engine.route_protocol;
+        // Owned nexthops by what they are; with duplicates the lowest id
+        // wins and the others become unused.
+        let mut owned: HashMap<NhKey<'a>, u32> =
+            HashMap::with_capacity_and_hasher(observed.nexthops.len(), Default::default());
+        for n in &observed.nexthops {
+            if let (true, Some(key)) = (n.protocol == proto, NhKey::of_state(n)) {
+                owned
+                    .entry(key)
+                    .and_modify(|id| *id = (*id).min(n.id))
+                    .or_insert(n.id);
+            }
+        }
+        let taken: HashSet<u32> = observed.nexthops.iter().map(|n| n.id).collect();
+        let (mut next, last) = nexthop_id_range(proto);
+        self.nh_ids.reserve(desired.routes.len());
+        self.nh_keep.reserve(desired.routes.len());
+        for r in &desired.routes {
+            let Some(key) = NhKey::of_spec(r) else {
+                continue;
+            };
+            if self.nh_ids.contains_key(&key) {
+                continue;
+            }
+            let existing = owned.get(&key).copied();
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    while next <= last && taken.contains(&next) {
+                        next += 1;
+                    }
+                    if next > last {
+                        // Its routes report it (no id for them).
+                        continue;
+                    }
+                    next += 1;
+                    next - 1
+                }
+            };
+            self.nh_ids.insert(key, id);
+            self.nh_keep.insert(id);
+            let reason = match (self.dev_state(key.dev), existing) {
+                (DevState::Blocked, _) | (DevState::Present, Some(_)) => continue,
+                (DevState::Fresh, Some(_)) => format!("recreate with {} ({})", key.dev, r.origin),
+                (_, None) => format!("missing ({})", r.origin),
+            };
+            self.change(
+                ChangeKind::Add,
+                describe_nexthop(id, Some(key.via), Some(key.dev), key.onlink),
+                reason,
+                Op::SetNexthop(NexthopOp {
+                    id,
+                    via: key.via,
+                    dev: key.dev.to_string(),
+                    onlink: key.onlink,
+                    protocol: proto,
+                }),
+            );
+        }
+    }
+
+    /// Owned nexthops no route keeps: removed once the routes moved off
+    /// them. Those on a device being (re)created vanish with it.
+    fn stale_nexthops(&mut self) {
+        let proto = self.desired.engine.route_protocol;
+        let mut stale = Vec::new();
+        for n in &self.observed.nexthops {
+            let gone_with_dev = n
+                .dev
+                .as_deref()
+                .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh));
+            if n.protocol != proto || self.nh_keep.contains(&n.id) || gone_with_dev {
+                continue;
+            }
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: describe_nexthop(n.id, n.via, n.dev.as_deref(), n.onlink),
+                reason: format!("unused (nexthop protocol {proto})"),
+                op: Op::DelNexthop { id: n.id },
+            });
+        }
+        self.push_sorted(stale);
+    }
+
     fn routes(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
         let proto = desired.engine.route_protocol;
-        let have: HashMap<RouteKey, &RouteState> = self
-            .observed
+        let have: HashMap<RouteKey, &RouteState> = observed
             .routes
             .iter()
             .map(|r| (route_key_state(r), r))
             .collect();
-        let mut want: BTreeSet<RouteKey> = BTreeSet::new();
+        let mut want: HashSet<RouteKey> = set_with_capacity(desired.routes.len());
+        let mut unavailable = 0usize;
         for r in &desired.routes {
             want.insert(route_key_spec(r));
-            if let Some(dev) = r.dev.as_deref()
-                && self.skip_if_blocked(dev, "route")
-            {
-                continue;
-            }
-            let object =
-                describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
-            let op = Op::SetRoute(route_op_from_spec(r, proto));
+            let blocked = r
+                .dev
+                .as_deref()
+                .is_some_and(|d| self.skip_if_blocked(d, "route"));
+            let key = NhKey::of_spec(r);
+            let nhid = match (self.style, key) {
+                (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
+                    Some(id) => Some(*id),
+                    None => {
+                        // No free id left (reported once, below).
+                        unavailable += 1;
+                        continue;
+                    }
+                },
+                (RouteStyle::Unavailable, Some(_)) if !blocked => {
+                    unavailable += 1;
+                    continue;
+                }
+                _ => None,
+            };
             let fresh = r
                 .dev
                 .as_deref()
@@ -542,36 +786,63 @@ impl<'a> Planner<'a> {
             let cur = if fresh {
                 None
             } else {
-                have.get(&route_key_spec(r))
+                have.get(&route_key_spec(r)).copied()
+            };
+            if blocked {
+                // Left as it is, and so is the nexthop it uses.
+                if let Some(id) = cur.and_then(|c| c.nhid) {
+                    self.nh_keep.insert(id);
+                }
+                continue;
+            }
+            let describe = || {
+                let mut s =
+                    describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
+                if let Some(id) = nhid {
+                    let _ = write!(s, " nhid {id}");
+                }
+                s
+            };
+            let op = || {
+                let mut op = route_op_from_spec(r, proto);
+                op.nhid = nhid;
+                Op::SetRoute(op)
             };
             let Some(c) = cur else {
                 self.change(
                     ChangeKind::Add,
-                    object,
+                    describe(),
                     format!("missing ({})", r.origin),
-                    op,
+                    op(),
                 );
                 continue;
             };
             let mut diffs = Vec::new();
-            if c.via != r.via {
-                diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
+            if c.nhid != nhid {
+                diffs.push(format!("nhid {} → {}", opt(c.nhid), opt(nhid)));
             }
-            // A route without `dev` lets the kernel pick the device; only a
-            // declared device is compared.
-            if r.dev.is_some() && c.dev != r.dev {
-                diffs.push(format!(
-                    "dev {} → {}",
-                    opt(c.dev.as_deref()),
-                    opt(r.dev.as_deref())
-                ));
-            }
-            if c.onlink != r.onlink {
-                diffs.push(format!(
-                    "onlink {} → {}",
-                    on_off(c.onlink),
-                    on_off(r.onlink)
-                ));
+            // Through our nexthop, gateway/device/onlink are the nexthop's
+            // (planned on its own); compared only for classic routes.
+            if nhid.is_none() {
+                if c.via != r.via {
+                    diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
+                }
+                // A route without `dev` lets the kernel pick the device; only a
+                // declared device is compared.
+                if r.dev.is_some() && c.dev != r.dev {
+                    diffs.push(format!(
+                        "dev {} → {}",
+                        opt(c.dev.as_deref()),
+                        opt(r.dev.as_deref())
+                    ));
+                }
+                if c.onlink != r.onlink {
+                    diffs.push(format!(
+                        "onlink {} → {}",
+                        on_off(c.onlink),
+                        on_off(r.onlink)
+                    ));
+                }
             }
             if c.src != r.src {
                 diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
@@ -580,8 +851,24 @@ impl<'a> Planner<'a> {
                 diffs.push(format!("proto {} → {proto}", c.protocol));
             }
             if !diffs.is_empty() {
-                self.change(ChangeKind::Modify, object, diffs.join(", "), op);
+                self.change(ChangeKind::Modify, describe(), diffs.join(", "), op());
             }
+        }
+        if unavailable > 0 {
+            let reason = if self.style == RouteStyle::Unavailable {
+                "[engine] nexthops = \"on\", but this kernel has no nexthop objects (Linux ≥ 5.3 has them): set nexthops = \"auto\" to fall back to classic routes".to_string()
+            } else {
+                let (first, last) = nexthop_id_range(proto);
+                format!("no free nexthop id left in {first}–{last}")
+            };
+            self.blocked.push(Blocked {
+                object: if unavailable == 1 {
+                    "1 route with a gateway".to_string()
+                } else {
+                    format!("{unavailable} routes with a gateway")
+                },
+                reason,
+            });
         }
         let mut stale = Vec::new();
         for r in &observed.routes {
@@ -605,14 +892,7 @@ impl<'a> Planner<'a> {
             };
             stale.push(Change {
                 kind: ChangeKind::Remove,
-                object: describe_route(
-                    &r.dst,
-                    r.via,
-                    r.dev.as_deref(),
-                    r.onlink,
-                    r.table,
-                    r.metric,
-                ),
+                object: describe_route_state(r),
                 reason,
                 op: Op::DelRoute(route_op_from_state(r)),
             });
@@ -663,12 +943,18 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
         devs: BTreeMap::new(),
         mtus: BTreeMap::new(),
         skipped: BTreeMap::new(),
+        style: RouteStyle::Classic,
+        nh_ids: HashMap::default(),
+        nh_keep: HashSet::default(),
     };
+    p.style = p.route_style();
     p.vxlans();
     p.addresses();
     p.neighbors();
     p.fdb();
+    p.nexthops();
     p.routes();
+    p.stale_nexthops();
     p.summarize_skipped();
     // Stable sort: stage order, and within a stage the order above
     // (declaration order for additions, sorted for removals).
@@ -707,13 +993,28 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
         .filter(|r| r.protocol == proto && !r.dev.as_deref().is_some_and(|d| removed.contains(d)))
         .map(|r| Change {
             kind: ChangeKind::Remove,
-            object: describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+            object: describe_route_state(r),
             reason: format!("cleanup (route protocol {proto})"),
             op: Op::DelRoute(route_op_from_state(r)),
         })
         .collect();
     routes.sort_by(|a, b| a.object.cmp(&b.object));
     plan.changes.extend(routes);
+    // Nexthops after the routes (deleting one deletes the routes using it);
+    // those on removed devices go with them.
+    let mut nexthops: Vec<Change> = observed
+        .nexthops
+        .iter()
+        .filter(|n| n.protocol == proto && !n.dev.as_deref().is_some_and(|d| removed.contains(d)))
+        .map(|n| Change {
+            kind: ChangeKind::Remove,
+            object: describe_nexthop(n.id, n.via, n.dev.as_deref(), n.onlink),
+            reason: format!("cleanup (nexthop protocol {proto})"),
+            op: Op::DelNexthop { id: n.id },
+        })
+        .collect();
+    nexthops.sort_by(|a, b| a.object.cmp(&b.object));
+    plan.changes.extend(nexthops);
     plan.changes.sort_by_key(|c| c.op.stage());
     plan
 }

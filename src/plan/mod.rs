@@ -39,6 +39,22 @@ pub struct RouteOp {
     pub src: Option<IpAddr>,
     pub metric: Option<u32>,
     pub protocol: u8,
+    /// Through nexthop object `nhid` (`ip route ... nhid N`): the kernel
+    /// takes gateway, device and onlink from it; `via`/`dev`/`onlink` above
+    /// then only describe it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nhid: Option<u32>,
+}
+
+/// A gateway nexthop object as netconverge creates it
+/// (`ip nexthop add id ID via VIA dev DEV [onlink] proto PROTOCOL`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NexthopOp {
+    pub id: u32,
+    pub via: IpAddr,
+    pub dev: String,
+    pub onlink: bool,
+    pub protocol: u8,
 }
 
 /// One kernel/file/rule-set operation.
@@ -84,6 +100,13 @@ pub enum Op {
         mac: Mac,
         dst: Option<IpAddr>,
     },
+    /// Create a nexthop object under an id that was free when observed
+    /// (never overwrites one: a taken id fails and the next round re-plans).
+    SetNexthop(NexthopOp),
+    /// Remove a nexthop object (the kernel drops routes still using it).
+    DelNexthop {
+        id: u32,
+    },
     /// Add or replace a route.
     SetRoute(RouteOp),
     DelRoute(RouteOp),
@@ -104,7 +127,13 @@ pub enum Stage {
     /// the kernel drop every IPv4 route through it.
     PruneAddresses,
     L2,
+    /// After L2 (the kernel never has to ARP for a gateway), before the
+    /// routes that use them.
+    Nexthops,
     Routes,
+    /// After the routes moved off them: deleting a nexthop deletes every
+    /// route still using it.
+    PruneNexthops,
     Nat,
     Lease,
 }
@@ -121,7 +150,9 @@ impl Op {
             Op::SetLink { .. } => Stage::SetLinks,
             Op::AddAddress { .. } => Stage::Addresses,
             Op::SetNeighbor { .. } | Op::AddFdb { .. } => Stage::L2,
+            Op::SetNexthop(_) => Stage::Nexthops,
             Op::SetRoute(_) => Stage::Routes,
+            Op::DelNexthop { .. } => Stage::PruneNexthops,
             Op::Nat(_) => Stage::Nat,
             Op::Lease(_) => Stage::Lease,
         }

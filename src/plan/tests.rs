@@ -203,6 +203,7 @@ fn converged(d: &Desired, base: &Observed) -> Observed {
                 IpNet::V6(_) => Some(1024),
             },
             protocol: ROUTE_PROTOCOL,
+            nhid: None,
         });
     }
     o
@@ -302,6 +303,7 @@ fn each_kind_of_drift() {
         src: None,
         metric: None,
         protocol: 4,
+        nhid: None,
     });
     insta::assert_snapshot!(plan(&d, &o).to_string());
 }
@@ -385,6 +387,7 @@ fn foreign_objects_are_untouched() {
         src: None,
         metric: None,
         protocol,
+        nhid: None,
     };
     // static route on the underlay, a user's route on the other VXLAN, the
     // kernel's connected route on our device, an RA route on our device
@@ -481,6 +484,7 @@ fn cleanup_removes_only_owned() {
         src: None,
         metric: None,
         protocol: 4,
+        nhid: None,
     });
     o.routes.push(RouteState {
         table: 100,
@@ -491,6 +495,7 @@ fn cleanup_removes_only_owned() {
         src: None,
         metric: None,
         protocol: ROUTE_PROTOCOL,
+        nhid: None,
     });
     insta::assert_snapshot!(cleanup_plan(&d, &o).to_string());
 }
@@ -519,4 +524,291 @@ fn ten_thousand_peers_plan_in_sync() {
     assert!(plan(&d, &o).in_sync());
     let empty = plan(&d, &host(&["192.0.2.1/24"]));
     assert_eq!(empty.changes.len(), 2 + 3 * 10_002);
+}
+
+/// Routes through kernel nexthop objects (`[engine] nexthops`).
+mod nexthops {
+    use super::*;
+
+    const NH: u32 = 199_000_001;
+
+    fn node(mode: NexthopMode) -> Desired {
+        let mut d = ipv4_node();
+        d.engine.nexthops = mode;
+        d
+    }
+
+    /// A kernel with nexthop objects (Linux ≥ 5.3).
+    fn nh_host() -> Observed {
+        let mut o = host(&["192.0.2.1/24"]);
+        o.nexthop_objects = true;
+        o
+    }
+
+    fn nexthop(id: u32, via: &str, dev: &str, protocol: u8) -> NexthopState {
+        NexthopState {
+            id,
+            via: Some(ip(via)),
+            dev: Some(dev.into()),
+            onlink: true,
+            protocol,
+        }
+    }
+
+    /// What a converge with nexthop objects leaves: one owned nexthop per
+    /// gateway (ids from `first`), every gateway route through it, with the
+    /// gateway/device the kernel reports in compat mode.
+    fn converged_nh(d: &Desired, first: u32) -> Observed {
+        let mut o = converged(d, &nh_host());
+        let mut next = first;
+        for r in o.routes.iter_mut() {
+            let (Some(via), Some(dev)) = (r.via, r.dev.clone()) else {
+                continue;
+            };
+            o.nexthops
+                .push(nexthop(next, &via.to_string(), &dev, ROUTE_PROTOCOL));
+            r.nhid = Some(next);
+            next += 1;
+        }
+        o
+    }
+
+    fn stages(p: &Plan) -> Vec<Stage> {
+        p.changes.iter().map(|c| c.op.stage()).collect()
+    }
+
+    #[test]
+    fn empty_to_full_with_nexthops() {
+        let p = plan(&node(NexthopMode::Auto), &nh_host());
+        insta::assert_snapshot!(p.to_string());
+        let mut sorted = stages(&p);
+        sorted.sort();
+        assert_eq!(stages(&p), sorted);
+        let route = p
+            .changes
+            .iter()
+            .find_map(|c| match &c.op {
+                Op::SetRoute(r) => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(route.nhid, Some(NH));
+    }
+
+    #[test]
+    fn converged_with_nexthops_plans_nothing() {
+        let d = node(NexthopMode::On);
+        let p = plan(&d, &converged_nh(&d, NH));
+        assert!(p.in_sync(), "{p}");
+        // owned ids are reused wherever they are, not re-derived
+        let p = plan(&d, &converged_nh(&d, NH + 500));
+        assert!(p.in_sync(), "{p}");
+    }
+
+    #[test]
+    fn auto_without_kernel_support_is_exactly_classic() {
+        let o = host(&["192.0.2.1/24"]);
+        assert!(!o.nexthop_objects);
+        assert_eq!(
+            plan(&node(NexthopMode::Auto), &o),
+            plan(&node(NexthopMode::Off), &o)
+        );
+        // ... and so is "off" on a kernel that has them
+        let mut classic = plan(&node(NexthopMode::Off), &nh_host());
+        let on_old_kernel = plan(&node(NexthopMode::Off), &o);
+        assert_eq!(classic, on_old_kernel);
+        classic
+            .changes
+            .retain(|c| matches!(c.op, Op::SetNexthop(_)));
+        assert!(classic.changes.is_empty());
+    }
+
+    #[test]
+    fn on_without_kernel_support_blocks_gateway_routes_only() {
+        let p = plan(&node(NexthopMode::On), &host(&["192.0.2.1/24"]));
+        insta::assert_snapshot!(p.to_string());
+        assert!(
+            p.changes
+                .iter()
+                .all(|c| !matches!(c.op, Op::SetRoute(_) | Op::SetNexthop(_)))
+        );
+    }
+
+    #[test]
+    fn new_ids_skip_every_taken_id_and_foreign_nexthops_stay() {
+        let mut d = node(NexthopMode::Auto);
+        let mut o = converged_nh(&d, NH + 1);
+        // A foreign nexthop on the first free id, one with exactly our
+        // gateway/device (not ours: never reused), a foreign group.
+        o.nexthops.push(nexthop(NH, "198.18.4.0", "flannel.1", 4));
+        o.nexthops
+            .push(nexthop(NH + 3, "198.18.4.0", "flannel.1", 4));
+        o.nexthops.push(NexthopState {
+            id: 7,
+            via: None,
+            dev: None,
+            onlink: false,
+            protocol: 0,
+        });
+        add_peer(
+            &mut d,
+            "flannel.1",
+            "198.18.4.0/24",
+            "192.0.2.4",
+            "02:00:00:00:00:04",
+        );
+        add_peer(
+            &mut d,
+            "flannel.1",
+            "198.18.5.0/24",
+            "192.0.2.5",
+            "02:00:00:00:00:05",
+        );
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(
+            p.changes
+                .iter()
+                .all(|c| !matches!(c.op, Op::DelNexthop { .. })),
+            "foreign nexthops are never removed: {p}"
+        );
+    }
+
+    #[test]
+    fn classic_to_nexthops_moves_routes_after_creating_them() {
+        let d = node(NexthopMode::Auto);
+        let mut o = converged(&d, &nh_host());
+        o.nexthop_objects = true;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            stages(&p),
+            [
+                Stage::Nexthops,
+                Stage::Nexthops,
+                Stage::Routes,
+                Stage::Routes
+            ]
+        );
+    }
+
+    #[test]
+    fn nexthops_to_classic_removes_them_after_the_routes_moved() {
+        let d = node(NexthopMode::Auto);
+        let o = converged_nh(&d, NH);
+        let p = plan(&node(NexthopMode::Off), &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            stages(&p),
+            [
+                Stage::Routes,
+                Stage::Routes,
+                Stage::PruneNexthops,
+                Stage::PruneNexthops
+            ]
+        );
+    }
+
+    #[test]
+    fn each_kind_of_nexthop_drift() {
+        let mut d = node(NexthopMode::Auto);
+        let mut o = converged_nh(&d, NH);
+        // Peer 3 left the cluster: its route and nexthop are stale. Peer 2's
+        // route was pointed at someone else's nexthop by hand, and a
+        // duplicate of its nexthop appeared (higher id: unused).
+        d.neighbors.retain(|n| n.ip != ip("198.18.3.0"));
+        d.fdb.retain(|f| f.dst != ip("192.0.2.3"));
+        d.routes.retain(|r| r.dst != net("198.18.3.0/24"));
+        o.nexthops
+            .push(nexthop(NH + 50, "198.18.2.0", "flannel.1", 4));
+        o.nexthops
+            .push(nexthop(NH + 60, "198.18.2.0", "flannel.1", ROUTE_PROTOCOL));
+        o.routes[0].nhid = Some(NH + 50);
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let del = p
+            .changes
+            .iter()
+            .find_map(|c| match &c.op {
+                Op::DelRoute(r) => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            del.nhid,
+            Some(NH + 1),
+            "the kernel matches an IPv4 route through a nexthop only by its id"
+        );
+    }
+
+    #[test]
+    fn recreated_vxlan_gets_its_nexthops_back_under_the_same_ids() {
+        let d = node(NexthopMode::Auto);
+        let mut o = converged_nh(&d, NH + 10);
+        o.links.get_mut("eth0").unwrap().index = 42;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+    }
+
+    #[test]
+    fn blocked_device_keeps_its_nexthops() {
+        let d = node(NexthopMode::Auto);
+        let mut o = converged_nh(&d, NH);
+        o.links.get_mut("flannel.1").unwrap().kind = "bridge".into();
+        let p = plan(&d, &o);
+        assert!(
+            p.changes.iter().all(|c| !matches!(
+                c.op,
+                Op::DelNexthop { .. } | Op::SetNexthop(_) | Op::DelRoute(_)
+            )),
+            "{p}"
+        );
+        assert!(!p.blocked.is_empty());
+    }
+
+    #[test]
+    fn cleanup_removes_owned_nexthops_too() {
+        let d = node(NexthopMode::Auto);
+        let mut o = converged_nh(&d, NH);
+        o.nexthops
+            .push(nexthop(NH + 9, "192.0.2.254", "eth0", ROUTE_PROTOCOL));
+        o.nexthops.push(nexthop(NH + 8, "192.0.2.253", "eth0", 4));
+        insta::assert_snapshot!(cleanup_plan(&d, &o).to_string());
+    }
+
+    #[test]
+    fn dual_stack_ten_thousand_peers_in_sync_with_nexthops() {
+        let mut d = dual_node();
+        d.engine.nexthops = NexthopMode::Auto;
+        for i in 0..10_000u32 {
+            add_peer(
+                &mut d,
+                "flannel.1",
+                &format!("100.{}.{}.0/24", 64 + (i >> 8), i & 0xff),
+                "192.0.2.2",
+                &format!("02:01:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
+            );
+        }
+        let mut base = dual_host();
+        base.nexthop_objects = true;
+        let mut o = converged(&d, &base);
+        for (i, r) in o.routes.iter_mut().enumerate() {
+            let id = NH + i as u32;
+            o.nexthops.push(nexthop(
+                id,
+                &r.via.unwrap().to_string(),
+                r.dev.as_deref().unwrap(),
+                ROUTE_PROTOCOL,
+            ));
+            r.nhid = Some(id);
+        }
+        assert!(plan(&d, &o).in_sync());
+        let empty = plan(&d, &base);
+        let nexthops = empty
+            .changes
+            .iter()
+            .filter(|c| matches!(c.op, Op::SetNexthop(_)))
+            .count();
+        assert_eq!(nexthops, 10_003);
+    }
 }

@@ -1,0 +1,387 @@
+//! Bulk kernel writes over one dedicated rtnetlink socket: requests packed
+//! many to a datagram, without `NLM_F_ACK` (the kernel answers only
+//! failures), and a `NLMSG_NOOP` barrier carrying `NLM_F_ACK` at the end of
+//! every window. The kernel handles a socket's requests in order, inside
+//! the sending syscall, so once the barrier is acknowledged every NACK of
+//! the window has been read: a request without one succeeded.
+//!
+//! Invariant: every request gets exactly one verdict. A window is never
+//! larger than the receive buffer can hold NACKs for; if replies are lost
+//! anyway (ENOBUFS, timeout, a failed send) the requests without a verdict
+//! are reported as [`BulkError::Lost`], never as applied.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_NOOP, NetlinkBuffer, NetlinkSerializable,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
+
+use crate::netlink::REQUEST_TIMEOUT;
+use crate::nexthop::NexthopNetlinkMessage;
+
+/// Datagrams are flushed once they reach this size (the kernel accepts up
+/// to the socket's send buffer, 208 KiB by default).
+const DATAGRAM_BYTES: usize = 64 << 10;
+/// Receive-buffer bytes budgeted per outstanding NACK (its skb's truesize
+/// is well under this).
+const BYTES_PER_REPLY: usize = 1024;
+const MAX_WINDOW: usize = 4096;
+
+/// One request of a bulk run: the message and its `NLM_F_*` flags
+/// (`NLM_F_ACK` is dropped: only failures are answered).
+#[derive(Debug, Clone)]
+pub enum BulkRequest {
+    Route(RouteNetlinkMessage, u16),
+    Nexthop(NexthopNetlinkMessage, u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BulkError {
+    /// The kernel refused the request with this errno (positive).
+    #[error("{}", io::Error::from_raw_os_error(*.0))]
+    Nack(i32),
+    /// The outcome is unknown (the next observation tells).
+    #[error("outcome unknown: {0}")]
+    Lost(String),
+}
+
+pub struct BulkSocket {
+    socket: TokioSocket,
+    seq: AtomicU32,
+    window: usize,
+    /// One run at a time: replies are matched by sequence number within
+    /// the current window only.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for BulkSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkSocket")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BulkSocket {
+    /// Open in the calling thread's network namespace; needs a tokio
+    /// runtime with I/O enabled. `rx_buffer` is asked for as SO_RCVBUF and
+    /// sizes the window.
+    pub fn open(rx_buffer: usize) -> io::Result<BulkSocket> {
+        let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
+        let s = socket.socket_mut();
+        s.bind_auto()?;
+        let rx = i32::try_from(rx_buffer).unwrap_or(i32::MAX);
+        if let Err(e) = s.set_rx_buf_sz(rx) {
+            tracing::debug!("bulk socket SO_RCVBUF {rx}: {e}");
+        }
+        if let Err(e) = s.set_cap_ack(true) {
+            tracing::debug!("bulk socket NETLINK_CAP_ACK: {e}");
+        }
+        // The kernel reports twice what it grants (room for bookkeeping);
+        // budget on the granted half, and keep room for the barrier's ACK.
+        let granted = s.get_rx_buf_sz().unwrap_or(0) / 2;
+        let window = (granted / BYTES_PER_REPLY)
+            .saturating_sub(1)
+            .clamp(1, MAX_WINDOW);
+        tracing::trace!(granted, window, "bulk netlink socket open");
+        Ok(BulkSocket {
+            socket,
+            seq: AtomicU32::new(1),
+            window,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Requests per window (at most this many NACKs can be outstanding).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Override the window (tests: force replies to overflow the buffer).
+    #[doc(hidden)]
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Send every request, in order; one verdict per request, in order.
+    pub async fn run(&self, requests: &[BulkRequest]) -> Vec<Result<(), BulkError>> {
+        let _one_at_a_time = self.lock.lock().await;
+        let mut verdicts = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(self.window) {
+            verdicts.extend(self.window_run(chunk).await);
+        }
+        verdicts
+    }
+
+    async fn window_run(&self, chunk: &[BulkRequest]) -> Vec<Result<(), BulkError>> {
+        let n = chunk.len();
+        let count = u32::try_from(n + 1).unwrap_or(u32::MAX);
+        let first = self.seq.fetch_add(count, Ordering::Relaxed);
+        let barrier = first.wrapping_add(count - 1);
+        let mut verdicts: Vec<Option<Result<(), BulkError>>> = vec![None; n];
+
+        let mut buf = Vec::with_capacity(DATAGRAM_BYTES + 4096);
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, req) in chunk.iter().enumerate() {
+            let seq = first.wrapping_add(u32::try_from(i).unwrap_or(u32::MAX));
+            encode(req, seq, &mut buf);
+            pending.push(i);
+            if buf.len() >= DATAGRAM_BYTES {
+                self.flush(&mut buf, &mut pending, &mut verdicts).await;
+            }
+        }
+        encode_barrier(barrier, &mut buf);
+        let barrier_sent = self.flush(&mut buf, &mut pending, &mut verdicts).await;
+
+        let lost = if barrier_sent {
+            match tokio::time::timeout(REQUEST_TIMEOUT, self.drain(first, barrier, &mut verdicts))
+                .await
+            {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("netlink replies lost: {e}")),
+                Err(_) => Some(format!(
+                    "no reply from the kernel within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+            }
+        } else {
+            Some("the barrier could not be sent".to_string())
+        };
+        verdicts
+            .into_iter()
+            .map(|v| match (v, &lost) {
+                (Some(v), _) => v,
+                (None, None) => Ok(()),
+                (None, Some(why)) => Err(BulkError::Lost(why.clone())),
+            })
+            .collect()
+    }
+
+    /// Send the datagram in `buf`; if the kernel refuses it, none of its
+    /// requests ran. Returns whether it was sent.
+    async fn flush(
+        &self,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<usize>,
+        verdicts: &mut [Option<Result<(), BulkError>>],
+    ) -> bool {
+        let sent = self.socket.send(buf).await;
+        let ok = matches!(&sent, Ok(len) if *len == buf.len());
+        if !ok {
+            let why = match sent {
+                Ok(len) => format!("short netlink send ({len} of {} bytes)", buf.len()),
+                Err(e) => format!("netlink send failed: {e}"),
+            };
+            for &i in pending.iter() {
+                if let Some(v) = verdicts.get_mut(i) {
+                    *v = Some(Err(BulkError::Lost(why.clone())));
+                }
+            }
+        }
+        buf.clear();
+        pending.clear();
+        ok
+    }
+
+    /// Read replies until a barrier's ACK, recording NACKs.
+    async fn drain(
+        &self,
+        first: u32,
+        barrier: u32,
+        verdicts: &mut [Option<Result<(), BulkError>>],
+    ) -> io::Result<()> {
+        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut overrun = None;
+        let mut barriers = vec![barrier];
+        // After an overrun: read what is queued without waiting, then ask
+        // for a new barrier (its ACK has room then; the first one's ACK may
+        // have been dropped with the other replies).
+        let mut resync = false;
+        loop {
+            buf.clear();
+            let received = if resync {
+                self.socket
+                    .socket_ref()
+                    .recv(&mut buf, libc::MSG_DONTWAIT)
+                    .map(|_| ())
+            } else {
+                self.socket.recv(&mut buf).await
+            };
+            match received {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    overrun = Some(e);
+                    resync = true;
+                    continue;
+                }
+                Err(e) if resync && e.kind() == io::ErrorKind::WouldBlock => {
+                    let again = self.seq.fetch_add(1, Ordering::Relaxed);
+                    let mut b = Vec::new();
+                    encode_barrier(again, &mut b);
+                    self.socket.send(&b).await?;
+                    barriers.push(again);
+                    resync = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            for (seq, code) in replies(&buf) {
+                if barriers.contains(&seq) {
+                    return overrun.map_or(Ok(()), Err);
+                }
+                let i = seq.wrapping_sub(first) as usize;
+                if let (Some(v), Some(code)) = (verdicts.get_mut(i), code) {
+                    *v = Some(Err(BulkError::Nack(code)));
+                }
+            }
+        }
+    }
+}
+
+/// (sequence number, errno if a NACK) of every NLMSG_ERROR in a datagram.
+fn replies(datagram: &[u8]) -> Vec<(u32, Option<i32>)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = datagram.get(offset..).filter(|r| !r.is_empty()) {
+        let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
+            break;
+        };
+        let len = msg.length() as usize;
+        if msg.message_type() == NLMSG_ERROR {
+            let code = msg
+                .payload()
+                .get(..4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, i32::from_ne_bytes);
+            out.push((
+                msg.sequence_number(),
+                (code != 0).then(|| code.saturating_abs()),
+            ));
+        }
+        // messages are 4-byte aligned
+        let step = (len + 3) & !3;
+        if step == 0 {
+            break;
+        }
+        offset += step;
+    }
+    out
+}
+
+/// Append one netlink message (header + `inner`) to `buf`.
+fn put(message_type: u16, flags: u16, seq: u32, inner: Option<&dyn Inner>, buf: &mut Vec<u8>) {
+    let inner_len = inner.map_or(0, |m| m.len());
+    let total = HEADER_LEN + inner_len;
+    let start = buf.len();
+    buf.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_ne_bytes());
+    buf.extend_from_slice(&message_type.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    buf.resize(start + ((total + 3) & !3), 0);
+    if let (Some(m), Some(dst)) = (inner, buf.get_mut(start + HEADER_LEN..start + total)) {
+        m.write(dst);
+    }
+}
+
+const HEADER_LEN: usize = 16;
+
+/// A message payload that can be written in place (no copy of the message).
+trait Inner {
+    fn len(&self) -> usize;
+    fn write(&self, dst: &mut [u8]);
+}
+
+impl<T: NetlinkSerializable> Inner for T {
+    fn len(&self) -> usize {
+        self.buffer_len()
+    }
+    fn write(&self, dst: &mut [u8]) {
+        self.serialize(dst);
+    }
+}
+
+/// Requests carry `NLM_F_REQUEST` and never `NLM_F_ACK`.
+fn request_flags(flags: u16) -> u16 {
+    (flags | NLM_F_REQUEST) & !NLM_F_ACK
+}
+
+fn encode(req: &BulkRequest, seq: u32, buf: &mut Vec<u8>) {
+    match req {
+        BulkRequest::Route(m, flags) => {
+            put(m.message_type(), request_flags(*flags), seq, Some(m), buf)
+        }
+        BulkRequest::Nexthop(m, flags) => {
+            put(m.message_type(), request_flags(*flags), seq, Some(m), buf)
+        }
+    }
+}
+
+/// `NLMSG_NOOP` with `NLM_F_ACK`: the kernel skips it and acknowledges.
+fn encode_barrier(seq: u32, buf: &mut Vec<u8>) {
+    put(NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, seq, None, buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
+    fn error_reply(seq: u32, code: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes()); // length
+        b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(&code.to_ne_bytes());
+        b.extend_from_slice(&[0u8; 16]); // the request's header (CAP_ACK)
+        b
+    }
+
+    #[test]
+    fn replies_are_read_by_sequence_number() {
+        let mut d = error_reply(7, -libc::EEXIST);
+        d.extend(error_reply(9, 0));
+        assert_eq!(replies(&d), [(7, Some(libc::EEXIST)), (9, None)]);
+        assert!(replies(&d[..10]).is_empty(), "truncated: nothing, no panic");
+        assert!(replies(&[]).is_empty());
+    }
+
+    #[test]
+    fn requests_never_ask_for_an_ack_and_the_barrier_does() {
+        let mut buf = Vec::new();
+        let msg = RouteNetlinkMessage::DelRoute(Default::default());
+        encode(
+            &BulkRequest::Route(msg, NLM_F_REQUEST | NLM_F_ACK),
+            5,
+            &mut buf,
+        );
+        let first = NetlinkBuffer::new_checked(&buf[..]).unwrap();
+        assert_eq!(first.flags() & NLM_F_ACK, 0);
+        assert_eq!(first.sequence_number(), 5);
+        // byte for byte what netlink-packet-core would emit
+        let mut h = NetlinkHeader::default();
+        h.flags = NLM_F_REQUEST;
+        h.sequence_number = 5;
+        let mut m = NetlinkMessage::new(
+            h,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(Default::default())),
+        );
+        m.finalize();
+        let mut want = vec![0u8; m.buffer_len()];
+        m.serialize(&mut want);
+        assert_eq!(&buf[..want.len()], &want[..]);
+        let at = buf.len();
+        encode_barrier(6, &mut buf);
+        let barrier = NetlinkBuffer::new_checked(&buf[at..]).unwrap();
+        assert_eq!(barrier.message_type(), NLMSG_NOOP);
+        assert_eq!(barrier.flags(), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(barrier.length() as usize, buf.len() - at);
+    }
+}
