@@ -156,29 +156,35 @@ fn is_bulk(op: &Op) -> bool {
     )
 }
 
+/// The object operations of one stage through the bulk socket, one window
+/// of requests built at a time (40 000 prebuilt messages would be most of a
+/// pass's peak memory).
 async fn run_bulk<'a>(
     handle: &Handle,
     links: &HashMap<String, u32>,
     changes: Vec<(usize, &'a Change)>,
 ) -> Vec<Outcome<'a>> {
     let mut out = Vec::with_capacity(changes.len());
-    let mut requests = Vec::with_capacity(changes.len());
-    let mut sent = Vec::with_capacity(changes.len());
-    for (i, c) in changes {
-        match bulk_request(links, &c.op) {
-            Ok(r) => {
-                requests.push(r);
-                sent.push((i, c));
+    let window = handle.bulk().window();
+    for chunk in changes.chunks(window) {
+        let mut requests = Vec::with_capacity(chunk.len());
+        let mut sent = Vec::with_capacity(chunk.len());
+        for &(i, c) in chunk {
+            match bulk_request(links, &c.op) {
+                Ok(r) => {
+                    requests.push(r);
+                    sent.push((i, c));
+                }
+                Err(e) => out.push((i, c, settle(&c.op, Err(e)))),
             }
-            Err(e) => out.push((i, c, settle(&c.op, Err(e)))),
         }
-    }
-    if requests.is_empty() {
-        return out;
-    }
-    let verdicts = handle.bulk().run(&requests).await;
-    for ((i, c), v) in sent.into_iter().zip(verdicts) {
-        out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
+        if requests.is_empty() {
+            continue;
+        }
+        let verdicts = handle.bulk().run(&requests).await;
+        for ((i, c), v) in sent.into_iter().zip(verdicts) {
+            out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
+        }
     }
     out
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use rtnetlink::sys::AsyncSocket;
 
 use crate::bulk::BulkSocket;
-use crate::nexthop::{self, NexthopHandle};
 
 /// Requests kept in flight at once on one handle. Bounded so the ACKs the
 /// kernel queues for us always fit in the socket's receive buffer: a dropped
@@ -38,22 +37,17 @@ pub enum NetlinkError {
     Open(#[source] io::Error),
 }
 
-/// The kernel connection of one network namespace: rtnetlink for links
-/// and dumps, a socket for nexthop objects (which rtnetlink's message types
-/// do not cover, see [`crate::nexthop`]) and one for bulk writes
-/// ([`crate::bulk`]). Dereferences to the rtnetlink handle.
+/// The kernel connection of one network namespace: rtnetlink for links,
+/// and the bulk socket ([`crate::bulk`]) for dumps and every other object,
+/// nexthop objects included (which rtnetlink's message types do not cover,
+/// see [`crate::nexthop`]). Dereferences to the rtnetlink handle.
 #[derive(Debug, Clone)]
 pub struct Handle {
     route: rtnetlink::Handle,
-    nexthop: NexthopHandle,
     bulk: Arc<BulkSocket>,
 }
 
 impl Handle {
-    pub fn nexthop(&self) -> &NexthopHandle {
-        &self.nexthop
-    }
-
     pub fn bulk(&self) -> &BulkSocket {
         &self.bulk
     }
@@ -88,11 +82,9 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     }
     tracing::trace!(rx_buffer = ?socket.get_rx_buf_sz().ok(), "rtnetlink connected");
     runtime.spawn(connection);
-    let nexthop = nexthop::connect(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
     let bulk = BulkSocket::open(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
     Ok(Handle {
         route: handle,
-        nexthop,
         bulk: Arc::new(bulk),
     })
 }

@@ -44,6 +44,14 @@ struct Opts {
     idle_secs: u64,
     root: PathBuf,
     bin: PathBuf,
+    /// Sections to run (all when empty): initial, reconverge, memory.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn opts() -> Result<Opts> {
@@ -64,6 +72,7 @@ fn opts() -> Result<Opts> {
         idle_secs: 10,
         root: std::env::current_dir()?,
         bin: std::env::var_os("NETCONVERGE_BIN").map_or(bin, PathBuf::from),
+        only: Vec::new(),
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,7 +90,15 @@ fn opts() -> Result<Opts> {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| anyhow!("--reps needs a number"))?;
             }
-            other => bail!("unknown argument {other}; usage: bench [--quick] [--reps N]"),
+            "--only" => o.only.extend(
+                args.next()
+                    .ok_or_else(|| anyhow!("--only needs initial,reconverge,memory"))?
+                    .split(',')
+                    .map(str::to_owned),
+            ),
+            other => bail!(
+                "unknown argument {other}; usage: bench [--quick] [--reps N] [--only initial,reconverge,memory]"
+            ),
         }
     }
     Ok(o)
@@ -170,6 +187,7 @@ fn main() -> Result<()> {
         bail!("the benchmark creates network namespaces: run it as root");
     }
     let tmp = tempfile::tempdir()?;
+    let settle = Settle::new()?;
     let mut res = Results {
         machine: machine()?,
         reps: o.reps,
@@ -195,14 +213,14 @@ fn main() -> Result<()> {
             });
         }
     }
-    for case in cases {
+    for case in cases.into_iter().filter(|_| o.runs("initial")) {
         eprintln!(
             "initial converge / no-op check: {} peers {} nexthops={}",
             case.peers,
             case.family(),
             case.nexthops
         );
-        let s = initial(&o, tmp.path(), &case)?;
+        let s = initial(&o, tmp.path(), &case, &settle)?;
         eprintln!(
             "  converge {:.1} ms, ip/bridge -batch {:.1} ms, check {:.1} ms, dumps {:.1} ms",
             median(&s.converge_ms),
@@ -212,21 +230,25 @@ fn main() -> Result<()> {
         );
         res.initial.push((case, s));
     }
-    for &n in &o.reconverge_sizes {
+    for &n in o.reconverge_sizes.iter().filter(|_| o.runs("reconverge")) {
         for nh in ["auto", "off"] {
             eprintln!("re-convergence after underlay rebuild: {n} peers nexthops={nh}");
-            let r = reconverge(&o, tmp.path(), n, nh)?;
+            settle.wait()?;
+            let r = reconverge(&o, tmp.path(), n, nh, &settle)?;
             eprintln!("  median {:.1} ms ({:?})", median(&r.ms), r.ms);
             res.reconverge.push(r);
         }
     }
-    eprintln!("memory and idle CPU: {} peers", o.rss_size);
-    let m = memory(&o, tmp.path())?;
-    eprintln!(
-        "  converge peak RSS {:?} KiB, daemon RSS {} KiB, idle CPU {:.1} ms / {} s",
-        m.converge_peak_rss_kib, m.daemon_rss_kib, m.daemon_idle_cpu_ms, m.idle_secs
-    );
-    res.memory = Some(m);
+    if o.runs("memory") {
+        eprintln!("memory and idle CPU: {} peers", o.rss_size);
+        settle.wait()?;
+        let m = memory(&o, tmp.path(), &settle)?;
+        eprintln!(
+            "  converge peak RSS {:?} KiB, daemon RSS {} KiB, idle CPU {:.1} ms / {} s",
+            m.converge_peak_rss_kib, m.daemon_rss_kib, m.daemon_idle_cpu_ms, m.idle_secs
+        );
+        res.memory = Some(m);
+    }
 
     let bench_dir = o.root.join("bench");
     std::fs::create_dir_all(&bench_dir)?;
@@ -274,6 +296,46 @@ fn machine() -> Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
+/// Deleting a namespace full of objects makes the kernel flush them in a
+/// background worker that holds the rtnl lock for up to a second (40 000
+/// objects): any netlink request meanwhile waits. Before each timed run,
+/// wait until a probe request (`ip link show lo` in a spare namespace) is
+/// quick several times in a row, so no run pays for the previous one.
+struct Settle {
+    probe: Netns,
+    quick: Duration,
+}
+
+impl Settle {
+    fn new() -> Result<Settle> {
+        let probe = Netns::new(false, true)?;
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            times.push(ms(probe.timed(&["ip", "link", "show", "lo"], None)?.0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let base = median(&times);
+        Ok(Settle {
+            probe,
+            quick: Duration::from_secs_f64((3.0 * base + 5.0) / 1000.0),
+        })
+    }
+
+    fn wait(&self) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut in_a_row = 0;
+        while in_a_row < 3 {
+            let (t, _) = self.probe.timed(&["ip", "link", "show", "lo"], None)?;
+            in_a_row = if t <= self.quick { in_a_row + 1 } else { 0 };
+            if Instant::now() > end {
+                bail!("the kernel stayed busy for a minute (probe {t:?})");
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        Ok(())
+    }
+}
+
 fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     std::fs::write(&p, text)?;
@@ -293,7 +355,7 @@ fn our_routes(ns: &Netns) -> Result<usize> {
 
 /// (1) and (2) for one case: fresh namespaces, netconverge and iproute2
 /// batches alternating, then the no-op check against iproute2's dumps.
-fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
+fn initial(o: &Opts, tmp: &Path, case: &Case, settle: &Settle) -> Result<Samples> {
     let cfg = write_config(
         tmp,
         "converge.toml",
@@ -312,6 +374,7 @@ fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
     for rep in 0..o.reps {
         // netconverge, from an empty namespace
         let ns = Netns::new(case.dual, false)?;
+        settle.wait()?;
         let (t, out) = ns.timed(&[&bin, "-c", &cfg_s, "converge"], None)?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !text.contains("converged:") {
@@ -348,6 +411,7 @@ fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
 
         // the same objects through iproute2 batches
         let ns = Netns::new(case.dual, false)?;
+        settle.wait()?;
         let (a, _) = ns.timed(&["ip", "-batch", &ip_s], None)?;
         let (b, _) = ns.timed(&["bridge", "-batch", &bridge_s], None)?;
         s.batch_ms.push(ms(a + b));
@@ -392,7 +456,11 @@ fn device_batch(dual: bool) -> String {
 /// A `netconverge run` with NOTIFY_SOCKET pointing at our socket.
 struct Daemon {
     child: std::process::Child,
-    notify: UnixDatagram,
+    /// Fed by a thread that reads the notify socket all the time, as
+    /// systemd does: the kernel queues only a few datagrams, and a full
+    /// queue would block the daemon's sd_notify.
+    notify: mpsc::Receiver<String>,
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -400,7 +468,8 @@ impl Daemon {
         let sock_path = dir.join(format!("notify-{}.sock", ns.name));
         let _ = std::fs::remove_file(&sock_path);
         let notify = UnixDatagram::bind(&sock_path)?;
-        let log = std::fs::File::create(dir.join(format!("daemon-{}.log", ns.name)))?;
+        let log_path = dir.join(format!("daemon-{}.log", ns.name));
+        let log = std::fs::File::create(&log_path)?;
         let args = vec![
             o.bin.to_string_lossy().into_owned(),
             "-c".into(),
@@ -412,23 +481,36 @@ impl Daemon {
             sock_path.to_string_lossy().into_owned(),
         )];
         let child = ns.spawn(&args, &env, log)?;
-        let mut d = Daemon { child, notify };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+                if tx.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            notify: rx,
+            log: log_path,
+        };
         d.wait_notify("READY=1", Duration::from_secs(60))?;
         Ok(d)
     }
 
     fn wait_notify(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let end = Instant::now() + timeout;
-        let mut buf = vec![0u8; 4096];
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!("daemon sent no {needle} within {timeout:?}");
             }
-            self.notify
-                .set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
-            if let Ok(n) = self.notify.recv(&mut buf)
-                && String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).contains(needle)
+            if let Ok(m) = self
+                .notify
+                .recv_timeout(left.min(Duration::from_millis(200)))
+                && m.contains(needle)
             {
                 return Ok(());
             }
@@ -440,6 +522,16 @@ impl Daemon {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The last lines of its log, for error messages.
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .get(lines.len().saturating_sub(25)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 }
 
@@ -462,14 +554,20 @@ impl Drop for Daemon {
 /// VXLAN device with everything on it), recreate it, then add its address
 /// and time from that address's RTM_NEWADDR to the RTM_NEWROUTE that
 /// completes the set of peer routes, both seen on our own netlink socket.
-fn reconverge(o: &Opts, tmp: &Path, peers: u32, nexthops: &'static str) -> Result<Reconverge> {
+fn reconverge(
+    o: &Opts,
+    tmp: &Path,
+    peers: u32,
+    nexthops: &'static str,
+    settle: &Settle,
+) -> Result<Reconverge> {
     let ns = Netns::new(false, false)?;
     let cfg = write_config(
         tmp,
         &format!("reconverge-{peers}-{nexthops}.toml"),
         &fleet::config_toml(peers, false, nexthops),
     )?;
-    let _daemon = Daemon::start(o, &ns, tmp, &cfg)?;
+    let daemon = Daemon::start(o, &ns, tmp, &cfg)?;
     let mut out = Reconverge {
         peers,
         nexthops,
@@ -481,7 +579,9 @@ fn reconverge(o: &Opts, tmp: &Path, peers: u32, nexthops: &'static str) -> Resul
         ns.add_underlay()?;
         // let the daemon see the bare underlay (blocked: no address yet)
         std::thread::sleep(Duration::from_millis(200));
-        let took = watch_restore(&ns, peers as usize, || ns.add_underlay_addr(false))?;
+        settle.wait()?;
+        let took = watch_restore(&ns, peers as usize, || ns.add_underlay_addr(false))
+            .with_context(|| format!("rep {}; daemon log:\n{}", out.ms.len(), daemon.tail()))?;
         out.ms.push(ms(took));
         wait_until(Duration::from_secs(10), || {
             Ok(our_routes(&ns)? == peers as usize)
@@ -560,9 +660,9 @@ fn watch_restore(
                 }
                 bail!("watcher socket closed")
             };
-            tokio::time::timeout(Duration::from_secs(60), wait)
+            tokio::time::timeout(Duration::from_secs(20), wait)
                 .await
-                .context("routes not restored within 60 s")?
+                .context("routes not restored within 20 s")?
         })
     });
     ready_rx
@@ -595,7 +695,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// (4) Peak RSS of `converge` from empty, and the idle daemon's RSS and CPU.
-fn memory(o: &Opts, tmp: &Path) -> Result<Memory> {
+fn memory(o: &Opts, tmp: &Path, settle: &Settle) -> Result<Memory> {
     let n = o.rss_size;
     let cfg = write_config(tmp, "memory.toml", &fleet::config_toml(n, false, "auto"))?;
     let bin = o.bin.to_string_lossy().into_owned();
@@ -607,6 +707,7 @@ fn memory(o: &Opts, tmp: &Path) -> Result<Memory> {
     };
     for _ in 0..o.reps.min(3) {
         let ns = Netns::new(false, false)?;
+        settle.wait()?;
         let out_file = tmp.join("time.out");
         let out_s = out_file.to_string_lossy().into_owned();
         ns.timed(
