@@ -170,8 +170,24 @@ fn nexthop_id_range(protocol: u8) -> (u32, u32) {
     (base + 1, base + NEXTHOP_IDS_PER_PROTOCOL - 1)
 }
 
+/// Object texts are formatted tens of thousands of times from empty:
+/// one allocation each, sized for a typical line, instead of regrowing.
+fn text(args: std::fmt::Arguments<'_>) -> String {
+    let mut s = String::with_capacity(80);
+    let _ = s.write_fmt(args);
+    s
+}
+
+fn missing(origin: &str) -> String {
+    let mut s = String::with_capacity(origin.len() + 10);
+    s.push_str("missing (");
+    s.push_str(origin);
+    s.push(')');
+    s
+}
+
 fn describe_nexthop(id: u32, via: Option<IpAddr>, dev: Option<&str>, onlink: bool) -> String {
-    let mut s = format!("nexthop {id}");
+    let mut s = text(format_args!("nexthop {id}"));
     if let Some(v) = via {
         let _ = write!(s, " via {v}");
     }
@@ -211,7 +227,7 @@ fn describe_route(
     table: u32,
     metric: Option<u32>,
 ) -> String {
-    let mut s = format!("route {dst}");
+    let mut s = text(format_args!("route {dst}"));
     if let Some(v) = via {
         let _ = write!(s, " via {v}");
     }
@@ -517,7 +533,7 @@ impl<'a> Planner<'a> {
                 self.change(
                     ChangeKind::Add,
                     format!("address {} dev {}", a.cidr, a.dev),
-                    format!("missing ({})", a.origin),
+                    missing(&a.origin),
                     Op::AddAddress {
                         dev: a.dev.clone(),
                         cidr: a.cidr,
@@ -560,7 +576,7 @@ impl<'a> Planner<'a> {
                 _ => have.get(&(n.dev.as_str(), n.ip)),
             };
             let (kind, reason) = match cur {
-                None => (ChangeKind::Add, format!("missing ({})", n.origin)),
+                None => (ChangeKind::Add, missing(&n.origin)),
                 Some(c) if c.mac != Some(n.mac) => (
                     ChangeKind::Modify,
                     format!("lladdr {} → {}", opt(c.mac), n.mac),
@@ -570,7 +586,10 @@ impl<'a> Planner<'a> {
             };
             self.change(
                 kind,
-                format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, n.mac),
+                text(format_args!(
+                    "neighbor {} dev {} lladdr {}",
+                    n.ip, n.dev, n.mac
+                )),
                 reason,
                 Op::SetNeighbor {
                     dev: n.dev.clone(),
@@ -613,8 +632,8 @@ impl<'a> Planner<'a> {
             if fresh || !have.contains(&(f.dev.as_str(), f.mac, Some(f.dst))) {
                 self.change(
                     ChangeKind::Add,
-                    format!("fdb {} dev {} dst {}", f.mac, f.dev, f.dst),
-                    format!("missing ({})", f.origin),
+                    text(format_args!("fdb {} dev {} dst {}", f.mac, f.dev, f.dst)),
+                    missing(&f.origin),
                     Op::AddFdb {
                         dev: f.dev.clone(),
                         mac: f.mac,
@@ -707,7 +726,7 @@ impl<'a> Planner<'a> {
             let reason = match (self.dev_state(key.dev), existing) {
                 (DevState::Blocked, _) | (DevState::Present, Some(_)) => continue,
                 (DevState::Fresh, Some(_)) => format!("recreate with {} ({})", key.dev, r.origin),
-                (_, None) => format!("missing ({})", r.origin),
+                (_, None) => missing(&r.origin),
             };
             self.change(
                 ChangeKind::Add,
@@ -809,12 +828,7 @@ impl<'a> Planner<'a> {
                 Op::SetRoute(op)
             };
             let Some(c) = cur else {
-                self.change(
-                    ChangeKind::Add,
-                    describe(),
-                    format!("missing ({})", r.origin),
-                    op(),
-                );
+                self.change(ChangeKind::Add, describe(), missing(&r.origin), op());
                 continue;
             };
             let mut diffs = Vec::new();
