@@ -5,6 +5,7 @@
 //! (diffs, `show`), so scripts can parse it.
 
 use std::fmt;
+use std::io::IsTerminal as _;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -60,7 +61,10 @@ pub fn init(format: LogFormat, verbosity: u8) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file or a pipe to
+        // another supervisor must not fill up with escape sequences.
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) is harmless: ignore the error.
     let _ = match (format, journald) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),

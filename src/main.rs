@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use netconverge::config::{self, ConfigError, ConfigErrors};
+use netconverge::daemon::nm;
 use netconverge::engine::{self, Outcome};
 use netconverge::logging::{self, LogFormat};
-use netconverge::model::Desired;
+use netconverge::model::{Desired, NmMode, Observed};
 use netconverge::plan::Plan;
 use serde::Serialize;
 
@@ -139,7 +140,9 @@ fn main() -> ExitCode {
         _ => {}
     }
     logging::init(cli.log_format, cli.verbose);
-    let desired = match load(&cli.config) {
+    // validate runs at NixOS build time: no machine-id there, and no MAC is needed
+    let needs_seed = !matches!(cli.command, Command::Validate);
+    let desired = match load(&cli.config, needs_seed) {
         Ok(d) => d,
         Err(errors) => {
             eprint!("{errors}");
@@ -154,6 +157,13 @@ fn main() -> ExitCode {
     };
     if let Command::Validate = cli.command {
         println!("{}: ok", cli.config.display());
+        // A warning, not an error: the NixOS build sandbox has no nft either.
+        if let Some(nat) = desired.nat.as_ref()
+            && let Err(e) = netconverge::nat::check_backend(nat)
+        {
+            eprintln!("warning: {e}");
+        }
+        warn_nm_managed_blocking(&desired);
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -166,14 +176,49 @@ fn main() -> ExitCode {
     runtime.block_on(async_main(cli, desired))
 }
 
+/// How long `validate`/`converge --check` may spend asking NetworkManager.
+const NM_QUERY_BUDGET: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Warn (stderr only, exit code unaffected) about owned devices that
+/// NetworkManager manages. Silent without a bus, without NetworkManager, or
+/// with `networkmanager = "off"`.
+async fn warn_nm_managed(desired: &Desired) {
+    if desired.daemon.networkmanager == NmMode::Off {
+        return;
+    }
+    let owned: Vec<String> = desired.owned_devices().map(str::to_string).collect();
+    match nm::managed_devices(&owned, NM_QUERY_BUDGET).await {
+        Ok(devices) => devices
+            .iter()
+            .for_each(|d| eprintln!("netconverge: {}", nm::managed_warning(d))),
+        Err(e) => tracing::debug!("cannot ask NetworkManager about owned devices: {e}"),
+    }
+}
+
+/// [`warn_nm_managed`] for `validate`, which otherwise runs no runtime (and
+/// must stay instant where there is no bus, e.g. in a build sandbox).
+fn warn_nm_managed_blocking(desired: &Desired) {
+    if desired.vxlans.is_empty()
+        || desired.daemon.networkmanager == NmMode::Off
+        || !nm::system_bus_configured()
+    {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(warn_nm_managed(desired));
+    }
+}
+
 /// Load and validate the file, then give derived MACs their seed.
-fn load(path: &Path) -> Result<Desired, ConfigErrors> {
+fn load(path: &Path, needs_seed: bool) -> Result<Desired, ConfigErrors> {
     let mut desired = config::load(path)?;
     if desired.mac_seed.is_none() {
         desired.mac_seed = machine_id();
     }
-    let needs_seed = desired.vxlans.iter().any(|v| v.mac.is_none());
-    if needs_seed && desired.mac_seed.is_none() {
+    if needs_seed && desired.vxlans.iter().any(|v| v.mac.is_none()) && desired.mac_seed.is_none() {
         return Err(ConfigErrors(vec![ConfigError {
             file: path.display().to_string(),
             line: 1,
@@ -210,6 +255,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             format,
         } => match engine::check(&handle, &desired).await {
             Ok(plan) => {
+                warn_nm_managed(&desired).await;
                 print_plan(&plan, format);
                 ExitCode::from(if plan.in_sync() {
                     code::OK
@@ -258,8 +304,11 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         Command::Run => {
             drop(handle);
             let path = cli.config.clone();
-            let loader: netconverge::daemon::Loader = Box::new(move || load(&path));
-            match netconverge::daemon::run(desired, loader, None).await {
+            let loader: netconverge::daemon::Loader = Box::new(move || load(&path, true));
+            // D-Bus lives in its own task; without a bus it only logs once
+            let follower = (desired.daemon.networkmanager == NmMode::Auto)
+                .then(|| nm::spawn(nm::underlays(&desired)));
+            match netconverge::daemon::run(desired, loader, follower).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(code::SYSTEM, &e.to_string()),
             }
@@ -280,6 +329,11 @@ async fn cleanup(
     let plan = netconverge::plan::cleanup_plan(desired, &observed);
     print_all(&plan);
     if check {
+        // The NAT part is not in the plan (nat::cleanup runs on its own
+        // below), but --check must list everything cleanup would remove.
+        for r in nat_cleanup_preview(desired, &observed) {
+            println!("- {r}: cleanup");
+        }
         return ExitCode::SUCCESS;
     }
     let report = netconverge::apply::apply(handle, &plan, &observed).await;
@@ -297,6 +351,36 @@ async fn cleanup(
         }
     }
     ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
+}
+
+/// What `nat::cleanup` would remove, from the observation of the same
+/// backend, labelled as `nat::cleanup` reports it.
+fn nat_cleanup_preview(desired: &Desired, observed: &Observed) -> Vec<String> {
+    use netconverge::model::Family;
+    use netconverge::nat::{FamilyObserved, iptables, nftables};
+    let Some(nat) = desired.nat.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        match observed.nat.family(family) {
+            FamilyObserved::Nftables(_) => out.push(nftables::table_label(family, &nat.nft_table)),
+            FamilyObserved::Iptables(seen) => {
+                let chain = &nat.iptables_chain;
+                if seen.chain {
+                    out.push(iptables::chain_label(family, chain));
+                }
+                if !seen.jumps.is_empty() {
+                    out.push(format!(
+                        "{} jump(s) from {family} POSTROUTING to {chain}",
+                        seen.jumps.len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]

@@ -100,6 +100,19 @@ pub struct ShowDoc {
 }
 
 pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
+    let mut doc = unsorted(desired, observed);
+    // kernel dump order is not meaningful: print in a stable, readable order
+    doc.address
+        .sort_by(|a, b| (&a.dev, a.cidr).cmp(&(&b.dev, b.cidr)));
+    doc.neighbor
+        .sort_by(|a, b| (&a.dev, a.ip).cmp(&(&b.dev, b.ip)));
+    doc.fdb
+        .sort_by(|a, b| (&a.dev, a.mac, a.dst).cmp(&(&b.dev, b.mac, b.dst)));
+    doc.route.sort_by_key(|r| (r.table, r.dst, r.metric));
+    doc
+}
+
+fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
     let declared: BTreeSet<&str> = desired.owned_devices().collect();
     let underlays: BTreeSet<&str> = desired.vxlans.iter().map(|v| v.underlay.as_str()).collect();
     let vxlan = desired

@@ -11,116 +11,66 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Netns, code, stderr, stdout};
+use common::fixtures::{self, write_config};
+use common::{Netns, Stack, UNDERLAY, code, stderr, stdout, stdout_stderr};
 use netconverge::model::Mac;
 use serde_json::Value;
 
 const NODE: &str = "node-a";
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-    let p = dir.path().join("netconverge.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+/// `dir/netconverge.toml`.
+fn config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    write_config(dir.path(), "netconverge.toml", text)
 }
 
-/// A namespace with a veth underlay `nc-under` (192.0.2.1/24, 2001:db8::1/64).
-fn node(tag: &str, v6: bool) -> Netns {
-    let ns = Netns::new(tag);
-    ns.ip(&[
-        "link",
-        "add",
-        "nc-under",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "nc-under-p",
-    ]);
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
-    if v6 {
-        ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "nc-under", "nodad"]);
-    }
-    ns.ip(&["link", "set", "nc-under", "up"]);
-    ns.ip(&["link", "set", "nc-under-p", "up"]);
-    ns
+/// A node with the IPv4 underlay only (192.0.2.1/24), and `text` as its
+/// config in a temp dir.
+fn setup(tag: &str, text: &str) -> (Netns, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir, text);
+    (Netns::node(tag, Stack::V4), dir, cfg)
 }
 
+/// `flannel.1` on the underlay with `peers` /24 peers from 198.18.2.0/24 on.
 fn ipv4_config(peers: usize) -> String {
-    let mut s = format!(
-        r#"node_name = "{NODE}"
+    fixtures::node_name(NODE) + &fixtures::vxlan_v4(UNDERLAY) + &fixtures::peers_v4_24(peers)
+}
 
-[[vxlan]]
-name = "flannel.1"
-vni = 1
-underlay = "nc-under"
-
-[[address]]
-dev = "flannel.1"
-cidr = "198.18.1.0/32"
-"#
-    );
-    for i in 0..peers {
-        s += &format!(
-            r#"
-[[peer]]
-dev = "flannel.1"
-subnet = "198.18.{n}.0/24"
-vtep_ip = "192.0.2.{n}"
-vtep_mac = "02:00:00:00:00:{n:02x}"
-"#,
-            n = i + 2
-        );
-    }
-    s
+/// Run the binary; exit code and all it printed (a panic fails the test).
+fn run(ns: &Netns, cfg: &Path, args: &[&str]) -> (i32, String) {
+    let out = ns.netconverge(cfg, args);
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    (code(&out), stdout_stderr(&out))
 }
 
 fn converge(ns: &Netns, cfg: &Path) -> (i32, String) {
-    let out = ns.netconverge(cfg, &["converge"]);
-    let err = stderr(&out);
-    assert!(!err.contains("panicked"), "panic: {err}");
-    (code(&out), format!("{}{}", stdout(&out), err))
+    run(ns, cfg, &["converge"])
 }
 
 fn check(ns: &Netns, cfg: &Path) -> (i32, String) {
-    let out = ns.netconverge(cfg, &["converge", "--check"]);
-    let err = stderr(&out);
-    assert!(!err.contains("panicked"), "panic: {err}");
-    (code(&out), format!("{}{}", stdout(&out), err))
+    run(ns, cfg, &["converge", "--check"])
 }
 
-fn link(ns: &Netns, name: &str) -> Option<Value> {
-    let all = ns.ip_json(&["-d", "link", "show"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["ifname"] == name)
-        .cloned()
+/// `--check` exits 1 (drift) and names `want`; returns all it printed.
+#[track_caller]
+fn check_finds(ns: &Netns, cfg: &Path, what: &str, want: &str) -> String {
+    let (c, out) = check(ns, cfg);
+    assert_eq!(c, 1, "{what}: --check must exit 1: {out}");
+    assert!(
+        out.contains(want),
+        "{what}: --check must name `{want}`: {out}"
+    );
+    out
 }
 
 fn routes(ns: &Netns) -> Vec<Value> {
-    ns.ip_json(&["route", "show", "dev", "flannel.1"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn neighs(ns: &Netns) -> Vec<Value> {
-    ns.ip_json(&["neigh", "show", "dev", "flannel.1"])
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn fdbs(ns: &Netns) -> Vec<Value> {
-    ns.bridge_json(&["fdb", "show", "dev", "flannel.1"])
-        .as_array()
-        .unwrap()
-        .clone()
+    ns.ip_list(&["route", "show", "dev", "flannel.1"])
 }
 
 /// Everything converge must have built for `ipv4_config(peers)`.
 fn assert_full_state(ns: &Netns, peers: usize) {
-    let l = link(ns, "flannel.1").expect("flannel.1 exists");
+    let l = ns.link("flannel.1").expect("flannel.1 exists");
     let info = &l["linkinfo"]["info_data"];
     assert_eq!(l["linkinfo"]["info_kind"], "vxlan", "{l}");
     assert_eq!(info["id"], 1);
@@ -141,8 +91,8 @@ fn assert_full_state(ns: &Netns, peers: usize) {
     assert_eq!(a[0]["local"], "198.18.1.0");
     assert_eq!(a[0]["prefixlen"], 32);
 
-    let n = neighs(ns);
-    let f = fdbs(ns);
+    let n = ns.ip_list(&["neigh", "show", "dev", "flannel.1"]);
+    let f = ns.bridge_list(&["fdb", "show", "dev", "flannel.1"]);
     let r = routes(ns);
     assert_eq!(
         n.iter().filter(|x| x["state"][0] == "PERMANENT").count(),
@@ -189,14 +139,10 @@ fn assert_full_state(ns: &Netns, peers: usize) {
 
 #[test]
 fn converge_from_empty_then_nothing_to_do() {
-    let ns = node("conv", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(3));
-    let (c, out) = check(&ns, &cfg);
-    assert_eq!(c, 1, "--check on an empty node must report drift: {out}");
-    assert!(out.contains("+ vxlan flannel.1"), "{out}");
+    let (ns, _dir, cfg) = setup("conv", &ipv4_config(3));
+    check_finds(&ns, &cfg, "empty node", "+ vxlan flannel.1");
     assert!(
-        link(&ns, "flannel.1").is_none(),
+        ns.link("flannel.1").is_none(),
         "--check must not change anything"
     );
 
@@ -213,10 +159,10 @@ fn converge_from_empty_then_nothing_to_do() {
         out.contains("converged: 0 change(s) applied"),
         "second converge must change nothing: {out}"
     );
-    let ifindex = link(&ns, "flannel.1").unwrap()["ifindex"].clone();
+    let ifindex = ns.link("flannel.1").unwrap()["ifindex"].clone();
     converge(&ns, &cfg);
     assert_eq!(
-        link(&ns, "flannel.1").unwrap()["ifindex"],
+        ns.link("flannel.1").unwrap()["ifindex"],
         ifindex,
         "device must not be recreated"
     );
@@ -225,9 +171,7 @@ fn converge_from_empty_then_nothing_to_do() {
 /// Each kind of drift made by hand: `--check` exits 1 naming it, `converge` repairs it.
 #[test]
 fn every_kind_of_drift_is_found_and_repaired() {
-    let ns = node("drift", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(2));
+    let (ns, _dir, cfg) = setup("drift", &ipv4_config(2));
     assert_eq!(converge(&ns, &cfg).0, 0);
 
     let cases: &[(&str, &[&str], &str)] = &[
@@ -320,12 +264,7 @@ fn every_kind_of_drift_is_found_and_repaired() {
     ];
     for (what, cmd, expect) in cases {
         ns.ip(cmd);
-        let (c, out) = check(&ns, &cfg);
-        assert_eq!(c, 1, "{what}: --check must exit 1: {out}");
-        assert!(
-            out.contains(expect),
-            "{what}: --check must name `{expect}`: {out}"
-        );
+        check_finds(&ns, &cfg, what, expect);
         let (c, out) = converge(&ns, &cfg);
         assert_eq!(c, 0, "{what}: {out}");
         assert_full_state(&ns, 2);
@@ -334,26 +273,9 @@ fn every_kind_of_drift_is_found_and_repaired() {
 
     // FDB entries through the bridge tool
     let mac = "02:00:00:00:00:02";
-    common::sh(&[
-        "bridge",
-        "-n",
-        &ns.name,
-        "fdb",
-        "del",
-        mac,
-        "dev",
-        "flannel.1",
-        "dst",
-        "192.0.2.2",
-        "self",
-    ]);
-    let (c, out) = check(&ns, &cfg);
-    assert_eq!(c, 1);
-    assert!(out.contains(&format!("fdb {mac}")), "{out}");
-    common::sh(&[
-        "bridge",
-        "-n",
-        &ns.name,
+    ns.fdb_del("flannel.1", mac, "192.0.2.2");
+    check_finds(&ns, &cfg, "fdb deleted", &format!("fdb {mac}"));
+    ns.bridge(&[
         "fdb",
         "append",
         "02:00:00:00:00:42",
@@ -364,25 +286,19 @@ fn every_kind_of_drift_is_found_and_repaired() {
         "self",
         "permanent",
     ]);
-    let (c, out) = check(&ns, &cfg);
-    assert_eq!(c, 1);
-    assert!(out.contains("fdb 02:00:00:00:00:42"), "{out}");
+    check_finds(&ns, &cfg, "fdb added", "fdb 02:00:00:00:00:42");
     assert_eq!(converge(&ns, &cfg).0, 0);
     assert_full_state(&ns, 2);
 }
 
 #[test]
 fn immutable_attribute_change_recreates_the_device() {
-    let ns = node("immut", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(1));
+    let (ns, dir, cfg) = setup("immut", &ipv4_config(1));
     assert_eq!(converge(&ns, &cfg).0, 0);
-    let cfg = write_config(&dir, &ipv4_config(1).replace("vni = 1", "vni = 7"));
-    let (c, out) = check(&ns, &cfg);
-    assert_eq!(c, 1);
-    assert!(out.contains("vni 1 → 7"), "{out}");
+    let cfg = config(&dir, &ipv4_config(1).replace("vni = 1", "vni = 7"));
+    check_finds(&ns, &cfg, "vni changed", "vni 1 → 7");
     assert_eq!(converge(&ns, &cfg).0, 0);
-    let l = link(&ns, "flannel.1").unwrap();
+    let l = ns.link("flannel.1").unwrap();
     assert_eq!(l["linkinfo"]["info_data"]["id"], 7);
     assert_eq!(
         routes(&ns).len(),
@@ -393,7 +309,7 @@ fn immutable_attribute_change_recreates_the_device() {
 
 #[test]
 fn foreign_routes_devices_and_neighbours_are_untouched() {
-    let ns = node("foreign", false);
+    let (ns, _dir, cfg) = setup("foreign", &ipv4_config(2));
     ns.ip(&[
         "link", "add", "other0", "type", "veth", "peer", "name", "other1",
     ]);
@@ -448,13 +364,11 @@ fn foreign_routes_devices_and_neighbours_are_untouched() {
             (),
             ns.ip_json(&["route", "show", "table", "all", "dev", "other0"]),
             ns.ip_json(&["neigh", "show", "dev", "other0"]),
-            link(ns, "vx-user"),
-            link(ns, "other0"),
+            ns.link("vx-user"),
+            ns.link("other0"),
         )
     };
     let before = snapshot(&ns);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(2));
     assert_eq!(converge(&ns, &cfg).0, 0);
     assert_eq!(check(&ns, &cfg).0, 0);
     let after = snapshot(&ns);
@@ -466,7 +380,7 @@ fn foreign_routes_devices_and_neighbours_are_untouched() {
 
 #[test]
 fn route_with_our_marker_elsewhere_is_ours_but_others_are_not() {
-    let ns = node("marker", false);
+    let (ns, _dir, cfg) = setup("marker", &ipv4_config(1));
     ns.ip(&[
         "route",
         "add",
@@ -485,28 +399,17 @@ fn route_with_our_marker_elsewhere_is_ours_but_others_are_not() {
         "proto",
         "static",
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(1));
-    let (c, out) = check(&ns, &cfg);
-    assert_eq!(c, 1);
-    assert!(out.contains("- route 203.0.113.0/25"), "{out}");
+    let out = check_finds(&ns, &cfg, "marked route", "- route 203.0.113.0/25");
     assert!(!out.contains("203.0.113.128/25"), "{out}");
     assert_eq!(converge(&ns, &cfg).0, 0);
-    let r = ns.ip_json(&["route", "show", "dev", "nc-under"]);
-    let dsts: Vec<&str> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|x| x["dst"].as_str())
-        .collect();
+    let r = ns.ip_list(&["route", "show", "dev", "nc-under"]);
+    let dsts: Vec<&str> = r.iter().filter_map(|x| x["dst"].as_str()).collect();
     assert!(!dsts.contains(&"203.0.113.0/25"), "{dsts:?}");
     assert!(dsts.contains(&"203.0.113.128/25"), "{dsts:?}");
 }
 
 #[test]
 fn underlay_absent_converges_the_rest_and_exits_1() {
-    let ns = node("absent", false);
-    let dir = tempfile::tempdir().unwrap();
     let mut text = ipv4_config(1);
     text += r#"
 [[vxlan]]
@@ -520,86 +423,57 @@ subnet = "198.18.100.0/24"
 vtep_ip = "192.0.2.100"
 vtep_mac = "02:00:00:00:01:00"
 "#;
-    let cfg = write_config(&dir, &text);
+    let (ns, _dir, cfg) = setup("absent", &text);
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("underlay nc-gone absent"), "{out}");
     assert_full_state(&ns, 1);
-    assert!(link(&ns, "vx-missing").is_none());
+    assert!(ns.link("vx-missing").is_none());
 }
 
 #[test]
 fn ipv4_only_underlay_with_ipv6_vxlan_is_blocked_without_panic() {
-    let ns = node("v4only", false);
-    let dir = tempfile::tempdir().unwrap();
-    let mut text = ipv4_config(1);
-    text += r#"
-[[vxlan]]
-name = "flannel-v6.1"
-vni = 1
-underlay = "nc-under"
-family = "ipv6"
-
-[[address]]
-dev = "flannel-v6.1"
-cidr = "fd00:42:0:1::/128"
-"#;
-    let cfg = write_config(&dir, &text);
+    let text = ipv4_config(1) + &fixtures::vxlan_v6(UNDERLAY);
+    let (ns, _dir, cfg) = setup("v4only", &text);
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("no global ipv6 address"), "{out}");
     assert_full_state(&ns, 1);
     // the address appears later: the next converge completes the job
-    ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "nc-under", "nodad"]);
+    ns.add_underlay_addrs(Stack::V6);
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 0, "{out}");
-    let l = link(&ns, "flannel-v6.1").unwrap();
+    let l = ns.link("flannel-v6.1").unwrap();
     assert_eq!(l["linkinfo"]["info_data"]["local6"], "2001:db8::1");
     assert_eq!(l["mtu"], 1430, "IPv6 underlay overhead is 70");
 }
 
 #[test]
 fn underlay_deleted_and_recreated_is_restored_with_the_same_mac() {
-    let ns = node("recreate", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(3));
+    let (ns, _dir, cfg) = setup("recreate", &ipv4_config(3));
     assert_eq!(converge(&ns, &cfg).0, 0);
-    let mac = link(&ns, "flannel.1").unwrap()["address"].clone();
+    let mac = ns.link("flannel.1").unwrap()["address"].clone();
     ns.ip(&["link", "del", "nc-under"]);
     assert!(
-        link(&ns, "flannel.1").is_none(),
+        ns.link("flannel.1").is_none(),
         "the kernel deletes the bound VXLAN"
     );
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 1, "underlay absent: {out}");
-    ns.ip(&[
-        "link",
-        "add",
-        "nc-under",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "nc-under-p",
-    ]);
-    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
-    ns.ip(&["link", "set", "nc-under", "up"]);
+    ns.add_underlay();
+    ns.add_underlay_addrs(Stack::V4);
     let (c, out) = converge(&ns, &cfg);
     assert_eq!(c, 0, "{out}");
     assert_full_state(&ns, 3);
-    assert_eq!(link(&ns, "flannel.1").unwrap()["address"], mac);
+    assert_eq!(ns.link("flannel.1").unwrap()["address"], mac);
 }
 
 #[test]
 fn invalid_config_exits_2_and_applies_nothing() {
-    let ns = node("invalid", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        &dir,
-        &ipv4_config(1)
-            .replace("vni = 1", "vni = 0")
-            .replace("underlay =", "underlya ="),
-    );
+    let text = ipv4_config(1)
+        .replace("vni = 1", "vni = 0")
+        .replace("underlay =", "underlya =");
+    let (ns, _dir, cfg) = setup("invalid", &text);
     let out = ns.netconverge(&cfg, &["converge"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     let err = stderr(&out);
@@ -609,14 +483,12 @@ fn invalid_config_exits_2_and_applies_nothing() {
     );
     assert!(err.contains("vni"), "{err}");
     assert!(err.contains("underlay"), "suggestion expected: {err}");
-    assert!(link(&ns, "flannel.1").is_none(), "nothing may be applied");
+    assert!(ns.link("flannel.1").is_none(), "nothing may be applied");
 }
 
 #[test]
 fn check_json_and_show_are_machine_readable() {
-    let ns = node("json", false);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(2));
+    let (ns, _dir, cfg) = setup("json", &ipv4_config(2));
     let out = ns.netconverge(&cfg, &["converge", "--check", "--format", "json"]);
     assert_eq!(code(&out), 1);
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -642,7 +514,7 @@ fn check_json_and_show_are_machine_readable() {
 
 #[test]
 fn cleanup_removes_only_what_netconverge_owns() {
-    let ns = node("cleanup", false);
+    let (ns, _dir, cfg) = setup("cleanup", &ipv4_config(2));
     ns.ip(&[
         "route",
         "add",
@@ -652,19 +524,11 @@ fn cleanup_removes_only_what_netconverge_owns() {
         "proto",
         "static",
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(&dir, &ipv4_config(2));
     assert_eq!(converge(&ns, &cfg).0, 0);
     let out = ns.netconverge(&cfg, &["cleanup"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(link(&ns, "flannel.1").is_none());
-    assert!(link(&ns, "nc-under").is_some());
-    let r = ns.ip_json(&["route", "show", "dev", "nc-under"]);
-    assert!(
-        r.as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["dst"] == "203.0.113.0/24"),
-        "{r}"
-    );
+    assert!(ns.link("flannel.1").is_none());
+    assert!(ns.link("nc-under").is_some());
+    let r = ns.ip_list(&["route", "show", "dev", "nc-under"]);
+    assert!(r.iter().any(|x| x["dst"] == "203.0.113.0/24"), "{r:?}");
 }

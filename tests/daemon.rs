@@ -12,195 +12,64 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::Netns;
 use common::daemon::{Daemon, eventually};
-use netconverge::model::Mac;
-use serde_json::Value;
+use common::fixtures::{self, lease_path};
+use common::overlay::Overlay;
+use common::{LONG, Netns, Stack, UNDERLAY, UNDERLAY_V4, UNDERLAY_V6};
 
 const NODE: &str = "node-d";
-const LONG: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Stack {
-    V4,
-    V6,
-    Dual,
-}
-
-impl Stack {
-    fn v4(self) -> bool {
-        self != Stack::V6
-    }
-    fn v6(self) -> bool {
-        self != Stack::V4
-    }
-}
-
-fn add_underlay(ns: &Netns, stack: Stack, with_addr: bool) {
-    ns.ip(&[
-        "link",
-        "add",
-        "nc-under",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "nc-under-p",
-    ]);
-    ns.ip(&["link", "set", "nc-under", "up"]);
-    ns.ip(&["link", "set", "nc-under-p", "up"]);
-    if with_addr {
-        add_underlay_addr(ns, stack);
-    }
-}
-
-fn add_underlay_addr(ns: &Netns, stack: Stack) {
-    if stack.v4() {
-        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "nc-under"]);
-    }
-    if stack.v6() {
-        ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "nc-under", "nodad"]);
-    }
-}
 
 /// A config for `stack` with `peers` peers per family, a lease file and
 /// a long resync (so repairs prove the event path, not the timer).
-fn config(dir: &Path, stack: Stack, peers: usize, extra: &str) -> PathBuf {
-    let mut s = format!(
-        "node_name = \"{NODE}\"\n{extra}\n[daemon]\nresync_secs = 3600\ndebounce_ms = 10\n"
-    );
-    let mut lease = String::from("\n[lease]\n");
+fn config(dir: &Path, stack: Stack, peers: usize) -> PathBuf {
+    let mut s = fixtures::node_name(NODE) + &fixtures::daemon(3600, "");
     if stack.v4() {
-        s += "\n[[vxlan]]\nname = \"flannel.1\"\nvni = 1\nunderlay = \"nc-under\"\n";
-        s += "\n[[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n";
-        lease += "network = \"198.18.0.0/15\"\nsubnet = \"198.18.1.0/24\"\n";
-        for i in 0..peers {
-            // /26 peer subnets in 198.19.0.0/16: up to 1024 peers
-            s += &format!(
-                "\n[[peer]]\ndev = \"flannel.1\"\nsubnet = \"198.19.{}.{}/26\"\nvtep_ip = \"192.0.2.{}\"\nvtep_mac = \"02:00:00:00:{:02x}:{:02x}\"\n",
-                i / 4,
-                (i % 4) * 64,
-                i % 250 + 2,
-                i >> 8,
-                i & 0xff
-            );
-        }
+        s += &(fixtures::vxlan_v4(UNDERLAY) + &fixtures::peers_v4(peers));
     }
     if stack.v6() {
-        s += "\n[[vxlan]]\nname = \"flannel-v6.1\"\nvni = 1\nunderlay = \"nc-under\"\nfamily = \"ipv6\"\n";
-        s += "\n[[address]]\ndev = \"flannel-v6.1\"\ncidr = \"fd00:42:0:1::/128\"\n";
-        lease += "ipv6_network = \"fd00:42::/56\"\nipv6_subnet = \"fd00:42:0:1::/64\"\n";
-        for i in 0..peers {
-            s += &format!(
-                "\n[[peer]]\ndev = \"flannel-v6.1\"\nsubnet = \"fd00:42:0:{:x}::/64\"\nvtep_ip = \"2001:db8::{:x}\"\nvtep_mac = \"02:00:00:06:{:02x}:{:02x}\"\n",
-                i + 2,
-                i + 2,
-                i >> 8,
-                i & 0xff
-            );
-        }
+        s += &(fixtures::vxlan_v6(UNDERLAY) + &fixtures::peers_v6(peers));
     }
-    lease += &format!(
-        "path = \"{}\"\nstate_dir = \"{}\"\n",
-        dir.join("run/subnet.env").display(),
-        dir.join("state").display()
-    );
-    s += &lease;
-    let p = dir.join("netconverge.toml");
-    std::fs::write(&p, s).unwrap();
-    p
+    s += &fixtures::lease(dir, stack);
+    fixtures::write_config(dir, "netconverge.toml", &s)
 }
 
-fn lease_path(dir: &Path) -> PathBuf {
-    dir.join("run/subnet.env")
+/// The full state for `stack` with `peers` peers in the kernel and the
+/// file; `Err` says what is missing.
+fn state(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> Result<(), String> {
+    let overlay = Overlay {
+        node: NODE,
+        underlay: UNDERLAY,
+        stack,
+        local: (UNDERLAY_V4, UNDERLAY_V6),
+        peers,
+        lease: lease_path(dir),
+    };
+    overlay.check(ns)
 }
 
-fn link(ns: &Netns, name: &str) -> Option<Value> {
-    let all = ns.ip_json(&["-d", "link", "show"]);
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["ifname"] == name)
-        .cloned()
-}
-
-fn count(ns: &Netns, what: &[&str]) -> usize {
-    ns.ip_json(what).as_array().unwrap().len()
-}
-
-/// The full state for `stack` with `peers` peers is in the kernel and the file.
 fn full_state(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> bool {
-    missing(ns, dir, stack, peers).is_none()
+    state(ns, dir, stack, peers).is_ok()
 }
 
-/// What is missing from the full state, if anything.
-fn missing(ns: &Netns, dir: &Path, stack: Stack, peers: usize) -> Option<String> {
-    let mut devs = vec![];
-    if stack.v4() {
-        devs.push(("flannel.1", 1450, "-4"));
-    }
-    if stack.v6() {
-        devs.push(("flannel-v6.1", 1430, "-6"));
-    }
-    for (dev, mtu, fam) in devs {
-        let Some(l) = link(ns, dev) else {
-            return Some(format!("{dev} absent"));
-        };
-        if l["mtu"] != mtu || l["address"] != Mac::derive(NODE, dev).to_string() {
-            return Some(format!("{dev}: mtu/mac {} {}", l["mtu"], l["address"]));
-        }
-        let n = count(ns, &[fam, "route", "show", "dev", dev, "proto", "199"]);
-        if n != peers {
-            return Some(format!("{dev}: {n} routes"));
-        }
-        let n = count(ns, &[fam, "neigh", "show", "dev", dev, "nud", "permanent"]);
-        if n != peers {
-            return Some(format!("{dev}: {n} permanent neighbours"));
-        }
-        // entries with a VTEP destination (not the device's own multicast addresses)
-        let fdb = ns.bridge_json(&["fdb", "show", "dev", dev]);
-        let n = fdb
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f.get("dst").is_some())
-            .count();
-        if n != peers {
-            return Some(format!("{dev}: {n} fdb entries"));
-        }
-        let addrs = ns.ip_json(&[fam, "addr", "show", "dev", dev, "scope", "global"]);
-        // iproute2 prints addresses its filter dropped as `{}`: count real ones
-        let n: usize = addrs
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| {
-                a["addr_info"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|i| i.get("local").is_some())
-                    .count()
-            })
-            .sum();
-        if n != 1 {
-            return Some(format!("{dev}: {n} global addresses"));
-        }
-    }
-    match std::fs::read_to_string(lease_path(dir)) {
-        Ok(s) if s.contains("FLANNEL_MTU=") => None,
-        other => Some(format!("lease: {other:?}")),
-    }
+/// A node with the underlay for `stack`, and a daemon (extra `env`)
+/// started on a config with `peers` peers that has said READY=1.
+fn ready(
+    tag: &str,
+    stack: Stack,
+    peers: usize,
+    env: &[(&str, &str)],
+) -> (Netns, tempfile::TempDir, PathBuf, Daemon) {
+    let ns = Netns::node(tag, stack);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), stack, peers);
+    let mut d = Daemon::start(&ns, &cfg, env);
+    d.wait_notify("READY=1", LONG);
+    (ns, dir, cfg, d)
 }
 
 #[test]
 fn ready_only_after_device_peers_and_lease_exist_then_status_watchdog_stopping() {
-    let ns = Netns::new("ready");
-    add_underlay(&ns, Stack::V4, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 50, "");
-    let mut d = Daemon::start(&ns, &cfg, &[("WATCHDOG_USEC", "200000")]);
-    d.wait_notify("READY=1", LONG);
+    let (ns, dir, _cfg, mut d) = ready("ready", Stack::V4, 50, &[("WATCHDOG_USEC", "200000")]);
     // at the instant READY=1 arrived, everything must already be there
     assert!(
         full_state(&ns, dir.path(), Stack::V4, 50),
@@ -253,7 +122,7 @@ fn ready_only_after_device_peers_and_lease_exist_then_status_watchdog_stopping()
 fn blocked_underlay_holds_readiness_and_status_says_why() {
     let ns = Netns::new("blocked");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 3, "");
+    let cfg = config(dir.path(), Stack::V4, 3);
     let mut d = Daemon::start(&ns, &cfg, &[]);
     let status = d.wait_notify("STATUS=waiting", LONG);
     assert!(status.contains("underlay nc-under absent"), "{status}");
@@ -262,99 +131,65 @@ fn blocked_underlay_holds_readiness_and_status_says_why() {
         "READY=1 while blocked"
     );
     // the underlay shows up: converge without waiting for a resync
-    add_underlay(&ns, Stack::V4, true);
+    ns.add_underlay();
+    ns.add_underlay_addrs(Stack::V4);
     d.wait_notify("READY=1", LONG);
     assert!(full_state(&ns, dir.path(), Stack::V4, 3));
 }
 
-fn teardown_cycles(stack: Stack, cycles: usize) {
-    let ns = Netns::new(match stack {
+fn teardown_100_cycles(stack: Stack) {
+    let tag = match stack {
         Stack::V4 => "td4",
         Stack::V6 => "td6",
         Stack::Dual => "td46",
-    });
-    add_underlay(&ns, stack, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), stack, 5, "");
-    let mut d = Daemon::start(&ns, &cfg, &[]);
-    d.wait_notify("READY=1", LONG);
-    for i in 0..cycles {
+    };
+    let (ns, dir, _cfg, mut d) = ready(tag, stack, 5, &[]);
+    for i in 0..100 {
         // NetworkManager-style rebuild: the kernel drops everything bound to it
         ns.ip(&["link", "del", "nc-under"]);
         if stack.v4() {
             eventually("vxlan gone with its underlay", LONG, || {
-                link(&ns, "flannel.1").is_none()
+                ns.link("flannel.1").is_none()
             });
         }
-        add_underlay(&ns, stack, false);
+        ns.add_underlay();
         // the address arrives a moment later
         std::thread::sleep(Duration::from_millis(if i % 10 == 0 { 30 } else { 2 }));
-        add_underlay_addr(&ns, stack);
-        let start = std::time::Instant::now();
-        while !full_state(&ns, dir.path(), stack, 5) {
-            if start.elapsed() > LONG {
-                let logs = d.logs();
-                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-                panic!(
-                    "cycle {i}: full state not back within {LONG:?}: {:?}\nlinks: {}\nroutes: {}\nneigh: {}\nfdb: {}\nlease: {:?}\nlog tail (newest first):\n{}",
-                    missing(&ns, dir.path(), stack, 5),
-                    ns.ip(&["-d", "link"]),
-                    ns.ip(&["route", "show", "table", "all"]),
-                    ns.ip(&["neigh"]),
-                    ns.exec(&["bridge", "fdb", "show"]),
-                    std::fs::read_to_string(lease_path(dir.path())),
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        ns.add_underlay_addrs(stack);
+        if let Err(e) = common::poll(LONG, || state(&ns, dir.path(), stack, 5)) {
+            let logs = d.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            panic!(
+                "cycle {i}: full state not back within {LONG:?}: {e}\nlinks: {}\nroutes: {}\nneigh: {}\nfdb: {}\nlease: {:?}\nlog tail (newest first):\n{}",
+                ns.ip(&["-d", "link"]),
+                ns.ip(&["route", "show", "table", "all"]),
+                ns.ip(&["neigh"]),
+                ns.bridge(&["fdb", "show"]),
+                std::fs::read_to_string(lease_path(dir.path())),
+                tail.join("\n")
+            );
         }
     }
     assert!(d.logs().lines().all(|l| !l.contains("panicked")));
     assert_eq!(d.stop(), 0);
 }
 
-#[test]
-fn underlay_teardown_100_cycles_ipv4() {
-    teardown_cycles(Stack::V4, 100);
-}
-
-#[test]
-fn underlay_teardown_100_cycles_ipv6() {
-    teardown_cycles(Stack::V6, 100);
-}
-
-#[test]
-fn underlay_teardown_100_cycles_dual_stack() {
-    teardown_cycles(Stack::Dual, 100);
-}
+variants!(teardown_100_cycles:
+    underlay_teardown_100_cycles_ipv4 => Stack::V4,
+    underlay_teardown_100_cycles_ipv6 => Stack::V6,
+    underlay_teardown_100_cycles_dual_stack => Stack::Dual,
+);
 
 #[test]
 fn drift_is_repaired_by_events_not_the_resync_timer() {
-    let ns = Netns::new("ddrift");
-    add_underlay(&ns, Stack::V4, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 3, "");
-    let mut d = Daemon::start(&ns, &cfg, &[]);
-    d.wait_notify("READY=1", LONG);
+    let (ns, dir, _cfg, mut d) = ready("ddrift", Stack::V4, 3, &[]);
     let ok = || full_state(&ns, dir.path(), Stack::V4, 3);
     ns.ip(&["route", "del", "198.19.0.0/26"]);
     eventually("route restored", Duration::from_secs(5), ok);
     ns.ip(&["neigh", "del", "198.19.0.64", "dev", "flannel.1"]);
     eventually("neighbour restored", Duration::from_secs(5), ok);
     let mac = "02:00:00:00:00:02";
-    common::sh(&[
-        "bridge",
-        "-n",
-        &ns.name,
-        "fdb",
-        "del",
-        mac,
-        "dev",
-        "flannel.1",
-        "dst",
-        "192.0.2.4",
-        "self",
-    ]);
+    ns.fdb_del("flannel.1", mac, "192.0.2.4");
     eventually("fdb restored", Duration::from_secs(5), ok);
     ns.ip(&["link", "set", "flannel.1", "mtu", "1300"]);
     eventually("mtu restored", Duration::from_secs(5), ok);
@@ -371,12 +206,7 @@ fn drift_is_repaired_by_events_not_the_resync_timer() {
 
 #[test]
 fn unmanaged_veth_churn_triggers_no_converge_pass() {
-    let ns = Netns::new("churn");
-    add_underlay(&ns, Stack::V4, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 3, "");
-    let mut d = Daemon::start(&ns, &cfg, &[]);
-    d.wait_notify("READY=1", LONG);
+    let (ns, _dir, _cfg, mut d) = ready("churn", Stack::V4, 3, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let passes_before = d.logs().matches("pass #").count();
     for i in 0..50 {
@@ -411,13 +241,9 @@ fn unmanaged_veth_churn_triggers_no_converge_pass() {
 
 #[test]
 fn netlink_overrun_triggers_resync_and_converges() {
-    let ns = Netns::new("overrun");
-    add_underlay(&ns, Stack::V4, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 3, "");
     // a tiny notification buffer: any storm overflows it
-    let mut d = Daemon::start(&ns, &cfg, &[("NETCONVERGE_MONITOR_RCVBUF", "4096")]);
-    d.wait_notify("READY=1", LONG);
+    let rcvbuf = ("NETCONVERGE_MONITOR_RCVBUF", "4096");
+    let (ns, dir, _cfg, mut d) = ready("overrun", Stack::V4, 3, &[rcvbuf]);
     // stop the daemon from reading while the storm fills its buffer
     d.signal("-STOP");
     let batch = dir.path().join("storm.batch");
@@ -444,14 +270,9 @@ fn netlink_overrun_triggers_resync_and_converges() {
 
 #[test]
 fn reload_valid_and_invalid_config() {
-    let ns = Netns::new("reload");
-    add_underlay(&ns, Stack::V4, true);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 2, "");
-    let mut d = Daemon::start(&ns, &cfg, &[]);
-    d.wait_notify("READY=1", LONG);
+    let (ns, dir, cfg, mut d) = ready("reload", Stack::V4, 2, &[]);
     // valid: one more peer
-    config(dir.path(), Stack::V4, 3, "");
+    config(dir.path(), Stack::V4, 3);
     d.signal("-HUP");
     let m = d.wait_notify("RELOADING=1", LONG);
     assert!(m.contains("MONOTONIC_USEC="), "{m}");
@@ -476,13 +297,12 @@ fn reload_valid_and_invalid_config() {
 
 #[test]
 fn kill9_mid_converge_then_restart_converges() {
-    let ns = Netns::new("kill9");
-    add_underlay(&ns, Stack::V4, true);
+    let ns = Netns::node("kill9", Stack::V4);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), Stack::V4, 1000, "");
+    let cfg = config(dir.path(), Stack::V4, 1000);
     let mut d = Daemon::start(&ns, &cfg, &[]);
     // kill as soon as the device exists: the pass is under way
-    eventually("device created", LONG, || link(&ns, "flannel.1").is_some());
+    eventually("device created", LONG, || ns.link("flannel.1").is_some());
     d.kill9();
     let mut d = Daemon::start(&ns, &cfg, &[]);
     d.wait_notify("READY=1", LONG);

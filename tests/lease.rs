@@ -15,29 +15,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use common::only_change;
 use netconverge::lease::{self, FileContent, LeaseError, LeaseObserved, LeaseOp};
 use netconverge::model::{LeaseFamily, LeaseMode, LeaseSpec};
 use netconverge::plan::{ChangeKind, Op, Plan};
 
-fn fam4() -> LeaseFamily {
+fn family(network: &str, subnet: &str) -> LeaseFamily {
     LeaseFamily {
-        network: "198.18.0.0/16".parse().unwrap(),
-        subnet: "198.18.1.0/24".parse().unwrap(),
+        network: network.parse().unwrap(),
+        subnet: subnet.parse().unwrap(),
     }
 }
 
-fn fam6() -> LeaseFamily {
-    LeaseFamily {
-        network: "fd00:42::/56".parse().unwrap(),
-        subnet: "fd00:42:0:1::/64".parse().unwrap(),
-    }
-}
-
+/// Subnets 198.18.1.0/24 in 198.18.0.0/16 and fd00:42:0:1::/64 in fd00:42::/56.
 fn spec(root: &Path, mode: LeaseMode, ipv4: bool, ipv6: bool) -> LeaseSpec {
     LeaseSpec {
         mode,
-        ipv4: ipv4.then(fam4),
-        ipv6: ipv6.then(fam6),
+        ipv4: ipv4.then(|| family("198.18.0.0/16", "198.18.1.0/24")),
+        ipv6: ipv6.then(|| family("fd00:42::/56", "fd00:42:0:1::/64")),
         mtu: None,
         ipmasq: true,
         path: root.join("run/flannel/subnet.env"),
@@ -363,9 +358,8 @@ fn write_mode_creates_the_file_and_its_directories() {
     let s = spec(dir.path(), LeaseMode::Write, true, true);
     assert_eq!(lease::observe(Some(&s)).unwrap(), LeaseObserved::default());
     let p = converge(&s, Some(1450));
-    assert_eq!(p.changes.len(), 1);
-    assert_eq!(p.changes[0].kind, ChangeKind::Add);
-    assert_eq!(p.changes[0].reason, "missing");
+    let c = only_change(&p);
+    assert_eq!((&c.kind, c.reason.as_str()), (&ChangeKind::Add, "missing"));
     assert_eq!(
         fs::read_to_string(&s.path).unwrap(),
         "FLANNEL_NETWORK=198.18.0.0/16\n\
@@ -422,10 +416,10 @@ fn write_mode_repairs_drift_naming_the_keys() {
         fs::write(&s.path, &broken).unwrap();
         fs::set_permissions(&s.path, fs::Permissions::from_mode(0o600)).unwrap();
         let p = converge(&s, Some(1450));
-        assert_eq!(p.changes.len(), 1, "{what}: {p}");
-        assert_eq!(p.changes[0].kind, ChangeKind::Modify, "{what}");
-        assert_eq!(p.changes[0].object, format!("lease {}", s.path.display()));
-        assert_eq!(p.changes[0].reason, reason, "{what}");
+        let c = only_change(&p);
+        assert_eq!(c.kind, ChangeKind::Modify, "{what}");
+        assert_eq!(c.object, format!("lease {}", s.path.display()));
+        assert_eq!(c.reason, reason, "{what}");
         assert_eq!(fs::read_to_string(&s.path).unwrap(), want, "{what}");
         assert_eq!(mode_of(&s.path), 0o644, "{what}");
         assert!(in_sync(&s, Some(1450)), "{what}");
@@ -489,13 +483,10 @@ fn guard_mode_backs_up_restores_and_never_saves_a_broken_file() {
     fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     fs::write(&s.path, &k3s).unwrap();
     let p = converge(&s, None);
-    assert_eq!(p.changes.len(), 1, "{p}");
-    assert_eq!(p.changes[0].kind, ChangeKind::Add);
-    assert_eq!(
-        p.changes[0].object,
-        format!("lease backup {}", backup.display())
-    );
-    assert!(matches!(lease_op(&p.changes[0].op), LeaseOp::Backup { .. }));
+    let c = only_change(&p);
+    assert_eq!(c.kind, ChangeKind::Add);
+    assert_eq!(c.object, format!("lease backup {}", backup.display()));
+    assert!(matches!(lease_op(&c.op), LeaseOp::Backup { .. }));
     assert_eq!(fs::read_to_string(&backup).unwrap(), k3s);
     assert_eq!(mode_of(&backup), 0o644);
     assert_eq!(mode_of(&s.state_dir), 0o700);
@@ -509,10 +500,10 @@ fn guard_mode_backs_up_restores_and_never_saves_a_broken_file() {
     // Reboot: /run is empty. The file comes back from the backup.
     fs::remove_dir_all(dir.path().join("run")).unwrap();
     let p = converge(&s, None);
-    assert_eq!(p.changes.len(), 1, "{p}");
-    assert_eq!(p.changes[0].kind, ChangeKind::Add);
+    let c = only_change(&p);
+    assert_eq!(c.kind, ChangeKind::Add);
     assert_eq!(
-        p.changes[0].reason,
+        c.reason,
         format!("missing; restore from backup {}", backup.display())
     );
     assert_eq!(fs::read(&s.path).unwrap(), k3s.as_bytes());
@@ -535,8 +526,7 @@ fn guard_mode_backs_up_restores_and_never_saves_a_broken_file() {
     let newer = lease::render(&spec(dir.path(), LeaseMode::Write, true, true), 1400);
     fs::write(&s.path, &newer).unwrap();
     let p = converge(&s, None);
-    assert_eq!(p.changes.len(), 1, "{p}");
-    assert_eq!(p.changes[0].reason, "refresh: FLANNEL_MTU 1450 → 1400");
+    assert_eq!(only_change(&p).reason, "refresh: FLANNEL_MTU 1450 → 1400");
     assert_eq!(fs::read_to_string(&backup).unwrap(), newer);
     assert_eq!(dir_entries(&s.state_dir), ["subnet.env"]);
 }

@@ -13,35 +13,19 @@
 //! with `nft` / `iptables-save` run by the test itself (`ns.exec`).
 
 mod common;
-#[path = "common/rules_watch.rs"]
-mod rules_watch;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use common::Netns;
+use common::fixtures::NatRules;
+use common::rules_watch::{self, Watch};
+use common::ruleset::{self, CHAIN, TABLE, commented, nft_table, nft_tables};
+use common::{Netns, cpu_exclusive, cpu_shared, only_change};
 use netconverge::model::{Family, NatBackendKind, NatFamily, NatSpec};
 use netconverge::nat::{self, IptablesBackend, IptablesTools, NatBackend, NatObserved, NatOp};
 use netconverge::plan::{ChangeKind, Op, Plan};
-use rules_watch::Watch;
-
-const TABLE: &str = "netconverge";
-const CHAIN: &str = "NETCONVERGE-POSTRTG";
-
-/// The no-gap tests need the CPU to themselves (the watcher must reach
-/// 200 Hz on a 2-core machine): they take this lock exclusively, every
-/// other test shares it.
-static CPU: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    CPU.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    CPU.write().unwrap_or_else(|e| e.into_inner())
-}
 
 // ------------------------------------------------------------- flavours --
 
@@ -115,26 +99,21 @@ impl Flavour {
 
 // ----------------------------------------------------------------- specs --
 
-fn v4() -> NatFamily {
+fn family(cluster: &str, pod_subnet: &str) -> NatFamily {
     NatFamily {
-        cluster: "198.18.0.0/16".parse().unwrap(),
-        pod_subnet: "198.18.1.0/24".parse().unwrap(),
+        cluster: cluster.parse().unwrap(),
+        pod_subnet: pod_subnet.parse().unwrap(),
     }
 }
 
-fn v6() -> NatFamily {
-    NatFamily {
-        cluster: "fd00:42::/56".parse().unwrap(),
-        pod_subnet: "fd00:42:0:1::/64".parse().unwrap(),
-    }
-}
-
+/// Pod subnets 198.18.1.0/24 in 198.18.0.0/16 and fd00:42:0:1::/64 in
+/// fd00:42::/56: what [`WANT`] expects.
 fn spec(flavour: Flavour, ipv4: bool, ipv6: bool) -> NatSpec {
     NatSpec {
         backend: flavour.kind(),
         masquerade: true,
-        ipv4: ipv4.then(v4),
-        ipv6: ipv6.then(v6),
+        ipv4: ipv4.then(|| family("198.18.0.0/16", "198.18.1.0/24")),
+        ipv6: ipv6.then(|| family("fd00:42::/56", "fd00:42:0:1::/64")),
         random_fully: true,
         mark: (0x4000, 0x4000),
         nft_table: TABLE.into(),
@@ -174,51 +153,7 @@ fn converge(ns: &Netns, flavour: Flavour, spec: &NatSpec) -> Plan {
 
 // ------------------------------------------------- independent expectations --
 
-const NFT_V4: &str = r#"table ip netconverge {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
-		ip saddr 198.18.1.0/24 ip daddr 198.18.0.0/16 return comment "netconverge masq"
-		ip saddr 198.18.0.0/16 ip daddr 198.18.1.0/24 return comment "netconverge masq"
-		ip saddr != 198.18.0.0/16 ip daddr 198.18.1.0/24 return comment "netconverge masq"
-		ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq"
-		ip saddr != 198.18.0.0/16 ip daddr 198.18.0.0/16 masquerade fully-random comment "netconverge masq"
-	}
-}
-"#;
-
-const NFT_V6: &str = r#"table ip6 netconverge {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"
-		ip6 saddr fd00:42:0:1::/64 ip6 daddr fd00:42::/56 return comment "netconverge masq"
-		ip6 saddr fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
-		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42:0:1::/64 return comment "netconverge masq"
-		ip6 saddr fd00:42::/56 ip6 daddr != ff00::/8 masquerade fully-random comment "netconverge masq"
-		ip6 saddr != fd00:42::/56 ip6 daddr fd00:42::/56 masquerade fully-random comment "netconverge masq"
-	}
-}
-"#;
-
-const IPT_V4: &str = r#":NETCONVERGE-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
--A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.1.0/24 -d 198.18.0.0/16 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.0.0/16 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG ! -s 198.18.0.0/16 -d 198.18.1.0/24 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s 198.18.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
--A NETCONVERGE-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
-"#;
-
-const IPT_V6: &str = r#":NETCONVERGE-POSTRTG - [0:0]
--A POSTROUTING -m comment --comment "netconverge masq" -j NETCONVERGE-POSTRTG
--A NETCONVERGE-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42:0:1::/64 -d fd00:42::/56 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42:0:1::/64 -m comment --comment "netconverge masq" -j RETURN
--A NETCONVERGE-POSTRTG -s fd00:42::/56 ! -d ff00::/8 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
--A NETCONVERGE-POSTRTG ! -s fd00:42::/56 -d fd00:42::/56 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully
-"#;
+static WANT: LazyLock<NatRules> = LazyLock::new(|| NatRules::new("198.18.0.0/16"));
 
 // --------------------------------------------------------------- readers --
 
@@ -226,63 +161,26 @@ fn nft_word(family: Family) -> &'static str {
     if family == Family::Ipv4 { "ip" } else { "ip6" }
 }
 
-/// `nft list table <family> netconverge`, or `None` when it does not exist.
-fn nft_table(ns: &Netns, family: Family) -> Option<String> {
-    let out = ns.exec_output(&["nft", "list", "table", nft_word(family), TABLE]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn nft_tables(ns: &Netns) -> String {
-    ns.exec(&["nft", "list", "tables"])
-}
-
-/// Handles of the rules in our chain, in order (from `nft -j list ruleset`).
+/// Handles of the rules in our chain, in order.
 fn nft_handles(ns: &Netns, family: Family) -> Vec<u64> {
-    let v: serde_json::Value =
-        serde_json::from_str(&ns.exec(&["nft", "-j", "list", "ruleset"])).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o.get("rule"))
-        .filter(|r| {
-            r["family"] == nft_word(family) && r["table"] == TABLE && r["chain"] == "postrouting"
-        })
-        .map(|r| r["handle"].as_u64().unwrap())
-        .collect()
+    let rules = ruleset::nft_rules(ns, nft_word(family));
+    rules.into_iter().map(|(handle, _)| handle).collect()
 }
 
-/// Our lines of `iptables-save -t nat` (chain declaration, jumps, rules).
 fn ipt_ours(ns: &Netns, flavour: Flavour, family: Family) -> String {
-    let save = ns.exec(&[&flavour.save(family), "-t", "nat"]);
-    save.lines()
-        .filter(|l| l.contains(CHAIN))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    ruleset::ipt_ours(ns, &flavour.save(family))
 }
 
-/// Every line of `iptables-save -c` (all tables, with counters) that is not
-/// ours and not a comment: what must stay byte for byte.
 fn ipt_foreign(ns: &Netns, flavour: Flavour, family: Family) -> String {
-    let save = ns.exec(&[&flavour.save(family), "-c"]);
-    save.lines()
-        .filter(|l| !l.starts_with('#') && !l.contains(CHAIN))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    ruleset::ipt_foreign(ns, &flavour.save(family))
 }
 
 fn ipt(ns: &Netns, flavour: Flavour, family: Family, args: &[&str]) {
-    let cli = flavour.cli(family);
-    let mut full = vec![cli.as_str(), "-w", "-t", "nat"];
-    full.extend_from_slice(args);
-    ns.exec(&full);
+    ruleset::ipt_nat(ns, &flavour.cli(family), args);
 }
 
 fn one_change(plan: &Plan) -> (&ChangeKind, &str, &str) {
-    assert_eq!(plan.changes.len(), 1, "want exactly one change:\n{plan}");
-    let c = &plan.changes[0];
+    let c = only_change(plan);
     (&c.kind, c.object.as_str(), c.reason.as_str())
 }
 
@@ -290,7 +188,7 @@ fn one_change(plan: &Plan) -> (&ChangeKind, &str, &str) {
 
 #[test]
 fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     let ns = Netns::new("nat-nft");
     let s = spec(Flavour::Nft, true, true);
     let first = converge(&ns, Flavour::Nft, &s);
@@ -299,8 +197,8 @@ fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
         first.changes.iter().all(|c| c.kind == ChangeKind::Add),
         "{first}"
     );
-    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
-    assert_eq!(nft_table(&ns, Family::Ipv6).as_deref(), Some(NFT_V6));
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(WANT.nft_v6.as_str()));
 
     let handles = (
         nft_handles(&ns, Family::Ipv4),
@@ -322,16 +220,19 @@ fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
 
 #[test]
 fn nft_single_family_and_removal_when_config_shrinks() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     let ns = Netns::new("nat-nft1");
     converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, false));
-    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
-    assert_eq!(nft_table(&ns, Family::Ipv6), None);
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    assert_eq!(nft_table(&ns, "ip6"), None);
 
     let ns6 = Netns::new("nat-nft6");
     converge(&ns6, Flavour::Nft, &spec(Flavour::Nft, false, true));
-    assert_eq!(nft_table(&ns6, Family::Ipv4), None);
-    assert_eq!(nft_table(&ns6, Family::Ipv6).as_deref(), Some(NFT_V6));
+    assert_eq!(nft_table(&ns6, "ip"), None);
+    assert_eq!(
+        nft_table(&ns6, "ip6").as_deref(),
+        Some(WANT.nft_v6.as_str())
+    );
 
     // dual → IPv4 only: our IPv6 table goes, IPv4 stays untouched
     converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, true));
@@ -346,7 +247,7 @@ fn nft_single_family_and_removal_when_config_shrinks() {
             "ipv6 not configured"
         )
     );
-    assert_eq!(nft_table(&ns, Family::Ipv6), None);
+    assert_eq!(nft_table(&ns, "ip6"), None);
     assert_eq!(nft_handles(&ns, Family::Ipv4), v4_handles);
 
     // masquerade = false: nothing of ours left
@@ -362,139 +263,103 @@ fn nft_single_family_and_removal_when_config_shrinks() {
 
 #[test]
 fn nft_every_drift_is_found_and_repaired() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     let ns = Netns::new("nat-nftd");
     let s = spec(Flavour::Nft, true, false);
     converge(&ns, Flavour::Nft, &s);
-    let t = TABLE;
+    let chain = format!("ip|{TABLE}|postrouting");
     let mark_rule = r#"meta mark & 0x4000 == 0x4000 return comment "netconverge masq""#;
     let masq_rule = r#"ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq""#;
-    type Drift = Box<dyn Fn(&Netns, &[u64])>;
-    let nft = |args: &'static str| -> Drift {
-        Box::new(move |ns: &Netns, _h: &[u64]| {
-            let mut full = vec!["nft"];
-            full.extend(args.split('|'));
-            ns.exec(&full);
-        })
+    let edited_rule =
+        r#"ip saddr 198.18.9.0/24 ip daddr 198.18.0.0/16 return comment "netconverge masq""#;
+    // each drift: `nft` commands (arguments separated by `|`), given the
+    // handles of our chain's rules
+    type Drift<'a> = Box<dyn Fn(&[u64]) -> Vec<String> + 'a>;
+    let fixed = |cmds: &'static [&'static str]| -> Drift {
+        Box::new(move |_| cmds.iter().map(|c| c.to_string()).collect())
     };
     let cases: Vec<(&str, Drift, ChangeKind, &str)> = vec![
         (
             "rule deleted",
-            Box::new(move |ns, h| {
-                ns.exec(&[
-                    "nft",
-                    "delete",
-                    "rule",
-                    "ip",
-                    t,
-                    "postrouting",
-                    "handle",
-                    &h[1].to_string(),
-                ]);
-            }),
+            Box::new(|h| vec![format!("delete|rule|{chain}|handle|{}", h[1])]),
             ChangeKind::Modify,
             "missing rule `ip saddr 198.18.1.0/24 ip daddr 198.18.0.0/16 return",
         ),
         (
             "reordered",
-            Box::new(move |ns, h| {
-                ns.exec(&[
-                    "nft",
-                    "delete",
-                    "rule",
-                    "ip",
-                    t,
-                    "postrouting",
-                    "handle",
-                    &h[0].to_string(),
-                ]);
-                ns.exec(&["nft", "add", "rule", "ip", t, "postrouting", mark_rule]);
+            Box::new(|h| {
+                vec![
+                    format!("delete|rule|{chain}|handle|{}", h[0]),
+                    format!("add|rule|{chain}|{mark_rule}"),
+                ]
             }),
             ChangeKind::Modify,
             "rules reordered",
         ),
         (
             "duplicated",
-            Box::new(move |ns, _| {
-                ns.exec(&["nft", "add", "rule", "ip", t, "postrouting", masq_rule]);
-            }),
+            Box::new(|_| vec![format!("add|rule|{chain}|{masq_rule}")]),
             ChangeKind::Modify,
             "duplicate rule `ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
         ),
         (
             "edited",
-            Box::new(move |ns, h| {
-                let h = h[1].to_string();
-                let rule = r#"ip saddr 198.18.9.0/24 ip daddr 198.18.0.0/16 return comment "netconverge masq""#;
-                ns.exec(&[
-                    "nft",
-                    "replace",
-                    "rule",
-                    "ip",
-                    t,
-                    "postrouting",
-                    "handle",
-                    &h,
-                    rule,
-                ]);
+            Box::new(|h| {
+                vec![format!(
+                    "replace|rule|{chain}|handle|{}|{edited_rule}",
+                    h[1]
+                )]
             }),
             ChangeKind::Modify,
             "rule 2 edited: `ip saddr 198.18.9.0/24",
         ),
         (
             "foreign rule in our chain",
-            nft("insert|rule|ip|netconverge|postrouting|counter|accept"),
+            fixed(&["insert|rule|ip|netconverge|postrouting|counter|accept"]),
             ChangeKind::Modify,
             "extra rule `unrecognized",
         ),
         (
             "chain priority changed",
-            Box::new(move |ns, _| {
-                ns.exec(&["nft", "delete", "chain", "ip", t, "postrouting"]);
-                ns.exec(&[
-                    "nft",
-                    "add",
-                    "chain",
-                    "ip",
-                    t,
-                    "postrouting",
-                    "{ type nat hook postrouting priority 0; }",
-                ]);
-            }),
+            fixed(&[
+                "delete|chain|ip|netconverge|postrouting",
+                "add|chain|ip|netconverge|postrouting|{ type nat hook postrouting priority 0; }",
+            ]),
             ChangeKind::Modify,
             "chain postrouting is `type nat hook postrouting priority 0; policy accept`",
         ),
         (
             "chain deleted",
-            nft("delete|chain|ip|netconverge|postrouting"),
+            fixed(&["delete|chain|ip|netconverge|postrouting"]),
             ChangeKind::Modify,
             "chain postrouting missing",
         ),
         (
             "foreign chain in our table",
-            nft("add|chain|ip|netconverge|extra"),
+            fixed(&["add|chain|ip|netconverge|extra"]),
             ChangeKind::Modify,
             "foreign chain `extra` in our table",
         ),
         (
             "table made dormant",
-            nft("add|table|ip|netconverge|{ flags dormant; }"),
+            fixed(&["add|table|ip|netconverge|{ flags dormant; }"]),
             ChangeKind::Modify,
             "table has flags set",
         ),
         (
             "whole table deleted",
-            nft("delete|table|ip|netconverge"),
+            fixed(&["delete|table|ip|netconverge"]),
             ChangeKind::Add,
             "missing",
         ),
     ];
     for (name, drift, want_kind, want_reason) in cases {
-        let handles = nft_handles(&ns, Family::Ipv4);
-        drift(&ns, &handles);
+        for cmd in drift(&nft_handles(&ns, Family::Ipv4)) {
+            ruleset::nft(&ns, &cmd);
+        }
         assert_ne!(
-            nft_table(&ns, Family::Ipv4).as_deref(),
-            Some(NFT_V4),
+            nft_table(&ns, "ip").as_deref(),
+            Some(WANT.nft_v4.as_str()),
             "{name}: drift had no effect"
         );
         let p = check(&ns, Flavour::Nft, &s);
@@ -507,8 +372,8 @@ fn nft_every_drift_is_found_and_repaired() {
         );
         converge(&ns, Flavour::Nft, &s);
         assert_eq!(
-            nft_table(&ns, Family::Ipv4).as_deref(),
-            Some(NFT_V4),
+            nft_table(&ns, "ip").as_deref(),
+            Some(WANT.nft_v4.as_str()),
             "{name}: not repaired"
         );
     }
@@ -516,7 +381,7 @@ fn nft_every_drift_is_found_and_repaired() {
 
 #[test]
 fn nft_foreign_tables_untouched_and_cleanup_removes_only_ours() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     let ns = Netns::new("nat-nftf");
     let foreign = r#"
 table ip usernat {
@@ -538,26 +403,17 @@ table inet filter {
 	}
 }
 "#;
-    let path = std::env::temp_dir().join(format!("nct-foreign-{}.nft", std::process::id()));
-    std::fs::write(&path, foreign).unwrap();
-    ns.exec(&["nft", "-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
+    ruleset::nft_file(&ns, foreign);
     let snapshot = |ns: &Netns| {
-        ["ip usernat", "ip6 netconverge2", "inet filter"]
-            .iter()
-            .map(|t| {
-                let mut args = vec!["nft", "-a", "list", "table"];
-                args.extend(t.split(' '));
-                ns.exec(&args)
-            })
-            .collect::<Vec<_>>()
+        ["ip|usernat", "ip6|netconverge2", "inet|filter"]
+            .map(|t| ruleset::nft(ns, &format!("-a|list|table|{t}")))
     };
     let before = snapshot(&ns);
     assert!(before[0].contains("masquerade"), "{before:?}");
 
     let s = spec(Flavour::Nft, true, true);
     converge(&ns, Flavour::Nft, &s);
-    assert_eq!(nft_table(&ns, Family::Ipv4).as_deref(), Some(NFT_V4));
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
     assert_eq!(snapshot(&ns), before);
 
     let removed = ns.enter({
@@ -572,11 +428,7 @@ table inet filter {
         ]
     );
     assert_eq!(snapshot(&ns), before);
-    let tables = nft_tables(&ns);
-    assert!(
-        !tables.contains("ip netconverge\n") && !tables.contains("ip6 netconverge\n"),
-        "{tables}"
-    );
+    ruleset::assert_no_nft_table_of_ours(&ns);
     let again = ns.enter(move || Flavour::Nft.cleanup(&s));
     assert!(again.is_empty(), "{again:?}");
 }
@@ -596,7 +448,7 @@ fn send_udp(ns: &Netns, src: &str, dst: &str) {
 
 #[test]
 fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     for flavour in IPT_FLAVOURS {
         let ns = Netns::new("nat-ipt");
         ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
@@ -608,8 +460,16 @@ fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
         let s = spec(flavour, true, true);
         let first = converge(&ns, flavour, &s);
         assert_eq!(first.changes.len(), 2, "{flavour:?}: {first}");
-        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
-        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv6), IPT_V6, "{flavour:?}");
+        assert_eq!(
+            ipt_ours(&ns, flavour, Family::Ipv4),
+            WANT.ipt_v4,
+            "{flavour:?}"
+        );
+        assert_eq!(
+            ipt_ours(&ns, flavour, Family::Ipv6),
+            WANT.ipt_v6,
+            "{flavour:?}"
+        );
 
         // Make our MASQUERADE rule count traffic: a re-applied chain would
         // start again from [0:0].
@@ -646,17 +506,25 @@ fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
 
 #[test]
 fn iptables_single_family_and_removal() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     for flavour in IPT_FLAVOURS {
         let ns4 = Netns::new("nat-ipt4");
         converge(&ns4, flavour, &spec(flavour, true, false));
-        assert_eq!(ipt_ours(&ns4, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
+        assert_eq!(
+            ipt_ours(&ns4, flavour, Family::Ipv4),
+            WANT.ipt_v4,
+            "{flavour:?}"
+        );
         assert_eq!(ipt_ours(&ns4, flavour, Family::Ipv6), "", "{flavour:?}");
 
         let ns6 = Netns::new("nat-ipt6");
         converge(&ns6, flavour, &spec(flavour, false, true));
         assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv4), "", "{flavour:?}");
-        assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv6), IPT_V6, "{flavour:?}");
+        assert_eq!(
+            ipt_ours(&ns6, flavour, Family::Ipv6),
+            WANT.ipt_v6,
+            "{flavour:?}"
+        );
 
         let off = NatSpec {
             masquerade: false,
@@ -678,51 +546,28 @@ fn iptables_single_family_and_removal() {
 
 #[test]
 fn iptables_every_drift_is_found_and_repaired() {
-    let _cpu = shared();
-    let jump = [
-        "-m",
-        "comment",
-        "--comment",
-        "netconverge masq",
-        "-j",
-        CHAIN,
-    ];
+    let _cpu = cpu_shared();
+    let jump = |op| commented(&[op, "POSTROUTING"], &[CHAIN]);
     for flavour in IPT_FLAVOURS {
         let ns = Netns::new("nat-iptd");
         let s = spec(flavour, true, false);
         converge(&ns, flavour, &s);
         let f = Family::Ipv4;
+        let ipt = |ns: &Netns, args: &[&str]| ipt(ns, flavour, f, args);
         type Drift<'a> = Box<dyn Fn(&Netns) + 'a>;
         let cases: Vec<(&str, Drift, ChangeKind, &str)> = vec![
             (
                 "rule deleted",
-                Box::new(|ns| ipt(ns, flavour, f, &["-D", CHAIN, "3"])),
+                Box::new(|ns| ipt(ns, &["-D", CHAIN, "3"])),
                 ChangeKind::Modify,
                 "missing rule `-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 -d 198.18.1.0/24",
             ),
             (
                 "reordered",
                 Box::new(|ns| {
-                    ipt(ns, flavour, f, &["-D", CHAIN, "1"]);
-                    ipt(
-                        ns,
-                        flavour,
-                        f,
-                        &[
-                            "-A",
-                            CHAIN,
-                            "-m",
-                            "mark",
-                            "--mark",
-                            "0x4000/0x4000",
-                            "-m",
-                            "comment",
-                            "--comment",
-                            "netconverge masq",
-                            "-j",
-                            "RETURN",
-                        ],
-                    );
+                    ipt(ns, &["-D", CHAIN, "1"]);
+                    let mark = ["-A", CHAIN, "-m", "mark", "--mark", "0x4000/0x4000"];
+                    ipt(ns, &commented(&mark, &["RETURN"]));
                 }),
                 ChangeKind::Modify,
                 "rules reordered",
@@ -730,27 +575,8 @@ fn iptables_every_drift_is_found_and_repaired() {
             (
                 "duplicated",
                 Box::new(|ns| {
-                    ipt(
-                        ns,
-                        flavour,
-                        f,
-                        &[
-                            "-A",
-                            CHAIN,
-                            "-s",
-                            "198.18.0.0/16",
-                            "!",
-                            "-d",
-                            "224.0.0.0/4",
-                            "-m",
-                            "comment",
-                            "--comment",
-                            "netconverge masq",
-                            "-j",
-                            "MASQUERADE",
-                            "--random-fully",
-                        ],
-                    )
+                    let masq = ["-A", CHAIN, "-s", "198.18.0.0/16", "!", "-d", "224.0.0.0/4"];
+                    ipt(ns, &commented(&masq, &["MASQUERADE", "--random-fully"]));
                 }),
                 ChangeKind::Modify,
                 "duplicate rule `-A NETCONVERGE-POSTRTG -s 198.18.0.0/16 ! -d 224.0.0.0/4",
@@ -758,62 +584,37 @@ fn iptables_every_drift_is_found_and_repaired() {
             (
                 "edited",
                 Box::new(|ns| {
-                    ipt(
-                        ns,
-                        flavour,
-                        f,
-                        &[
-                            "-R",
-                            CHAIN,
-                            "2",
-                            "-s",
-                            "198.18.9.0/24",
-                            "-d",
-                            "198.18.0.0/16",
-                            "-m",
-                            "comment",
-                            "--comment",
-                            "netconverge masq",
-                            "-j",
-                            "RETURN",
-                        ],
-                    )
+                    let edited = [
+                        "-R",
+                        CHAIN,
+                        "2",
+                        "-s",
+                        "198.18.9.0/24",
+                        "-d",
+                        "198.18.0.0/16",
+                    ];
+                    ipt(ns, &commented(&edited, &["RETURN"]));
                 }),
                 ChangeKind::Modify,
                 "rule 2 edited: `-A NETCONVERGE-POSTRTG -s 198.18.9.0/24",
             ),
             (
                 "jump removed",
-                Box::new(|ns| {
-                    let mut a = vec!["-D", "POSTROUTING"];
-                    a.extend(jump);
-                    ipt(ns, flavour, f, &a);
-                }),
+                Box::new(|ns| ipt(ns, &jump("-D"))),
                 ChangeKind::Modify,
                 "jump from POSTROUTING missing",
             ),
             (
                 "jump duplicated",
-                Box::new(|ns| {
-                    let mut a = vec!["-I", "POSTROUTING"];
-                    a.extend(jump);
-                    ipt(ns, flavour, f, &a);
-                }),
+                Box::new(|ns| ipt(ns, &jump("-I"))),
                 ChangeKind::Modify,
                 "jump from POSTROUTING duplicated (2 copies)",
             ),
             (
                 "jump edited",
                 Box::new(|ns| {
-                    let mut a = vec!["-D", "POSTROUTING"];
-                    a.extend(jump);
-                    ipt(ns, flavour, f, &a);
-                    ipt(
-                        ns,
-                        flavour,
-                        f,
-                        &["-A", "POSTROUTING", "-o", "lo", "-j", CHAIN],
-                    );
+                    ipt(ns, &jump("-D"));
+                    ipt(ns, &["-A", "POSTROUTING", "-o", "lo", "-j", CHAIN]);
                 }),
                 ChangeKind::Modify,
                 "unexpected jump from POSTROUTING `-A POSTROUTING -o lo -j NETCONVERGE-POSTRTG`",
@@ -821,11 +622,9 @@ fn iptables_every_drift_is_found_and_repaired() {
             (
                 "chain and jump deleted",
                 Box::new(|ns| {
-                    let mut a = vec!["-D", "POSTROUTING"];
-                    a.extend(jump);
-                    ipt(ns, flavour, f, &a);
-                    ipt(ns, flavour, f, &["-F", CHAIN]);
-                    ipt(ns, flavour, f, &["-X", CHAIN]);
+                    ipt(ns, &jump("-D"));
+                    ipt(ns, &["-F", CHAIN]);
+                    ipt(ns, &["-X", CHAIN]);
                 }),
                 ChangeKind::Add,
                 "missing",
@@ -835,7 +634,7 @@ fn iptables_every_drift_is_found_and_repaired() {
             drift(&ns);
             assert_ne!(
                 ipt_ours(&ns, flavour, f),
-                IPT_V4,
+                WANT.ipt_v4,
                 "{flavour:?} {name}: drift had no effect"
             );
             let p = check(&ns, flavour, &s);
@@ -849,7 +648,7 @@ fn iptables_every_drift_is_found_and_repaired() {
             converge(&ns, flavour, &s);
             assert_eq!(
                 ipt_ours(&ns, flavour, f),
-                IPT_V4,
+                WANT.ipt_v4,
                 "{flavour:?} {name}: not repaired"
             );
         }
@@ -858,11 +657,30 @@ fn iptables_every_drift_is_found_and_repaired() {
 
 #[test]
 fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     for flavour in IPT_FLAVOURS {
         let ns = Netns::new("nat-iptf");
         for f in [Family::Ipv4, Family::Ipv6] {
-            let kube_masq = [
+            let ipt = |args: &[&str]| ipt(&ns, flavour, f, args);
+            ipt(&["-N", "KUBE-POSTROUTING"]);
+            let not_marked = ["-m", "mark", "!", "--mark", "0x4000/0x4000"];
+            ipt(&[
+                &["-A", "KUBE-POSTROUTING"][..],
+                &not_marked,
+                &["-j", "RETURN"],
+            ]
+            .concat());
+            ipt(&[
+                "-A",
+                "KUBE-POSTROUTING",
+                "-j",
+                "MARK",
+                "--xor-mark",
+                "0x4000",
+            ]);
+            ipt(&[
+                "-A",
+                "KUBE-POSTROUTING",
                 "-m",
                 "comment",
                 "--comment",
@@ -870,62 +688,19 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
                 "-j",
                 "MASQUERADE",
                 "--random-fully",
-            ];
-            ipt(&ns, flavour, f, &["-N", "KUBE-POSTROUTING"]);
-            ipt(
-                &ns,
-                flavour,
-                f,
-                &[
-                    "-A",
-                    "KUBE-POSTROUTING",
-                    "-m",
-                    "mark",
-                    "!",
-                    "--mark",
-                    "0x4000/0x4000",
-                    "-j",
-                    "RETURN",
-                ],
-            );
-            ipt(
-                &ns,
-                flavour,
-                f,
-                &[
-                    "-A",
-                    "KUBE-POSTROUTING",
-                    "-j",
-                    "MARK",
-                    "--xor-mark",
-                    "0x4000",
-                ],
-            );
-            let mut a = vec!["-A", "KUBE-POSTROUTING"];
-            a.extend(kube_masq);
-            ipt(&ns, flavour, f, &a);
-            ipt(
-                &ns,
-                flavour,
-                f,
-                &[
-                    "-A",
-                    "POSTROUTING",
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "kubernetes postrouting rules",
-                    "-j",
-                    "KUBE-POSTROUTING",
-                ],
-            );
-            ipt(&ns, flavour, f, &["-N", "KUBE-MARK-MASQ"]);
-            ipt(
-                &ns,
-                flavour,
-                f,
-                &["-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", "0x4000"],
-            );
+            ]);
+            ipt(&[
+                "-A",
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes postrouting rules",
+                "-j",
+                "KUBE-POSTROUTING",
+            ]);
+            ipt(&["-N", "KUBE-MARK-MASQ"]);
+            ipt(&["-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", "0x4000"]);
             let cli = flavour.cli(f);
             ns.exec(&[
                 &cli, "-w", "-t", "filter", "-A", "FORWARD", "-i", "lo", "-j", "ACCEPT",
@@ -942,7 +717,11 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
 
         let s = spec(flavour, true, true);
         converge(&ns, flavour, &s);
-        assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), IPT_V4, "{flavour:?}");
+        assert_eq!(
+            ipt_ours(&ns, flavour, Family::Ipv4),
+            WANT.ipt_v4,
+            "{flavour:?}"
+        );
         assert_eq!(
             foreign(&ns),
             before,
@@ -1007,26 +786,18 @@ fn watcher(ns: &Netns, flavour: Flavour) -> Watch {
 }
 
 fn no_gap(flavour: Flavour) {
-    let _cpu = exclusive();
+    let _cpu = cpu_exclusive();
     let ns = Netns::new("nat-gap");
     let s = spec(flavour, true, false);
     converge(&ns, flavour, &s);
 
     // Control: a non-atomic flush-then-refill is caught, so the watcher
     // can fail.
-    let w = watcher(&ns, flavour);
-    match flavour {
-        Flavour::Nft => ns.exec(&["nft", "flush", "chain", "ip", TABLE, "postrouting"]),
-        f => ns.exec(&[&f.cli(Family::Ipv4), "-w", "-t", "nat", "-F", CHAIN]),
-    };
-    std::thread::sleep(Duration::from_millis(50));
-    converge(&ns, flavour, &s);
-    let control = w.stop();
-    eprintln!("{flavour:?} control: {control:?} ({:.0} Hz)", control.hz());
-    assert!(
-        control.bad > 0,
-        "{flavour:?}: the watcher missed a 50 ms gap: {control:?}"
-    );
+    let cli = (flavour != Flavour::Nft).then(|| flavour.cli(Family::Ipv4));
+    let what = format!("{flavour:?}");
+    ruleset::assert_watch_sees_a_gap(&ns, watcher(&ns, flavour), cli.as_deref(), &what, || {
+        converge(&ns, flavour, &s);
+    });
 
     // The proof: 100 rewrites of the chain (50 drifts, 50 repairs), each
     // one transaction through the library, and never a missing rule.
@@ -1052,27 +823,16 @@ fn no_gap(flavour: Flavour) {
             n
         }
     });
-    let report = w.stop();
     assert_eq!(rewrites, 100);
-    eprintln!("{flavour:?}: {report:?} ({:.0} Hz)", report.hz());
-    report.assert_no_gap(200.0);
+    ruleset::assert_no_gap(w, &what);
     assert!(check(&ns, flavour, &s).in_sync());
 }
 
-#[test]
-fn no_gap_nftables() {
-    no_gap(Flavour::Nft);
-}
-
-#[test]
-fn no_gap_iptables_nft() {
-    no_gap(Flavour::IptNft);
-}
-
-#[test]
-fn no_gap_iptables_legacy() {
-    no_gap(Flavour::IptLegacy);
-}
+variants!(no_gap:
+    no_gap_nftables => Flavour::Nft,
+    no_gap_iptables_nft => Flavour::IptNft,
+    no_gap_iptables_legacy => Flavour::IptLegacy,
+);
 
 // --------------------------------------------------------- real traffic --
 
@@ -1158,7 +918,7 @@ fn whoami(ns: &Netns, addr: &str, port: u16) -> Option<String> {
 /// pod (198.18.1.2) → node (router, NAT) → outside (192.0.2.2, no route
 /// back to the cluster) and → peer (198.18.2.2, another cluster subnet).
 fn masquerade_traffic(flavour: Flavour) {
-    let _cpu = shared();
+    let _cpu = cpu_shared();
     let pod = Netns::new("pod");
     let node = Netns::new("node");
     let outside = Netns::new("out");
@@ -1206,14 +966,7 @@ fn masquerade_traffic(flavour: Flavour) {
         "{flavour:?}: answered without NAT"
     );
 
-    let s = NatSpec {
-        ipv4: Some(NatFamily {
-            cluster: "198.18.0.0/16".parse().unwrap(),
-            pod_subnet: "198.18.1.0/24".parse().unwrap(),
-        }),
-        ..spec(flavour, true, false)
-    };
-    converge(&node, flavour, &s);
+    converge(&node, flavour, &spec(flavour, true, false));
     assert_eq!(
         whoami(&pod, "192.0.2.2", 5353).as_deref(),
         Some("192.0.2.1"),
@@ -1226,20 +979,11 @@ fn masquerade_traffic(flavour: Flavour) {
     );
 }
 
-#[test]
-fn traffic_is_masqueraded_only_when_leaving_the_cluster_nftables() {
-    masquerade_traffic(Flavour::Nft);
-}
-
-#[test]
-fn traffic_is_masqueraded_only_when_leaving_the_cluster_iptables() {
-    masquerade_traffic(Flavour::IptSystem);
-}
-
-#[test]
-fn traffic_is_masqueraded_only_when_leaving_the_cluster_iptables_legacy() {
-    masquerade_traffic(Flavour::IptLegacy);
-}
+variants!(masquerade_traffic:
+    traffic_is_masqueraded_only_when_leaving_the_cluster_nftables => Flavour::Nft,
+    traffic_is_masqueraded_only_when_leaving_the_cluster_iptables => Flavour::IptSystem,
+    traffic_is_masqueraded_only_when_leaving_the_cluster_iptables_legacy => Flavour::IptLegacy,
+);
 
 #[test]
 fn backend_tools_are_found_on_this_machine() {

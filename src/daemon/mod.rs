@@ -7,6 +7,7 @@
 //! stop nothing is removed or flushed.
 
 pub mod filter;
+pub mod nm;
 pub mod reconciler;
 
 use std::time::{Duration, Instant};
@@ -17,7 +18,6 @@ use netlink_sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::ConfigErrors;
@@ -185,12 +185,17 @@ fn log_pass(n: u64, trigger: Trigger, outcome: &Outcome, took: Duration) {
     }
 }
 
-/// Run until SIGTERM/SIGINT. `hints` carries NetworkManager events when that
-/// integration is enabled.
+/// TEST ONLY: when set (to anything), every netlink notification is ignored,
+/// so the integration tests can prove that NetworkManager hints alone
+/// trigger repairs. Overruns still resync. Never set it in production.
+const TEST_IGNORE_NETLINK_ENV: &str = "NETCONVERGE_TEST_IGNORE_NETLINK";
+
+/// Run until SIGTERM/SIGINT. `nm` follows NetworkManager (D-Bus) when that
+/// integration is enabled; a reload starts, retargets or stops it.
 pub async fn run(
     mut desired: Desired,
     loader: Loader,
-    mut hints: Option<mpsc::UnboundedReceiver<Hint>>,
+    mut nm: Option<nm::Watcher>,
 ) -> Result<(), DaemonError> {
     // Subscribe before the first dump, so no change between dump and
     // subscription can be missed.
@@ -213,6 +218,10 @@ pub async fn run(
     let mut note: Option<String> = None;
     let mut relevant_events: u64 = 0;
     let mut last_status = String::new();
+    let ignore_netlink = std::env::var_os(TEST_IGNORE_NETLINK_ENV).is_some();
+    if ignore_netlink {
+        warn!("{TEST_IGNORE_NETLINK_ENV} is set: ignoring every netlink notification (test-only)");
+    }
     info!(
         "netconverge {} running: {} device(s), {} peer(s)",
         env!("CARGO_PKG_VERSION"),
@@ -237,6 +246,7 @@ pub async fn run(
                         info!("reload: configuration valid, converging to it");
                         interest = Interest::new(&new);
                         rec.reconfigure(&new.daemon, Instant::now());
+                        nm = nm::reconfigure(nm.take(), &new);
                         desired = new;
                         note = None;
                     }
@@ -258,7 +268,7 @@ pub async fn run(
             }
             msg = monitor.next() => match msg {
                 Some((m, _)) => match m.payload {
-                    NetlinkPayload::InnerMessage(inner) if interest.relevant(&inner) => {
+                    NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.relevant(&inner) => {
                         relevant_events += 1;
                         tracing::trace!("relevant: {}", Interest::describe(&inner));
                         rec.on_event(Instant::now());
@@ -278,7 +288,7 @@ pub async fn run(
             },
             msg = async { match nexthop_events.as_mut() { Some(m) => m.next().await, None => std::future::pending().await } } => match msg {
                 Some((m, _)) => match m.payload {
-                    NetlinkPayload::InnerMessage(inner) if interest.nexthop(inner.message()) => {
+                    NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.nexthop(inner.message()) => {
                         relevant_events += 1;
                         rec.on_event(Instant::now());
                     }
@@ -295,7 +305,7 @@ pub async fn run(
                     rec.on_urgent(Instant::now());
                 }
             },
-            hint = async { match hints.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => match hint {
+            hint = async { match nm.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => match hint {
                 Some(Hint::Activated(dev)) => {
                     info!("NetworkManager activated {dev}: converging now");
                     rec.on_urgent(Instant::now());
@@ -307,7 +317,7 @@ pub async fn run(
                 }
                 Some(Hint::NmUp) => { info!("NetworkManager appeared on the bus"); rec.on_event(Instant::now()); }
                 Some(Hint::NmDown) => info!("NetworkManager left the bus; continuing with netlink alone"),
-                None => hints = None,
+                None => nm = None,
             },
             _ = tokio::time::sleep_until(deadline) => {
                 let Some(trigger) = rec.poll(Instant::now()) else { continue };

@@ -13,12 +13,20 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Netns;
 
+/// Runs on the notify reader thread for every message, the instant it is
+/// received (before the test sees it): reads some state "at the moment"
+/// READY=1 arrives. Its result is stored next to the message.
+pub type Probe = Box<dyn FnMut(&str) -> String + Send>;
+
 pub struct Daemon {
     pub child: Option<Child>,
+    /// `(message, probe result)` for every message, when started with a probe.
+    probed: Arc<Mutex<Vec<(String, String)>>>,
     /// Fed by a thread that reads the notify socket continuously, as systemd
     /// does: the kernel queues only a few datagrams, and a full queue would
     /// block the daemon's sd_notify.
@@ -43,6 +51,27 @@ impl Daemon {
 
     /// Start the daemon through an arbitrary command prefix (e.g. nsenter).
     pub fn start_with(prefix: &[String], config: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_inner(prefix, config, env, None)
+    }
+
+    /// Like [`Daemon::start`], running `probe` on each notify message as it
+    /// arrives (see [`Probe`]); results in [`Daemon::probed`].
+    pub fn start_probed(ns: &Netns, config: &Path, env: &[(&str, &str)], probe: Probe) -> Daemon {
+        let prefix = [
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            ns.name.clone(),
+        ];
+        Daemon::start_inner(&prefix, config, env, Some(probe))
+    }
+
+    fn start_inner(
+        prefix: &[String],
+        config: &Path,
+        env: &[(&str, &str)],
+        mut probe: Option<Probe>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let sock_path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -71,24 +100,39 @@ impl Daemon {
         }
         let child = cmd.spawn().unwrap();
         let (tx, rx) = channel();
+        let probed = Arc::new(Mutex::new(Vec::new()));
+        let probed_w = probed.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf) {
-                if tx
-                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                    .is_err()
-                {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(p) = probe.as_mut() {
+                    let seen = p(&msg);
+                    probed_w.lock().unwrap().push((msg.clone(), seen));
+                }
+                if tx.send(msg).is_err() {
                     break;
                 }
             }
         });
         Daemon {
             child: Some(child),
+            probed,
             rx,
             log,
             messages: Vec::new(),
             _dir: dir,
         }
+    }
+
+    /// What the probe saw for the first message containing `needle`.
+    pub fn probed(&self, needle: &str) -> Option<String> {
+        self.probed
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, _)| m.contains(needle))
+            .map(|(_, seen)| seen.clone())
     }
 
     pub fn pid(&self) -> u32 {

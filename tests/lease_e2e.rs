@@ -1,0 +1,347 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! flannel's lease file (`subnet.env`) through the built binary and the
+//! daemon. Write mode: READY=1 only once the file is right (checked on the
+//! notify reader thread the instant READY arrives), the underlay's MTU flows
+//! into the VXLAN device and the file, a deleted file comes back, hand
+//! edits are named key by key by `--check`. Guard mode (`preserve`): a
+//! valid file is backed up, a "rebooted" (deleted) file is restored before
+//! READY=1, a corrupt file never overwrites the backup.
+//!
+//! Files are read by the test itself; MTUs with `ip -j`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::daemon::{Daemon, Probe, eventually};
+use common::fixtures;
+use common::{LONG, Netns, Stack, UNDERLAY};
+
+struct Paths {
+    live: PathBuf,
+    state: PathBuf,
+    backup: PathBuf,
+}
+
+fn paths(dir: &Path) -> Paths {
+    Paths {
+        live: dir.join("run/flannel/subnet.env"),
+        state: dir.join("state"),
+        backup: dir.join("state/subnet.env"),
+    }
+}
+
+/// A node (IPv4 underlay) with a config from [`config`] in a temp dir.
+fn setup(
+    tag: &str,
+    mode: &str,
+    lease_extra: &str,
+    resync_secs: u32,
+) -> (Netns, tempfile::TempDir, Paths, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), mode, lease_extra, resync_secs);
+    let p = paths(dir.path());
+    (Netns::node(tag, Stack::V4), dir, p, cfg)
+}
+
+/// A node with one IPv4 VXLAN device, two peers and a `[lease]` in `mode`.
+/// `lease_extra` adds keys to `[lease]`.
+fn config(dir: &Path, mode: &str, lease_extra: &str, resync_secs: u32) -> PathBuf {
+    let p = paths(dir);
+    let lease = format!(
+        "\n[lease]\nmode = \"{mode}\"\npath = \"{}\"\nstate_dir = \"{}\"\n{lease_extra}",
+        p.live.display(),
+        p.state.display()
+    );
+    let text = fixtures::node_name("lease-node")
+        + &fixtures::vxlan_v4(UNDERLAY)
+        + &fixtures::peers_v4_24(2)
+        + &lease
+        + &fixtures::daemon(resync_secs, "networkmanager = \"off\"\n");
+    fixtures::write_config(dir, "netconverge.toml", &text)
+}
+
+const WRITE_KEYS: &str = "network = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n";
+
+/// What flannel itself would write for this node, with `mtu` (written out
+/// here by hand: an independent expectation, not our renderer).
+fn flannel_file(mtu: u32) -> String {
+    format!(
+        "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n"
+    )
+}
+
+/// `KEY=value` lines, as the CNI plugin reads them.
+fn keys(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+fn mtu(ns: &Netns, dev: &str) -> u64 {
+    ns.link(dev).unwrap()["mtu"].as_u64().unwrap()
+}
+
+/// A probe that reads `path` at the instant READY=1 arrives.
+fn read_at_ready(path: PathBuf) -> Probe {
+    Box::new(move |msg: &str| {
+        if msg.lines().any(|l| l == "READY=1") {
+            read(&path).unwrap_or_else(|| "<missing>".to_string())
+        } else {
+            String::new()
+        }
+    })
+}
+
+// ----------------------------------------------------------- write mode --
+
+#[test]
+fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
+    // a long resync: the MTU change must come through the netlink event
+    let (ns, _dir, p, cfg) = setup("lease-w", "write", WRITE_KEYS, 3600);
+    let mut d = Daemon::start_probed(&ns, &cfg, &[], read_at_ready(p.live.clone()));
+    d.wait_notify("READY=1", LONG);
+    let at_ready = d.probed("READY=1").unwrap();
+    assert_eq!(
+        at_ready,
+        flannel_file(1450),
+        "file at the instant of READY=1"
+    );
+    assert_eq!(mtu(&ns, "flannel.1"), 1450);
+    assert_eq!(
+        keys(&at_ready)["FLANNEL_MTU"],
+        mtu(&ns, "flannel.1").to_string(),
+        "FLANNEL_MTU is the VXLAN device's MTU"
+    );
+    let mode = std::fs::metadata(&p.live).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode & 0o044,
+        0o044,
+        "the CNI plugin must be able to read it: {mode:o}"
+    );
+
+    // the underlay's MTU changes: device and file follow, without a resync
+    for (under, want) in [(1400, 1350), (1500, 1450), (9000, 8950)] {
+        ns.ip(&["link", "set", UNDERLAY, "mtu", &under.to_string()]);
+        eventually(
+            &format!("underlay mtu {under} → flannel.1 {want} and FLANNEL_MTU={want}"),
+            LONG,
+            || {
+                mtu(&ns, "flannel.1") == want
+                    && read(&p.live).as_deref() == Some(flannel_file(want as u32).as_str())
+            },
+        );
+    }
+    let logs = d.logs();
+    assert!(!logs.contains("(periodic resync)"), "{logs}");
+    assert!(logs.contains("(kernel events)"), "{logs}");
+    assert!(
+        logs.contains("FLANNEL_MTU 1450 → 1350"),
+        "the pass names the key it changed:\n{logs}"
+    );
+    ns.netconverge_exits(&cfg, &["converge", "--check"], 0);
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+    assert_eq!(
+        read(&p.live).unwrap(),
+        flannel_file(8950),
+        "left in place on stop"
+    );
+}
+
+/// A deleted file raises no netlink event: the daemon finds it missing on
+/// its next pass. `resync_secs = 1` makes that pass come quickly here.
+#[test]
+fn write_mode_deleted_file_is_restored_by_the_periodic_resync() {
+    let (ns, _dir, p, cfg) = setup("lease-del", "write", WRITE_KEYS, 1);
+    let mut d = Daemon::start(&ns, &cfg, &[]);
+    d.wait_notify("READY=1", LONG);
+    // past the passes that the first pass's own changes trigger
+    eventually("a first periodic resync pass", LONG, || {
+        d.logs().contains("trigger=periodic resync")
+    });
+    let want = format!("(periodic resync): + lease {}: missing", p.live.display());
+    for round in 1..=3 {
+        std::fs::remove_file(&p.live).unwrap();
+        eventually(&format!("round {round}: file restored"), LONG, || {
+            read(&p.live).as_deref() == Some(flannel_file(1450).as_str())
+        });
+        // each restore was a resync pass's doing (no event announces a
+        // deleted file)
+        eventually(&format!("round {round}: the pass is logged"), LONG, || {
+            d.logs().matches(&want).count() == round
+        });
+    }
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn write_mode_check_names_the_drifted_keys_and_converge_repairs() {
+    let (ns, _dir, p, cfg) = setup("lease-chk", "write", WRITE_KEYS, 3600);
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
+
+    // someone edits the file: two values changed, one key gone, one added
+    std::fs::write(
+        &p.live,
+        "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.9.1/24\nFLANNEL_MTU=9000\nFOO=bar\n",
+    )
+    .unwrap();
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("~ lease {}:", p.live.display())))
+        .unwrap_or_else(|| panic!("no lease change in:\n{text}"));
+    for key in [
+        "FLANNEL_SUBNET 198.18.9.1/24 → 198.18.1.1/24",
+        "FLANNEL_MTU 9000 → 1450",
+        "FLANNEL_IPMASQ missing",
+        "FOO unexpected",
+    ] {
+        assert!(line.contains(key), "want {key:?} in {line:?}");
+    }
+    assert!(
+        !line.contains("FLANNEL_NETWORK"),
+        "an unchanged key is not drift: {line}"
+    );
+    assert!(
+        text.contains("0 to add, 1 to change, 0 to remove, 0 blocked"),
+        "{text}"
+    );
+    let json = ns.netconverge_exits(&cfg, &["converge", "--check", "--format", "json"], 1);
+    let j: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(j["changes"][0]["kind"], "modify", "{j}");
+    assert!(
+        j["changes"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("FLANNEL_MTU"),
+        "{j}"
+    );
+
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
+    ns.netconverge_exits(&cfg, &["converge", "--check"], 0);
+}
+
+// ----------------------------------------------------------- guard mode --
+
+/// What k3s's embedded flannel writes (dual-stack, masquerading).
+const K3S_FILE: &str = "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=198.18.1.1/24\n\
+FLANNEL_IPV6_NETWORK=fd00:42::/56\nFLANNEL_IPV6_SUBNET=fd00:42:0:1::1/64\n\
+FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+#[test]
+fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
+    // resync 1 s: a corrupted file raises no event either
+    let (ns, dir, p, cfg) = setup("lease-g", "preserve", "", 1);
+
+    // 1. k3s wrote a valid file: the daemon saves it before READY=1
+    std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
+    std::fs::write(&p.live, K3S_FILE).unwrap();
+    let mut d = Daemon::start_probed(&ns, &cfg, &[], read_at_ready(p.backup.clone()));
+    d.wait_notify("READY=1", LONG);
+    assert_eq!(d.probed("READY=1").unwrap(), K3S_FILE, "backup at READY=1");
+    let mode = std::fs::metadata(&p.state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "state_dir is netconverge's own");
+    assert_eq!(read(&p.live).unwrap(), K3S_FILE, "live file untouched");
+    assert_eq!(d.stop(), 0);
+
+    // 2. "reboot": /run is empty again; the daemon starts before k3s and
+    //    restores the file before it says READY=1
+    std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+    let mut d = Daemon::start_probed(&ns, &cfg, &[], read_at_ready(p.live.clone()));
+    d.wait_notify("READY=1", LONG);
+    assert_eq!(
+        d.probed("READY=1").unwrap(),
+        K3S_FILE,
+        "live file at the instant of READY=1"
+    );
+    let want = format!(
+        "+ lease {}: missing; restore from backup {}",
+        p.live.display(),
+        p.backup.display()
+    );
+    assert!(d.logs().contains(&want), "want {want:?} in:\n{}", d.logs());
+
+    // 3. the live file is corrupted while the daemon runs: left as is,
+    //    reported, and never copied over the good backup
+    let corrupt = "FLANNEL_NETWORK=198.18.0.0/16\nFLANNEL_SUBNET=garbage\n";
+    std::fs::write(&p.live, corrupt).unwrap();
+    eventually("a pass reports the corrupt file", LONG, || {
+        d.logs()
+            .contains(&format!("blocked: lease {}: invalid", p.live.display()))
+    });
+    d.wait_notify("STATUS=waiting: lease", LONG);
+    // a few more passes
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(read(&p.backup).unwrap(), K3S_FILE, "backup overwritten");
+    assert_eq!(read(&p.live).unwrap(), corrupt, "flannel's file rewritten");
+    assert_eq!(d.stop(), 0);
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+    assert!(
+        text.contains(&format!(
+            "! lease {}: blocked: invalid (FLANNEL_SUBNET=\"garbage\"",
+            p.live.display()
+        )) && text.contains(&format!("backup {} kept", p.backup.display())),
+        "{text}"
+    );
+    // blocked is not converged
+    ns.netconverge_exits(&cfg, &["converge"], 1);
+    assert_eq!(read(&p.backup).unwrap(), K3S_FILE);
+
+    // 4. k3s rewrites a valid but different file: --check names the keys
+    //    that differ from the backup, converge refreshes the backup
+    let newer = K3S_FILE
+        .replace("FLANNEL_MTU=1450", "FLANNEL_MTU=1400")
+        .replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false");
+    std::fs::write(&p.live, &newer).unwrap();
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+    let want = format!(
+        "~ lease backup {}: refresh: FLANNEL_MTU 1450 → 1400; FLANNEL_IPMASQ true → false",
+        p.backup.display()
+    );
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+    assert_eq!(
+        read(&p.backup).unwrap(),
+        K3S_FILE,
+        "--check changed nothing"
+    );
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.backup).unwrap(), newer);
+    assert_eq!(
+        read(&p.live).unwrap(),
+        newer,
+        "guard mode never rewrites a valid file"
+    );
+}
+
+#[test]
+fn guard_mode_without_file_or_backup_holds_readiness() {
+    let (ns, _dir, p, cfg) = setup("lease-g0", "preserve", "", 3600);
+    let mut d = Daemon::start(&ns, &cfg, &[]);
+    let status = d.wait_notify("STATUS=waiting", LONG);
+    assert!(
+        status.contains("no lease file and no backup yet"),
+        "{status}"
+    );
+    assert!(
+        !d.messages.iter().any(|m| m.contains("READY=1")),
+        "{:?}",
+        d.messages
+    );
+    assert!(read(&p.live).is_none() && read(&p.backup).is_none());
+    assert_eq!(d.stop(), 0);
+}
