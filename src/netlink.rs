@@ -2,9 +2,10 @@
 //!
 //! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
 //! the thread that called it (both of its sockets are opened there), over
-//! sockets whose receive buffers are large enough for every ACK of a full
-//! request window ([`REQUEST_WINDOW`]), so pipelined requests never lose
-//! their replies.
+//! sockets whose receive buffers hold every reply of a full window (link
+//! requests: [`REQUEST_WINDOW`] ACKs; bulk requests: the bulk socket sizes
+//! its window to the buffer it was granted), so pipelined requests never
+//! lose their replies unnoticed.
 
 use std::io;
 use std::ops::Deref;
@@ -15,9 +16,10 @@ use rtnetlink::sys::AsyncSocket;
 
 use crate::bulk::BulkSocket;
 
-/// Requests kept in flight at once on one handle. Bounded so the ACKs the
-/// kernel queues for us always fit in the socket's receive buffer: a dropped
-/// ACK would leave its request waiting forever.
+/// Link requests kept in flight at once on one handle (every other object
+/// goes through [`crate::bulk`]). Bounded so the ACKs the kernel queues for
+/// us always fit in the socket's receive buffer: a dropped ACK would leave
+/// its request waiting until [`REQUEST_TIMEOUT`].
 pub const REQUEST_WINDOW: usize = 256;
 
 /// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`, then

@@ -1074,3 +1074,49 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
     plan.changes.sort_by_key(|c| c.op.stage());
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_by_stage_is_stable_and_in_place() {
+        let ops = [
+            Op::SetRoute(route_op_from_spec(
+                &RouteSpec {
+                    dst: "198.18.2.0/24".parse().unwrap_or_default(),
+                    via: None,
+                    dev: None,
+                    onlink: false,
+                    src: None,
+                    metric: None,
+                    table: MAIN_TABLE,
+                    origin: String::new(),
+                },
+                199,
+            )),
+            Op::DelNexthop { id: 1 },
+            Op::DeleteLink { name: "x".into() },
+            Op::DelNeighbor {
+                dev: "x".into(),
+                ip: "198.18.2.0".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            },
+        ];
+        // 1 000 changes, stages cycling; `object` records the planned order.
+        let mut changes: Vec<Change> = (0..1000)
+            .filter_map(|i| {
+                let op = ops.get((i * 7 + i / 3) % ops.len())?.clone();
+                Some(Change {
+                    kind: ChangeKind::Add,
+                    object: format!("{i:04}"),
+                    reason: String::new(),
+                    op,
+                })
+            })
+            .collect();
+        let mut want = changes.clone();
+        want.sort_by_key(|c| c.op.stage());
+        sort_by_stage(&mut changes);
+        assert_eq!(changes, want);
+    }
+}
