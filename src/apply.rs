@@ -854,8 +854,15 @@ mod tests {
             }),
         )
         .unwrap();
-        assert_eq!(flags_of(&nh) & (NLM_F_CREATE | NLM_F_EXCL), NLM_F_CREATE | NLM_F_EXCL);
-        assert_eq!(flags_of(&nh) & NLM_F_REPLACE, 0, "never overwrite a nexthop");
+        assert_eq!(
+            flags_of(&nh) & (NLM_F_CREATE | NLM_F_EXCL),
+            NLM_F_CREATE | NLM_F_EXCL
+        );
+        assert_eq!(
+            flags_of(&nh) & NLM_F_REPLACE,
+            0,
+            "never overwrite a nexthop"
+        );
         let BulkRequest::Nexthop(NexthopNetlinkMessage::New(m), _) = nh else {
             panic!("{nh:?}")
         };
@@ -877,7 +884,9 @@ mod tests {
         assert_eq!(n.header.state, NeighbourState::Permanent);
         assert!(
             n.attributes
-                .contains(&NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9]))
+                .contains(&NeighbourAttribute::LinkLayerAddress(vec![
+                    2, 0, 0, 0, 0, 9
+                ]))
         );
 
         let missing = bulk_request(
@@ -917,10 +926,9 @@ mod tests {
         ] {
             assert!(msg.attributes.contains(&RouteAttribute::NhId(199_000_001)));
             assert!(
-                !msg.attributes.iter().any(|a| matches!(
-                    a,
-                    RouteAttribute::Gateway(_) | RouteAttribute::Oif(_)
-                )),
+                !msg.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_))),
                 "the kernel refuses a gateway next to nhid: {msg:?}"
             );
             assert!(!msg.header.flags.contains(RouteFlags::Onlink));
