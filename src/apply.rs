@@ -156,29 +156,35 @@ fn is_bulk(op: &Op) -> bool {
     )
 }
 
+/// The object operations of one stage through the bulk socket, one window
+/// of requests built at a time (40 000 prebuilt messages would be most of a
+/// pass's peak memory).
 async fn run_bulk<'a>(
     handle: &Handle,
     links: &HashMap<String, u32>,
     changes: Vec<(usize, &'a Change)>,
 ) -> Vec<Outcome<'a>> {
     let mut out = Vec::with_capacity(changes.len());
-    let mut requests = Vec::with_capacity(changes.len());
-    let mut sent = Vec::with_capacity(changes.len());
-    for (i, c) in changes {
-        match bulk_request(links, &c.op) {
-            Ok(r) => {
-                requests.push(r);
-                sent.push((i, c));
+    let window = handle.bulk().window();
+    for chunk in changes.chunks(window) {
+        let mut requests = Vec::with_capacity(chunk.len());
+        let mut sent = Vec::with_capacity(chunk.len());
+        for &(i, c) in chunk {
+            match bulk_request(links, &c.op) {
+                Ok(r) => {
+                    requests.push(r);
+                    sent.push((i, c));
+                }
+                Err(e) => out.push((i, c, settle(&c.op, Err(e)))),
             }
-            Err(e) => out.push((i, c, settle(&c.op, Err(e)))),
         }
-    }
-    if requests.is_empty() {
-        return out;
-    }
-    let verdicts = handle.bulk().run(&requests).await;
-    for ((i, c), v) in sent.into_iter().zip(verdicts) {
-        out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
+        if requests.is_empty() {
+            continue;
+        }
+        let verdicts = handle.bulk().run(&requests).await;
+        for ((i, c), v) in sent.into_iter().zip(verdicts) {
+            out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
+        }
     }
     out
 }
@@ -792,5 +798,143 @@ mod tests {
         let msg = fdb_message(3, Mac([2, 0, 0, 0, 0, 1]), None);
         assert_eq!(msg.attributes.len(), 1);
         assert!(msg.header.flags.contains(NeighbourFlags::Own));
+    }
+
+    fn bulk_nack(code: i32) -> OpError {
+        OpError::Bulk(BulkError::Nack(code))
+    }
+
+    #[test]
+    fn nexthop_idempotency_never_hides_a_taken_id() {
+        let create = Op::SetNexthop(crate::plan::NexthopOp {
+            id: 199_000_001,
+            via: "198.18.2.0".parse().unwrap(),
+            dev: "v".into(),
+            onlink: true,
+            protocol: 199,
+        });
+        let delete = Op::DelNexthop { id: 199_000_001 };
+        assert!(
+            !tolerated(&create, &bulk_nack(libc::EEXIST)),
+            "someone else's id: a failure, the next round re-plans"
+        );
+        assert!(tolerated(&delete, &bulk_nack(libc::ENOENT)));
+        assert!(tolerated(&delete, &OpError::NoDevice("v".into())));
+        assert!(!tolerated(
+            &delete,
+            &OpError::Bulk(BulkError::Lost("x".into()))
+        ));
+        assert!(tolerated(
+            &Op::SetRoute(route_op()),
+            &bulk_nack(libc::EEXIST)
+        ));
+    }
+
+    fn links() -> HashMap<String, u32> {
+        [("v".to_string(), 7)].into_iter().collect()
+    }
+
+    fn flags_of(r: &BulkRequest) -> u16 {
+        match r {
+            BulkRequest::Route(_, f) | BulkRequest::Nexthop(_, f) => *f,
+        }
+    }
+
+    #[test]
+    fn bulk_requests_use_iproute2_semantics() {
+        let l = links();
+        let nh = bulk_request(
+            &l,
+            &Op::SetNexthop(crate::plan::NexthopOp {
+                id: 5,
+                via: "198.18.2.0".parse().unwrap(),
+                dev: "v".into(),
+                onlink: true,
+                protocol: 199,
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            flags_of(&nh) & (NLM_F_CREATE | NLM_F_EXCL),
+            NLM_F_CREATE | NLM_F_EXCL
+        );
+        assert_eq!(
+            flags_of(&nh) & NLM_F_REPLACE,
+            0,
+            "never overwrite a nexthop"
+        );
+        let BulkRequest::Nexthop(NexthopNetlinkMessage::New(m), _) = nh else {
+            panic!("{nh:?}")
+        };
+        assert_eq!((m.id(), m.oif(), m.onlink()), (Some(5), Some(7), true));
+
+        let neigh = bulk_request(
+            &l,
+            &Op::SetNeighbor {
+                dev: "v".into(),
+                ip: "198.18.2.0".parse().unwrap(),
+                mac: Mac([2, 0, 0, 0, 0, 9]),
+            },
+        )
+        .unwrap();
+        assert_eq!(flags_of(&neigh) & NLM_F_REPLACE, NLM_F_REPLACE);
+        let BulkRequest::Route(RouteNetlinkMessage::NewNeighbour(n), _) = neigh else {
+            panic!("{neigh:?}")
+        };
+        assert_eq!(n.header.state, NeighbourState::Permanent);
+        assert!(
+            n.attributes
+                .contains(&NeighbourAttribute::LinkLayerAddress(vec![
+                    2, 0, 0, 0, 0, 9
+                ]))
+        );
+
+        let missing = bulk_request(
+            &l,
+            &Op::DelFdb {
+                dev: "gone".into(),
+                mac: Mac([2, 0, 0, 0, 0, 9]),
+                dst: None,
+            },
+        );
+        assert!(matches!(missing, Err(OpError::NoDevice(_))));
+        assert!(bulk_request(&l, &Op::DeleteLink { name: "v".into() }).is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_skip_dad_and_ipv4_ones_carry_a_broadcast() {
+        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128);
+        assert!(v6.header.flags.contains(AddressHeaderFlags::Nodad));
+        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24);
+        assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            v4.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Broadcast(_)))
+        );
+    }
+
+    #[test]
+    fn routes_through_a_nexthop_carry_only_its_id() {
+        let r = RouteOp {
+            nhid: Some(199_000_001),
+            ..route_op()
+        };
+        for msg in [
+            route_message(&r, None).unwrap(),
+            route_del_message(&r, None).unwrap(),
+        ] {
+            assert!(msg.attributes.contains(&RouteAttribute::NhId(199_000_001)));
+            assert!(
+                !msg.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Oif(_))),
+                "the kernel refuses a gateway next to nhid: {msg:?}"
+            );
+            assert!(!msg.header.flags.contains(RouteFlags::Onlink));
+        }
+        let add = route_message(&r, None).unwrap();
+        assert_eq!(add.header.scope, RouteScope::Universe);
+        assert_eq!(u8::from(add.header.protocol), 199);
     }
 }

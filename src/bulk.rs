@@ -5,16 +5,22 @@
 //! the sending syscall, so once the barrier is acknowledged every NACK of
 //! the window has been read: a request without one succeeded.
 //!
+//! The same socket serves dumps ([`BulkSocket::dump`]): replies are parsed
+//! straight out of the received datagrams and handed over one by one, with
+//! no per-message queueing.
+//!
 //! Invariant: every request gets exactly one verdict. A window is never
 //! larger than the receive buffer can hold NACKs for; if replies are lost
 //! anyway (ENOBUFS, timeout, a failed send) the requests without a verdict
-//! are reported as [`BulkError::Lost`], never as applied.
+//! are reported as [`BulkError::Lost`], never as applied. A dump either
+//! ends with the kernel's NLMSG_DONE or fails.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_NOOP, NetlinkBuffer, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NetlinkBuffer,
+    NetlinkDeserializable, NetlinkHeader, NetlinkSerializable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
@@ -106,6 +112,86 @@ impl BulkSocket {
     pub fn with_window(mut self, window: usize) -> Self {
         self.window = window.max(1);
         self
+    }
+
+    /// Dump with `request` (`NLM_F_DUMP`): `each` gets every reply, parsed,
+    /// in the kernel's order. Replies that do not parse as `T` are skipped
+    /// (a newer kernel's message types). Fails with the kernel's errno
+    /// ([`BulkError::Nack`]) or when the dump does not complete.
+    pub async fn dump<T, F>(&self, request: &T, mut each: F) -> Result<(), BulkError>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable,
+        F: FnMut(T),
+    {
+        let _one_at_a_time = self.lock.lock().await;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(256);
+        put(
+            request.message_type(),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            Some(request),
+            &mut buf,
+        );
+        match self.socket.send(&buf).await {
+            Ok(n) if n == buf.len() => {}
+            Ok(n) => return Err(BulkError::Lost(format!("short netlink send ({n} bytes)"))),
+            Err(e) => return Err(BulkError::Lost(format!("netlink send failed: {e}"))),
+        }
+        let read = async {
+            let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+            loop {
+                buf.clear();
+                self.socket
+                    .recv(&mut buf)
+                    .await
+                    .map_err(|e| BulkError::Lost(format!("netlink receive failed: {e}")))?;
+                let mut offset = 0;
+                while let Some(rest) = buf.get(offset..).filter(|r| !r.is_empty()) {
+                    let Ok(msg) = NetlinkBuffer::new_checked(rest) else {
+                        break;
+                    };
+                    let len = msg.length() as usize;
+                    offset += (len + 3) & !3;
+                    if msg.sequence_number() != seq {
+                        continue; // a late reply to an abandoned window
+                    }
+                    let code = || {
+                        msg.payload()
+                            .get(..4)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map_or(0, i32::from_ne_bytes)
+                    };
+                    match msg.message_type() {
+                        // DONE carries the dump's error, if it failed midway.
+                        NLMSG_DONE | NLMSG_ERROR => {
+                            return match code() {
+                                0 => Ok(()),
+                                c => Err(BulkError::Nack(c.saturating_abs())),
+                            };
+                        }
+                        kind => {
+                            let mut h = NetlinkHeader::default();
+                            h.message_type = kind;
+                            match T::deserialize(&h, msg.payload()) {
+                                Ok(m) => each(m),
+                                Err(e) => tracing::debug!("skipping dump reply type {kind}: {e}"),
+                            }
+                        }
+                    }
+                    if len == 0 {
+                        break;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => Err(BulkError::Lost(format!(
+                "dump not complete within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Send every request, in order; one verdict per request, in order.

@@ -55,8 +55,11 @@ pub async fn check(
 /// Result of [`converge`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
-    /// The plan of the first round: what was out of sync.
+    /// The plan of the first round: what was out of sync (its first
+    /// changes only, with [`converge_keeping`]).
     pub initial: Plan,
+    /// How many changes the first plan had.
+    pub initial_changes: usize,
     /// Operations that succeeded, over all rounds.
     pub applied: usize,
     /// Operations that failed in the last round that had failures.
@@ -95,10 +98,25 @@ pub async fn converge(
     desired: &Desired,
     max_rounds: u32,
 ) -> Result<Outcome, EngineError> {
+    converge_keeping(handle, desired, max_rounds, usize::MAX).await
+}
+
+/// [`converge`], keeping only the first `keep` changes of the initial plan
+/// (its blocked entries and [`Outcome::initial_changes`] stay complete).
+/// For callers that only summarize it (the daemon): at fleet scale, holding
+/// tens of thousands of changes through the verify round would be most of
+/// a pass's peak memory, which the allocator then keeps resident.
+pub async fn converge_keeping(
+    handle: &crate::netlink::Handle,
+    desired: &Desired,
+    max_rounds: u32,
+    keep: usize,
+) -> Result<Outcome, EngineError> {
     let mut out = Outcome::default();
     let mut observed = observe_all(handle, desired).await?;
     let mut current = plan::plan(desired, &observed);
-    out.initial = current.clone();
+    out.initial_changes = current.changes.len();
+    let mut initial: Option<Plan> = None;
     while !current.is_empty() && out.rounds < max_rounds.max(1) {
         out.rounds += 1;
         let report = apply::apply(handle, &current, &observed).await;
@@ -106,9 +124,26 @@ pub async fn converge(
         if !report.failures.is_empty() {
             out.failures = report.failures;
         }
+        // The first plan becomes `initial` (moved, never copied); neither
+        // it nor the old observation is needed for the verify round.
+        let done = std::mem::take(&mut current);
+        if initial.is_none() {
+            let mut first = done;
+            if first.changes.len() > keep {
+                first.changes.truncate(keep);
+                first.changes.shrink_to_fit();
+            }
+            initial = Some(first);
+        }
+        drop(std::mem::take(&mut observed));
         observed = observe_all(handle, desired).await?;
         current = plan::plan(desired, &observed);
     }
+    out.initial = initial.unwrap_or_else(|| {
+        let mut p = current.clone();
+        p.changes.truncate(keep);
+        p
+    });
     out.remaining = current;
     out.observed = observed;
     Ok(out)

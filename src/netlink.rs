@@ -2,9 +2,10 @@
 //!
 //! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
 //! the thread that called it (both of its sockets are opened there), over
-//! sockets whose receive buffers are large enough for every ACK of a full
-//! request window ([`REQUEST_WINDOW`]), so pipelined requests never lose
-//! their replies.
+//! sockets whose receive buffers hold every reply of a full window (link
+//! requests: [`REQUEST_WINDOW`] ACKs; bulk requests: the bulk socket sizes
+//! its window to the buffer it was granted), so pipelined requests never
+//! lose their replies unnoticed.
 
 use std::io;
 use std::ops::Deref;
@@ -14,11 +15,11 @@ use std::time::Duration;
 use rtnetlink::sys::AsyncSocket;
 
 use crate::bulk::BulkSocket;
-use crate::nexthop::{self, NexthopHandle};
 
-/// Requests kept in flight at once on one handle. Bounded so the ACKs the
-/// kernel queues for us always fit in the socket's receive buffer: a dropped
-/// ACK would leave its request waiting forever.
+/// Link requests kept in flight at once on one handle (every other object
+/// goes through [`crate::bulk`]). Bounded so the ACKs the kernel queues for
+/// us always fit in the socket's receive buffer: a dropped ACK would leave
+/// its request waiting until [`REQUEST_TIMEOUT`].
 pub const REQUEST_WINDOW: usize = 256;
 
 /// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`, then
@@ -38,22 +39,17 @@ pub enum NetlinkError {
     Open(#[source] io::Error),
 }
 
-/// The kernel connection of one network namespace: rtnetlink for links
-/// and dumps, a socket for nexthop objects (which rtnetlink's message types
-/// do not cover, see [`crate::nexthop`]) and one for bulk writes
-/// ([`crate::bulk`]). Dereferences to the rtnetlink handle.
+/// The kernel connection of one network namespace: rtnetlink for links,
+/// and the bulk socket ([`crate::bulk`]) for dumps and every other object,
+/// nexthop objects included (which rtnetlink's message types do not cover,
+/// see [`crate::nexthop`]). Dereferences to the rtnetlink handle.
 #[derive(Debug, Clone)]
 pub struct Handle {
     route: rtnetlink::Handle,
-    nexthop: NexthopHandle,
     bulk: Arc<BulkSocket>,
 }
 
 impl Handle {
-    pub fn nexthop(&self) -> &NexthopHandle {
-        &self.nexthop
-    }
-
     pub fn bulk(&self) -> &BulkSocket {
         &self.bulk
     }
@@ -88,11 +84,9 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     }
     tracing::trace!(rx_buffer = ?socket.get_rx_buf_sz().ok(), "rtnetlink connected");
     runtime.spawn(connection);
-    let nexthop = nexthop::connect(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
     let bulk = BulkSocket::open(RX_BUFFER_BYTES).map_err(NetlinkError::Open)?;
     Ok(Handle {
         route: handle,
-        nexthop,
         bulk: Arc::new(bulk),
     })
 }

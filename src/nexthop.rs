@@ -1,8 +1,8 @@
 //! Kernel nexthop objects (`ip nexthop`, Linux ≥ 5.3) over netlink: the
 //! typed `RTM_{NEW,DEL,GET}NEXTHOP` messages that netlink-packet-route 0.34
-//! lacks, built on netlink-packet-core. Dumps and notifications use their
-//! own netlink-proto connection; creations and deletions go through the
-//! bulk socket ([`crate::bulk`]) with everything else.
+//! lacks, built on netlink-packet-core. Dumps, creations and deletions go
+//! through the bulk socket ([`crate::bulk`]) with every other object;
+//! notifications through their own netlink-proto connection ([`monitor`]).
 //!
 //! Invariant: only what netconverge uses is typed (id, gateway, device,
 //! onlink flag, protocol); every other attribute survives a parse as
@@ -12,13 +12,10 @@
 use std::io;
 use std::net::IpAddr;
 
-use futures::{Stream, StreamExt};
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, NlaBuffer,
-    NlasIterator, Parseable, emit_u32, parse_ip, parse_u32,
+    DecodeError, DefaultNla, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32, parse_ip, parse_u32,
 };
-use netlink_proto::ConnectionHandle;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, SocketAddr};
 
@@ -270,53 +267,10 @@ impl NetlinkDeserializable for NexthopNetlinkMessage {
     }
 }
 
-/// A failed nexthop request: a kernel NACK (with its errno) or a dead
-/// connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NexthopError {
-    #[error("{}", io::Error::from_raw_os_error(*.0))]
-    Nack(i32),
-    #[error("the nexthop netlink connection is closed")]
-    Closed,
-}
-
-impl NexthopError {
-    /// The errno (positive) of a NACK.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            NexthopError::Nack(e) => Some(*e),
-            NexthopError::Closed => None,
-        }
-    }
-
-    /// The kernel has no nexthop objects: before Linux 5.3 the message type
-    /// is unknown (EOPNOTSUPP), some builds reject it (EINVAL).
-    pub fn is_unsupported(&self) -> bool {
-        matches!(self.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL))
-    }
-}
-
-/// Requests on the nexthop socket. Cheap to clone; talks to the network
-/// namespace the socket was opened in.
-#[derive(Debug, Clone)]
-pub struct NexthopHandle(ConnectionHandle<NexthopNetlinkMessage>);
-
-/// Open a nexthop socket in the calling thread's network namespace, driven
-/// on the current tokio runtime. `rx_buffer` is asked for as SO_RCVBUF
-/// (best effort, like the main socket).
-pub fn connect(rx_buffer: usize) -> io::Result<NexthopHandle> {
-    let (mut conn, handle, _unsolicited) =
-        netlink_proto::new_connection::<NexthopNetlinkMessage>(NETLINK_ROUTE)?;
-    let socket = conn.socket_mut().socket_mut();
-    let rx = i32::try_from(rx_buffer).unwrap_or(i32::MAX);
-    if let Err(e) = socket.set_rx_buf_sz(rx) {
-        tracing::debug!("nexthop socket SO_RCVBUF {rx}: {e}");
-    }
-    if let Err(e) = socket.set_cap_ack(true) {
-        tracing::debug!("nexthop socket NETLINK_CAP_ACK: {e}");
-    }
-    tokio::spawn(conn);
-    Ok(NexthopHandle(handle))
+/// The kernel has no nexthop objects: before Linux 5.3 the message type is
+/// unknown (EOPNOTSUPP); some builds reject it (EINVAL).
+pub fn unsupported(errno: i32) -> bool {
+    matches!(errno, libc::EOPNOTSUPP | libc::EINVAL)
 }
 
 /// Nexthop notifications (`ip monitor nexthop`) of the calling thread's
@@ -338,44 +292,6 @@ pub fn monitor(
     }
     tokio::spawn(conn);
     Ok(messages)
-}
-
-impl NexthopHandle {
-    fn request(
-        &self,
-        msg: NexthopNetlinkMessage,
-        flags: u16,
-    ) -> Result<impl Stream<Item = NetlinkMessage<NexthopNetlinkMessage>> + use<>, NexthopError>
-    {
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        // Length and type are filled in by `finalize` when sent.
-        let req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        self.0
-            .request(req, SocketAddr::new(0, 0))
-            .map_err(|_| NexthopError::Closed)
-    }
-
-    /// Every nexthop object of the namespace. A kernel without nexthop
-    /// support answers with an error that [`NexthopError::is_unsupported`]
-    /// recognizes.
-    pub async fn dump(&self) -> Result<Vec<NexthopMessage>, NexthopError> {
-        let msg = NexthopNetlinkMessage::Get(NexthopMessage::default());
-        let mut replies = std::pin::pin!(self.request(msg, NLM_F_REQUEST | NLM_F_DUMP)?);
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(NexthopNetlinkMessage::New(m)) => out.push(m),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(NexthopError::Nack(code.get().saturating_abs()));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -451,14 +367,8 @@ mod tests {
 
     #[test]
     fn unsupported_kernels_are_recognized() {
-        assert!(NexthopError::Nack(libc::EOPNOTSUPP).is_unsupported());
-        assert!(NexthopError::Nack(libc::EINVAL).is_unsupported());
-        assert!(!NexthopError::Nack(libc::EPERM).is_unsupported());
-        assert!(!NexthopError::Closed.is_unsupported());
-        assert!(
-            NexthopError::Nack(libc::EEXIST)
-                .to_string()
-                .contains("File exists")
-        );
+        assert!(unsupported(libc::EOPNOTSUPP));
+        assert!(unsupported(libc::EINVAL));
+        assert!(!unsupported(libc::EPERM));
     }
 }

@@ -9,10 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::{Stream, TryStreamExt};
 use ipnet::IpNet;
-use rtnetlink::Handle;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -23,13 +20,15 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteType, RouteVia,
 };
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use crate::bulk::BulkError;
 use crate::model::{
     AddressState, Desired, FdbState, LinkState, Mac, NeighborState, NexthopState, Observed,
     RouteState, VxlanAttrs,
 };
-use crate::netlink::Handle as KernelHandle;
-use crate::nexthop::{NexthopError, NexthopHandle, NexthopMessage};
+use crate::netlink::Handle;
+use crate::nexthop::{self, NexthopMessage, NexthopNetlinkMessage};
 
 /// Kernel `RT_TABLE_LOCAL`: local/broadcast addresses, never ours.
 pub const LOCAL_TABLE: u32 = 255;
@@ -45,10 +44,8 @@ pub enum ObserveError {
     Netlink {
         what: &'static str,
         #[source]
-        source: rtnetlink::Error,
+        source: BulkError,
     },
-    #[error("netlink dump of nexthop objects failed: {0}")]
-    Nexthop(#[source] NexthopError),
     #[error(transparent)]
     Nat(#[from] crate::nat::NatError),
     #[error(transparent)]
@@ -72,11 +69,11 @@ pub fn link_names(links: &BTreeMap<String, LinkState>) -> LinkNames {
 
 /// Read the kernel state relevant to `desired`. NAT and lease state are left
 /// at their defaults (the engine fills them).
-pub async fn observe(handle: &KernelHandle, desired: &Desired) -> Result<Observed, ObserveError> {
+pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, ObserveError> {
     let links = dump_links(handle).await?;
     let names = link_names(&links);
     let addresses = dump_addresses(handle, &names).await?;
-    let nexthops = dump_nexthops(handle.nexthop(), &names).await?;
+    let nexthops = dump_nexthops(handle, &names).await?;
     let routes = dump_routes(
         handle,
         &names,
@@ -103,38 +100,34 @@ pub async fn observe(handle: &KernelHandle, desired: &Desired) -> Result<Observe
     })
 }
 
-async fn collect<T, S>(
+/// One dump through the bulk socket: every reply, parsed, to `each`.
+async fn dump(
+    handle: &Handle,
     what: &'static str,
-    stream: S,
-    mut keep: impl FnMut(T),
-) -> Result<(), ObserveError>
-where
-    S: Stream<Item = Result<T, rtnetlink::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream
-        .try_next()
+    request: RouteNetlinkMessage,
+    each: impl FnMut(RouteNetlinkMessage),
+) -> Result<(), ObserveError> {
+    handle
+        .bulk()
+        .dump(&request, each)
         .await
-        .map_err(|source| ObserveError::Netlink { what, source })?
-    {
-        keep(item);
-    }
-    Ok(())
+        .map_err(|source| ObserveError::Netlink { what, source })
 }
 
 /// Every link, by name (names are unique within a namespace).
 pub async fn dump_links(handle: &Handle) -> Result<BTreeMap<String, LinkState>, ObserveError> {
     let mut links = BTreeMap::new();
-    collect(
-        "links",
-        handle.link().get().execute(),
-        |msg: LinkMessage| match LinkState::try_from(&msg) {
-            Ok(l) => {
-                links.insert(l.name.clone(), l);
+    let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
+    dump(handle, "links", req, |msg| {
+        if let RouteNetlinkMessage::NewLink(m) = msg {
+            match LinkState::try_from(&m) {
+                Ok(l) => {
+                    links.insert(l.name.clone(), l);
+                }
+                Err(e) => tracing::debug!("skipping link: {e}"),
             }
-            Err(e) => tracing::debug!("skipping link: {e}"),
-        },
-    )
+        }
+    })
     .await?;
     Ok(links)
 }
@@ -145,33 +138,44 @@ pub async fn dump_addresses(
     names: &LinkNames,
 ) -> Result<Vec<AddressState>, ObserveError> {
     let mut out = Vec::new();
-    collect(
-        "addresses",
-        handle.address().get().execute(),
-        |msg: AddressMessage| {
-            out.extend(address_from_message(&msg, names));
-        },
-    )
+    let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+    dump(handle, "addresses", req, |msg| {
+        if let RouteNetlinkMessage::NewAddress(m) = msg {
+            out.extend(address_from_message(&m, names));
+        }
+    })
     .await?;
     Ok(out)
 }
 
 /// Every nexthop object; `None` when the kernel has none (before Linux 5.3).
 pub async fn dump_nexthops(
-    handle: &NexthopHandle,
+    handle: &Handle,
     names: &LinkNames,
 ) -> Result<Option<Vec<NexthopState>>, ObserveError> {
-    match handle.dump().await {
-        Ok(msgs) => Ok(Some(
-            msgs.iter()
-                .filter_map(|m| nexthop_from_message(m, names))
-                .collect(),
-        )),
-        Err(e) if e.is_unsupported() => {
-            tracing::debug!("no nexthop objects in this kernel: {e}");
+    let mut out = Vec::new();
+    let req = NexthopNetlinkMessage::Get(NexthopMessage::default());
+    let result = handle
+        .bulk()
+        .dump(&req, |msg| {
+            if let NexthopNetlinkMessage::New(m) = msg {
+                out.extend(nexthop_from_message(&m, names));
+            }
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(Some(out)),
+        Err(BulkError::Nack(code)) if nexthop::unsupported(code) => {
+            tracing::debug!(
+                "no nexthop objects in this kernel: {}",
+                std::io::Error::from_raw_os_error(code)
+            );
             Ok(None)
         }
-        Err(e) => Err(ObserveError::Nexthop(e)),
+        Err(source) => Err(ObserveError::Netlink {
+            what: "nexthop objects",
+            source,
+        }),
     }
 }
 
@@ -239,18 +243,16 @@ pub async fn dump_routes(
         // All-zero header fields: no filtering (every table, protocol, type).
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        collect(
-            what,
-            handle.route().get(req).execute(),
-            |msg: RouteMessage| {
-                if let Some(mut r) = route_from_message(&msg, names) {
-                    resolve_nexthop(&mut r, &nexthops);
-                    if filter.keeps(&r) {
-                        out.push(r);
-                    }
+        dump(handle, what, RouteNetlinkMessage::GetRoute(req), |msg| {
+            if let RouteNetlinkMessage::NewRoute(m) = msg
+                && let Some(mut r) = route_from_message(&m, names)
+            {
+                resolve_nexthop(&mut r, &nexthops);
+                if filter.keeps(&r) {
+                    out.push(r);
                 }
-            },
-        )
+            }
+        })
         .await?;
     }
     Ok(out)
@@ -263,15 +265,14 @@ pub async fn dump_neighbors(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<NeighborState>, ObserveError> {
     let mut out = Vec::new();
-    collect(
-        "neighbours",
-        handle.neighbours().get().execute(),
-        |msg: NeighbourMessage| {
-            if let Some(n) = neighbor_from_message(&msg, names).filter(|n| wanted(&n.dev)) {
-                out.push(n);
-            }
-        },
-    )
+    let req = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
+    dump(handle, "neighbours", req, |msg| {
+        if let RouteNetlinkMessage::NewNeighbour(m) = msg
+            && let Some(n) = neighbor_from_message(&m, names).filter(|n| wanted(&n.dev))
+        {
+            out.push(n);
+        }
+    })
     .await?;
     Ok(out)
 }
@@ -283,15 +284,20 @@ pub async fn dump_fdb(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<FdbState>, ObserveError> {
     let mut out = Vec::new();
-    let req = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Bridge);
-    collect("fdb", req.execute(), |msg: NeighbourMessage| {
-        if let Some(f) = fdb_from_message(&msg, names).filter(|f| wanted(&f.dev)) {
-            out.push(f);
-        }
-    })
+    let mut req = NeighbourMessage::default();
+    req.header.family = AddressFamily::Bridge;
+    dump(
+        handle,
+        "fdb",
+        RouteNetlinkMessage::GetNeighbour(req),
+        |msg| {
+            if let RouteNetlinkMessage::NewNeighbour(m) = msg
+                && let Some(f) = fdb_from_message(&m, names).filter(|f| wanted(&f.dev))
+            {
+                out.push(f);
+            }
+        },
+    )
     .await?;
     Ok(out)
 }

@@ -164,3 +164,60 @@ fn verdicts_line_up_with_requests_across_windows() {
         "the taken id was overwritten: {nh}"
     );
 }
+
+#[test]
+fn dumps_stream_every_reply_and_report_kernel_errors() {
+    let ns = Netns::new("bulk-dump");
+    let ifindex = device(&ns);
+    for i in 0..300u32 {
+        ns.ip(&[
+            "nexthop",
+            "add",
+            "id",
+            &(1000 + i).to_string(),
+            "via",
+            &format!("198.18.{}.{}", i >> 8, i & 0xff),
+            "dev",
+            "b0",
+            "onlink",
+        ]);
+    }
+    let (ids, rejected, links) = ns.enter(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let bulk = BulkSocket::open(8 << 20).unwrap();
+                let mut ids = Vec::new();
+                let all = NexthopNetlinkMessage::Get(NexthopMessage::default());
+                bulk.dump(&all, |m: NexthopNetlinkMessage| {
+                    ids.extend(m.message().id());
+                    assert_eq!(m.message().oif(), Some(ifindex));
+                })
+                .await
+                .unwrap();
+                // The kernel refuses a nexthop dump with header fields set.
+                let mut bad = NexthopMessage::default();
+                bad.header.protocol = 5;
+                let rejected = bulk
+                    .dump(
+                        &NexthopNetlinkMessage::Get(bad),
+                        |_: NexthopNetlinkMessage| {},
+                    )
+                    .await;
+                // ... and the socket still serves the next dump.
+                let mut links = 0;
+                let req = RouteNetlinkMessage::GetLink(Default::default());
+                bulk.dump(&req, |m: RouteNetlinkMessage| {
+                    links += usize::from(matches!(m, RouteNetlinkMessage::NewLink(_)));
+                })
+                .await
+                .unwrap();
+                (ids, rejected, links)
+            })
+    });
+    assert_eq!(ids, (1000..1300).collect::<Vec<u32>>());
+    assert_eq!(rejected, Err(BulkError::Nack(libc::EINVAL)));
+    assert_eq!(links, 3, "lo, b0, b1");
+}

@@ -478,6 +478,11 @@ enum Stop {
     Term,
     /// SIGKILL this fraction of a full start-to-READY into the run.
     Kill(f64),
+    /// SIGKILL the moment the VXLAN device appears: applying has begun,
+    /// its peers and the NAT transaction are still ahead or in flight.
+    /// (The kernel part of a converge takes milliseconds since bulk netlink
+    /// writes, so fractions of the run alone rarely land inside it.)
+    KillOnDevice,
     /// SIGKILL the daemon and its NAT tool together (as systemd kills the
     /// whole cgroup) the moment the tool applying a NAT transaction runs.
     KillInNatApply,
@@ -549,10 +554,10 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
         Stop::Kill(0.85),
         Stop::Term,
         Stop::Kill(0.95),
-        Stop::Kill(0.35),
+        Stop::KillOnDevice,
         Stop::Kill(0.6),
         Stop::Term,
-        Stop::Kill(0.05),
+        Stop::KillOnDevice,
         Stop::Kill(0.9),
         Stop::KillInNatApply,
         Stop::KillInNatApply,
@@ -583,9 +588,22 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
                 assert_eq!(d.stop(), 0, "round {i}: {}", d.logs());
                 log.push(format!("{i}: term after {:?}", start.elapsed()));
             }
-            Stop::Kill(f) => {
+            Stop::Kill(_) | Stop::KillOnDevice => {
                 assert!(!full.is_zero(), "a Term round must come first");
-                std::thread::sleep(full.mul_f64(f).saturating_sub(start.elapsed()));
+                if let Stop::Kill(f) = *stop {
+                    std::thread::sleep(full.mul_f64(f).saturating_sub(start.elapsed()));
+                } else {
+                    let end = Instant::now() + LONG;
+                    while !std::process::Command::new("ip")
+                        .args(["-n", &ns.name, "link", "show", "flannel.1"])
+                        .output()
+                        .unwrap()
+                        .status
+                        .success()
+                    {
+                        assert!(Instant::now() < end, "round {i}: no device within {LONG:?}");
+                    }
+                }
                 d.kill9();
                 let routes = peer_routes(&ns);
                 let nat = live_mark(&ns, backend);

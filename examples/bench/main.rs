@@ -44,6 +44,14 @@ struct Opts {
     idle_secs: u64,
     root: PathBuf,
     bin: PathBuf,
+    /// Sections to run (all when empty): initial, reconverge, memory.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn opts() -> Result<Opts> {
@@ -64,6 +72,7 @@ fn opts() -> Result<Opts> {
         idle_secs: 10,
         root: std::env::current_dir()?,
         bin: std::env::var_os("NETCONVERGE_BIN").map_or(bin, PathBuf::from),
+        only: Vec::new(),
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,7 +90,15 @@ fn opts() -> Result<Opts> {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| anyhow!("--reps needs a number"))?;
             }
-            other => bail!("unknown argument {other}; usage: bench [--quick] [--reps N]"),
+            "--only" => o.only.extend(
+                args.next()
+                    .ok_or_else(|| anyhow!("--only needs initial,reconverge,memory"))?
+                    .split(',')
+                    .map(str::to_owned),
+            ),
+            other => bail!(
+                "unknown argument {other}; usage: bench [--quick] [--reps N] [--only initial,reconverge,memory]"
+            ),
         }
     }
     Ok(o)
@@ -122,6 +139,8 @@ impl Case {
 
 #[derive(Debug, Default, Serialize)]
 struct Samples {
+    /// `netconverge validate`: process start + config parse, no kernel.
+    validate_ms: Vec<f64>,
     converge_ms: Vec<f64>,
     batch_ms: Vec<f64>,
     check_ms: Vec<f64>,
@@ -170,6 +189,7 @@ fn main() -> Result<()> {
         bail!("the benchmark creates network namespaces: run it as root");
     }
     let tmp = tempfile::tempdir()?;
+    let settle = Settle::new()?;
     let mut res = Results {
         machine: machine()?,
         reps: o.reps,
@@ -195,14 +215,14 @@ fn main() -> Result<()> {
             });
         }
     }
-    for case in cases {
+    for case in cases.into_iter().filter(|_| o.runs("initial")) {
         eprintln!(
             "initial converge / no-op check: {} peers {} nexthops={}",
             case.peers,
             case.family(),
             case.nexthops
         );
-        let s = initial(&o, tmp.path(), &case)?;
+        let s = initial(&o, tmp.path(), &case, &settle)?;
         eprintln!(
             "  converge {:.1} ms, ip/bridge -batch {:.1} ms, check {:.1} ms, dumps {:.1} ms",
             median(&s.converge_ms),
@@ -212,21 +232,25 @@ fn main() -> Result<()> {
         );
         res.initial.push((case, s));
     }
-    for &n in &o.reconverge_sizes {
+    for &n in o.reconverge_sizes.iter().filter(|_| o.runs("reconverge")) {
         for nh in ["auto", "off"] {
             eprintln!("re-convergence after underlay rebuild: {n} peers nexthops={nh}");
-            let r = reconverge(&o, tmp.path(), n, nh)?;
+            settle.wait()?;
+            let r = reconverge(&o, tmp.path(), n, nh, &settle)?;
             eprintln!("  median {:.1} ms ({:?})", median(&r.ms), r.ms);
             res.reconverge.push(r);
         }
     }
-    eprintln!("memory and idle CPU: {} peers", o.rss_size);
-    let m = memory(&o, tmp.path())?;
-    eprintln!(
-        "  converge peak RSS {:?} KiB, daemon RSS {} KiB, idle CPU {:.1} ms / {} s",
-        m.converge_peak_rss_kib, m.daemon_rss_kib, m.daemon_idle_cpu_ms, m.idle_secs
-    );
-    res.memory = Some(m);
+    if o.runs("memory") {
+        eprintln!("memory and idle CPU: {} peers", o.rss_size);
+        settle.wait()?;
+        let m = memory(&o, tmp.path(), &settle)?;
+        eprintln!(
+            "  converge peak RSS {:?} KiB, daemon RSS {} KiB, idle CPU {:.1} ms / {} s",
+            m.converge_peak_rss_kib, m.daemon_rss_kib, m.daemon_idle_cpu_ms, m.idle_secs
+        );
+        res.memory = Some(m);
+    }
 
     let bench_dir = o.root.join("bench");
     std::fs::create_dir_all(&bench_dir)?;
@@ -264,6 +288,16 @@ fn machine() -> Result<BTreeMap<String, String>> {
         "iproute2".into(),
         ns::host(&["ip", "-V"])?.trim().to_string(),
     );
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        let avg: Vec<&str> = l.split_whitespace().take(3).collect();
+        m.insert("load average at start (1/5/15 min)".into(), avg.join(" "));
+    }
+    m.insert(
+        "date".into(),
+        ns::host(&["date", "-u", "+%Y-%m-%d %H:%M UTC"])?
+            .trim()
+            .to_string(),
+    );
     let mem = std::fs::read_to_string("/proc/meminfo")?;
     if let Some(l) = mem.lines().next() {
         m.insert(
@@ -272,6 +306,46 @@ fn machine() -> Result<BTreeMap<String, String>> {
         );
     }
     Ok(m)
+}
+
+/// Deleting a namespace full of objects makes the kernel flush them in a
+/// background worker that holds the rtnl lock for up to a second (40 000
+/// objects): any netlink request meanwhile waits. Before each timed run,
+/// wait until a probe request (`ip link show lo` in a spare namespace) is
+/// quick several times in a row, so no run pays for the previous one.
+struct Settle {
+    probe: Netns,
+    quick: Duration,
+}
+
+impl Settle {
+    fn new() -> Result<Settle> {
+        let probe = Netns::new(false, true)?;
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            times.push(ms(probe.timed(&["ip", "link", "show", "lo"], None)?.0));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let base = median(&times);
+        Ok(Settle {
+            probe,
+            quick: Duration::from_secs_f64((3.0 * base + 5.0) / 1000.0),
+        })
+    }
+
+    fn wait(&self) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut in_a_row = 0;
+        while in_a_row < 3 {
+            let (t, _) = self.probe.timed(&["ip", "link", "show", "lo"], None)?;
+            in_a_row = if t <= self.quick { in_a_row + 1 } else { 0 };
+            if Instant::now() > end {
+                bail!("the kernel stayed busy for a minute (probe {t:?})");
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        Ok(())
+    }
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
@@ -293,7 +367,7 @@ fn our_routes(ns: &Netns) -> Result<usize> {
 
 /// (1) and (2) for one case: fresh namespaces, netconverge and iproute2
 /// batches alternating, then the no-op check against iproute2's dumps.
-fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
+fn initial(o: &Opts, tmp: &Path, case: &Case, settle: &Settle) -> Result<Samples> {
     let cfg = write_config(
         tmp,
         "converge.toml",
@@ -312,6 +386,7 @@ fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
     for rep in 0..o.reps {
         // netconverge, from an empty namespace
         let ns = Netns::new(case.dual, false)?;
+        settle.wait()?;
         let (t, out) = ns.timed(&[&bin, "-c", &cfg_s, "converge"], None)?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !text.contains("converged:") {
@@ -325,6 +400,8 @@ fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
                 case.routes()
             );
         }
+        let (t, _) = ns.timed(&[&bin, "-c", &cfg_s, "validate"], None)?;
+        s.validate_ms.push(ms(t));
         // (2) no-op check on the converged namespace, and iproute2's dumps
         let (t, _) = ns.timed(&[&bin, "-c", &cfg_s, "converge", "--check"], None)?;
         s.check_ms.push(ms(t));
@@ -348,6 +425,7 @@ fn initial(o: &Opts, tmp: &Path, case: &Case) -> Result<Samples> {
 
         // the same objects through iproute2 batches
         let ns = Netns::new(case.dual, false)?;
+        settle.wait()?;
         let (a, _) = ns.timed(&["ip", "-batch", &ip_s], None)?;
         let (b, _) = ns.timed(&["bridge", "-batch", &bridge_s], None)?;
         s.batch_ms.push(ms(a + b));
@@ -392,7 +470,11 @@ fn device_batch(dual: bool) -> String {
 /// A `netconverge run` with NOTIFY_SOCKET pointing at our socket.
 struct Daemon {
     child: std::process::Child,
-    notify: UnixDatagram,
+    /// Fed by a thread that reads the notify socket all the time, as
+    /// systemd does: the kernel queues only a few datagrams, and a full
+    /// queue would block the daemon's sd_notify.
+    notify: mpsc::Receiver<String>,
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -400,7 +482,8 @@ impl Daemon {
         let sock_path = dir.join(format!("notify-{}.sock", ns.name));
         let _ = std::fs::remove_file(&sock_path);
         let notify = UnixDatagram::bind(&sock_path)?;
-        let log = std::fs::File::create(dir.join(format!("daemon-{}.log", ns.name)))?;
+        let log_path = dir.join(format!("daemon-{}.log", ns.name));
+        let log = std::fs::File::create(&log_path)?;
         let args = vec![
             o.bin.to_string_lossy().into_owned(),
             "-c".into(),
@@ -412,23 +495,36 @@ impl Daemon {
             sock_path.to_string_lossy().into_owned(),
         )];
         let child = ns.spawn(&args, &env, log)?;
-        let mut d = Daemon { child, notify };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+                if tx.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            notify: rx,
+            log: log_path,
+        };
         d.wait_notify("READY=1", Duration::from_secs(60))?;
         Ok(d)
     }
 
     fn wait_notify(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let end = Instant::now() + timeout;
-        let mut buf = vec![0u8; 4096];
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!("daemon sent no {needle} within {timeout:?}");
             }
-            self.notify
-                .set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
-            if let Ok(n) = self.notify.recv(&mut buf)
-                && String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).contains(needle)
+            if let Ok(m) = self
+                .notify
+                .recv_timeout(left.min(Duration::from_millis(200)))
+                && m.contains(needle)
             {
                 return Ok(());
             }
@@ -440,6 +536,16 @@ impl Daemon {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The last lines of its log, for error messages.
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .get(lines.len().saturating_sub(25)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 }
 
@@ -462,14 +568,20 @@ impl Drop for Daemon {
 /// VXLAN device with everything on it), recreate it, then add its address
 /// and time from that address's RTM_NEWADDR to the RTM_NEWROUTE that
 /// completes the set of peer routes, both seen on our own netlink socket.
-fn reconverge(o: &Opts, tmp: &Path, peers: u32, nexthops: &'static str) -> Result<Reconverge> {
+fn reconverge(
+    o: &Opts,
+    tmp: &Path,
+    peers: u32,
+    nexthops: &'static str,
+    settle: &Settle,
+) -> Result<Reconverge> {
     let ns = Netns::new(false, false)?;
     let cfg = write_config(
         tmp,
         &format!("reconverge-{peers}-{nexthops}.toml"),
         &fleet::config_toml(peers, false, nexthops),
     )?;
-    let _daemon = Daemon::start(o, &ns, tmp, &cfg)?;
+    let daemon = Daemon::start(o, &ns, tmp, &cfg)?;
     let mut out = Reconverge {
         peers,
         nexthops,
@@ -481,7 +593,9 @@ fn reconverge(o: &Opts, tmp: &Path, peers: u32, nexthops: &'static str) -> Resul
         ns.add_underlay()?;
         // let the daemon see the bare underlay (blocked: no address yet)
         std::thread::sleep(Duration::from_millis(200));
-        let took = watch_restore(&ns, peers as usize, || ns.add_underlay_addr(false))?;
+        settle.wait()?;
+        let took = watch_restore(&ns, peers as usize, || ns.add_underlay_addr(false))
+            .with_context(|| format!("rep {}; daemon log:\n{}", out.ms.len(), daemon.tail()))?;
         out.ms.push(ms(took));
         wait_until(Duration::from_secs(10), || {
             Ok(our_routes(&ns)? == peers as usize)
@@ -560,9 +674,9 @@ fn watch_restore(
                 }
                 bail!("watcher socket closed")
             };
-            tokio::time::timeout(Duration::from_secs(60), wait)
+            tokio::time::timeout(Duration::from_secs(20), wait)
                 .await
-                .context("routes not restored within 60 s")?
+                .context("routes not restored within 20 s")?
         })
     });
     ready_rx
@@ -595,7 +709,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// (4) Peak RSS of `converge` from empty, and the idle daemon's RSS and CPU.
-fn memory(o: &Opts, tmp: &Path) -> Result<Memory> {
+fn memory(o: &Opts, tmp: &Path, settle: &Settle) -> Result<Memory> {
     let n = o.rss_size;
     let cfg = write_config(tmp, "memory.toml", &fleet::config_toml(n, false, "auto"))?;
     let bin = o.bin.to_string_lossy().into_owned();
@@ -607,6 +721,7 @@ fn memory(o: &Opts, tmp: &Path) -> Result<Memory> {
     };
     for _ in 0..o.reps.min(3) {
         let ns = Netns::new(false, false)?;
+        settle.wait()?;
         let out_file = tmp.join("time.out");
         let out_s = out_file.to_string_lossy().into_owned();
         ns.timed(
@@ -710,20 +825,25 @@ fn report(o: &Opts, res: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| peers | family | nexthops | netconverge converge | ip + bridge -batch | ratio |"
+        "| peers | family | nexthops | netconverge converge | ip + bridge -batch | ratio | of which config parse |"
     );
-    let _ = writeln!(s, "|---:|---|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---|---|---:|---:|---:|---:|");
     for (c, smp) in &res.initial {
         let (a, b) = (median(&smp.converge_ms), median(&smp.batch_ms));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {a:.1} ms | {b:.1} ms | {:.2} |",
+            "| {} | {} | {} | {a:.1} ms | {b:.1} ms | {:.2} | {:.1} ms |",
             c.peers,
             c.family(),
             c.nexthops,
-            a / b
+            a / b,
+            median(&smp.validate_ms)
         );
     }
+    let _ = writeln!(
+        s,
+        "\n\"Of which config parse\": `netconverge validate` on the same file (process start, TOML parse, validation; no kernel access), part of every `converge` and `converge --check`.\n"
+    );
     let _ = writeln!(
         s,
         "\n`nexthops = auto` uses kernel nexthop objects (this kernel has them): the batch then holds `nexthop add` + `route add ... nhid`; `off` is classic `route add ... via ... onlink` in both.\n"
@@ -753,18 +873,20 @@ fn report(o: &Opts, res: &Results) -> String {
     let _ = writeln!(s, "\n### (2) No-op `converge --check` vs iproute2 dumps\n");
     let _ = writeln!(
         s,
-        "| peers | family | nexthops | converge --check | iproute2 dumps | ratio |"
+        "| peers | family | nexthops | converge --check | iproute2 dumps | ratio | check minus config parse |"
     );
-    let _ = writeln!(s, "|---:|---|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---|---|---:|---:|---:|---:|");
     for (c, smp) in &res.initial {
         let (a, b) = (median(&smp.check_ms), median(&smp.dump_ms));
+        let v = median(&smp.validate_ms);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {a:.1} ms | {b:.1} ms | {:.2} |",
+            "| {} | {} | {} | {a:.1} ms | {b:.1} ms | {:.2} | {:.1} ms |",
             c.peers,
             c.family(),
             c.nexthops,
-            a / b
+            a / b,
+            a - v
         );
     }
     let _ = writeln!(
@@ -817,6 +939,22 @@ fn report(o: &Opts, res: &Results) -> String {
             m.idle_secs, m.daemon_idle_cpu_ms
         );
     }
+    let criterion = criterion_medians(&o.root.join("target/criterion/plan_10000_peers"));
+    if !criterion.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### (5) `plan()` alone, 10 000 peers (criterion, `cargo bench --bench plan`)\n"
+        );
+        let _ = writeln!(s, "| case | median | 95% interval |");
+        let _ = writeln!(s, "|---|---:|---:|");
+        for (name, median, lo, hi) in &criterion {
+            let _ = writeln!(s, "| {name} | {median:.2} ms | {lo:.2}–{hi:.2} ms |");
+        }
+        let _ = writeln!(
+            s,
+            "\n`in_sync`: the kernel already matches (every daemon pass, every `--check`); `from_empty`: 30 002 changes (40 002 with nexthops), each with its diff line."
+        );
+    }
     let _ = writeln!(s, "\n![time against N](bench/scaling.svg)\n");
     let _ = writeln!(
         s,
@@ -824,6 +962,42 @@ fn report(o: &Opts, res: &Results) -> String {
         if o.sizes.len() < 3 { " --quick" } else { "" }
     );
     s
+}
+
+/// (case, median, 95% low, 95% high) in ms from criterion's estimates.
+fn criterion_medians(dir: &Path) -> Vec<(String, f64, f64, f64)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "report")
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name).join("new/estimates.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let ms_at = |pointer: &str| {
+            v.pointer(pointer)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(f64::NAN)
+                / 1e6
+        };
+        out.push((
+            name,
+            ms_at("/median/point_estimate"),
+            ms_at("/median/confidence_interval/lower_bound"),
+            ms_at("/median/confidence_interval/upper_bound"),
+        ));
+    }
+    out
 }
 
 const BEGIN: &str = "<!-- bench:begin (generated by bench/run.sh; edits here are overwritten) -->";

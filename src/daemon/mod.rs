@@ -144,23 +144,26 @@ fn status_line(desired: &Desired, outcome: &Outcome, note: Option<&str>) -> Stri
     s
 }
 
+/// Changes of a pass that are logged one by one (more are counted).
+const DETAIL: usize = 20;
+
 fn log_pass(n: u64, trigger: Trigger, outcome: &Outcome, took: Duration) {
-    const DETAIL: usize = 20;
     let changes = &outcome.initial.changes;
-    if changes.is_empty() && outcome.converged() {
+    let total = outcome.initial_changes;
+    if total == 0 && outcome.converged() {
         debug!(pass = n, %trigger, "pass #{n} ({trigger}): in sync ({} ms)", took.as_millis());
         return;
     }
-    let what = if changes.is_empty() {
+    let what = if total == 0 {
         "no changes possible".to_string()
-    } else if changes.len() <= DETAIL {
+    } else if total <= DETAIL {
         changes
             .iter()
             .map(|c| format!("{} {}: {}", c.kind.sigil(), c.object, c.reason))
             .collect::<Vec<_>>()
             .join("; ")
     } else {
-        format!("{} changes", changes.len())
+        format!("{total} changes")
     };
     info!(
         pass = n,
@@ -321,7 +324,7 @@ pub async fn run(
                 let start = Instant::now();
                 let n = rec.passes() + 1;
                 debug!(pass = n, %trigger, "pass #{n} starting");
-                let result = tokio::time::timeout(PASS_TIMEOUT, engine::converge(&handle, &desired, 3)).await;
+                let result = tokio::time::timeout(PASS_TIMEOUT, engine::converge_keeping(&handle, &desired, 3, DETAIL)).await;
                 let took = start.elapsed();
                 let pass = match result {
                     Ok(Ok(outcome)) => {
