@@ -268,20 +268,6 @@ fn route_op_from_spec(r: &RouteSpec, protocol: u8) -> RouteOp {
     }
 }
 
-fn route_op_from_state(r: &RouteState) -> RouteOp {
-    RouteOp {
-        table: r.table,
-        dst: r.dst,
-        via: r.via,
-        dev: r.dev.clone(),
-        onlink: r.onlink,
-        src: r.src,
-        metric: r.metric,
-        protocol: r.protocol,
-        nhid: r.nhid,
-    }
-}
-
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
@@ -908,7 +894,7 @@ impl<'a> Planner<'a> {
                 kind: ChangeKind::Remove,
                 object: describe_route_state(r),
                 reason,
-                op: Op::DelRoute(route_op_from_state(r)),
+                op: Op::DelRoute(r.clone()),
             });
         }
         self.push_sorted(stale);
@@ -1051,7 +1037,7 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
             kind: ChangeKind::Remove,
             object: describe_route_state(r),
             reason: format!("cleanup (route protocol {proto})"),
-            op: Op::DelRoute(route_op_from_state(r)),
+            op: Op::DelRoute(r.clone()),
         })
         .collect();
     routes.sort_by(|a, b| a.object.cmp(&b.object));

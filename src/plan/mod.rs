@@ -28,23 +28,9 @@ pub struct VxlanCreate {
     pub gbp: bool,
 }
 
-/// A route as netconverge installs it (always with its protocol marker).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouteOp {
-    pub table: u32,
-    pub dst: IpNet,
-    pub via: Option<IpAddr>,
-    pub dev: Option<String>,
-    pub onlink: bool,
-    pub src: Option<IpAddr>,
-    pub metric: Option<u32>,
-    pub protocol: u8,
-    /// Through nexthop object `nhid` (`ip route ... nhid N`): the kernel
-    /// takes gateway, device and onlink from it; `via`/`dev`/`onlink` above
-    /// then only describe it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nhid: Option<u32>,
-}
+/// A route as netconverge installs or removes it: the same shape the kernel
+/// reports (installed routes always carry netconverge's protocol marker).
+pub type RouteOp = crate::model::RouteState;
 
 /// A gateway nexthop object as netconverge creates it
 /// (`ip nexthop add id ID via VIA dev DEV [onlink] proto PROTOCOL`).
