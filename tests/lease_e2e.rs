@@ -161,30 +161,34 @@ fn write_mode_ready_only_with_the_right_file_and_underlay_mtu_flows_into_it() {
     );
 }
 
-/// A deleted file raises no netlink event: the daemon finds it missing on
-/// its next pass. `resync_secs = 1` makes that pass come quickly here.
+/// A deleted or hand-edited file raises no netlink event: the daemon's
+/// inotify watch on the directory triggers the repair. The resync is an hour
+/// away, so only the watch can explain a prompt restore.
 #[test]
-fn write_mode_deleted_file_is_restored_by_the_periodic_resync() {
-    let (ns, _dir, p, cfg) = setup("lease-del", "write", WRITE_KEYS, 1);
+fn write_mode_deleted_or_edited_file_is_restored_by_the_directory_watch() {
+    let (ns, dir, p, cfg) = setup("lease-del", "write", WRITE_KEYS, 3600);
     let mut d = Daemon::start(&ns, &cfg, &[]);
     d.wait_notify("READY=1", LONG);
-    // past the passes that the first pass's own changes trigger
-    eventually("a first periodic resync pass", LONG, || {
-        d.logs().contains("trigger=periodic resync")
-    });
-    let want = format!("(periodic resync): + lease {}: missing", p.live.display());
+    let ok = || read(&p.live).as_deref() == Some(flannel_file(1450).as_str());
     for round in 1..=3 {
         std::fs::remove_file(&p.live).unwrap();
-        eventually(&format!("round {round}: file restored"), LONG, || {
-            read(&p.live).as_deref() == Some(flannel_file(1450).as_str())
-        });
-        // each restore was a resync pass's doing (no event announces a
-        // deleted file)
-        eventually(&format!("round {round}: the pass is logged"), LONG, || {
-            d.logs().matches(&want).count() == round
-        });
+        eventually(&format!("round {round}: deleted file restored"), LONG, ok);
+        std::fs::write(&p.live, "FLANNEL_MTU=1\n").unwrap();
+        eventually(&format!("round {round}: edited file restored"), LONG, ok);
     }
+    // the whole directory goes (tmpfs cleared): recreated, and watched again
+    std::fs::remove_dir_all(p.live.parent().unwrap()).unwrap();
+    eventually("directory and file restored", LONG, ok);
+    std::fs::remove_file(&p.live).unwrap();
+    eventually("file restored after the watch was re-armed", LONG, ok);
+    let logs = d.logs();
+    assert!(logs.contains("lease file changed on disk"), "{logs}");
+    assert!(
+        !logs.contains("(periodic resync)"),
+        "no resync may have done it: {logs}"
+    );
     assert_eq!(d.stop(), 0);
+    drop(dir);
 }
 
 #[test]

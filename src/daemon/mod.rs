@@ -7,6 +7,7 @@
 //! stop nothing is removed or flushed.
 
 pub mod filter;
+pub mod leasewatch;
 pub mod nm;
 pub mod reconciler;
 
@@ -214,6 +215,8 @@ pub async fn run(
     wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut interest = Interest::new(&desired);
+    let lease_path = |d: &Desired| d.lease.as_ref().map(|l| l.path.clone());
+    let mut lease_watch = leasewatch::LeaseWatch::new(lease_path(&desired).as_deref());
     let mut rec = Reconciler::new(&desired.daemon, Instant::now());
     let mut note: Option<String> = None;
     let mut relevant_events: u64 = 0;
@@ -245,6 +248,7 @@ pub async fn run(
                     Ok(new) => {
                         info!("reload: configuration valid, converging to it");
                         interest = Interest::new(&new);
+                        lease_watch = leasewatch::LeaseWatch::new(lease_path(&new).as_deref());
                         rec.reconfigure(&new.daemon, Instant::now());
                         nm = nm::reconfigure(nm.take(), &new);
                         desired = new;
@@ -305,6 +309,11 @@ pub async fn run(
                     rec.on_urgent(Instant::now());
                 }
             },
+            () = lease_watch.changed() => {
+                debug!("lease file changed on disk: converging");
+                relevant_events += 1;
+                rec.on_event(Instant::now());
+            }
             hint = async { match nm.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => match hint {
                 Some(Hint::Activated(dev)) => {
                     info!("NetworkManager activated {dev}: converging now");
@@ -330,6 +339,7 @@ pub async fn run(
                     Ok(Ok(outcome)) => {
                         log_pass(n, trigger, &outcome, took);
                         interest.learn_links(&outcome.observed.links);
+                        lease_watch.arm();
                         interest.learn_nexthops(&outcome.observed.nexthops);
                         if outcome.converged() {
                             // the explanation of a vanished device is history now
