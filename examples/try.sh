@@ -4,7 +4,7 @@
 # lease file lands there), and nft rules live in the namespace only. Nothing
 # on the host changes; everything vanishes when the script exits.
 #
-#   sudo bash examples/try.sh [examples/k3s-node.toml]
+#   bash examples/try.sh   (as root) [examples/k3s-node.toml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "try.sh: run as root (it creates a network namespace)" >&2; exit 1; }

@@ -73,7 +73,7 @@ pub fn is_root() -> bool {
 pub fn require_root() {
     assert!(
         is_root(),
-        "this test needs root (it creates network namespaces); run the suite as root, e.g. `sudo -E cargo test`"
+        "this test needs root (it creates network namespaces); run the suite as root (`bash .ci/test`)"
     );
 }
 
