@@ -271,6 +271,7 @@ MUTATIONS=(
     'nix/module.nix%0,/type = lib.types.bool;/s//type = lib.types.str;/%eval-module%checkConfig declared as a string: its default true is mistyped%is not of type .string.'
     'nix/module.nix%s/Type = "notify-reload";/Type = "notfy-reload";/%eval-module%a unit Type systemd does not know%is not of type .attribute set of \(systemd option\).'
     'nix/module.nix%s/environment.systemPackages = /environment.systemPackage = /%eval-module%a definition of an option NixOS does not have%The option .environment.systemPackage. does not exist'
+    'nix/module.nix%/defaultText = lib.literalExpression "pkgs.netconverge/d%eval-module%package option without defaultText: the manual would show a store derivation%option docs render'
     'nix/module.nix%s/TimeoutStartSec = lib.mkDefault (\(.*\));/TimeoutStartSec = \1;/%eval-module%TimeoutStartSec no longer mkDefault: a user override conflicts%conflicting definition values'
 )
 

@@ -246,6 +246,11 @@ let
     services.netconverge.enable = true;
   })) (attrNames rejected);
 
+  # The module's options as the NixOS manual documents them.
+  optionDocs = filter (o: lib.hasPrefix "services.netconverge." o.name) (
+    lib.optionAttrSetToDocList full.ev.options
+  );
+
   pkg = pkgs.callPackage ../package.nix { };
   exe = lib.getExe pkg;
   unitText = builtins.readFile ../../systemd/netconverge.service;
@@ -509,6 +514,22 @@ let
         && full.opts.configFile.type.name == "path"
         && full.opts.extraArgs.type.description == "list of string"
         && full.opts.settings.example.text == builtins.readFile ../example-settings.nix;
+    }
+    {
+      name = "option docs render as the NixOS manual renders them (lib.optionAttrSetToDocList): each has a description, no default or example shows a derivation or store path";
+      ok =
+        builtins.length optionDocs == 6
+        && all (
+          o:
+          o.description or null != null
+          && o.description != ""
+          && all (v: !(contains "<derivation" v.text) && !(contains builtins.storeDir v.text)) (
+            map (k: o.${k}) (filter (k: o ? ${k}) [
+              "default"
+              "example"
+            ])
+          )
+        ) optionDocs;
     }
     {
       name = "settings example covers vxlan, address, peer, nat, lease, daemon";

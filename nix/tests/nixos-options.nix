@@ -40,7 +40,7 @@ let
   };
 
   # The serviceConfig check NixOS applies (checkService): Type and Restart
-  # must be values systemd knows.
+  # must be among the values NixOS accepts (the same lists).
   oneOfOrAbsent =
     key: allowed: cfg:
     !(cfg ? ${key}) || builtins.elem cfg.${key} allowed;
@@ -61,7 +61,6 @@ let
       "on-success"
       "on-failure"
       "on-abnormal"
-      "on-watchdog"
       "on-abort"
       "always"
     ] cfg
