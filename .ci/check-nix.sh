@@ -337,6 +337,14 @@ self_test() {
     return $failed
 }
 
+# Without the lib nothing can be checked, and the self-test would only
+# repeat it: stop here.
+if ! check_lib "$ROOT" >"$work/lib.log"; then
+    cat "$work/lib.log"
+    echo "FAILED check-nix"
+    exit 1
+fi
+
 status=0
 if [[ $self_test_only == 0 ]]; then
     echo "--- checking Nix files under $ROOT${bin:+ (binary: $bin)}"
