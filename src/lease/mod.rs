@@ -301,14 +301,18 @@ fn plan_preserve(
         object: object.clone(),
         reason,
     };
-    let differs = |file: &LeaseFile| disagreement(spec, vxlan_mtu, file);
-    match (check(&observed.live), check(&observed.backup)) {
-        (Checked::Valid(_, live), _) if differs(&live).is_some() => {
-            let why = differs(&live).unwrap_or_default();
+    let live = check(&observed.live);
+    // A valid file for another subnet or MTU is flannel's mistake (or ours
+    // being stale): neither taken as the last-known-good nor "in sync".
+    if let Checked::Valid(_, parsed) = &live {
+        if let Some(why) = disagreement(spec, vxlan_mtu, parsed) {
             plan.blocked.push(blocked(format!(
                 "differs from [lease]: {why}; written by flannel (mode = \"preserve\"), left as is; backup not refreshed"
             )));
+            return;
         }
+    }
+    match (live, check(&observed.backup)) {
         (Checked::Valid(live, _), Checked::Valid(saved, _)) if live == saved => {}
         (Checked::Valid(live, _), Checked::Valid(saved, _)) => plan.changes.push(save(
             ChangeKind::Modify,
@@ -329,21 +333,23 @@ fn plan_preserve(
             object: backup_object.clone(),
             reason: format!("{why}; the live file is not saved"),
         }),
-        (Checked::Missing, Checked::Valid(saved, parsed)) => match differs(&parsed) {
-            Some(why) => plan.blocked.push(blocked(format!(
-                "no lease file, and backup {} differs from [lease] ({why}); not restored",
-                backup.display()
-            ))),
-            None => plan.changes.push(Change {
-                kind: ChangeKind::Add,
-                object,
-                reason: format!("missing; restore from backup {}", backup.display()),
-                op: Op::Lease(LeaseOp::Write {
-                    path: spec.path.clone(),
-                    contents: saved.to_string(),
+        (Checked::Missing, Checked::Valid(saved, parsed)) => {
+            match disagreement(spec, vxlan_mtu, &parsed) {
+                Some(why) => plan.blocked.push(blocked(format!(
+                    "no lease file, and backup {} differs from [lease] ({why}); not restored",
+                    backup.display()
+                ))),
+                None => plan.changes.push(Change {
+                    kind: ChangeKind::Add,
+                    object,
+                    reason: format!("missing; restore from backup {}", backup.display()),
+                    op: Op::Lease(LeaseOp::Write {
+                        path: spec.path.clone(),
+                        contents: saved.to_string(),
+                    }),
                 }),
-            }),
-        },
+            }
+        }
         (Checked::Missing, Checked::Missing) => {
             plan.blocked
                 .push(blocked("no lease file and no backup yet".to_string()));

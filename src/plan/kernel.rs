@@ -405,8 +405,10 @@ impl<'a> Planner<'a> {
                     self.blocked.push(Blocked {
                         object,
                         reason: format!(
-                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; set `mtu` >= {IPV6_MIN_MTU} on a larger underlay",
-                            v.underlay, under.mtu
+                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
+                            v.underlay,
+                            under.mtu,
+                            IPV6_MIN_MTU + v.family.vxlan_overhead()
                         ),
                     });
                     return DevState::Blocked;
