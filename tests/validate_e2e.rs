@@ -129,3 +129,64 @@ fn a_derived_mtu_below_1280_blocks_the_ipv6_device_only() {
         .any(|a| a["local"] == "fd00:42:0:1::");
     assert!(has, "{addrs:?}");
 }
+
+/// validate and the kernel agree on every name: each is tried with
+/// `ip link add` (the independent judge) and with the config parser.
+#[test]
+fn validate_accepts_exactly_the_names_the_kernel_accepts() {
+    let ns = Netns::new("val-names");
+    let names = [
+        "flannel.1",
+        "vx\u{e9}",   // é = C3 A9: accepted
+        "vx\u{85}",   // C2 85: a control byte, not whitespace to the kernel
+        "vx\u{2003}", // EM SPACE = E2 80 83: Unicode whitespace, not the kernel's
+        "vx\u{e0}",   // à = C3 A0: 0xA0 is whitespace to the kernel
+        "vx\u{a0}",   // NO-BREAK SPACE = C2 A0
+        "\u{5a0}x",   // Hebrew point = D6 A0
+        "a b",
+        "a\tb",
+        "a:b",
+        "a/b",
+        "..",
+        "fifteen-bytes.1",
+        "sixteen-bytes.12",
+    ];
+    let mut disagree = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let peer = format!("nc-peer{i}");
+        let kernel = ns
+            .exec_output(&[
+                "ip", "link", "add", name, "type", "veth", "peer", "name", &peer,
+            ])
+            .status
+            .success();
+        let toml = format!(
+            "[[vxlan]]\nname = \"{}\"\nvni = 1\nunderlay = \"eth0\"\n",
+            toml_escape(name)
+        );
+        let ours = netconverge::config::parse(&toml, "t.toml").is_ok();
+        if kernel != ours {
+            disagree.push(format!("{name:?}: kernel {kernel}, validate {ours}"));
+        }
+    }
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    // Positive control: the kernel really refused some and took others.
+    let links: Vec<String> = ns
+        .ip_list(&["link", "show"])
+        .into_iter()
+        .map(|l| l["ifname"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(links.iter().any(|l| l == "vx\u{e9}"), "{links:?}");
+    assert!(!links.iter().any(|l| l == "vx\u{e0}"), "{links:?}");
+}
+
+/// `s` inside a TOML basic string: control characters as `\uXXXX`.
+fn toml_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => format!("\\{c}"),
+            c if c.is_control() => format!("\\u{:04X}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
+}
