@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::Netns;
 use netconverge::bulk::{BulkError, BulkRequest, BulkSocket};
+use netconverge::netlink::Errno;
 use netconverge::nexthop::{NexthopMessage, NexthopNetlinkMessage};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -94,12 +95,13 @@ fn lost_replies_are_never_reported_as_applied() {
         match v {
             Ok(()) => assert_ne!(i % 7, 3, "request {i} failed but was reported applied"),
             Err(BulkError::Nack(code)) => {
-                assert_eq!((i % 7, *code), (3, libc::ENODEV), "request {i}")
+                assert_eq!((i % 7, *code), (3, Errno::ENODEV), "request {i}")
             }
             Err(BulkError::Lost(why)) => {
                 assert!(why.contains("lost"), "{why}");
                 lost += 1;
             }
+            Err(e @ BulkError::Interrupted(_)) => panic!("request {i}: {e}"),
         }
     }
     assert!(
@@ -142,12 +144,12 @@ fn verdicts_line_up_with_requests_across_windows() {
     let mut expect_ok = 0;
     for (k, v) in verdicts.iter().enumerate() {
         let want = match k {
-            500 => Err(BulkError::Nack(libc::EEXIST)),
-            k if k == N as usize + 1 => Err(BulkError::Nack(libc::ENOENT)),
+            500 => Err(BulkError::Nack(Errno::EEXIST)),
+            k if k == N as usize + 1 => Err(BulkError::Nack(Errno::ENOENT)),
             k => {
                 let i = if k > 500 { k - 1 } else { k } as u32;
                 if i % 7 == 3 {
-                    Err(BulkError::Nack(libc::ENODEV))
+                    Err(BulkError::Nack(Errno::ENODEV))
                 } else {
                     expect_ok += 1;
                     Ok(())
@@ -189,35 +191,35 @@ fn dumps_stream_every_reply_and_report_kernel_errors() {
             .unwrap()
             .block_on(async move {
                 let bulk = BulkSocket::open(8 << 20).unwrap();
-                let mut ids = Vec::new();
                 let all = NexthopNetlinkMessage::Get(NexthopMessage::default());
-                bulk.dump(&all, |m: NexthopNetlinkMessage| {
-                    ids.extend(m.message().id());
-                    assert_eq!(m.message().oif(), Some(ifindex));
-                })
-                .await
-                .unwrap();
+                let ids = bulk
+                    .dump(&all, |ids: &mut Vec<u32>, m: NexthopNetlinkMessage| {
+                        ids.extend(m.message().id());
+                        assert_eq!(m.message().oif(), Some(ifindex));
+                    })
+                    .await
+                    .unwrap();
                 // The kernel refuses a nexthop dump with header fields set.
                 let mut bad = NexthopMessage::default();
                 bad.header.protocol = 5;
                 let rejected = bulk
                     .dump(
                         &NexthopNetlinkMessage::Get(bad),
-                        |_: NexthopNetlinkMessage| {},
+                        |_: &mut (), _: NexthopNetlinkMessage| {},
                     )
                     .await;
                 // ... and the socket still serves the next dump.
-                let mut links = 0;
                 let req = RouteNetlinkMessage::GetLink(Default::default());
-                bulk.dump(&req, |m: RouteNetlinkMessage| {
-                    links += usize::from(matches!(m, RouteNetlinkMessage::NewLink(_)));
-                })
-                .await
-                .unwrap();
+                let links = bulk
+                    .dump(&req, |links: &mut usize, m: RouteNetlinkMessage| {
+                        *links += usize::from(matches!(m, RouteNetlinkMessage::NewLink(_)));
+                    })
+                    .await
+                    .unwrap();
                 (ids, rejected, links)
             })
     });
     assert_eq!(ids, (1000..1300).collect::<Vec<u32>>());
-    assert_eq!(rejected, Err(BulkError::Nack(libc::EINVAL)));
+    assert_eq!(rejected, Err(BulkError::Nack(Errno::EINVAL)));
     assert_eq!(links, 3, "lo, b0, b1");
 }
