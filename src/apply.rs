@@ -313,7 +313,7 @@ impl Waiting {
                     create,
                     Failure {
                         object: format!("{n} {what} on {dev}"),
-                        error: format!("waiting for device {dev}, which could not be created"),
+                        error: format!("waiting for vxlan {dev}"),
                         errno: None,
                     },
                 )
@@ -1298,7 +1298,7 @@ mod tests {
                 42,
                 Failure {
                     object: "4 objects on flannel.1".into(),
-                    error: "waiting for device flannel.1, which could not be created".into(),
+                    error: "waiting for vxlan flannel.1".into(),
                     errno: None,
                 }
             )]
