@@ -19,6 +19,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
@@ -79,6 +80,10 @@ pub struct BulkSocket {
     window: usize,
     /// Dump attempts thrown away because the kernel marked them interrupted.
     interrupted: AtomicU64,
+    /// How long a window waits for its barrier's ACK, a dump for its end.
+    timeout: Duration,
+    /// Barriers ask for an ACK (always, but in the tests of lost replies).
+    barrier_ack: bool,
     /// One run at a time: replies are matched by sequence number within
     /// the current window only.
     lock: tokio::sync::Mutex<()>,
@@ -119,6 +124,8 @@ impl BulkSocket {
             seq: AtomicU32::new(1),
             window,
             interrupted: AtomicU64::new(0),
+            timeout: REQUEST_TIMEOUT,
+            barrier_ack: true,
             lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -132,6 +139,15 @@ impl BulkSocket {
     /// kernel marked them interrupted by concurrent changes.
     pub fn interrupted_dumps(&self) -> u64 {
         self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Test seam for lost replies: barriers go out without `NLM_F_ACK`, so
+    /// none is ever acknowledged, and a window gives up after `timeout`.
+    #[doc(hidden)]
+    pub fn without_barrier_ack(mut self, timeout: Duration) -> Self {
+        self.barrier_ack = false;
+        self.timeout = timeout;
+        self
     }
 
     /// Override the window (tests: force replies to overflow the buffer).
@@ -204,11 +220,11 @@ impl BulkSocket {
                 }
             }
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        match tokio::time::timeout(self.timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(BulkError::Lost(format!(
                 "dump not complete within {}s",
-                REQUEST_TIMEOUT.as_secs()
+                self.timeout.as_secs()
             ))),
         }
     }
@@ -240,18 +256,22 @@ impl BulkSocket {
                 self.flush(&mut buf, &mut pending, &mut verdicts).await;
             }
         }
-        encode_barrier(barrier, &mut buf);
+        if self.barrier_ack {
+            encode_barrier(barrier, &mut buf);
+        } else {
+            put(NLMSG_NOOP, NLM_F_REQUEST, barrier, None, &mut buf);
+        }
         let barrier_sent = self.flush(&mut buf, &mut pending, &mut verdicts).await;
 
         let lost = if barrier_sent {
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.drain(first, barrier, &mut verdicts))
+            match tokio::time::timeout(self.timeout, self.drain(first, barrier, &mut verdicts))
                 .await
             {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("netlink replies lost: {e}")),
                 Err(_) => Some(format!(
                     "no reply from the kernel within {}s",
-                    REQUEST_TIMEOUT.as_secs()
+                    self.timeout.as_secs()
                 )),
             }
         } else {

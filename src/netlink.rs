@@ -54,6 +54,14 @@ impl Handle {
     pub fn bulk(&self) -> &BulkSocket {
         &self.bulk
     }
+
+    /// Test seam: this handle with another bulk socket (one built to lose
+    /// replies, say).
+    #[doc(hidden)]
+    pub fn with_bulk(mut self, bulk: BulkSocket) -> Handle {
+        self.bulk = Arc::new(bulk);
+        self
+    }
 }
 
 impl Deref for Handle {
