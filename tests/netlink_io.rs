@@ -1344,3 +1344,43 @@ fn dumps_interrupted_by_concurrent_changes_are_retried_never_trusted() {
         stable.len()
     );
 }
+
+/// Without CAP_NET_ADMIN the kernel answers EPERM: the JSON report carries
+/// it as `errno` 1 and the exit code 3 (missing privilege) is decided on
+/// it. Control: the same file with the capability converges.
+#[test]
+fn a_missing_capability_is_an_errno_and_exit_3() {
+    let ns = Netns::new("cli-eperm");
+    underlay(&ns, "192.0.2.1/24");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("n.toml");
+    std::fs::write(
+        &config,
+        "node_name = \"n1\"\n\n[[vxlan]]\nname = \"flannel.1\"\nvni = 1\n\
+         underlay = \"ul0\"\n\n[[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n",
+    )
+    .unwrap();
+    let out = ns.exec_output(&[
+        "setpriv",
+        "--bounding-set=-net_admin",
+        "--inh-caps=-net_admin",
+        "--",
+        env!("CARGO_BIN_EXE_netconverge"),
+        "-c",
+        config.to_str().unwrap(),
+        "converge",
+        "--format",
+        "json",
+    ]);
+    let text = common::stdout(&out);
+    assert_eq!(common::code(&out), 3, "{}", common::stdout_stderr(&out));
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures[0]["object"], "vxlan flannel.1", "{json}");
+    assert_eq!(failures[0]["errno"], libc::EPERM, "{json}");
+    assert!(ns.link("flannel.1").is_none());
+
+    let out = ns.netconverge(&config, &["converge"]);
+    assert_eq!(common::code(&out), 0, "{}", common::stdout_stderr(&out));
+    assert!(ns.link("flannel.1").is_some());
+}
