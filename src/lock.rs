@@ -92,24 +92,14 @@ impl Holder {
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = if self.command.is_empty() {
-            "netconverge"
-        } else if self.is_daemon() {
-            "netconverge daemon"
-        } else {
-            "netconverge"
-        };
-        write!(f, "{what}")?;
-        if !self.command.is_empty() && !self.is_daemon() {
-            write!(f, " {}", self.command)?;
+        match self.command.as_str() {
+            "" => write!(f, "netconverge")?,
+            "run" => write!(f, "netconverge daemon")?,
+            other => write!(f, "netconverge {other}")?,
         }
-        let mut parts = Vec::new();
-        if let Some(pid) = self.pid {
-            parts.push(format!("pid {pid}"));
-        }
-        if !self.config.is_empty() {
-            parts.push(format!("config {}", self.config));
-        }
+        let pid = self.pid.map(|p| format!("pid {p}"));
+        let config = (!self.config.is_empty()).then(|| format!("config {}", self.config));
+        let parts: Vec<String> = pid.into_iter().chain(config).collect();
         if !parts.is_empty() {
             write!(f, " ({})", parts.join(", "))?;
         }

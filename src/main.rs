@@ -377,6 +377,15 @@ fn take_lock(cli: &Cli) -> Result<Locked, ExitCode> {
     let (path, holder) = match lock::acquire(role, &cli.config) {
         Ok(l) => return Ok(Locked::Held(l)),
         Err(lock::LockError::Busy { path, holder }) => (path, holder),
+        // The daemon keeps the overlay up even where /run/netconverge cannot
+        // be written (a unit without RuntimeDirectory=netconverge under
+        // ProtectSystem=strict): say so loudly, run unlocked.
+        Err(e @ lock::LockError::Io { .. }) if role == lock::Role::Daemon => {
+            tracing::warn!(
+                "{e}; running WITHOUT the one-writer lock (give the unit RuntimeDirectory=netconverge)"
+            );
+            return Ok(Locked::Forced);
+        }
         Err(e @ lock::LockError::Io { .. }) => return Err(fail(code::SYSTEM, &e.to_string())),
     };
     let busy = lock::LockError::Busy {

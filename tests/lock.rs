@@ -48,7 +48,7 @@ fn nc(ns: &Netns, cfg: &Path, args: &[&str]) -> Output {
 }
 
 fn has_route(ns: &Netns, dst: &str) -> bool {
-    ns.ip_list(&["route", "show", "dev", "flannel.1"])
+    ns.ip_list(&["route", "show"])
         .iter()
         .any(|r| r["dst"] == dst)
 }
