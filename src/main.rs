@@ -375,7 +375,14 @@ fn take_lock(cli: &Cli) -> Result<Locked, ExitCode> {
         _ => return Ok(Locked::NotNeeded),
     };
     let (path, holder) = match lock::acquire(role, &cli.config) {
-        Ok(l) => return Ok(Locked::Held(l)),
+        Ok(l) => {
+            if reload {
+                out::eprintln(
+                    "netconverge: no daemon manages this network namespace: converging here",
+                );
+            }
+            return Ok(Locked::Held(l));
+        }
         Err(lock::LockError::Busy { path, holder }) => (path, holder),
         // The daemon keeps the overlay up even where /run/netconverge cannot
         // be written (a unit without RuntimeDirectory=netconverge under
