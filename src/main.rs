@@ -80,7 +80,7 @@ enum Command {
     Validate,
     /// Make the kernel match the file, then verify (or, with --check, only show the diff).
     #[command(
-        after_help = "Examples:\n  netconverge converge\n  netconverge converge --check\n  netconverge converge --check --format json\n\nDiff lines: `+` add, `-` remove, `~` change, `!` blocked; each with its reason."
+        after_help = "Examples:\n  netconverge converge\n  netconverge converge --check\n  netconverge converge --check --format json\n  netconverge converge --reload   # a daemon runs this file: make it reload\n\nDiff lines: `+` add, `-` remove, `~` change, `!` blocked; each with its reason.\nNext to a daemon in the same network namespace, converge is refused (exit 4) unless --force."
     )]
     Converge {
         /// Change nothing; print what differs and exit 1 if anything does.
@@ -108,7 +108,7 @@ enum Command {
     },
     /// Run as a daemon: converge, then keep converging on every change (systemd Type=notify).
     #[command(
-        after_help = "Signals: SIGHUP reloads the file, SIGTERM/SIGINT stop (state is left in place)."
+        after_help = "Signals: SIGHUP reloads the file, SIGTERM/SIGINT stop (state is left in place).\nOne daemon per network namespace: it holds /run/netconverge/netns-<inode>.lock; a second one exits 4."
     )]
     Run,
     /// Remove everything netconverge owns: its VXLAN devices (with all on them),
