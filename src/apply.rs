@@ -136,11 +136,12 @@ impl OpError {
 
     fn lease(e: &crate::lease::LeaseError) -> OpError {
         use crate::lease::LeaseError as L;
+        // Every lease error comes from an I/O call (NotAFile became an
+        // observation, not an error).
         let errno = match e {
             L::Read { error, .. } | L::CreateDir { error, .. } | L::Write { error, .. } => {
                 Errno::of_io(error)
             }
-            _ => None,
         };
         OpError::Backend {
             message: e.to_string(),
