@@ -490,7 +490,11 @@ fn only_regular_config_files_of_at_most_64_mib_are_read() {
         }
     }
     // a symlink to a regular file is fine (NixOS links /etc into the store)
-    let real = write_config(dir.path(), "real.toml", &fixtures::node_name("n"));
+    let real = write_config(
+        dir.path(),
+        "real.toml",
+        &(fixtures::node_name("n") + &fixtures::vxlan_v4("eth0")),
+    );
     let link = dir.path().join("link.toml");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let (code, err) = validate_guarded(&link);
