@@ -16,7 +16,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -133,7 +135,10 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
                 )),
             }
         }
-        if matches!(stage, Stage::DeleteLinks | Stage::CreateLinks) {
+        if matches!(
+            stage,
+            Stage::RenameLinks | Stage::DeleteLinks | Stage::CreateLinks
+        ) {
             match observe::dump_links(handle).await {
                 Ok(fresh) => links = fresh.into_values().map(|l| (l.name, l.index)).collect(),
                 // Later operations on the new devices then fail on their own.
@@ -152,7 +157,15 @@ type Outcome<'a> = (usize, &'a Change, Result<(), OpError>);
 fn is_bulk(op: &Op) -> bool {
     !matches!(
         op,
-        Op::CreateVxlan(_) | Op::DeleteLink { .. } | Op::SetLink { .. } | Op::Nat(_) | Op::Lease(_)
+        Op::CreateVxlan(_)
+            | Op::DeleteLink { .. }
+            | Op::SetLink { .. }
+            | Op::RenameLink { .. }
+            | Op::RetireLink { .. }
+            | Op::MarkLink { .. }
+            | Op::SetVxlan { .. }
+            | Op::Nat(_)
+            | Op::Lease(_)
     )
 }
 
@@ -209,6 +222,7 @@ fn is_delete(op: &Op) -> bool {
     matches!(
         op,
         Op::DeleteLink { .. }
+            | Op::RetireLink { .. }
             | Op::DelAddress { .. }
             | Op::DelNeighbor { .. }
             | Op::DelFdb { .. }
@@ -263,11 +277,38 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
                 .execute()
                 .await
             {
-                Ok(()) => {}
+                // Marked only when this request created it: an existing
+                // device of that name is never claimed here (the planner
+                // blocks foreign ones; adoption is its own operation).
+                Ok(()) => {
+                    let mark = mark_message(LinkUnspec::new_with_name(&v.name).build());
+                    handle.link().change(mark).execute().await?;
+                }
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
             disable_accept_ra(&v.name)
+        }
+        Op::MarkLink { name } => {
+            let msg = mark_message(LinkUnspec::new_with_index(index(links, name)?).build());
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RenameLink { from, to } => {
+            let msg = LinkUnspec::new_with_index(index(links, from)?)
+                .name(to.clone())
+                .build();
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RetireLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
+        Op::SetVxlan {
+            name,
+            local,
+            underlay,
+            learning,
+        } => {
+            let under = underlay.as_deref().map(|u| index(links, u)).transpose()?;
+            let msg = vxlan_change_message(index(links, name)?, *local, under, *learning);
+            Ok(handle.link().change(msg).execute().await?)
         }
         Op::DeleteLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
         Op::SetLink { name, mtu, mac, up } => {
@@ -368,6 +409,10 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
         Op::CreateVxlan(_)
         | Op::DeleteLink { .. }
         | Op::SetLink { .. }
+        | Op::RenameLink { .. }
+        | Op::RetireLink { .. }
+        | Op::MarkLink { .. }
+        | Op::SetVxlan { .. }
         | Op::Nat(_)
         | Op::Lease(_) => Err(OpError::Invalid(
             "not an object operation for the bulk socket".into(),
@@ -411,6 +456,42 @@ pub(crate) fn vxlan_message(v: &VxlanCreate, underlay: u32) -> LinkMessage {
         b = b.address(mac.0.to_vec());
     }
     b.mtu(v.mtu).up().build()
+}
+
+/// `msg` with netconverge's device mark as its ifalias.
+fn mark_message(mut msg: LinkMessage) -> LinkMessage {
+    msg.attributes.push(LinkAttribute::IfAlias(
+        crate::model::DEVICE_MARK.to_string(),
+    ));
+    msg
+}
+
+/// `ip link set INDEX type vxlan [local L] [dev U] [[no]learning]`: a
+/// changelink of only the attributes the kernel changes in place.
+pub(crate) fn vxlan_change_message(
+    index: u32,
+    local: Option<IpAddr>,
+    underlay: Option<u32>,
+    learning: Option<bool>,
+) -> LinkMessage {
+    let mut data = Vec::new();
+    match local {
+        Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+        Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+        None => {}
+    }
+    if let Some(u) = underlay {
+        data.push(InfoVxlan::Link(u));
+    }
+    if let Some(l) = learning {
+        data.push(InfoVxlan::Learning(l));
+    }
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(data)),
+    ]));
+    msg
 }
 
 /// `ip link set` of only the given fields.

@@ -233,6 +233,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
         mac: Some(Mac([2, 0, 0, 0, 0, 1])),
         up: true,
         vxlan: None,
+        alias: None,
     };
     o.links.insert(UNDERLAY.into(), under);
     for (cidr, global) in [(LOCAL4, true), (LOCAL6, true)] {
@@ -267,6 +268,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
                     learning: v.learning,
                     gbp: v.gbp,
                 }),
+                alias: Some(netconverge::model::DEVICE_MARK.into()),
             },
         );
     }

@@ -632,6 +632,8 @@ pub(crate) struct RawVxlan {
     pub(crate) mtu: Field<u32>,
     pub(crate) learning: Option<Sp<bool>>,
     pub(crate) gbp: Option<Sp<bool>>,
+    /// Take over an existing device of this name netconverge did not create.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -650,6 +652,8 @@ pub(crate) struct RawRoute {
     pub(crate) src: Field<IpAddr>,
     pub(crate) metric: Field<u32>,
     pub(crate) table: Option<Sp<u32>>,
+    /// Take over a route netconverge did not create holding this place.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -737,6 +741,8 @@ impl RawLease {
 #[derive(Debug, Default)]
 pub(crate) struct Raw {
     pub(crate) node_name: Option<Sp<String>>,
+    /// Top-level `state_dir`: where netconverge keeps its record.
+    pub(crate) state_dir: Option<Sp<PathBuf>>,
     pub(crate) vxlans: Vec<RawVxlan>,
     pub(crate) addresses: Vec<RawAddress>,
     pub(crate) routes: Vec<RawRoute>,
@@ -757,6 +763,7 @@ type Keys = &'static [(&'static str, &'static str)];
 
 const TOP_KEYS: Keys = &[
     ("node_name", "node_name = \"node-a\""),
+    ("state_dir", "state_dir = \"/var/lib/netconverge\""),
     ("vxlan", "[[vxlan]]"),
     ("address", "[[address]]"),
     ("route", "[[route]]"),
@@ -780,6 +787,7 @@ const VXLAN_KEYS: Keys = &[
     ("mtu", "mtu = 1450"),
     ("learning", "learning = false"),
     ("gbp", "gbp = false"),
+    ("adopt", "adopt = true"),
 ];
 
 const ADDRESS_KEYS: Keys = &[
@@ -795,6 +803,7 @@ const ROUTE_KEYS: Keys = &[
     ("src", "src = \"198.18.1.0\""),
     ("metric", "metric = 100"),
     ("table", "table = \"main\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NEIGHBOR_KEYS: Keys = &[
@@ -872,6 +881,7 @@ pub(crate) fn read(root: &mut Value<'_>, d: &mut Diags<'_>) -> Raw {
     let mut top = Section::new("the top level", Span::new(0, 0), table, TOP_KEYS);
 
     raw.node_name = top.parsed(d, "node_name", node_name).given().cloned();
+    raw.state_dir = top.parsed(d, "state_dir", abs_path).given().cloned();
 
     for s in array(&mut top, d, "vxlan", VXLAN_KEYS) {
         raw.vxlans.push(read_vxlan(s, d));
@@ -1058,6 +1068,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
     let mtu = s.int(d, "mtu", 68, 65_535);
     let learning = s.bool(d, "learning").or_default(false, h);
     let gbp = s.bool(d, "gbp").or_default(false, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let family_explicit = !fam.is_absent();
     let family = match (fam, &local) {
         (Field::Given(f), _) => Some(f),
@@ -1085,6 +1096,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
         mtu,
         learning,
         gbp,
+        adopt,
     }
 }
 
@@ -1138,6 +1150,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
     let table = s
         .get(d, "table", route_table)
         .or_default(crate::model::MAIN_TABLE, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     s.finish(d);
     RawRoute {
         header: h,
@@ -1148,6 +1161,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
         src,
         metric,
         table,
+        adopt,
     }
 }
 

@@ -807,6 +807,10 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         mac_seed: raw.node_name.as_ref().map(|n| n.v.clone()),
         daemon: raw.daemon.clone(),
         engine: raw.engine.clone(),
+        state_dir: raw.state_dir.as_ref().map_or_else(
+            || std::path::PathBuf::from(crate::record::DEFAULT_STATE_DIR),
+            |d| d.v.clone(),
+        ),
         ..Desired::default()
     };
     for v in &raw.vxlans {
@@ -822,6 +826,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             learning: v.learning.as_ref()?.v,
             gbp: v.gbp.as_ref()?.v,
         });
+        if v.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.vxlans.insert(v.name.as_ref()?.v.clone());
+        }
     }
     for (i, a) in raw.addresses.iter().enumerate() {
         out.addresses.push(AddressSpec {
@@ -841,6 +848,13 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             table: r.table.as_ref()?.v,
             origin: format!("route #{}", i + 1),
         });
+        if r.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((
+                r.table.as_ref()?.v,
+                r.dst.as_ref()?.v,
+                r.metric.value().ok()?,
+            ));
+        }
     }
     for (i, n) in raw.neighbors.iter().enumerate() {
         out.neighbors.push(NeighborSpec {

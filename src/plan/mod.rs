@@ -51,6 +51,30 @@ pub enum Op {
     DeleteLink {
         name: String,
     },
+    /// Rename a device netconverge created (its ifindex, and so everything
+    /// on it and every route through it, stays).
+    RenameLink {
+        from: String,
+        to: String,
+    },
+    /// Delete a device netconverge created that the file no longer
+    /// declares, after the new state is in place.
+    RetireLink {
+        name: String,
+    },
+    /// Put netconverge's mark ([`crate::model::DEVICE_MARK`]) on a device
+    /// (adoption, or one created by a version without marks).
+    MarkLink {
+        name: String,
+    },
+    /// Change a VXLAN device's attributes the kernel accepts in place
+    /// (`ip link set NAME type vxlan local L dev U [no]learning`).
+    SetVxlan {
+        name: String,
+        local: Option<IpAddr>,
+        underlay: Option<String>,
+        learning: Option<bool>,
+    },
     SetLink {
         name: String,
         mtu: Option<u32>,
@@ -104,6 +128,8 @@ pub enum Op {
 /// and may run concurrently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Stage {
+    /// First: every later operation names devices by their new names.
+    RenameLinks,
     RemoveStale,
     DeleteLinks,
     CreateLinks,
@@ -120,6 +146,9 @@ pub enum Stage {
     /// After the routes moved off them: deleting a nexthop deletes every
     /// route still using it.
     PruneNexthops,
+    /// Devices no longer declared go last: their routes have moved to the
+    /// devices that replace them, so the overlay is never without routes.
+    RetireLinks,
     Nat,
     Lease,
 }
@@ -132,6 +161,9 @@ impl Op {
             | Op::DelFdb { .. }
             | Op::DelAddress { .. } => Stage::RemoveStale,
             Op::DeleteLink { .. } => Stage::DeleteLinks,
+            Op::RenameLink { .. } => Stage::RenameLinks,
+            Op::RetireLink { .. } => Stage::RetireLinks,
+            Op::MarkLink { .. } | Op::SetVxlan { .. } => Stage::SetLinks,
             Op::CreateVxlan(_) => Stage::CreateLinks,
             Op::SetLink { .. } => Stage::SetLinks,
             Op::AddAddress { .. } => Stage::Addresses,
@@ -236,11 +268,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     out
 }
 
-/// Removal of everything netconverge owns in the kernel (for `cleanup`):
-/// declared VXLAN devices that exist as VXLAN (the kernel drops their
-/// addresses, neighbours, FDB entries and routes with them) and routes
-/// elsewhere that carry netconverge's protocol marker. NAT is removed by the
-/// NAT backend; the lease file is left for the pods that still read it.
+/// Removal of everything netconverge owns in the kernel (for `cleanup`),
+/// recognised without the file: VXLAN devices carrying its mark, whatever
+/// their name (the kernel drops their addresses, neighbours, FDB entries
+/// and routes with them), and routes and nexthops elsewhere that carry one
+/// of its route protocols (the current one and those in its record).
+/// Nothing foreign is ever in it. NAT is removed by the NAT backend; the
+/// lease file is left for the pods that still read it.
 pub fn cleanup_plan(desired: &Desired, observed: &Observed) -> Plan {
     kernel::cleanup(desired, observed)
 }
