@@ -92,9 +92,11 @@ fn renames<'o>(desired: &Desired, observed: &'o Observed) -> Vec<(&'o str, Strin
                 && l.marked()
                 && desired.vxlan(&l.name).is_none()
                 && !used.contains(l.name.as_str())
-                && l.vxlan
-                    .as_ref()
-                    .is_some_and(|a| a.vni == v.vni && a.port == v.port)
+                && l.vxlan.as_ref().is_some_and(|a| {
+                    a.vni == v.vni
+                        && a.port == v.port
+                        && a.local.map(|x| Family::of(&x)) == Some(v.family)
+                })
         });
         if let Some(l) = found {
             used.insert(l.name.as_str());
@@ -794,7 +796,7 @@ impl<'a> Planner<'a> {
             let Some(holder) = foreign.get(&key) else {
                 continue;
             };
-            if self.adopts(r) {
+            if self.adopts(r, holder) {
                 continue;
             }
             self.conflicts.insert(key);
@@ -822,12 +824,15 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The file allows taking over a foreign route at `r`'s place: the
-    /// route itself is adopted, or the device it goes through.
-    fn adopts(&self, r: &RouteSpec) -> bool {
+    /// The file allows taking over the foreign route `holder` at `r`'s
+    /// place: the route itself is adopted, or the device both go through
+    /// (an adopted device brings its own routes, not other devices').
+    fn adopts(&self, r: &RouteSpec, holder: &RouteState) -> bool {
         let adopt = &self.desired.adopt;
         adopt.routes.contains(&(r.table, r.dst, r.metric))
-            || r.dev.as_deref().is_some_and(|d| adopt.vxlans.contains(d))
+            || r.dev
+                .as_deref()
+                .is_some_and(|d| adopt.vxlans.contains(d) && holder.dev.as_deref() == Some(d))
     }
 
     fn is_owned(&self, dev: &str) -> bool {
