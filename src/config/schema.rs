@@ -676,6 +676,8 @@ pub(crate) struct RawPeer {
     pub(crate) subnet: Option<Sp<IpNet>>,
     pub(crate) vtep_ip: Option<Sp<IpAddr>>,
     pub(crate) vtep_mac: Option<Sp<Mac>>,
+    /// Take over a route netconverge did not create at the peer's route.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 /// `network` + `subnet` (or `ipv6_network` + `ipv6_subnet`) as written.
@@ -823,6 +825,7 @@ const PEER_KEYS: Keys = &[
     ("subnet", "subnet = \"198.18.2.0/24\""),
     ("vtep_ip", "vtep_ip = \"192.0.2.20\""),
     ("vtep_mac", "vtep_mac = \"02:42:c6:12:02:00\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NAT_KEYS: Keys = &[
@@ -1205,12 +1208,14 @@ fn read_peer(mut s: Section<'_>, d: &mut Diags<'_>) -> RawPeer {
     let vtep_ip = s.req(d, "vtep_ip", f);
     let f = s.parsed(d, "vtep_mac", mac_unicast);
     let vtep_mac = s.req(d, "vtep_mac", f);
+    let adopt = s.bool(d, "adopt").or_default(false, s.header);
     s.finish(d);
     RawPeer {
         dev,
         subnet,
         vtep_ip,
         vtep_mac,
+        adopt,
     }
 }
 

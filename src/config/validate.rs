@@ -904,6 +904,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             table: MAIN_TABLE,
             origin,
         });
+        if p.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((MAIN_TABLE, peer.subnet, None));
+        }
         out.peers.push(peer);
     }
     if let Some(n) = &raw.nat {

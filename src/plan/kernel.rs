@@ -801,7 +801,7 @@ impl<'a> Planner<'a> {
             }
             self.conflicts.insert(key);
             let what_to_do = if r.origin.starts_with("peer ") {
-                "set adopt = true on the [[vxlan]] it goes through to take it over"
+                "set adopt = true on this [[peer]] (or on its [[vxlan]] for a route through that device) to take it over"
             } else {
                 "set adopt = true on this [[route]] to take it over"
             };

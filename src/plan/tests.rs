@@ -912,6 +912,24 @@ mod ownership {
     }
 
     #[test]
+    fn adopting_the_vxlan_does_not_take_routes_on_other_devices_but_adopting_the_peer_does() {
+        let mut d = ipv4_node();
+        d.adopt.vxlans.insert("flannel.1".into());
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        o.routes.retain(|r| r.dst != net("198.18.2.0/24"));
+        o.routes
+            .push(foreign_route("198.18.2.0/24", "192.0.2.7", "eth0", 4));
+        let p = plan(&d, &o);
+        assert_eq!(p.blocked.len(), 1, "{p}");
+        d.adopt
+            .routes
+            .insert((MAIN_TABLE, net("198.18.2.0/24"), None));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty(), "{p}");
+    }
+
+    #[test]
     fn vxlan_not_created_by_us_is_blocked_and_kept_with_its_address() {
         let d = ipv4_node();
         let mut o = converged(&d, &host(&["192.0.2.1/24"]));
