@@ -566,6 +566,16 @@ fn protocol_change_leaves_nothing_behind() {
     assert_eq!(count(&ns, "199"), (0, 0), "old protocol left behind: {out}");
     let (nh200, r200) = count(&ns, "200");
     assert!(nh200 >= 2 && r200 >= 2, "({nh200}, {r200})");
+    // the record (per test, next to the config) knows both protocols
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::state_dir(&cfg).join("kernel-record.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["route_protocols"],
+        serde_json::json!([199, 200]),
+        "{record}"
+    );
     let (c, out) = run(&ns, &cfg, &["converge", "--check"]);
     assert_eq!(c, 0, "{out}");
 }
