@@ -342,11 +342,16 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
     use RouteNetlinkMessage as M;
     let route = |m, flags| Ok(BulkRequest::Route(m, flags));
     match op {
-        Op::AddAddress { dev, cidr } => route(
+        Op::AddAddress {
+            dev,
+            cidr,
+            protocol,
+        } => route(
             M::NewAddress(address_add_message(
                 index(links, dev)?,
                 cidr.addr(),
                 cidr.prefix_len(),
+                *protocol,
             )),
             ADD | NLM_F_EXCL,
         ),
@@ -520,8 +525,13 @@ pub(crate) fn set_link_message(
 /// IPv4, like iproute2); IPv6 without duplicate address detection: a
 /// node-unique /128 on the overlay, which DAD would only delay (and routes
 /// using it as `src`).
-pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
-    match ip {
+pub(crate) fn address_add_message(
+    index: u32,
+    ip: IpAddr,
+    prefix_len: u8,
+    protocol: u8,
+) -> AddressMessage {
+    let mut m = match ip {
         IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
             .address(a, prefix_len)
@@ -534,7 +544,14 @@ pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> Add
             m.header.flags |= AddressHeaderFlags::Nodad;
             m
         }
+    };
+    // The kernel keeps it (IFA_PROTO): an address netconverge added is
+    // recognisable on any device, without the file.
+    if protocol != 0 {
+        m.attributes
+            .push(AddressAttribute::Protocol(protocol.into()));
     }
+    m
 }
 
 /// A permanent ARP/NDP entry (`ip neigh replace IP lladdr MAC dev INDEX
@@ -984,9 +1001,9 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_skip_dad_and_ipv4_ones_carry_a_broadcast() {
-        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128);
+        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128, 0);
         assert!(v6.header.flags.contains(AddressHeaderFlags::Nodad));
-        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24);
+        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24, 0);
         assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
         assert!(
             v4.attributes

@@ -454,6 +454,14 @@ pub struct AddressState {
     pub cidr: IpNet,
     /// `true` for global scope.
     pub global: bool,
+    /// `IFA_PROTO` (Linux ≥ 6.1): netconverge marks the addresses it adds
+    /// with its route protocol; 0 when unset.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub protocol: u8,
+}
+
+fn is_zero(p: &u8) -> bool {
+    *p == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

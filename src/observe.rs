@@ -430,10 +430,12 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
     // point-to-point links); IPv6 often sends only IFA_ADDRESS.
     let mut local = None;
     let mut address = None;
+    let mut protocol = 0;
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(a) => local = Some(*a),
             AddressAttribute::Address(a) => address = Some(*a),
+            AddressAttribute::Protocol(p) => protocol = u8::from(*p),
             _ => {}
         }
     }
@@ -443,6 +445,7 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
         dev: dev.clone(),
         cidr,
         global: msg.header.scope == AddressScope::Universe,
+        protocol,
     })
 }
 

@@ -172,6 +172,7 @@ fn v4_plan() -> Plan {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "198.18.1.0/32".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];
@@ -264,6 +265,7 @@ fn ipv6_vxlan_with_ipv6_fdb_and_routes() {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "fd00:0:0:1::/128".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];

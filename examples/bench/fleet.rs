@@ -242,6 +242,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
                 dev: UNDERLAY.into(),
                 cidr: IpNet::new(ip, if ip.is_ipv4() { 24 } else { 64 }).unwrap_or_default(),
                 global,
+                protocol: 0,
             });
         }
     }
@@ -277,6 +278,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
             dev: a.dev.clone(),
             cidr: a.cidr,
             global: true,
+            protocol: netconverge::model::ROUTE_PROTOCOL,
         });
     }
     for n in &d.neighbors {

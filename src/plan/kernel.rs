@@ -862,17 +862,33 @@ impl<'a> Planner<'a> {
                     Op::AddAddress {
                         dev: a.dev.clone(),
                         cidr: a.cidr,
+                        protocol: desired.engine.route_protocol,
                     },
                 );
             }
         }
         let mut stale: Vec<Change> = Vec::new();
         for a in &observed.addresses {
-            if a.global && self.is_owned(&a.dev) && !want.contains(&(a.dev.as_str(), a.cidr)) {
+            if !a.global || want.contains(&(a.dev.as_str(), a.cidr)) {
+                continue;
+            }
+            // Elsewhere (an underlay), only what carries our mark; not on a
+            // device of ours being retired (the address goes with it).
+            let reason = if self.is_owned(&a.dev) {
+                format!("not declared (owned device {})", a.dev)
+            } else if self.protocols.contains(&a.protocol)
+                && self.desired.vxlan(&a.dev).is_none()
+                && !observed.links.get(&a.dev).is_some_and(LinkState::marked)
+            {
+                format!("not declared (address protocol {})", a.protocol)
+            } else {
+                continue;
+            };
+            {
                 stale.push(Change {
                     kind: ChangeKind::Remove,
                     object: format!("address {} dev {}", a.cidr, a.dev),
-                    reason: format!("not declared (owned device {})", a.dev),
+                    reason,
                     op: Op::DelAddress {
                         dev: a.dev.clone(),
                         cidr: a.cidr,
@@ -1462,6 +1478,22 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
         .collect();
     routes.sort_by(|a, b| a.object.cmp(&b.object));
     plan.changes.extend(routes);
+    let mut addresses: Vec<Change> = observed
+        .addresses
+        .iter()
+        .filter(|a| protocols.contains(&a.protocol) && !removed.contains(a.dev.as_str()))
+        .map(|a| Change {
+            kind: ChangeKind::Remove,
+            object: format!("address {} dev {}", a.cidr, a.dev),
+            reason: format!("cleanup (address protocol {})", a.protocol),
+            op: Op::DelAddress {
+                dev: a.dev.clone(),
+                cidr: a.cidr,
+            },
+        })
+        .collect();
+    addresses.sort_by(|a, b| a.object.cmp(&b.object));
+    plan.changes.extend(addresses);
     // Nexthops after the routes (deleting one deletes the routes using it);
     // those on removed devices go with them.
     let mut nexthops: Vec<Change> = observed

@@ -81,9 +81,11 @@ pub enum Op {
         mac: Option<Mac>,
         up: Option<bool>,
     },
+    /// Add an address marked with `protocol` (`IFA_PROTO`).
     AddAddress {
         dev: String,
         cidr: IpNet,
+        protocol: u8,
     },
     DelAddress {
         dev: String,

@@ -137,6 +137,7 @@ fn host(addrs: &[&str]) -> Observed {
             dev: "eth0".into(),
             cidr: net(a),
             global: true,
+            protocol: 0,
         });
     }
     o
@@ -174,6 +175,7 @@ fn converged(d: &Desired, base: &Observed) -> Observed {
             dev: a.dev.clone(),
             cidr: a.cidr,
             global: true,
+            protocol: ROUTE_PROTOCOL,
         });
     }
     for n in &d.neighbors {
@@ -274,6 +276,7 @@ fn each_kind_of_drift() {
         dev: "flannel.1".into(),
         cidr: net("198.18.77.1/24"),
         global: true,
+        protocol: 0,
     });
     // neighbour with a wrong MAC, one deleted, one stale
     o.neighbors[0].mac = Some(mac("02:00:00:00:00:99"));
@@ -416,6 +419,7 @@ fn foreign_objects_are_untouched() {
         dev: "flannel.1".into(),
         cidr: net("fe80::1/64"),
         global: false,
+        protocol: 0,
     });
     // learned fdb entry on our device
     o.fdb.push(FdbState {
@@ -930,6 +934,27 @@ mod ownership {
     }
 
     #[test]
+    fn undeclared_address_of_ours_on_an_underlay_is_removed_foreign_ones_stay() {
+        let d = ipv4_node();
+        let mut o = converged(&d, &host(&["192.0.2.1/24", "192.0.2.60/24"]));
+        o.addresses.push(AddressState {
+            dev: "eth0".into(),
+            cidr: net("192.0.2.50/24"),
+            global: true,
+            protocol: ROUTE_PROTOCOL,
+        });
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            ops(&p),
+            [&Op::DelAddress {
+                dev: "eth0".into(),
+                cidr: net("192.0.2.50/24")
+            }]
+        );
+    }
+
+    #[test]
     fn vxlan_not_created_by_us_is_blocked_and_kept_with_its_address() {
         let d = ipv4_node();
         let mut o = converged(&d, &host(&["192.0.2.1/24"]));
@@ -940,6 +965,7 @@ mod ownership {
             dev: "flannel.1".into(),
             cidr: net("198.18.99.1/24"),
             global: true,
+            protocol: 0,
         });
         let p = plan(&d, &o);
         insta::assert_snapshot!(p.to_string());
