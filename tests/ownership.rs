@@ -428,6 +428,15 @@ impl Pair {
 #[test]
 fn rename_same_vni_keeps_the_overlay_up() {
     let p = Pair::new("own-ren");
+    // a second device of ours on node A, kept through the rename
+    let second = "\n[[vxlan]]\nname = \"vx-two\"\nvni = 7\nunderlay = \"nc-under\"\n";
+    let cfg = write_config(
+        p.cfg_a.parent().unwrap(),
+        "a.toml",
+        &(node_config("node-a", "flannel.1", 1, 1, 2) + second),
+    );
+    assert_eq!(run(&p.a, &cfg, &["converge"]).0, 0);
+    let second_index = ifindex(&p.a, "vx-two");
     // the overlay works before
     p.a.exec(&["ping", "-c", "1", "-W", "5", "198.18.2.0"]);
     let index = ifindex(&p.a, "flannel.1");
@@ -453,7 +462,7 @@ fn rename_same_vni_keeps_the_overlay_up() {
     let cfg = write_config(
         p.cfg_a.parent().unwrap(),
         "a.toml",
-        &node_config("node-a", "flannel.2", 1, 1, 2),
+        &(node_config("node-a", "flannel.2", 1, 1, 2) + second),
     );
     let (c, out) = run(&p.a, &cfg, &["converge"]);
     let still_pinging = pinger.try_wait().unwrap().is_none();
@@ -473,6 +482,11 @@ fn rename_same_vni_keeps_the_overlay_up() {
         "no loss during the rename: {text}"
     );
     assert_eq!(ifindex(&p.a, "flannel.2"), index, "renamed, not recreated");
+    assert_eq!(
+        ifindex(&p.a, "vx-two"),
+        second_index,
+        "the other device untouched"
+    );
     assert!(!link_names(&p.a).contains(&"flannel.1".to_string()));
     let r = routes_to(&p.a, "198.18.2.0/24");
     assert_eq!(r.len(), 1, "{r:?}");
@@ -709,4 +723,45 @@ fn peer_with_own_vtep_is_blocked() {
     assert!(f.iter().all(|e| e["dst"] != "192.0.2.1"), "{f:?}");
     assert!(f.iter().any(|e| e["dst"] == "192.0.2.2"), "{f:?}");
     assert!(routes_to(&ns, "198.18.9.0/24").is_empty());
+}
+
+/// The daemon, on reload (SIGHUP) of a file that renames flannel.1 →
+/// flannel.2 with the same VNI: the device is renamed in place (same
+/// ifindex, routes and entries kept) and nothing is left under the old name.
+#[test]
+fn daemon_reload_with_a_renamed_vxlan_renames_in_place() {
+    use common::daemon::{Daemon, eventually};
+    let ns = Netns::node("own-hup", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut d = Daemon::start(&ns, &cfg, &[]);
+    d.wait_notify("READY=1", common::LONG);
+    let index = ifindex(&ns, "flannel.1");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("flannel.1", "flannel.2");
+    write_config(dir.path(), "netconverge.toml", &text);
+    d.signal("-HUP");
+    d.wait_notify("RELOADING=1", common::LONG);
+    eventually("flannel.2 converged", common::LONG, || {
+        ns.link("flannel.2").is_some()
+            && routes_to(&ns, "198.18.3.0/24")
+                .first()
+                .is_some_and(|r| r["dev"] == "flannel.2")
+    });
+    assert_eq!(ifindex(&ns, "flannel.2"), index, "{}", d.logs());
+    assert!(ns.link("flannel.1").is_none(), "{}", d.logs());
+    let n = ns.ip_list(&["neigh", "show", "dev", "flannel.2"]);
+    let f = ns.bridge_list(&["fdb", "show", "dev", "flannel.2"]);
+    assert_eq!(
+        n.iter().filter(|x| x["state"][0] == "PERMANENT").count(),
+        2,
+        "{n:?}"
+    );
+    assert_eq!(
+        f.iter().filter(|x| x["state"] == "permanent").count(),
+        2,
+        "{f:?}"
+    );
+    assert_eq!(d.stop(), 0);
 }
