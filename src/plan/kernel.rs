@@ -138,6 +138,7 @@ fn renamed(observed: &Observed, renames: &[(&str, String)]) -> Observed {
     o.fdb.iter_mut().for_each(|f| fix(&mut f.dev));
     o
 }
+
 /// Minimum MTU of an IPv4 link.
 const MIN_MTU: u32 = 68;
 
@@ -884,17 +885,15 @@ impl<'a> Planner<'a> {
             } else {
                 continue;
             };
-            {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("address {} dev {}", a.cidr, a.dev),
-                    reason,
-                    op: Op::DelAddress {
-                        dev: a.dev.clone(),
-                        cidr: a.cidr,
-                    },
-                });
-            }
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: format!("address {} dev {}", a.cidr, a.dev),
+                reason,
+                op: Op::DelAddress {
+                    dev: a.dev.clone(),
+                    cidr: a.cidr,
+                },
+            });
         }
         self.push_sorted(stale);
     }
