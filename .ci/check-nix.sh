@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Checks the Nix packaging without nixpkgs (which cannot be fetched in CI).
+# Checks the Nix packaging with nixpkgs' real module system, without nixpkgs
+# itself (which cannot be fetched in CI).
 #
-# usage: .ci/check-nix.sh [--self-test] [PATH/TO/netconverge]
+# usage: .ci/check-nix.sh [--self-test] [--no-binary] [PATH/TO/netconverge]
 #
+#   0. nixpkgs' lib must be at ../shared/vendor/nixpkgs-lib beside the
+#      repository (read-only is fine); missing, the check FAILS;
 #   1. `nix-instantiate --parse` on every .nix file in the repository;
 #   2. nix/tests/eval-module.nix and nix/tests/eval-flake.nix: the module,
-#      package, flake, default.nix and NixOS examples evaluated against
-#      nix/tests/stubs.nix (see there for what the stubs promise);
+#      package, flake, default.nix and NixOS examples evaluated by the real
+#      lib.evalModules and lib.types, over minimal declarations of the NixOS
+#      options the module uses (nix/tests/nixos-options.nix) and stand-ins
+#      for `pkgs` derivations (nix/tests/pkgs.nix); wrongly typed values are
+#      rejected by the real types;
 #   3. parity: the NixOS unit and systemd/netconverge.service carry the same
 #      ordering, hardening and lifecycle settings (differences are listed);
-#   4. the example configs rendered to TOML; with a binary given,
-#      `netconverge --config FILE validate` must accept each of them (the
-#      same check the module runs at build time);
+#   4. the example configs rendered to TOML; `netconverge --config FILE
+#      validate` must accept each of them (the same check the module runs at
+#      build time). The binary is PATH/TO/netconverge, else
+#      target/debug/netconverge; missing, the check FAILS (--no-binary skips
+#      it, saying so);
 #   5. the NixOS unit rendered as systemd would see it: exposure score
 #      (`systemd-analyze security --offline=true --threshold=25`), when
 #      systemd-analyze is installed;
-#   6. self-test: broken copies of the module/package/a .nix file must fail
-#      (also part of a normal run).
-# Exits non-zero when any check fails. Runs as root or not; needs nix-bin
-# and jq.
+#   6. self-test: broken copies of the module/package/examples/a .nix file,
+#      and a copy without ../shared, must fail (also part of a normal run).
+# Exits non-zero when any check fails. Runs as root or not, in a few
+# seconds; needs nix-bin and jq. Evaluation only: nothing is built or
+# written to a Nix store (--readonly-mode, private NIX_STATE_DIR).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,15 +36,21 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 export NIX_CONFIG="build-users-group ="
 
 self_test_only=0
+no_binary=0
 bin=
 for arg in "$@"; do
     case $arg in
         --self-test) self_test_only=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --no-binary) no_binary=1 ;;
+        -h|--help) sed -n '2,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) bin=$arg ;;
     esac
 done
+if [[ -z $bin && $no_binary == 0 ]]; then
+    bin=$ROOT/target/debug/netconverge
+    [[ -x $bin ]] || { echo "FAIL: no binary at $bin to validate the example configs with: run \`cargo build\` first, pass PATH/TO/netconverge, or --no-binary" >&2; exit 1; }
+fi
 if [[ -n $bin ]]; then
     [[ -x $bin && ! -d $bin ]] || { echo "FAIL: binary '$bin' does not exist or is not executable" >&2; exit 1; }
     bin=$(realpath -- "$bin")
@@ -47,27 +62,47 @@ done
 
 work=$(mktemp -d /tmp/check-nix.XXXXXX)
 trap 'rm -rf -- "$work"' EXIT
+# A private, empty Nix state: nothing of the host's /nix/var is read or
+# written, and it works without root.
+export NIX_STATE_DIR=$work/nix-state
+
+# --- 0. nixpkgs' lib ----------------------------------------------------------
+# Where the tests import it from (nix/tests/lib.nix): ../shared beside the
+# tree. Self-test copies get a link to the same directory.
+LIB_REL=../shared/vendor/nixpkgs-lib
+check_lib() {
+    local tree=$1
+    if [[ ! -f $tree/$LIB_REL/lib/default.nix ]]; then
+        echo "FAIL nixpkgs-lib: $(realpath -m -- "$tree/$LIB_REL") is missing: the Nix checks evaluate the module with nixpkgs' real lib, vendored in ../shared/vendor/nixpkgs-lib beside the repository (see its README); without it nothing is checked"
+        return 1
+    fi
+    echo "ok   nixpkgs-lib: $(realpath -- "$tree/$LIB_REL") ($(nix-instantiate --readonly-mode --eval -E "(import $(realpath -- "$tree/$LIB_REL/lib")).version" 2>/dev/null | tr -d '"'), on Nix $(nix-instantiate --version | sed 's/.* //'))"
+}
 
 # --- 1. parse ---------------------------------------------------------------
 check_parse() {
-    local tree=$1 f n=0 bad=0
-    while IFS= read -r -d '' f; do
-        n=$((n + 1))
-        if ! nix-instantiate --parse "$f" >/dev/null 2>"$work/parse.err"; then
-            echo "FAIL parse: ${f#"$tree"/}"
-            sed 's/^/       /' "$work/parse.err"
-            bad=1
-        fi
-    done < <(find "$tree" \( -name .git -o -name target -o -name result \) -prune -o -name '*.nix' -type f -print0 | sort -z)
-    [[ $n -gt 0 ]] || { echo "FAIL parse: no .nix files found under $tree"; return 1; }
-    [[ $bad == 0 ]] || return 1
-    echo "ok   parse: $n .nix files"
+    local tree=$1 f bad=0 files=()
+    mapfile -d '' files < <(find "$tree" \( -name .git -o -name target -o -name result \) -prune -o -name '*.nix' -type f -print0 | sort -z)
+    [[ ${#files[@]} -gt 0 ]] || { echo "FAIL parse: no .nix files found under $tree"; return 1; }
+    # One call for all (fast); on failure one per file, to name each broken one.
+    if ! nix-instantiate --parse "${files[@]}" >/dev/null 2>&1; then
+        for f in "${files[@]}"; do
+            if ! nix-instantiate --parse "$f" >/dev/null 2>"$work/parse.err"; then
+                echo "FAIL parse: ${f#"$tree"/}"
+                sed 's/^/       /' "$work/parse.err"
+                bad=1
+            fi
+        done
+        [[ $bad == 1 ]] || { echo "FAIL parse: nix-instantiate --parse failed on the files together but on none alone"; return 1; }
+        return 1
+    fi
+    echo "ok   parse: ${#files[@]} .nix files"
 }
 
 # --- 2. evaluation ----------------------------------------------------------
 eval_json() {
     local tree=$1 file=$2 out=$3
-    if ! nix-instantiate --eval --strict --json "$tree/$file" >"$out" 2>"$out.err"; then
+    if ! nix-instantiate --readonly-mode --eval --strict --json "$tree/$file" >"$out" 2>"$out.err"; then
         echo "FAIL eval $file:"
         sed 's/^/       /' "$out.err"
         return 1
@@ -163,7 +198,7 @@ check_configs() {
     if [[ -n $bin ]]; then
         echo "ok   configs: $n example configs accepted by $bin validate"
     else
-        echo "ok   configs: $n example configs render to TOML (round-trip checked in eval); NOTE: no binary given, \`validate\` not run"
+        echo "SKIP configs: $n example configs render to TOML (round-trip checked in eval), but \`validate\` was NOT run (--no-binary)"
     fi
 }
 
@@ -197,6 +232,7 @@ check_module_security() {
 
 check_all() {
     local tree=$1 failed=0
+    check_lib "$tree" || return 1
     check_parse "$tree" || failed=1
     if check_eval "$tree"; then
         check_parity "$tree" || failed=1
@@ -210,8 +246,9 @@ check_all() {
 
 # --- 6. self-test -----------------------------------------------------------
 # file % sed expression % the check that must report it (eval-module,
-# eval-flake, parity, parse) % why it matters. Each must change the file and
-# make that check fail on a copy of the tree.
+# eval-flake, parity, parse) % why it matters [% an extended regex the
+# failure must print: the reason, where it matters which error it is]. Each
+# must change the file and make that check fail on a copy of the tree.
 # shellcheck disable=SC2016 # ${...} are Nix, not shell
 MUTATIONS=(
     'nix/module.nix%s/Type = "notify-reload";/Type = "simple";/%eval-module%unit Type'
@@ -224,24 +261,41 @@ MUTATIONS=(
     'nix/module.nix%s/ --config \${generatedConfig} validate/ --version/%eval-module%config no longer validated at build time'
     'nix/package.nix%s/cargoTestFlags = \[ "--lib" \];/cargoTestFlags = [ ];/%eval-module%root-needing tests would run in the sandbox'
     'nix/package.nix%s#--replace-fail /bin/kill#--replace-fail /usr/bin/pkill#%eval-module%substituteInPlace pattern missing from the unit'
+    'nix/package.nix%s#(fs.maybeMissing ../tests)#../.#%eval-module%package src is the whole repository'
     'examples/nixos/k3s-node.nix%s/"--flannel-backend=none"/"--flannel-backend=vxlan"/%eval-module%example keeps k3s flannel'
     'flake.nix%s/nixosModules.default = .\/nix\/module.nix;/nixosModules.default = .\/nix\/package.nix;/%eval-flake%wrong module in the flake'
     'nix/default.nix%s/^{$/{ {/%parse%syntax error'
+    # The real type system and module semantics:
+    'examples/nixos/k3s-node.nix%s/vni = 1;/vni = null;/%eval-module%a wrongly typed settings value (null is no TOML value)%is not of type .TOML value.'
+    'examples/nixos/guard-mode.nix%s/role = "server";/role = "master";/%eval-module%a k3s role NixOS does not know%is not of type .one of "server", "agent".'
+    'nix/module.nix%0,/type = lib.types.bool;/s//type = lib.types.str;/%eval-module%checkConfig declared as a string: its default true is mistyped%is not of type .string.'
+    'nix/module.nix%s/Type = "notify-reload";/Type = "notfy-reload";/%eval-module%a unit Type systemd does not know%is not of type .attribute set of \(systemd option\).'
+    'nix/module.nix%s/environment.systemPackages = /environment.systemPackage = /%eval-module%a definition of an option NixOS does not have%The option .environment.systemPackage. does not exist'
+    'nix/module.nix%/defaultText = lib.literalExpression "pkgs.netconverge/d%eval-module%package option without defaultText: the manual would show a store derivation%option docs render'
+    'nix/module.nix%s/TimeoutStartSec = lib.mkDefault (\(.*\));/TimeoutStartSec = \1;/%eval-module%TimeoutStartSec no longer mkDefault: a user override conflicts%conflicting definition values'
 )
 
+# A copy of the tree at $1/repo, with ../shared linked as it is beside
+# $ROOT (CI: a clean clone with shared/ beside it).
+copy_tree() {
+    mkdir -p "$1/repo"
+    (cd "$ROOT" && tar --exclude=./target --exclude=./.git --exclude=./result -cf - .) | tar -xf - -C "$1/repo"
+    if [[ -d $ROOT/../shared ]]; then ln -s "$(realpath -- "$ROOT/../shared")" "$1/shared"; fi
+}
+
 self_test() {
-    local failed=0 i=0 m file expr check what tree want
+    local failed=0 i=0 m file expr check what reason tree want
     echo "--- self-test: each broken copy must fail the check named"
     for m in "${MUTATIONS[@]}"; do
         i=$((i + 1))
-        IFS='%' read -r file expr check what <<<"$m"
+        reason=
+        IFS='%' read -r file expr check what reason <<<"$m"
         case $check in
             eval-module|eval-flake) want="^FAIL eval nix/tests/$check.nix" ;;
             *) want="^FAIL $check" ;;
         esac
-        tree=$work/mut$i
-        mkdir -p "$tree"
-        (cd "$ROOT" && tar --exclude=./target --exclude=./.git --exclude=./result -cf - .) | tar -xf - -C "$tree"
+        copy_tree "$work/mut$i"
+        tree=$work/mut$i/repo
         sed -i "$expr" "$tree/$file"
         if cmp -s "$ROOT/$file" "$tree/$file"; then
             echo "FAIL self-test #$i: mutation '$expr' did not change $file; update the self-test"
@@ -253,14 +307,43 @@ self_test() {
             echo "FAIL self-test #$i: check '$check' did NOT catch: $what"
             sed 's/^/       /' "$tree.log"
             failed=1
+        elif [[ -n $reason ]] && ! grep -Eq -- "$reason" "$tree.log"; then
+            echo "FAIL self-test #$i: check '$check' failed on '$what', but not with /$reason/:"
+            sed 's/^/       /' "$tree.log"
+            failed=1
         else
             echo "ok   self-test #$i: $check catches $what"
-            grep -A2 "$want" "$tree.log" | grep -v '^--$' | head -n 3 | sed 's/^ *//; s/^/       -> /'
+            if [[ -n $reason ]]; then
+                grep -Eo -- ".{0,60}$reason.{0,40}" "$tree.log" | head -n 1 | sed 's/^ *//; s/^/       -> /'
+            else
+                grep -A2 "$want" "$tree.log" | grep -v '^--$' | head -n 3 | sed 's/^ *//; s/^/       -> /'
+            fi
         fi
-        rm -rf -- "$tree"
+        rm -rf -- "$work/mut$i" "$tree.log"
     done
+    # Without ../shared the check must fail, and say why.
+    i=$((i + 1))
+    copy_tree "$work/mut$i"
+    rm -f -- "$work/mut$i/shared"
+    if (check_all "$work/mut$i/repo") >"$work/mut$i.log" 2>&1 || ! grep -q '^FAIL nixpkgs-lib: .* is missing' "$work/mut$i.log"; then
+        echo "FAIL self-test #$i: a tree without ../shared/vendor/nixpkgs-lib did NOT fail loudly"
+        sed 's/^/       /' "$work/mut$i.log"
+        failed=1
+    else
+        echo "ok   self-test #$i: nixpkgs-lib missing fails the check"
+        grep '^FAIL nixpkgs-lib' "$work/mut$i.log" | cut -c1-120 | sed 's/^/       -> /'
+    fi
+    rm -rf -- "$work/mut$i" "$work/mut$i.log"
     return $failed
 }
+
+# Without the lib nothing can be checked, and the self-test would only
+# repeat it: stop here.
+if ! check_lib "$ROOT" >"$work/lib.log"; then
+    cat "$work/lib.log"
+    echo "FAILED check-nix"
+    exit 1
+fi
 
 status=0
 if [[ $self_test_only == 0 ]]; then

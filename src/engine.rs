@@ -87,16 +87,11 @@ impl Outcome {
     }
 
     /// Whether any failure was a permission problem (exit code 3).
+    /// EPERM/EACCES from the kernel or a backend (by errno): not a drift
+    /// but a missing capability (run as root or with CAP_NET_ADMIN).
     pub fn permission_denied(&self) -> bool {
-        self.failures.iter().any(is_permission_denied)
+        self.failures.iter().any(Failure::permission_denied)
     }
-}
-
-/// EPERM/EACCES from the kernel or a backend: not a drift but a missing
-/// capability (run as root or with CAP_NET_ADMIN).
-fn is_permission_denied(f: &Failure) -> bool {
-    let e = f.error.to_ascii_lowercase();
-    e.contains("operation not permitted") || e.contains("permission denied")
 }
 
 /// Record the route protocol before anything carrying it is created: a

@@ -3,8 +3,10 @@
 //!
 //! Invariant: read-only; one dump per object kind (and address family where
 //! the kernel needs one) per pass, run one after another (the kernel serves
-//! one dump per socket at a time); the result is filtered to what the desired
-//! state can own or depends on. Message → model conversions are pure.
+//! one dump per socket at a time), each a consistent snapshot (a dump the
+//! kernel marks as interrupted by concurrent changes is run again); the
+//! result is filtered to what the desired state can own or depends on.
+//! Message → model conversions are pure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -120,13 +122,16 @@ pub async fn observe_owning(
     })
 }
 
-/// One dump through the bulk socket: every reply, parsed, to `each`.
-async fn dump(
+/// One dump through the bulk socket into a fresh `A`: every reply, parsed,
+/// to `each`. A dump interrupted by concurrent changes is run again from
+/// scratch ([`crate::bulk::BulkSocket::dump`]), so `A` is a consistent
+/// snapshot.
+async fn dump<A: Default>(
     handle: &Handle,
     what: &'static str,
     request: RouteNetlinkMessage,
-    each: impl FnMut(RouteNetlinkMessage),
-) -> Result<(), ObserveError> {
+    each: impl FnMut(&mut A, RouteNetlinkMessage),
+) -> Result<A, ObserveError> {
     handle
         .bulk()
         .dump(&request, each)
@@ -136,9 +141,8 @@ async fn dump(
 
 /// Every link, by name (names are unique within a namespace).
 pub async fn dump_links(handle: &Handle) -> Result<BTreeMap<String, LinkState>, ObserveError> {
-    let mut links = BTreeMap::new();
     let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
-    dump(handle, "links", req, |msg| {
+    dump(handle, "links", req, |links: &mut BTreeMap<_, _>, msg| {
         if let RouteNetlinkMessage::NewLink(m) = msg {
             match LinkState::try_from(&m) {
                 Ok(l) => {
@@ -148,8 +152,7 @@ pub async fn dump_links(handle: &Handle) -> Result<BTreeMap<String, LinkState>, 
             }
         }
     })
-    .await?;
-    Ok(links)
+    .await
 }
 
 /// Every IPv4 and IPv6 address, in kernel order.
@@ -157,15 +160,13 @@ pub async fn dump_addresses(
     handle: &Handle,
     names: &LinkNames,
 ) -> Result<Vec<AddressState>, ObserveError> {
-    let mut out = Vec::new();
     let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-    dump(handle, "addresses", req, |msg| {
+    dump(handle, "addresses", req, |out: &mut Vec<_>, msg| {
         if let RouteNetlinkMessage::NewAddress(m) = msg {
             out.extend(address_from_message(&m, names));
         }
     })
-    .await?;
-    Ok(out)
+    .await
 }
 
 /// Every nexthop object; `None` when the kernel has none (before Linux 5.3).
@@ -173,23 +174,19 @@ pub async fn dump_nexthops(
     handle: &Handle,
     names: &LinkNames,
 ) -> Result<Option<Vec<NexthopState>>, ObserveError> {
-    let mut out = Vec::new();
     let req = NexthopNetlinkMessage::Get(NexthopMessage::default());
     let result = handle
         .bulk()
-        .dump(&req, |msg| {
+        .dump(&req, |out: &mut Vec<_>, msg| {
             if let NexthopNetlinkMessage::New(m) = msg {
                 out.extend(nexthop_from_message(&m, names));
             }
         })
         .await;
     match result {
-        Ok(()) => Ok(Some(out)),
+        Ok(out) => Ok(Some(out)),
         Err(BulkError::Nack(code)) if nexthop::unsupported(code) => {
-            tracing::debug!(
-                "no nexthop objects in this kernel: {}",
-                std::io::Error::from_raw_os_error(code)
-            );
+            tracing::debug!("no nexthop objects in this kernel: {code}");
             Ok(None)
         }
         Err(source) => Err(ObserveError::Netlink {
@@ -273,17 +270,23 @@ pub async fn dump_routes(
         // All-zero header fields: no filtering (every table, protocol, type).
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        dump(handle, what, RouteNetlinkMessage::GetRoute(req), |msg| {
-            if let RouteNetlinkMessage::NewRoute(m) = msg
-                && let Some(mut r) = route_from_message(&m, names)
-            {
-                resolve_nexthop(&mut r, &nexthops);
-                if filter.keeps(&r) {
-                    out.push(r);
+        let family: Vec<_> = dump(
+            handle,
+            what,
+            RouteNetlinkMessage::GetRoute(req),
+            |out: &mut Vec<_>, msg| {
+                if let RouteNetlinkMessage::NewRoute(m) = msg
+                    && let Some(mut r) = route_from_message(&m, names)
+                {
+                    resolve_nexthop(&mut r, &nexthops);
+                    if filter.keeps(&r) {
+                        out.push(r);
+                    }
                 }
-            }
-        })
+            },
+        )
         .await?;
+        out.extend(family);
     }
     Ok(out)
 }
@@ -294,17 +297,15 @@ pub async fn dump_neighbors(
     names: &LinkNames,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<NeighborState>, ObserveError> {
-    let mut out = Vec::new();
     let req = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
-    dump(handle, "neighbours", req, |msg| {
+    dump(handle, "neighbours", req, |out: &mut Vec<_>, msg| {
         if let RouteNetlinkMessage::NewNeighbour(m) = msg
             && let Some(n) = neighbor_from_message(&m, names).filter(|n| wanted(&n.dev))
         {
             out.push(n);
         }
     })
-    .await?;
-    Ok(out)
+    .await
 }
 
 /// Bridge-family FDB entries of devices for which `wanted(dev)` holds.
@@ -313,14 +314,13 @@ pub async fn dump_fdb(
     names: &LinkNames,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<FdbState>, ObserveError> {
-    let mut out = Vec::new();
     let mut req = NeighbourMessage::default();
     req.header.family = AddressFamily::Bridge;
     dump(
         handle,
         "fdb",
         RouteNetlinkMessage::GetNeighbour(req),
-        |msg| {
+        |out: &mut Vec<_>, msg| {
             if let RouteNetlinkMessage::NewNeighbour(m) = msg
                 && let Some(f) = fdb_from_message(&m, names).filter(|f| wanted(&f.dev))
             {
@@ -328,8 +328,7 @@ pub async fn dump_fdb(
             }
         },
     )
-    .await?;
-    Ok(out)
+    .await
 }
 
 // ------------------------------------------------------------ conversions --

@@ -1,10 +1,12 @@
-# Evaluates flake.nix's outputs and nix/default.nix against the stubs in
-# ./stubs.nix (nixpkgs itself cannot be fetched in CI):
+# Evaluates flake.nix's outputs and nix/default.nix with nixpkgs' real lib
+# (./lib.nix) and the `pkgs` stand-ins of ./pkgs.nix (nixpkgs itself cannot
+# be fetched in CI):
 #
 #   nix-instantiate --eval --strict --json nix/tests/eval-flake.nix
 let
-  stubs = import ./stubs.nix;
-  inherit (stubs) lib pkgs;
+  lib = import ./lib.nix;
+  pkgsFor = system: import ./pkgs.nix { inherit lib system; };
+  pkgs = pkgsFor "x86_64-linux";
 
   flake = import ../../flake.nix;
   systems = [
@@ -14,21 +16,31 @@ let
   # A nixpkgs flake input: lib + legacyPackages.<system>.
   nixpkgs = {
     inherit lib;
-    legacyPackages = lib.genAttrs systems (
-      system:
-      pkgs
-      // {
-        stdenv = pkgs.stdenv // {
-          hostPlatform = pkgs.stdenv.hostPlatform // {
-            inherit system;
-          };
-        };
-      }
-    );
+    legacyPackages = lib.genAttrs systems pkgsFor;
   };
   self = flake.outputs { inherit self nixpkgs; };
   overlaid = self.overlays.default pkgs pkgs;
   nonFlake = import ../default.nix { inherit pkgs; };
+
+  # A system built from the flake's module with its overlay applied: the
+  # module's `package` default picks pkgs.netconverge up (marked, since the
+  # callPackage fallback builds an identical stand-in).
+  overlayPkgs = pkgs // {
+    netconverge = overlaid.netconverge // {
+      fromOverlay = true;
+    };
+  };
+  systemWith =
+    p:
+    import ./eval-nixos.nix {
+      inherit lib;
+      pkgs = p;
+    } [
+      self.nixosModules.default
+      { services.netconverge.enable = true; }
+    ];
+  withOverlay = systemWith overlayPkgs;
+  withoutOverlay = systemWith pkgs;
 
   checks = [
     {
@@ -48,6 +60,13 @@ let
     {
       name = "overlays.default adds pkgs.netconverge";
       ok = overlaid.netconverge.pname == "netconverge";
+    }
+    {
+      name = "nixosModules.default + overlay: services.netconverge.package defaults to pkgs.netconverge";
+      ok =
+        withOverlay.config.services.netconverge.package.fromOverlay or false
+        && !(withoutOverlay.config.services.netconverge.package ? fromOverlay)
+        && withOverlay.failedAssertions == [ ];
     }
     {
       name = "checks.<system>.package builds the package";

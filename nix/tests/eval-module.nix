@@ -1,24 +1,24 @@
-# Evaluates nix/module.nix and nix/package.nix against the stubs in
-# ./stubs.nix and checks how the NixOS unit is wired.
+# Evaluates nix/module.nix, nix/package.nix and the NixOS examples with
+# nixpkgs' real module system (lib.evalModules and lib.types from
+# ../shared/vendor/nixpkgs-lib, see ./lib.nix), over the NixOS option
+# declarations the module uses (./nixos-options.nix) and stand-ins for
+# `pkgs` derivations (./pkgs.nix), and checks how the NixOS unit is wired.
 #
 #   nix-instantiate --eval --strict --json nix/tests/eval-module.nix
 #
 # Throws (non-zero exit) listing every failed check; on success returns the
 # names of the checks passed, the rendered service of the full example (for
 # the parity check against systemd/netconverge.service in .ci/check-nix.sh)
-# and the example configs rendered to TOML.
+# and the example configs rendered to TOML (for `netconverge validate`).
 #
-# How the module is evaluated: the NixOS module system is replaced by the
-# smallest honest equivalent. The user's `services.netconverge` definitions
-# are completed with the defaults the module itself declares (so the
-# configFile default, the package default via callPackage etc. are the
-# module's own), the other modules' switches (NetworkManager, k3s) are plain
-# inputs, and the module's `config` is resolved by interpreting the
-# mkIf/mkMerge/mkOverride records exactly as lib/modules.nix defines them
-# (lists concatenate, equal values merge, different scalars conflict).
+# Because the module system is the real one, a wrongly typed value (in the
+# module's defaults, the examples or the configurations below), a definition
+# of an undeclared option, conflicting definitions or a bad mkIf/mkMerge/
+# mkDefault nesting fail the evaluation with NixOS' own error message.
 let
-  stubs = import ./stubs.nix;
-  inherit (stubs) lib pkgs utils;
+  lib = import ./lib.nix;
+  pkgs = import ./pkgs.nix { inherit lib; };
+  evalNixos = import ./eval-nixos.nix { inherit lib pkgs; };
 
   inherit (builtins)
     all
@@ -27,97 +27,64 @@ let
     concatStringsSep
     elem
     filter
-    foldl'
     isAttrs
     isList
-    listToAttrs
     map
     ;
 
-  absent = {
-    _absent = true;
-  };
-  isAbsent = x: isAttrs x && x ? _absent;
-  filterAttrs =
-    pred: set:
-    listToAttrs (
-      map (n: {
-        name = n;
-        value = set.${n};
-      }) (filter (n: pred n set.${n}) (attrNames set))
-    );
-
-  merge2 =
-    path: a: b:
-    if isAttrs a && isAttrs b && !(a ? outPath) && !(b ? outPath) then
-      a // builtins.mapAttrs (n: bv: if a ? ${n} then merge2 "${path}.${n}" a.${n} bv else bv) b
-    else if isList a && isList b then
-      a ++ b
-    else if a == b then
-      a
-    else
-      throw "conflicting definitions for ${path}";
-
-  resolve =
-    v:
-    if isAttrs v then
-      let
-        t = v._type or null;
-      in
-      if t == "if" then
-        (if v.condition then resolve v.content else absent)
-      else if t == "merge" then
-        foldl' (merge2 "config") { } (filter (x: !isAbsent x) (map resolve v.contents))
-      else if t == "override" then
-        resolve v.content
-      else if v ? outPath then
-        v
-      else
-        filterAttrs (_: x: !isAbsent x) (builtins.mapAttrs (_: resolve) v)
-    else if isList v then
-      map resolve v
-    else
-      v;
-
   moduleFile = ../module.nix;
 
-  # One evaluation: `netconverge` = the user's services.netconverge
-  # definitions, `nm`/`k3s` = whether those NixOS modules are enabled.
+  # One evaluation of the module together with `user`, the configuration a
+  # user writes (services.netconverge, networking.networkmanager.enable,
+  # services.k3s.enable, ...).
   evalWith =
-    {
-      netconverge,
-      nm ? false,
-      k3s ? false,
-    }:
+    user:
     let
-      out = import moduleFile {
-        inherit lib pkgs utils;
-        config = cfgAll;
-      };
-      opts = out.options.services.netconverge;
-      cfg = builtins.mapAttrs (n: o: netconverge.${n} or o.default) opts;
-      cfgAll = {
-        services.netconverge = cfg;
-        services.k3s.enable = k3s;
-        networking.networkmanager.enable = nm;
-      };
-      # A module whose whole config is mkIf false defines nothing.
-      resolved =
-        let
-          r = resolve out.config;
-        in
-        if isAbsent r then { } else r;
+      ev = evalNixos [
+        moduleFile
+        user
+      ];
+      inherit (ev) config;
+      unit = config.systemd.services.netconverge or { };
     in
     {
-      inherit opts cfg resolved;
-      unit = resolved.systemd.services.netconverge or { };
-      sc = resolved.systemd.services.netconverge.serviceConfig or { };
-      failedAssertions = map (a: a.message) (filter (a: !a.assertion) (resolved.assertions or [ ]));
+      inherit ev config unit;
+      inherit (ev) failedAssertions;
+      cfg = config.services.netconverge;
+      opts = ev.options.services.netconverge;
+      sc = unit.serviceConfig or { };
+      # Every option of other modules that nix/module.nix defines a value
+      # for (mkIf false discharged; its own options' defaults left out), as
+      # "a.b.c".
+      defined = map (o: lib.showOption o.loc) (
+        filter (o: elem (toString moduleFile) o.files && !(elem (toString moduleFile) o.declarations)) (
+          lib.collect lib.isOption ev.options
+        )
+      );
     };
 
-  # --- TOML rendering: stands in for pkgs.formats.toml's generator. The CI
-  # round-trips it through builtins.fromTOML and feeds it to
-  # `netconverge validate` when a binary is given.
+  # Forces every option value of an evaluated system, as a system build
+  # reads them all: the module system checks a value's type only when it is
+  # read. Derivations are forced up to their outPath (a stand-in's is
+  # computed from its arguments, not from the package's source tree).
+  forceAll =
+    v:
+    if lib.isDerivation v then
+      builtins.seq v.outPath true
+    else if isAttrs v then
+      all forceAll (builtins.attrValues v)
+    else if isList v then
+      all forceAll v
+    else
+      builtins.seq v true;
+  forceConfig = r: forceAll (removeAttrs r.config [ "_module" ]) && forceAll r.failedAssertions;
+  # Whether an evaluation goes through. Module system errors are `throw`s,
+  # so tryEval sees them.
+  evaluates = r: (builtins.tryEval (forceConfig r)).success;
+
+  # --- TOML rendering of what pkgs.formats.toml's generator hands to
+  # json2toml (builtins.toJSON of the settings). The CI round-trips it
+  # through builtins.fromTOML and feeds it to `netconverge validate`.
   toTOML =
     let
       isTable = builtins.isAttrs;
@@ -152,30 +119,31 @@ let
     in
     render "";
 
+  # The file the module generates from its settings (same name and value,
+  # so the same stand-in store path), and the JSON json2toml would read.
+  generatedFor = r: (pkgs.formats.toml { }).generate "netconverge.toml" r.cfg.settings;
+  generatorInput = r: builtins.fromJSON (generatedFor r).value;
+
   exampleSettings = import ../example-settings.nix;
 
-  # The NixOS examples are plain modules; their definitions feed evalWith.
+  # The NixOS examples are evaluated as they are used: as modules of a
+  # system, importing nix/module.nix themselves.
   loadExample =
     file:
     let
-      m = import file {
-        inherit lib pkgs;
-        config = { };
-      };
+      ev = evalNixos [ file ];
     in
     {
-      inherit m;
-      ev = evalWith {
-        netconverge = m.services.netconverge;
-        nm = m.networking.networkmanager.enable or false;
-        k3s = m.services.k3s.enable or false;
-      };
+      inherit ev;
+      inherit (ev) config failedAssertions;
+      cfg = ev.config.services.netconverge;
+      imported = elem (toString moduleFile) ev.options.services.netconverge.enable.declarations;
     };
   k3sNode = loadExample ../../examples/nixos/k3s-node.nix;
   guard = loadExample ../../examples/nixos/guard-mode.nix;
 
-  full = evalWith {
-    netconverge = {
+  fullUser = {
+    services.netconverge = {
       enable = true;
       settings = exampleSettings;
       extraArgs = [
@@ -183,14 +151,20 @@ let
         "json"
       ];
     };
-    nm = true;
-    k3s = true;
+    networking.networkmanager.enable = true;
+    services.k3s.enable = true;
+  };
+  full = evalWith fullUser;
+  # The same with one setting changed: a config edit.
+  edited = evalWith {
+    imports = [ fullUser ];
+    services.netconverge.settings.daemon.resync_secs = lib.mkForce 30;
   };
   minimal = evalWith {
-    netconverge.enable = true;
+    services.netconverge.enable = true;
   };
   custom = evalWith {
-    netconverge = {
+    services.netconverge = {
       enable = true;
       settings = {
         vxlan = [
@@ -205,29 +179,87 @@ let
         daemon.ready = "applied";
       };
     };
-    nm = true;
+    networking.networkmanager.enable = true;
   };
   disabled = evalWith {
-    netconverge.settings = exampleSettings;
-    nm = true;
-    k3s = true;
+    services.netconverge.settings = exampleSettings;
+    networking.networkmanager.enable = true;
+    services.k3s.enable = true;
   };
   badState = evalWith {
-    netconverge = {
+    services.netconverge = {
       enable = true;
       settings.lease.state_dir = "/srv/netconverge";
     };
   };
   unchecked = evalWith {
-    netconverge = {
+    services.netconverge = {
       enable = true;
       checkConfig = false;
     };
   };
+  # A user's own unit override wins over the module's mkDefault.
+  overridden = evalWith {
+    services.netconverge.enable = true;
+    systemd.services.netconverge.serviceConfig.TimeoutStartSec = "10min";
+  };
+
+  # Wrongly typed or unknown definitions, each the minimal configuration
+  # plus one mistake: the real type system must reject every one (the
+  # minimal configuration itself evaluates: the positive control).
+  rejected = {
+    "settings value null (not a TOML value)" = {
+      services.netconverge.settings.vxlan = [ { vni = null; } ];
+    };
+    "settings value a function" = {
+      services.netconverge.settings.daemon.ready = x: x;
+    };
+    "extraArgs a string, not a list of strings" = {
+      services.netconverge.extraArgs = "--log-format json";
+    };
+    "checkConfig a string" = {
+      services.netconverge.checkConfig = "yes";
+    };
+    "enable an integer" = {
+      services.netconverge.enable = lib.mkForce 1;
+    };
+    "configFile a relative path string" = {
+      services.netconverge.configFile = "netconverge.toml";
+    };
+    "misspelled option services.netconverge.setting" = {
+      services.netconverge.setting = { };
+    };
+    "unit Type systemd does not know" = {
+      systemd.services.netconverge.serviceConfig.Type = lib.mkForce "notfy";
+    };
+    "unit option that is no unit-file value" = {
+      systemd.services.netconverge.serviceConfig.Environment = {
+        A = "b";
+      };
+    };
+    "conflicting scalar definitions of a unit setting" = {
+      systemd.services.netconverge.serviceConfig.UMask = "not-the-module's";
+    };
+  };
+  rejectedNotRejected = filter (n: evaluates (evalWith {
+    imports = [ rejected.${n} ];
+    services.netconverge.enable = true;
+  })) (attrNames rejected);
+
+  # The module's options as the NixOS manual documents them.
+  optionDocs = filter (o: lib.hasPrefix "services.netconverge." o.name) (
+    lib.optionAttrSetToDocList full.ev.options
+  );
 
   pkg = pkgs.callPackage ../package.nix { };
+  exe = lib.getExe pkg;
   unitText = builtins.readFile ../../systemd/netconverge.service;
-  cargo = builtins.fromTOML (builtins.readFile ../../Cargo.toml);
+  cargo = lib.importTOML ../../Cargo.toml;
+  # The package's source as the real lib.fileset sees it: every file, as
+  # "./relative/path".
+  srcFiles = map (f: "./" + lib.removePrefix (toString ../.. + "/") (toString f)) (
+    lib.fileset.toList (lib.fileset.fromSource pkg.src)
+  );
 
   hardeningKeys = [
     "CapabilityBoundingSet"
@@ -257,19 +289,38 @@ let
     "UMask"
   ];
 
-  # Substring test (builtins.split takes a regex: escape the needle).
-  contains =
-    needle: s:
-    let
-      specials = [ "\\" "." "+" "*" "[" "]" "(" ")" "$" "^" "?" "|" "{" "}" ];
-      re = builtins.replaceStrings specials (map (c: "\\" + c) specials) needle;
-    in
-    builtins.length (builtins.split re s) > 1;
-
-  exe = "${pkg}/bin/netconverge";
-  generated = stubs.storePath "netconverge.toml";
+  contains = lib.hasInfix;
 
   checks = [
+    # ---- the real module system --------------------------------------------
+    {
+      name = "evaluated by nixpkgs' lib.evalModules ${lib.version} (lib.types, mkIf/mkMerge/mkDefault as NixOS has them) on Nix ${builtins.nixVersion}: every option value of the test systems and both examples type-checks";
+      ok = all forceConfig [
+        full
+        minimal
+        custom
+        disabled
+        k3sNode
+        guard
+      ];
+    }
+    {
+      name = "wrongly typed or undeclared definitions are rejected by the real types (${toString (builtins.length (attrNames rejected))} cases, each minimal config + one mistake)${
+        lib.optionalString (rejectedNotRejected != [ ]) ": ACCEPTED ${concatStringsSep ", " rejectedNotRejected}"
+      }";
+      ok = rejectedNotRejected == [ ] && evaluates minimal;
+    }
+    {
+      name = "the module defines only assertions, environment.{etc,systemPackages}, systemd.services, networking.networkmanager.unmanaged (no services.k3s option)";
+      ok =
+        lib.sort lib.lessThan full.defined == [
+          "assertions"
+          "environment.etc"
+          "environment.systemPackages"
+          "networking.networkmanager.unmanaged"
+          "systemd.services"
+        ];
+    }
     # ---- the unit: type, notify protocol, reload -------------------------
     {
       name = "unit Type=notify-reload, NotifyAccess=main, WatchdogSec=30s, Restart=on-failure";
@@ -284,33 +335,44 @@ let
       name = "ExecStart runs the package's binary on /etc/netconverge/netconverge.toml, extraArgs before `run`";
       ok =
         full.sc.ExecStart
-        == ''${exe} "--config" "/etc/netconverge/netconverge.toml" "--log-format" "json" "run"'';
+        == ''${exe} "--config" "/etc/netconverge/netconverge.toml" "--log-format" "json" "run"''
+        && minimal.sc.ExecStart == ''${exe} "--config" "/etc/netconverge/netconverge.toml" "run"'';
     }
     {
-      name = "package default is pkgs.callPackage ./package.nix (no pkgs.netconverge in the stub pkgs)";
+      name = "package default is pkgs.callPackage ./package.nix (no pkgs.netconverge in the stand-in pkgs)";
       ok = full.cfg.package.pname == "netconverge" && full.cfg.package.outPath == pkg.outPath;
     }
     {
       name = "config is linked to /etc/netconverge/netconverge.toml and is a reloadTrigger (reload, not restart)";
       ok =
-        full.resolved.environment.etc."netconverge/netconverge.toml".source == full.cfg.configFile
+        full.config.environment.etc."netconverge/netconverge.toml".source == full.cfg.configFile
+        && full.config.environment.etc."netconverge/netconverge.toml".mode == "symlink"
         && full.unit.reloadTriggers == [ full.cfg.configFile ]
-        && !(full.unit ? restartTriggers);
+        && full.unit.restartTriggers == [ ];
+    }
+    {
+      name = "a settings edit changes the config file and the reloadTrigger, and nothing in [Service] (so NixOS reloads, not restarts)";
+      ok =
+        edited.cfg.settings.daemon.resync_secs == 30
+        && edited.cfg.configFile.outPath != full.cfg.configFile.outPath
+        && edited.unit.reloadTriggers != full.unit.reloadTriggers
+        && edited.sc == full.sc;
     }
     {
       name = "default configFile = settings rendered by formats.toml, validated by `netconverge --config FILE validate` at build time";
       ok =
         full.cfg.configFile.name == "netconverge-checked.toml"
-        && contains "${exe} --config ${generated} validate" full.cfg.configFile.script
-        && contains "cp ${generated} $out" full.cfg.configFile.script;
+        && contains "${exe} --config ${generatedFor full} validate" full.cfg.configFile.buildCommand
+        && contains "cp ${generatedFor full} $out" full.cfg.configFile.buildCommand
+        && generatorInput full == exampleSettings;
     }
     {
       name = "checkConfig = false uses the generated file unvalidated";
-      ok = unchecked.cfg.configFile.outPath == generated;
+      ok = unchecked.cfg.configFile.outPath == (generatedFor unchecked).outPath;
     }
     {
       name = "CLI package installed system-wide";
-      ok = elem full.cfg.package full.resolved.environment.systemPackages;
+      ok = elem full.cfg.package full.config.environment.systemPackages;
     }
     # ---- ordering ---------------------------------------------------------
     {
@@ -330,55 +392,59 @@ let
     }
     {
       name = "never ordered after network-online.target";
-      ok = !(any (u: u == "network-online.target") (full.unit.after ++ full.unit.wants ++ (full.unit.requires or [ ])));
+      ok = !(any (u: u == "network-online.target") (full.unit.after ++ full.unit.wants ++ full.unit.requires));
     }
     {
-      name = "k3s enabled: systemd.services.k3s after + requires netconverge.service, no services.k3s option touched";
+      name = "k3s enabled: systemd.services.k3s after + requires netconverge.service";
       ok =
-        full.resolved.systemd.services.k3s == {
-          after = [ "netconverge.service" ];
-          requires = [ "netconverge.service" ];
-        }
-        && !(full.resolved.services or { } ? k3s);
+        full.config.systemd.services.k3s.after == [ "netconverge.service" ]
+        && full.config.systemd.services.k3s.requires == [ "netconverge.service" ];
     }
     {
       name = "k3s disabled: no k3s unit defined";
-      ok = !(minimal.resolved.systemd.services ? k3s) && !(custom.resolved.systemd.services ? k3s);
+      ok = !(minimal.config.systemd.services ? k3s) && !(custom.config.systemd.services ? k3s);
     }
     # ---- NetworkManager ----------------------------------------------------
     {
       name = "NetworkManager enabled: every settings.vxlan name is unmanaged (interface-name:<name>)";
       ok =
-        full.resolved.networking.networkmanager.unmanaged == [ "interface-name:flannel.1" ]
-        && custom.resolved.networking.networkmanager.unmanaged == [
+        full.config.networking.networkmanager.unmanaged == [ "interface-name:flannel.1" ]
+        && custom.config.networking.networkmanager.unmanaged == [
           "interface-name:ovl4"
           "interface-name:ovl6"
         ];
     }
     {
       name = "NetworkManager disabled: networking.networkmanager untouched";
-      ok = !(minimal.resolved ? networking);
+      ok =
+        minimal.config.networking.networkmanager.unmanaged == [ ]
+        && !(elem "networking.networkmanager.unmanaged" minimal.defined);
     }
     # ---- state, lease directory, timeouts ----------------------------------
     {
-      name = "no RuntimeDirectory; /run/flannel created by an unsandboxed ExecStartPre and writable; StateDirectory=netconverge";
+      name = "no RuntimeDirectory; /run/flannel and /run/netconverge created by an unsandboxed ExecStartPre and writable; StateDirectory=netconverge";
       ok =
         !(full.sc ? RuntimeDirectory)
-        && full.sc.ExecStartPre == [ "+${pkgs.coreutils}/bin/mkdir -p /run/flannel" ]
+        && full.sc.ExecStartPre == [
+          "+${pkgs.coreutils}/bin/mkdir -p /run/flannel"
+          "+${pkgs.coreutils}/bin/mkdir -p /run/netconverge"
+        ]
         && elem "/run/flannel" full.sc.ReadWritePaths
+        && elem "/run/netconverge" full.sc.ReadWritePaths
         && full.sc.StateDirectory == "netconverge"
         && minimal.sc.StateDirectory == "netconverge"
         && elem "/run/flannel" minimal.sc.ReadWritePaths;
     }
     {
-      name = "custom lease path/state_dir follow settings.lease; ready=applied => TimeoutStartSec=90s, default 5min";
+      name = "custom lease path/state_dir follow settings.lease; ready=applied => TimeoutStartSec=90s, default 5min, a user's value wins (mkDefault)";
       ok =
         elem "/run/custom" custom.sc.ReadWritePaths
         && elem "+${pkgs.coreutils}/bin/mkdir -p /run/custom" custom.sc.ExecStartPre
         && custom.sc.StateDirectory == "nc-state"
         && custom.sc.TimeoutStartSec == "90s"
         && full.sc.TimeoutStartSec == "5min"
-        && minimal.sc.TimeoutStartSec == "5min";
+        && minimal.sc.TimeoutStartSec == "5min"
+        && overridden.sc.TimeoutStartSec == "10min";
     }
     {
       name = "nat.backend=iptables adds CAP_NET_RAW and /run/xtables.lock (iptables-legacy), nftables does not";
@@ -395,12 +461,18 @@ let
       name = "state_dir outside /var/lib is rejected by an assertion; valid configs raise none";
       ok =
         builtins.length badState.failedAssertions == 1
+        && contains "state_dir must be below /var/lib/" (builtins.head badState.failedAssertions)
         && full.failedAssertions == [ ]
         && custom.failedAssertions == [ ];
     }
     {
       name = "enable = false defines nothing";
-      ok = disabled.resolved == { };
+      ok =
+        disabled.defined == [ ]
+        && disabled.config.systemd.services == { }
+        && disabled.config.environment.etc == { }
+        && disabled.config.environment.systemPackages == [ ]
+        && disabled.config.networking.networkmanager.unmanaged == [ ];
     }
     # ---- hardening ---------------------------------------------------------
     {
@@ -428,7 +500,7 @@ let
     }
     # ---- options -----------------------------------------------------------
     {
-      name = "options: enable (mkEnableOption), package, settings typed by formats.toml, checkConfig, configFile, extraArgs";
+      name = "options: enable (mkEnableOption), package, settings typed by formats.toml, checkConfig, configFile (path), extraArgs (list of str)";
       ok =
         attrNames full.opts == [
           "checkConfig"
@@ -439,8 +511,29 @@ let
           "settings"
         ]
         && full.opts.enable.default == false
-        && full.opts.settings.type == (pkgs.formats.toml { }).type
+        && full.opts.enable.type.name == "bool"
+        && full.opts.package.type.name == "package"
+        && full.opts.settings.type.description == "TOML value"
+        && full.opts.checkConfig.type.name == "bool"
+        && full.opts.configFile.type.name == "path"
+        && full.opts.extraArgs.type.description == "list of string"
         && full.opts.settings.example.text == builtins.readFile ../example-settings.nix;
+    }
+    {
+      name = "option docs render as the NixOS manual renders them (lib.optionAttrSetToDocList): each has a description, no default or example shows a derivation or store path";
+      ok =
+        builtins.length optionDocs == 6
+        && all (
+          o:
+          o.description or null != null
+          && o.description != ""
+          && all (v: !(contains "<derivation" v.text) && !(contains builtins.storeDir v.text)) (
+            map (k: o.${k}) (filter (k: o ? ${k}) [
+              "default"
+              "example"
+            ])
+          )
+        ) optionDocs;
     }
     {
       name = "settings example covers vxlan, address, peer, nat, lease, daemon";
@@ -463,35 +556,33 @@ let
         && pkg.cargoTestFlags == [ "--lib" ];
     }
     {
-      name = "package: src is a fileset of the crate (not the whole repo: no nix/, docs/, .ci/)";
+      name = "package: src (lib.fileset, ${toString (builtins.length srcFiles)} files) is the crate: Cargo.*, src/, systemd/, example TOML; no nix/, docs/, .ci/, target/, *.nix";
       ok =
-        pkg.src.root == ../..
-        && (
-          let
-            members = pkg.src.fileset.list;
-            paths = map (m: if isAttrs m then m.path else m) members;
-          in
-          elem ../../Cargo.toml paths
-          && elem ../../Cargo.lock paths
-          && elem ../../src paths
-          && elem ../../systemd paths
-          && !(elem ../../nix paths)
-          && !(elem ../../docs paths)
-          && !(elem ../../. paths)
-        );
+        pkg.src.origSrc == ../..
+        && elem "./Cargo.toml" srcFiles
+        && elem "./Cargo.lock" srcFiles
+        && elem "./src/main.rs" srcFiles
+        && elem "./systemd/netconverge.service" srcFiles
+        && any (f: lib.hasPrefix "./examples/" f && lib.hasSuffix ".toml" f) srcFiles
+        && !(any (
+          f:
+          lib.hasPrefix "./nix/" f
+          || lib.hasPrefix "./docs/" f
+          || lib.hasPrefix "./.ci/" f
+          || lib.hasPrefix "./target/" f
+          || lib.hasSuffix ".nix" f
+        ) srcFiles);
     }
     {
       name = "package: postInstall installs the unit (each --replace-fail pattern exists in it), completions and man page";
       ok =
         let
           p = pkg.postInstall;
-          patterns = builtins.filter builtins.isString (
-            builtins.split " " (builtins.replaceStrings [ "\n" "\\" ] [ " " " " ] p)
-          );
-          # words following each --replace-fail
-          idx = builtins.genList (i: i) (builtins.length patterns);
-          replaced = map (i: builtins.elemAt patterns (i + 1)) (
-            filter (i: builtins.elemAt patterns i == "--replace-fail") idx
+          words = filter builtins.isString (builtins.split "[[:space:]\\]+" p);
+          idx = builtins.genList (i: i) (builtins.length words);
+          # the word following each --replace-fail
+          replaced = map (i: builtins.elemAt words (i + 1)) (
+            filter (i: builtins.elemAt words i == "--replace-fail") idx
           );
         in
         contains "$out/lib/systemd/system/netconverge.service" p
@@ -505,7 +596,7 @@ let
         && contains "installManPage netconverge.1" p;
     }
     {
-      name = "package meta: description, asl20, mainProgram, linux";
+      name = "package meta: description, asl20, mainProgram, linux (lib.licenses, lib.platforms)";
       ok =
         pkg.meta.license == lib.licenses.asl20
         && pkg.meta.mainProgram == "netconverge"
@@ -516,34 +607,35 @@ let
     {
       name = "examples/nixos/k3s-node.nix: imports the module, k3s with --flannel-backend=none, netconverge owns overlay+NAT+lease(write)";
       ok =
-        elem moduleFile k3sNode.m.imports
-        && k3sNode.m.services.k3s.enable
-        && elem "--flannel-backend=none" k3sNode.m.services.k3s.extraFlags
-        && k3sNode.m.services.netconverge.enable
-        && k3sNode.ev.cfg.settings ? vxlan
-        && k3sNode.ev.cfg.settings ? nat
-        && k3sNode.ev.cfg.settings.lease.mode == "write"
-        && k3sNode.ev.resolved.systemd.services.k3s.requires == [ "netconverge.service" ]
-        && k3sNode.ev.failedAssertions == [ ];
+        k3sNode.imported
+        && k3sNode.config.services.k3s.enable
+        && elem "--flannel-backend=none" k3sNode.config.services.k3s.extraFlags
+        && k3sNode.cfg.enable
+        && k3sNode.cfg.settings ? vxlan
+        && k3sNode.cfg.settings ? nat
+        && k3sNode.cfg.settings.lease.mode == "write"
+        && k3sNode.config.systemd.services.k3s.requires == [ "netconverge.service" ]
+        && k3sNode.config.networking.networkmanager.unmanaged == [ "interface-name:flannel.1" ]
+        && k3sNode.failedAssertions == [ ];
     }
     {
       name = "examples/nixos/guard-mode.nix: k3s keeps its flannel, netconverge only guards subnet.env (preserve)";
       ok =
-        elem moduleFile guard.m.imports
-        && guard.m.services.k3s.enable
-        && !(any (f: contains "flannel-backend" f) (guard.m.services.k3s.extraFlags or [ ]))
-        && guard.ev.cfg.settings.lease.mode == "preserve"
-        && !(guard.ev.cfg.settings ? vxlan)
-        && !(guard.ev.cfg.settings ? nat)
-        && guard.ev.resolved.systemd.services.k3s.after == [ "netconverge.service" ]
-        && guard.ev.failedAssertions == [ ];
+        guard.imported
+        && guard.config.services.k3s.enable
+        && !(any (f: contains "flannel-backend" f) guard.config.services.k3s.extraFlags)
+        && guard.cfg.settings.lease.mode == "preserve"
+        && !(guard.cfg.settings ? vxlan)
+        && !(guard.cfg.settings ? nat)
+        && guard.config.systemd.services.k3s.after == [ "netconverge.service" ]
+        && guard.failedAssertions == [ ];
     }
     {
-      name = "example settings round-trip through TOML (builtins.fromTOML)";
-      ok = all (s: builtins.fromTOML (toTOML s) == s) [
-        exampleSettings
-        k3sNode.ev.cfg.settings
-        guard.ev.cfg.settings
+      name = "example settings round-trip through TOML (builtins.fromTOML of the rendering == the generator's JSON input)";
+      ok = all (r: builtins.fromTOML (toTOML (generatorInput r)) == generatorInput r) [
+        full
+        k3sNode
+        guard
       ];
     }
   ];
@@ -556,7 +648,7 @@ else
   {
     passed = map (c: c.name) checks;
     # The NixOS unit of the full example, for the parity check.
-    serviceConfig = builtins.mapAttrs (_: v: if isAttrs v && v ? outPath then v.outPath else v) full.sc;
+    serviceConfig = full.sc;
     unit = {
       inherit (full.unit)
         after
@@ -566,8 +658,8 @@ else
         ;
     };
     toml = {
-      "example-settings" = toTOML exampleSettings;
-      "k3s-node" = toTOML k3sNode.ev.cfg.settings;
-      "guard-mode" = toTOML guard.ev.cfg.settings;
+      "example-settings" = toTOML (generatorInput full);
+      "k3s-node" = toTOML (generatorInput k3sNode);
+      "guard-mode" = toTOML (generatorInput guard);
     };
   }

@@ -328,6 +328,9 @@ pub(crate) fn suggest<'a>(
 // ----------------------------------------------------------- value rules --
 
 /// Linux `dev_valid_name`, plus `%` (a name template, never a real device).
+/// The kernel checks bytes with its own `isspace`, which is Latin-1: besides
+/// ASCII whitespace it rejects 0xA0, a byte inside many UTF-8 characters
+/// (`à` is C3 A0), so the check is on the encoded bytes.
 pub(crate) fn ifname(s: &str) -> Result<String, Bad> {
     const HELP: &str =
         "interface names are 1-15 bytes without '/', ':', '%' or whitespace, e.g. \"flannel.1\"";
@@ -346,16 +349,32 @@ pub(crate) fn ifname(s: &str) -> Result<String, Bad> {
     if s == "." || s == ".." {
         return Err(bad(format!("`{s}` is not a valid interface name"), HELP));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| matches!(c, '/' | ':' | '%' | '\0') || c.is_ascii_whitespace() || *c == '\x0b')
-    {
-        return Err(bad(
-            format!("interface name `{}` contains {c:?}", s.escape_debug()),
-            HELP,
-        ));
+    let mut buf = [0u8; 4];
+    for c in s.chars() {
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        if c.is_ascii() {
+            if matches!(c, '/' | ':' | '%' | '\0') || bytes.iter().copied().any(kernel_isspace) {
+                return Err(bad(
+                    format!("interface name `{}` contains {c:?}", s.escape_debug()),
+                    HELP,
+                ));
+            }
+        } else if let Some(b) = bytes.iter().copied().find(|b| kernel_isspace(*b)) {
+            return Err(bad(
+                format!(
+                    "interface name `{}` contains {c:?}, whose UTF-8 encoding holds byte {b:#04X}, which the kernel treats as whitespace",
+                    s.escape_debug()
+                ),
+                "use ASCII letters, digits, '.', '-' and '_' only, e.g. \"flannel.1\"",
+            ));
+        }
     }
     Ok(s.to_string())
+}
+
+/// The kernel's `isspace` (lib/ctype.c, Latin-1): \t \n \v \f \r, space and 0xA0.
+fn kernel_isspace(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ' | 0xA0)
 }
 
 pub(crate) fn fam_name(f: Family) -> &'static str {
@@ -505,7 +524,9 @@ pub(crate) fn abs_path(s: &str) -> Result<PathBuf, Bad> {
 
 fn file_path(s: &str) -> Result<PathBuf, Bad> {
     let p = abs_path(s)?;
-    if s.ends_with('/') {
+    // `/.` and `/..` name a directory too: the atomic write needs a file
+    // name to put its temp file next to.
+    if s.ends_with('/') || s.ends_with("/.") || s.ends_with("/..") {
         return Err(bad(
             format!("path `{s}` names a directory"),
             "name the file, e.g. \"/run/flannel/subnet.env\"",

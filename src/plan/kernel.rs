@@ -141,6 +141,26 @@ fn renamed(observed: &Observed, renames: &[(&str, String)]) -> Observed {
 
 /// Minimum MTU of an IPv4 link.
 const MIN_MTU: u32 = 68;
+/// Minimum MTU of an IPv6 link (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Whether any declared address, route or neighbour on `dev` is IPv6
+/// (peers are already expanded into routes and neighbours).
+fn carries_ipv6(desired: &Desired, dev: &str) -> bool {
+    let v6 = Family::Ipv6;
+    desired
+        .addresses
+        .iter()
+        .any(|a| a.dev == dev && Family::of_net(&a.cidr) == v6)
+        || desired
+            .routes
+            .iter()
+            .any(|r| r.dev.as_deref() == Some(dev) && Family::of_net(&r.dst) == v6)
+        || desired
+            .neighbors
+            .iter()
+            .any(|n| n.dev == dev && Family::of(&n.ip) == v6)
+}
 
 pub(super) struct KernelPlan {
     pub plan: Plan,
@@ -522,6 +542,22 @@ impl<'a> Planner<'a> {
                         reason: format!(
                             "underlay {} MTU {} leaves no room for VXLAN overhead",
                             v.underlay, under.mtu
+                        ),
+                    });
+                    return DevState::Blocked;
+                }
+                // Validation refuses a declared MTU below IPv6's minimum;
+                // a derived one is only known here. The kernel would refuse
+                // (or drop) every IPv6 object on the device, every pass.
+                // Scanned only in this rare case.
+                if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
+                    self.blocked.push(Blocked {
+                        object,
+                        reason: format!(
+                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
+                            v.underlay,
+                            under.mtu,
+                            IPV6_MIN_MTU + v.family.vxlan_overhead()
                         ),
                     });
                     return DevState::Blocked;

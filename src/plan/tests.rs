@@ -1168,3 +1168,32 @@ mod ownership {
         );
     }
 }
+
+#[test]
+fn derived_mtu_below_1280_blocks_a_device_with_ipv6_only() {
+    // underlay 1300 − 70 = 1230: the kernel would refuse the IPv6 address
+    // and drop the IPv6 routes every pass. Validation cannot see this.
+    let d = dual_node();
+    let mut o = host(&["192.0.2.1/24", "2001:db8::1/64"]);
+    o.links.insert("eth0".into(), link("eth0", 2, "veth", 1300));
+    let p = plan(&d, &o);
+    let b = p
+        .blocked
+        .iter()
+        .find(|b| b.object == "vxlan flannel-v6.1")
+        .unwrap_or_else(|| panic!("not blocked:\n{p}"));
+    assert!(
+        b.reason.contains("1230") && b.reason.contains("1280"),
+        "{b:?}"
+    );
+    assert!(p.changes.iter().all(|c| !c.object.contains("flannel-v6.1")));
+    // Control: the IPv4 device on the same underlay (1250) is created.
+    assert!(
+        p.changes.iter().any(|c| c.object == "vxlan flannel.1"),
+        "{p}"
+    );
+    // Control: 1350 − 70 = 1280 is enough.
+    o.links.insert("eth0".into(), link("eth0", 2, "veth", 1350));
+    let p = plan(&d, &o);
+    assert!(p.blocked.is_empty(), "{p}");
+}

@@ -359,3 +359,38 @@ pub fn cpu_shared() -> RwLockReadGuard<'static, ()> {
 pub fn cpu_exclusive() -> RwLockWriteGuard<'static, ()> {
     CPU.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Run `cmd` to completion with its output captured, but give up after
+/// `timeout`: the child is killed and the test fails (a command that must
+/// not block, e.g. on a FIFO or a second daemon that should have exited).
+#[track_caller]
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, e) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .spawn()
+        .expect("spawn");
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {timeout:?} (killed); stderr:\n{}",
+                std::fs::read_to_string(&e).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    }
+}
