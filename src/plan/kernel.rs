@@ -1005,6 +1005,7 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
         plan: Plan {
             changes: p.changes,
             blocked: p.blocked,
+            notes: Vec::new(),
         },
         mtus: p.mtus,
     }
