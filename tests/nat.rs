@@ -1020,3 +1020,336 @@ fn backend_tools_are_found_on_this_machine() {
         nat::check_backend(&spec(f, true, true)).unwrap();
     }
 }
+
+// ------------------------------------------- ownership across every file --
+
+fn nft_names(ns: &Netns) -> String {
+    nft_tables(ns)
+        .lines()
+        .filter(|l| !l.ends_with(" nat") && !l.ends_with(" filter"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Removing `[nat]`, renaming the table or chain, switching backend and
+/// iptables flavour: each converge leaves the new place holding the rules
+/// and nothing of the old one, all in one pass (the leftovers go in the
+/// stage after the install, once the new place is verified in sync).
+#[test]
+fn every_earlier_place_is_removed_once_the_new_one_holds_the_rules() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-move");
+    let v4 = |ns: &Netns, f: Flavour, chain: &str| {
+        keep(&ns.exec(&[&f.save(Family::Ipv4), "-t", "nat"]), chain)
+    };
+    converge(&ns, &spec(Flavour::Nft, true, true));
+    assert_eq!(nft_names(&ns), "table ip netconverge\ntable ip6 netconverge\n");
+
+    // renamed table
+    let renamed = NatSpec {
+        nft_table: "nc2".into(),
+        ..spec(Flavour::Nft, true, true)
+    };
+    let p = converge(&ns, &renamed);
+    let removed: Vec<&str> = p
+        .changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Remove)
+        .map(|c| c.object.as_str())
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            "nat ipv4 (nftables table ip netconverge)",
+            "nat ipv6 (nftables table ip6 netconverge)"
+        ],
+        "{p}"
+    );
+    assert_eq!(nft_names(&ns), "table ip nc2\ntable ip6 nc2\n");
+
+    // nftables → iptables-nft
+    let p = converge(&ns, &spec(Flavour::IptNft, true, true));
+    assert_eq!(p.changes.len(), 4, "{p}");
+    assert_eq!(nft_names(&ns), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), WANT.ipt_v4);
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv6), WANT.ipt_v6);
+
+    // iptables-nft → iptables-legacy
+    converge(&ns, &spec(Flavour::IptLegacy, true, true));
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv6), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), WANT.ipt_v4);
+
+    // renamed chain
+    let rc = NatSpec {
+        iptables_chain: "NC-MASQ".into(),
+        ..spec(Flavour::IptLegacy, true, true)
+    };
+    converge(&ns, &rc);
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv6), "");
+    assert_eq!(v4(&ns, Flavour::IptLegacy, "NC-MASQ").lines().count(), 8);
+
+    // back to nftables, IPv4 only
+    converge(&ns, &spec(Flavour::Nft, true, false));
+    assert_eq!(v4(&ns, Flavour::IptLegacy, "NC-MASQ"), "");
+    assert_eq!(
+        keep(&ns.exec(&["ip6tables-legacy-save", "-t", "nat"]), "NC-MASQ"),
+        ""
+    );
+    assert_eq!(nft_names(&ns), "table ip netconverge\n");
+
+    // [nat] removed from the file
+    let p = converge_opt(&ns, None);
+    assert_eq!(
+        only_change(&p).reason,
+        "nat not configured (netconverge's: table comment \"managed by netconverge\")"
+    );
+    assert_eq!(nft_names(&ns), "");
+    assert!(converge_opt(&ns, None).changes.is_empty());
+}
+
+fn keep(text: &str, word: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(word))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A user's nftables table of our name (a set, a chain of its own) in
+/// both families, and a user's iptables chain of our name in both
+/// flavours: `plan` names each as a conflict, converge and cleanup change
+/// nothing (read back byte for byte); `adopt = true` is the positive
+/// control that does replace them.
+#[test]
+fn tables_and_chains_of_our_name_that_are_not_ours_are_never_wiped() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-conf");
+    ruleset::nft_file(
+        &ns,
+        r#"
+table ip netconverge {
+	set blocklist {
+		type ipv4_addr
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 198.18.7.0/24 counter masquerade
+	}
+}
+table ip6 netconverge {
+	chain mine {
+	}
+}
+"#,
+    );
+    let ruleset = |ns: &Netns| ns.exec(&["nft", "-j", "list", "ruleset"]);
+    let before = ruleset(&ns);
+    let v4_only = spec(Flavour::Nft, true, false);
+    let p = check(&ns, &v4_only);
+    assert!(p.changes.is_empty(), "{p}");
+    let text = p.to_string();
+    assert_eq!(p.blocked.len(), 2, "{text}");
+    assert!(
+        text.contains("! nat ipv4 (nftables table ip netconverge): blocked: conflict: nftables table ip netconverge exists and was not created by netconverge")
+            && text.contains("set `blocklist`")
+            && text.contains("`[nat] adopt = true`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("! nat ipv6 (nftables table ip6 netconverge): blocked: conflict"),
+        "{text}"
+    );
+    ns.enter({
+        let s = v4_only.clone();
+        move || apply_all(&nat::plan(Some(&s), &observe(Some(&s))))
+    });
+    assert!(ns.enter(|| cleanup(None)).is_empty());
+    let s = v4_only.clone();
+    assert!(ns.enter(move || cleanup(Some(&s))).is_empty());
+    assert_eq!(ruleset(&ns), before, "a table that is not ours was changed");
+
+    // positive control: adopting replaces them
+    let adopt = NatSpec {
+        adopt: true,
+        ..spec(Flavour::Nft, true, true)
+    };
+    let p = converge(&ns, &adopt);
+    assert!(p.to_string().contains("adopting (adopt = true)"), "{p}");
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(WANT.nft_v6.as_str()));
+
+    for flavour in IPT_FLAVOURS {
+        let ns = Netns::new("nat-confi");
+        for f in [Family::Ipv4, Family::Ipv6] {
+            ipt(&ns, flavour, f, &["-N", CHAIN]);
+            ipt(&ns, flavour, f, &["-A", CHAIN, "-o", "lo", "-j", "MASQUERADE"]);
+            ipt(&ns, flavour, f, &["-A", "POSTROUTING", "-j", CHAIN]);
+        }
+        let saved = |ns: &Netns| {
+            [Family::Ipv4, Family::Ipv6].map(|f| ruleset::ipt_nat_save(ns, &flavour.save(f)))
+        };
+        let before = saved(&ns);
+        let s = spec(flavour, true, true);
+        let p = check(&ns, &s);
+        assert!(p.changes.is_empty(), "{flavour:?}: {p}");
+        assert_eq!(p.blocked.len(), 2, "{flavour:?}: {p}");
+        assert!(
+            p.to_string().contains("was not created by netconverge (1 rule(s), the first `-A NETCONVERGE-POSTRTG -o lo -j MASQUERADE`"),
+            "{flavour:?}: {p}"
+        );
+        let s2 = s.clone();
+        assert!(ns.enter(move || cleanup(Some(&s2))).is_empty());
+        assert!(ns.enter(|| cleanup(None)).is_empty());
+        assert_eq!(saved(&ns), before, "{flavour:?}: a chain that is not ours was changed");
+        // positive control
+        let adopt = NatSpec { adopt: true, ..s };
+        converge(&ns, &adopt);
+        let after = ipt_ours(&ns, flavour, Family::Ipv4);
+        assert!(!after.contains("-o lo"), "{flavour:?}: {after}");
+        assert!(after.contains("-A POSTROUTING -j NETCONVERGE-POSTRTG"), "{flavour:?}: jump kept: {after}");
+    }
+}
+
+/// Switching the backend onto a place that is a conflict keeps the old
+/// rules (masquerade never lapses) and says why.
+#[test]
+fn old_place_stays_while_the_new_one_is_blocked() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-keep");
+    converge(&ns, &spec(Flavour::Nft, true, false));
+    ipt(&ns, Flavour::IptNft, Family::Ipv4, &["-N", CHAIN]);
+    let s = spec(Flavour::IptNft, true, false);
+    let p = ns.enter({
+        let s = s.clone();
+        move || {
+            let p = nat::plan(Some(&s), &observe(Some(&s)));
+            apply_all(&p);
+            p
+        }
+    });
+    assert!(p.changes.is_empty(), "{p}");
+    let text = p.to_string();
+    assert!(
+        text.contains("! nat ipv4 (nftables table ip netconverge): blocked: left over")
+            && text.contains("kept until iptables-nft chain NETCONVERGE-POSTRTG is in place"),
+        "{text}"
+    );
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    // the conflict resolved: the new chain goes in, then the old table goes
+    ipt(&ns, Flavour::IptNft, Family::Ipv4, &["-X", CHAIN]);
+    let p = converge(&ns, &s);
+    assert_eq!(p.changes.len(), 2, "{p}");
+    assert_eq!(nft_names(&ns), "");
+}
+
+/// A table made by a netconverge from before table markers (our chain,
+/// rules with our comment, no table comment) is recognised and marked.
+#[test]
+fn unmarked_table_of_an_older_netconverge_is_marked() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-old");
+    let old = WANT.nft_v4.replace("\tcomment \"managed by netconverge\"\n", "");
+    assert_ne!(old, WANT.nft_v4);
+    ruleset::nft_file(&ns, &old);
+    let p = converge(&ns, &spec(Flavour::Nft, true, false));
+    assert!(
+        only_change(&p).reason.starts_with("made by an older netconverge"),
+        "{p}"
+    );
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    // and without the file, it is found by the same content
+    ruleset::nft(&ns, "delete|table|ip|netconverge");
+    ruleset::nft_file(&ns, &old);
+    assert_eq!(ns.enter(|| cleanup(None)), ["nftables table ip netconverge"]);
+    assert_eq!(nft_names(&ns), "");
+}
+
+/// `iptables = "auto"` follows the host's nat rules (kube-proxy's chain
+/// in iptables-legacy here, while `iptables` is iptables-nft) and says so.
+#[test]
+fn auto_flavour_follows_the_hosts_nat_rules_and_says_why() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-auto");
+    let s = spec(Flavour::IptSystem, true, false);
+    // nothing on the host: the `iptables` alternative
+    let p = check(&ns, &s);
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("iptables-nft: auto: no nat rules on the host; `iptables` is iptables-nft")),
+        "{p}"
+    );
+    ruleset::ipt_nat(&ns, "iptables-legacy", &["-N", "KUBE-POSTROUTING"]);
+    ruleset::ipt_nat(&ns, "iptables-legacy", &["-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"]);
+    let obs = ns.enter({
+        let s = s.clone();
+        move || observe(Some(&s))
+    });
+    let choice = obs.iptables.clone().unwrap();
+    assert_eq!(choice.flavour, nat::Flavour::Legacy, "{choice:?}");
+    assert!(choice.reason.contains("live in iptables-legacy"), "{choice:?}");
+    let p = converge(&ns, &s);
+    assert!(p.to_string().contains("nat ipv4 (iptables-legacy chain"), "{p}");
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), WANT.ipt_v4);
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), "");
+}
+
+/// flannel's own FLANNEL-POSTRTG layout (built with iptables-restore),
+/// adopted with `chain = "FLANNEL-POSTRTG"`: one "adopted" line per family,
+/// no rule edited, no jump moved; the nat table reads back byte for byte;
+/// and once adopted, removing `[nat]` removes the chain and its jump only.
+fn flannel_chain_is_adopted_as_it_is(flavour: Flavour) {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-flannel");
+    ruleset::ipt_restore(
+        &ns,
+        &format!("{}-restore", flavour.cli(Family::Ipv4)),
+        &ruleset::flannel_layout("198.18.1.0/24", "198.18.0.0/16", "224.0.0.0/4"),
+    );
+    ruleset::ipt_restore(
+        &ns,
+        &format!("{}-restore", flavour.cli(Family::Ipv6)),
+        &ruleset::flannel_layout("fd00:42:0:1::/64", "fd00:42::/56", "ff00::/8"),
+    );
+    let saved = |ns: &Netns| {
+        [Family::Ipv4, Family::Ipv6].map(|f| ruleset::ipt_nat_save(ns, &flavour.save(f)))
+    };
+    let before = saved(&ns);
+    assert!(before[0].contains("-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16"), "{before:?}");
+    let s = NatSpec {
+        iptables_chain: "FLANNEL-POSTRTG".into(),
+        ..spec(flavour, true, true)
+    };
+    let p = check(&ns, &s);
+    assert_eq!(p.changes.len(), 2, "{flavour:?}: {p}");
+    let text = p.to_string();
+    for c in &p.changes {
+        assert_eq!(c.kind, ChangeKind::Modify, "{text}");
+        assert!(c.reason.starts_with("adopted: not created by netconverge, but its 6 rules are netconverge's"), "{text}");
+        assert!(c.reason.contains("its jump stays at POSTROUTING position 2"), "{text}");
+    }
+    assert!(!text.contains("edited") && !text.contains("jump from POSTROUTING"), "{text}");
+    converge(&ns, &s);
+    assert_eq!(saved(&ns), before, "{flavour:?}: adoption changed the kernel");
+    assert!(check(&ns, &s).in_sync());
+
+    // adopted: without [nat], the chain and its jump go, nothing else
+    let p = converge_opt(&ns, None);
+    assert_eq!(p.changes.len(), 2, "{flavour:?}: {p}");
+    let after = saved(&ns);
+    for (b, a) in before.iter().zip(&after) {
+        let want: String = b
+            .lines()
+            .filter(|l| !l.contains("FLANNEL-POSTRTG"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(a, &want, "{flavour:?}");
+        assert!(a.contains("-A POSTROUTING -o lo -j MASQUERADE"), "{a}");
+    }
+}
+
+variants!(flannel_chain_is_adopted_as_it_is:
+    flannel_chain_adopted_iptables_nft => Flavour::IptNft,
+    flannel_chain_adopted_iptables_legacy => Flavour::IptLegacy,
+);

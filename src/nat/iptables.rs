@@ -479,6 +479,25 @@ fn normalized(family: Family, chain: &str, line: &str) -> String {
     parse_line(family, chain, line).map_or_else(|| line.to_string(), |r| rule_line(chain, &r))
 }
 
+/// A rule compared by its normalized form, printed as it is in the kernel.
+#[derive(Debug)]
+struct Seen<'a> {
+    norm: String,
+    raw: &'a str,
+}
+
+impl PartialEq for Seen<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.norm == other.norm
+    }
+}
+
+impl std::fmt::Display for Seen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw)
+    }
+}
+
 // -------------------------------------------------------------- planning --
 
 /// What the plan for one family at one chain is.
@@ -555,7 +574,22 @@ pub fn plan_family(
         reasons.push(format!("chain {chain} missing"));
         rewrite = true;
     } else {
-        let diffs = rule_differences(&want_lines, &observed);
+        let want_seen: Vec<Seen> = want_lines
+            .iter()
+            .map(|l| Seen {
+                norm: l.clone(),
+                raw: l,
+            })
+            .collect();
+        let observed_seen: Vec<Seen> = observed
+            .iter()
+            .zip(&seen.rules)
+            .map(|(n, raw)| Seen {
+                norm: n.clone(),
+                raw,
+            })
+            .collect();
+        let diffs = rule_differences(&want_seen, &observed_seen);
         rewrite |= !diffs.is_empty();
         reasons.extend(diffs);
     }
