@@ -1043,7 +1043,10 @@ fn every_earlier_place_is_removed_once_the_new_one_holds_the_rules() {
         keep(&ns.exec(&[&f.save(Family::Ipv4), "-t", "nat"]), chain)
     };
     converge(&ns, &spec(Flavour::Nft, true, true));
-    assert_eq!(nft_names(&ns), "table ip netconverge\ntable ip6 netconverge\n");
+    assert_eq!(
+        nft_names(&ns),
+        "table ip netconverge\ntable ip6 netconverge\n"
+    );
 
     // renamed table
     let renamed = NatSpec {
@@ -1183,7 +1186,12 @@ table ip6 netconverge {
         let ns = Netns::new("nat-confi");
         for f in [Family::Ipv4, Family::Ipv6] {
             ipt(&ns, flavour, f, &["-N", CHAIN]);
-            ipt(&ns, flavour, f, &["-A", CHAIN, "-o", "lo", "-j", "MASQUERADE"]);
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &["-A", CHAIN, "-o", "lo", "-j", "MASQUERADE"],
+            );
             ipt(&ns, flavour, f, &["-A", "POSTROUTING", "-j", CHAIN]);
         }
         let saved = |ns: &Netns| {
@@ -1201,13 +1209,20 @@ table ip6 netconverge {
         let s2 = s.clone();
         assert!(ns.enter(move || cleanup(Some(&s2))).is_empty());
         assert!(ns.enter(|| cleanup(None)).is_empty());
-        assert_eq!(saved(&ns), before, "{flavour:?}: a chain that is not ours was changed");
+        assert_eq!(
+            saved(&ns),
+            before,
+            "{flavour:?}: a chain that is not ours was changed"
+        );
         // positive control
         let adopt = NatSpec { adopt: true, ..s };
         converge(&ns, &adopt);
         let after = ipt_ours(&ns, flavour, Family::Ipv4);
         assert!(!after.contains("-o lo"), "{flavour:?}: {after}");
-        assert!(after.contains("-A POSTROUTING -j NETCONVERGE-POSTRTG"), "{flavour:?}: jump kept: {after}");
+        assert!(
+            after.contains("-A POSTROUTING -j NETCONVERGE-POSTRTG"),
+            "{flavour:?}: jump kept: {after}"
+        );
     }
 }
 
@@ -1249,19 +1264,26 @@ fn old_place_stays_while_the_new_one_is_blocked() {
 fn unmarked_table_of_an_older_netconverge_is_marked() {
     let _cpu = cpu_shared();
     let ns = Netns::new("nat-old");
-    let old = WANT.nft_v4.replace("\tcomment \"managed by netconverge\"\n", "");
+    let old = WANT
+        .nft_v4
+        .replace("\tcomment \"managed by netconverge\"\n", "");
     assert_ne!(old, WANT.nft_v4);
     ruleset::nft_file(&ns, &old);
     let p = converge(&ns, &spec(Flavour::Nft, true, false));
     assert!(
-        only_change(&p).reason.starts_with("made by an older netconverge"),
+        only_change(&p)
+            .reason
+            .starts_with("made by an older netconverge"),
         "{p}"
     );
     assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
     // and without the file, it is found by the same content
     ruleset::nft(&ns, "delete|table|ip|netconverge");
     ruleset::nft_file(&ns, &old);
-    assert_eq!(ns.enter(|| cleanup(None)), ["nftables table ip netconverge"]);
+    assert_eq!(
+        ns.enter(|| cleanup(None)),
+        ["nftables table ip netconverge"]
+    );
     assert_eq!(nft_names(&ns), "");
 }
 
@@ -1275,22 +1297,31 @@ fn auto_flavour_follows_the_hosts_nat_rules_and_says_why() {
     // nothing on the host: the `iptables` alternative
     let p = check(&ns, &s);
     assert!(
-        p.notes
-            .iter()
-            .any(|n| n.contains("iptables-nft: auto: no nat rules on the host; `iptables` is iptables-nft")),
+        p.notes.iter().any(|n| n
+            .contains("iptables-nft: auto: no nat rules on the host; `iptables` is iptables-nft")),
         "{p}"
     );
     ruleset::ipt_nat(&ns, "iptables-legacy", &["-N", "KUBE-POSTROUTING"]);
-    ruleset::ipt_nat(&ns, "iptables-legacy", &["-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"]);
+    ruleset::ipt_nat(
+        &ns,
+        "iptables-legacy",
+        &["-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+    );
     let obs = ns.enter({
         let s = s.clone();
         move || observe(Some(&s))
     });
     let choice = obs.iptables.clone().unwrap();
     assert_eq!(choice.flavour, nat::Flavour::Legacy, "{choice:?}");
-    assert!(choice.reason.contains("live in iptables-legacy"), "{choice:?}");
+    assert!(
+        choice.reason.contains("live in iptables-legacy"),
+        "{choice:?}"
+    );
     let p = converge(&ns, &s);
-    assert!(p.to_string().contains("nat ipv4 (iptables-legacy chain"), "{p}");
+    assert!(
+        p.to_string().contains("nat ipv4 (iptables-legacy chain"),
+        "{p}"
+    );
     assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), WANT.ipt_v4);
     assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), "");
 }
@@ -1316,7 +1347,10 @@ fn flannel_chain_is_adopted_as_it_is(flavour: Flavour) {
         [Family::Ipv4, Family::Ipv6].map(|f| ruleset::ipt_nat_save(ns, &flavour.save(f)))
     };
     let before = saved(&ns);
-    assert!(before[0].contains("-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16"), "{before:?}");
+    assert!(
+        before[0].contains("-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16"),
+        "{before:?}"
+    );
     let s = NatSpec {
         iptables_chain: "FLANNEL-POSTRTG".into(),
         ..spec(flavour, true, true)
@@ -1326,12 +1360,28 @@ fn flannel_chain_is_adopted_as_it_is(flavour: Flavour) {
     let text = p.to_string();
     for c in &p.changes {
         assert_eq!(c.kind, ChangeKind::Modify, "{text}");
-        assert!(c.reason.starts_with("adopted: not created by netconverge, but its 6 rules are netconverge's"), "{text}");
-        assert!(c.reason.contains("its jump stays at POSTROUTING position 2"), "{text}");
+        assert!(
+            c.reason.starts_with(
+                "adopted: not created by netconverge, but its 6 rules are netconverge's"
+            ),
+            "{text}"
+        );
+        assert!(
+            c.reason
+                .contains("its jump stays at POSTROUTING position 2"),
+            "{text}"
+        );
     }
-    assert!(!text.contains("edited") && !text.contains("jump from POSTROUTING"), "{text}");
+    assert!(
+        !text.contains("edited") && !text.contains("jump from POSTROUTING"),
+        "{text}"
+    );
     converge(&ns, &s);
-    assert_eq!(saved(&ns), before, "{flavour:?}: adoption changed the kernel");
+    assert_eq!(
+        saved(&ns),
+        before,
+        "{flavour:?}: adoption changed the kernel"
+    );
     assert!(check(&ns, &s).in_sync());
 
     // adopted: without [nat], the chain and its jump go, nothing else

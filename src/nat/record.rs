@@ -5,10 +5,12 @@
 //!
 //! Invariant: an entry makes a chain netconverge's only while the chain
 //! holds exactly the rules recorded at adoption (anything else is somebody
-//! else's chain again). Entries are per network namespace (its inode), so
-//! namespaces sharing a state directory never see each other's entries.
-//! Reads never fail a pass (an unreadable record is an empty one); writes
-//! are atomic (temp file + rename) under a lock.
+//! else's chain again). One file per network namespace (named by its
+//! inode), so namespaces sharing a state directory never see, or race on,
+//! each other's entries; within a namespace the one-writer lock serialises
+//! processes, and a mutex this process's threads. Reads never fail a pass
+//! (an unreadable record is an empty one); writes are atomic (temp file +
+//! rename).
 
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -21,11 +23,11 @@ use super::NatError;
 use super::iptables::Flavour;
 use crate::model::Family;
 
-/// File name inside the state directory.
-pub const FILE_NAME: &str = "nat-adopted.json";
+/// File name prefix inside the state directory (`nat-adopted-<netns>.json`).
+pub const FILE_PREFIX: &str = "nat-adopted-";
 
 static DIR_OVERRIDE: RwLock<Option<PathBuf>> = RwLock::new(None);
-/// Serialises this process's writers (the file lock serialises processes).
+/// Serialises this process's writers (the one-writer lock, processes).
 static WRITE: Mutex<()> = Mutex::new(());
 
 /// Use `dir` as the state directory from now on (tests; embedders).
@@ -54,8 +56,9 @@ pub fn dir() -> PathBuf {
     PathBuf::from("/var/lib/netconverge")
 }
 
+/// The record of the calling thread's network namespace.
 pub fn path() -> PathBuf {
-    dir().join(FILE_NAME)
+    dir().join(format!("{FILE_PREFIX}{}.json", netns()))
 }
 
 /// One adopted chain.
@@ -131,14 +134,6 @@ fn update(
     let _guard = WRITE.lock();
     let dir = dir();
     std::fs::create_dir_all(&dir).map_err(|e| io_error("create directory", e))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(format!("{FILE_NAME}.lock")))
-        .map_err(|e| io_error("open lock", e))?;
-    // flock; released when `lock` is dropped.
-    lock.lock().map_err(|e| io_error("lock", e))?;
     let here = netns();
     let mut file = read_all();
     file.adopted.retain(|e| {
@@ -157,7 +152,7 @@ fn update(
         path: path().display().to_string(),
         detail: e.to_string(),
     })?;
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = path().with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| io_error("create", e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())

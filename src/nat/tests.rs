@@ -712,8 +712,10 @@ fn plan_leftovers_go_after_the_new_place() {
     );
     assert!(p.notes.iter().any(|n| n.contains("iptables-nft")), "{p}");
     // [nat] removed: both go, no guard
-    let mut none = NatObserved::default();
-    none.found = vec![old_nft(Family::Ipv4)];
+    let none = NatObserved {
+        found: vec![old_nft(Family::Ipv4)],
+        ..Default::default()
+    };
     let p = plan(None, &none);
     out += &format!("=== [nat] removed\n{}\n", show(&p));
     assert_eq!(p.changes.len(), 1);

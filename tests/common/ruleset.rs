@@ -160,7 +160,11 @@ COMMIT
 pub fn ipt_restore(ns: &Netns, restore: &str, input: &str) {
     let path = std::env::temp_dir().join(format!("nct-{}-{}.rules", std::process::id(), ns.name));
     std::fs::write(&path, input).unwrap();
-    ns.exec(&["sh", "-c", &format!("{restore} -w --noflush < {}", path.display())]);
+    ns.exec(&[
+        "sh",
+        "-c",
+        &format!("{restore} -w --noflush < {}", path.display()),
+    ]);
     std::fs::remove_file(&path).unwrap();
 }
 
