@@ -1403,3 +1403,49 @@ variants!(flannel_chain_is_adopted_as_it_is:
     flannel_chain_adopted_iptables_nft => Flavour::IptNft,
     flannel_chain_adopted_iptables_legacy => Flavour::IptLegacy,
 );
+
+/// A backend switch, nftables ↔ iptables-nft (both visible to `nft list
+/// ruleset`), never leaves one sample without our two masquerade rules:
+/// the new place is filled before the old one goes. Control: a switch done
+/// by hand the naive way (old removed, 50 ms, new added) is caught.
+#[test]
+fn backend_switch_never_leaves_pods_without_masquerade() {
+    let _cpu = cpu_exclusive();
+    let ns = Netns::new("nat-swgap");
+    let n = spec(Flavour::Nft, true, false);
+    let i = spec(Flavour::IptNft, true, false);
+    converge(&ns, &n);
+    let masquerades = || -> rules_watch::Check {
+        Box::new(|out: &std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+            let count = text.lines().filter(|l| l.contains("masquerade")).count();
+            if out.status.success() && count >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{count} masquerade rule(s)"))
+            }
+        })
+    };
+    let cmd = ["nft", "list", "ruleset"];
+    let w = Watch::start(&ns.name, &cmd, masquerades());
+    ruleset::nft(&ns, &format!("delete|table|ip|{TABLE}"));
+    std::thread::sleep(Duration::from_millis(50));
+    converge(&ns, &i);
+    let control = w.stop();
+    eprintln!("naive switch control: {control:?} ({:.0} Hz)", control.hz());
+    assert!(
+        control.bad > 0,
+        "the watcher missed a 50 ms gap: {control:?}"
+    );
+
+    let w = Watch::start(&ns.name, &cmd, masquerades());
+    for _ in 0..10 {
+        for target in [&n, &i] {
+            let p = converge(&ns, target);
+            assert_eq!(p.changes.len(), 2, "{p}");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    ruleset::assert_no_gap(w, "backend switch");
+    assert_eq!(nft_names(&ns), "");
+}
