@@ -743,3 +743,26 @@ fn plan_leftovers_go_after_the_new_place() {
     assert_eq!(p.changes.len(), 2, "{p}");
     insta::assert_snapshot!(out);
 }
+
+#[test]
+fn config_keys_iptables_and_adopt_reach_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.toml");
+    std::fs::write(
+        &path,
+        "node_name = \"n\"\n[nat]\nbackend = \"iptables\"\niptables = \"legacy\"\nadopt = true\n\
+         chain = \"FLANNEL-POSTRTG\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
+    )
+    .unwrap();
+    let d = crate::config::load(&path).unwrap();
+    let n = d.nat.unwrap();
+    assert_eq!(n.iptables, crate::model::IptablesMode::Legacy);
+    assert!(n.adopt);
+    std::fs::write(
+        &path,
+        "node_name = \"n\"\n[nat]\niptables = \"both\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
+    )
+    .unwrap();
+    let e = crate::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("n.toml:3:") && e.contains("auto"), "{e}");
+}
