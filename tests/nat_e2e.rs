@@ -857,9 +857,9 @@ fn iptables_flavour_follows_the_host_and_is_shown() {
 
 /// flannel's FLANNEL-POSTRTG (built by iptables-restore) adopted through
 /// the binary: `--check` says "adopted", no rule edited, no jump moved;
-/// the nat table reads back unchanged after `converge`.
-#[test]
-fn flannel_chain_adopted_through_the_binary() {
+/// the nat table reads back unchanged after `converge`. The flavour is
+/// found by `iptables = "auto"` (flannel's rules are the host's nat rules).
+fn flannel_chain_adopted_through_the_binary(flavour: &str) {
     let _cpu = cpu_shared();
     let ns = Netns::node("nat-flan", Stack::V4);
     let dir = tempfile::tempdir().unwrap();
@@ -870,23 +870,25 @@ fn flannel_chain_adopted_through_the_binary() {
     );
     ruleset::ipt_restore(
         &ns,
-        "iptables-nft-restore",
+        &format!("iptables-{flavour}-restore"),
         &ruleset::flannel_layout("198.18.1.0/24", "198.18.0.0/15", "224.0.0.0/4"),
     );
     ruleset::ipt_restore(
         &ns,
-        "ip6tables-nft-restore",
+        &format!("ip6tables-{flavour}-restore"),
         &ruleset::flannel_layout("fd00:42:0:1::/64", "fd00:42::/56", "ff00::/8"),
     );
     let saved = |ns: &Netns| {
-        ["iptables-nft-save", "ip6tables-nft-save"].map(|s| ruleset::ipt_nat_save(ns, s))
+        ["iptables", "ip6tables"].map(|b| ruleset::ipt_nat_save(ns, &format!("{b}-{flavour}-save")))
     };
     let before = saved(&ns);
     let text = nc_exits(&ns, &cfg, &["converge", "--check"], 1);
     assert!(
-        text.contains("~ nat ipv4 (iptables-nft chain FLANNEL-POSTRTG): adopted")
-            && text.contains("~ nat ipv6 (ip6tables-nft chain FLANNEL-POSTRTG): adopted")
-            && text.contains("its jump stays at POSTROUTING position 2"),
+        text.contains(&format!(
+            "~ nat ipv4 (iptables-{flavour} chain FLANNEL-POSTRTG): adopted"
+        )) && text.contains(&format!(
+            "~ nat ipv6 (ip6tables-{flavour} chain FLANNEL-POSTRTG): adopted"
+        )) && text.contains("its jump stays at POSTROUTING position 2"),
         "{text}"
     );
     assert!(
@@ -908,3 +910,8 @@ fn flannel_chain_adopted_through_the_binary() {
     let records: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
     assert_eq!(records.len(), 1, "one adoption record for this namespace");
 }
+
+variants!(flannel_chain_adopted_through_the_binary:
+    flannel_chain_adopted_through_the_binary_nft => "nft",
+    flannel_chain_adopted_through_the_binary_legacy => "legacy",
+);
