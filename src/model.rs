@@ -287,6 +287,19 @@ pub enum NatBackendKind {
     Iptables,
 }
 
+/// Which iptables flavour the iptables backend writes (`[nat] iptables`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesMode {
+    /// Where the host's nat rules live (see `nat::flavour`).
+    #[default]
+    Auto,
+    /// iptables-nft (`iptables-nft-save` & co.).
+    Nft,
+    /// iptables-legacy (`iptables-legacy-save` & co.).
+    Legacy,
+}
+
 /// Cluster network and this node's pod subnet for one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct NatFamily {
@@ -308,6 +321,11 @@ pub struct NatSpec {
     pub nft_table: String,
     /// iptables chain name in the nat table.
     pub iptables_chain: String,
+    /// iptables flavour (iptables backend only).
+    pub iptables: IptablesMode,
+    /// Take over a table/chain with our name that netconverge did not
+    /// create, replacing its content (otherwise it is a conflict).
+    pub adopt: bool,
 }
 
 // ------------------------------------------------------------------ lease --

@@ -74,6 +74,7 @@ fn plan_of(changes: Vec<Change>) -> Plan {
     Plan {
         changes,
         blocked: vec![],
+        notes: vec![],
     }
 }
 

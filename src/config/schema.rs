@@ -14,8 +14,8 @@ use toml_span::value::{Table, Value, ValueInner};
 
 use super::Diags;
 use crate::model::{
-    DaemonSpec, EngineSpec, Family, LeaseMode, Mac, NatBackendKind, NexthopMode, NmMode,
-    ReadyPolicy,
+    DaemonSpec, EngineSpec, Family, IptablesMode, LeaseMode, Mac, NatBackendKind, NexthopMode,
+    NmMode, ReadyPolicy,
 };
 
 /// A value and where it was written.
@@ -725,6 +725,8 @@ pub(crate) struct RawNat {
     pub(crate) mark: Option<Sp<(u32, u32)>>,
     pub(crate) table: Option<Sp<String>>,
     pub(crate) chain: Option<Sp<String>>,
+    pub(crate) iptables: Option<Sp<IptablesMode>>,
+    pub(crate) adopt: Option<Sp<bool>>,
     pub(crate) v4: RawFamily,
     pub(crate) v6: RawFamily,
 }
@@ -856,6 +858,8 @@ const NAT_KEYS: Keys = &[
     ("mark", "mark = \"0x4000/0x4000\""),
     ("table", "table = \"netconverge\""),
     ("chain", "chain = \"NETCONVERGE-POSTRTG\""),
+    ("iptables", "iptables = \"auto\""),
+    ("adopt", "adopt = false"),
     ("network", "network = \"198.18.0.0/16\""),
     ("subnet", "subnet = \"198.18.1.0/24\""),
     ("ipv6_network", "ipv6_network = \"fd00:42::/56\""),
@@ -1281,6 +1285,18 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
     let chain = s
         .parsed(d, "chain", iptables_chain)
         .or_default("NETCONVERGE-POSTRTG".to_string(), h);
+    let iptables = s
+        .choice(
+            d,
+            "iptables",
+            &[
+                ("auto", IptablesMode::Auto),
+                ("nft", IptablesMode::Nft),
+                ("legacy", IptablesMode::Legacy),
+            ],
+        )
+        .or_default(IptablesMode::Auto, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let (v4, v6) = read_families(&mut s, d);
     s.finish(d);
     RawNat {
@@ -1291,6 +1307,8 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
         mark,
         table,
         chain,
+        iptables,
+        adopt,
         v4,
         v6,
     }

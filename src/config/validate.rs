@@ -1062,6 +1062,8 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             mark: n.mark.as_ref()?.v,
             nft_table: n.table.as_ref()?.v.clone(),
             iptables_chain: n.chain.as_ref()?.v.clone(),
+            iptables: n.iptables.as_ref()?.v,
+            adopt: n.adopt.as_ref()?.v,
         });
     }
     if let Some(l) = &raw.lease {

@@ -1459,6 +1459,7 @@ fn plan_view(desired: &Desired, observed: &Observed, first: Vec<Change>) -> Kern
         plan: Plan {
             changes: p.changes,
             blocked: p.blocked,
+            notes: Vec::new(),
         },
         mtus: p.mtus,
     }

@@ -152,6 +152,10 @@ pub enum Stage {
     /// devices that replace them, so the overlay is never without routes.
     RetireLinks,
     Nat,
+    /// After every NAT install/repair: netconverge's NAT objects at places
+    /// the file no longer names (old name, backend or flavour) go only once
+    /// the new place holds the rules.
+    NatStale,
     Lease,
 }
 
@@ -173,6 +177,7 @@ impl Op {
             Op::SetNexthop(_) => Stage::Nexthops,
             Op::SetRoute(_) => Stage::Routes,
             Op::DelNexthop { .. } => Stage::PruneNexthops,
+            Op::Nat(n) if n.is_stale_removal() => Stage::NatStale,
             Op::Nat(_) => Stage::Nat,
             Op::Lease(_) => Stage::Lease,
         }
@@ -220,6 +225,10 @@ pub struct Blocked {
 pub struct Plan {
     pub changes: Vec<Change>,
     pub blocked: Vec<Blocked>,
+    /// Facts the diff states without being a change (e.g. which iptables
+    /// flavour NAT uses, and why); printed as `# ` lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -235,6 +244,7 @@ impl Plan {
     pub fn extend(&mut self, other: Plan) {
         self.changes.extend(other.changes);
         self.blocked.extend(other.blocked);
+        self.notes.extend(other.notes);
     }
 }
 
@@ -245,6 +255,9 @@ impl fmt::Display for Plan {
         }
         for b in &self.blocked {
             writeln!(f, "! {}: blocked: {}", b.object, b.reason)?;
+        }
+        for n in &self.notes {
+            writeln!(f, "# {n}")?;
         }
         Ok(())
     }
