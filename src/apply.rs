@@ -21,7 +21,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -236,7 +238,10 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
                 }
             }
         }
-        if matches!(stage, Stage::DeleteLinks | Stage::CreateLinks) {
+        if matches!(
+            stage,
+            Stage::RenameLinks | Stage::DeleteLinks | Stage::CreateLinks
+        ) {
             match observe::dump_links(handle).await {
                 Ok(fresh) => links = fresh.into_values().map(|l| (l.name, l.index)).collect(),
                 // Later operations on the new devices then fail on their own.
@@ -344,7 +349,15 @@ fn device_of(op: &Op) -> Option<&str> {
 fn is_bulk(op: &Op) -> bool {
     !matches!(
         op,
-        Op::CreateVxlan(_) | Op::DeleteLink { .. } | Op::SetLink { .. } | Op::Nat(_) | Op::Lease(_)
+        Op::CreateVxlan(_)
+            | Op::DeleteLink { .. }
+            | Op::SetLink { .. }
+            | Op::RenameLink { .. }
+            | Op::RetireLink { .. }
+            | Op::MarkLink { .. }
+            | Op::SetVxlan { .. }
+            | Op::Nat(_)
+            | Op::Lease(_)
     )
 }
 
@@ -420,6 +433,7 @@ fn is_delete(op: &Op) -> bool {
     matches!(
         op,
         Op::DeleteLink { .. }
+            | Op::RetireLink { .. }
             | Op::DelAddress { .. }
             | Op::DelNeighbor { .. }
             | Op::DelFdb { .. }
@@ -481,11 +495,38 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
                 .execute()
                 .await
             {
-                Ok(()) => {}
+                // Marked only when this request created it: an existing
+                // device of that name is never claimed here (the planner
+                // blocks foreign ones; adoption is its own operation).
+                Ok(()) => {
+                    let mark = mark_message(LinkUnspec::new_with_name(&v.name).build());
+                    handle.link().change(mark).execute().await?;
+                }
                 Err(e) if errno(&e) == Some(Errno::EEXIST) => vxlan_exists(handle, v, e).await?,
                 Err(e) => return Err(e.into()),
             }
             disable_accept_ra(&v.name)
+        }
+        Op::MarkLink { name } => {
+            let msg = mark_message(LinkUnspec::new_with_index(index(links, name)?).build());
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RenameLink { from, to } => {
+            let msg = LinkUnspec::new_with_index(index(links, from)?)
+                .name(to.clone())
+                .build();
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RetireLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
+        Op::SetVxlan {
+            name,
+            local,
+            underlay,
+            learning,
+        } => {
+            let under = underlay.as_deref().map(|u| index(links, u)).transpose()?;
+            let msg = vxlan_change_message(index(links, name)?, *local, under, *learning);
+            Ok(handle.link().change(msg).execute().await?)
         }
         Op::DeleteLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
         Op::SetLink { name, mtu, mac, up } => {
@@ -567,11 +608,16 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
     use RouteNetlinkMessage as M;
     let route = |m, flags| Ok(BulkRequest::Route(m, flags));
     match op {
-        Op::AddAddress { dev, cidr } => route(
+        Op::AddAddress {
+            dev,
+            cidr,
+            protocol,
+        } => route(
             M::NewAddress(address_add_message(
                 index(links, dev)?,
                 cidr.addr(),
                 cidr.prefix_len(),
+                *protocol,
             )),
             ADD | NLM_F_EXCL,
         ),
@@ -634,6 +680,10 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
         Op::CreateVxlan(_)
         | Op::DeleteLink { .. }
         | Op::SetLink { .. }
+        | Op::RenameLink { .. }
+        | Op::RetireLink { .. }
+        | Op::MarkLink { .. }
+        | Op::SetVxlan { .. }
         | Op::Nat(_)
         | Op::Lease(_) => Err(OpError::Invalid(
             "not an object operation for the bulk socket".into(),
@@ -682,6 +732,42 @@ pub(crate) fn vxlan_message(v: &VxlanCreate, underlay: u32) -> LinkMessage {
     b.mtu(v.mtu).up().build()
 }
 
+/// `msg` with netconverge's device mark as its ifalias.
+fn mark_message(mut msg: LinkMessage) -> LinkMessage {
+    msg.attributes.push(LinkAttribute::IfAlias(
+        crate::model::DEVICE_MARK.to_string(),
+    ));
+    msg
+}
+
+/// `ip link set INDEX type vxlan [local L] [dev U] [[no]learning]`: a
+/// changelink of only the attributes the kernel changes in place.
+pub(crate) fn vxlan_change_message(
+    index: u32,
+    local: Option<IpAddr>,
+    underlay: Option<u32>,
+    learning: Option<bool>,
+) -> LinkMessage {
+    let mut data = Vec::new();
+    match local {
+        Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+        Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+        None => {}
+    }
+    if let Some(u) = underlay {
+        data.push(InfoVxlan::Link(u));
+    }
+    if let Some(l) = learning {
+        data.push(InfoVxlan::Learning(l));
+    }
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(data)),
+    ]));
+    msg
+}
+
 /// `ip link set` of only the given fields.
 pub(crate) fn set_link_message(
     index: u32,
@@ -708,8 +794,13 @@ pub(crate) fn set_link_message(
 /// IPv4, like iproute2); IPv6 without duplicate address detection: a
 /// node-unique /128 on the overlay, which DAD would only delay (and routes
 /// using it as `src`).
-pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
-    match ip {
+pub(crate) fn address_add_message(
+    index: u32,
+    ip: IpAddr,
+    prefix_len: u8,
+    protocol: u8,
+) -> AddressMessage {
+    let mut m = match ip {
         IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
             .address(a, prefix_len)
@@ -722,7 +813,14 @@ pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> Add
             m.header.flags |= AddressHeaderFlags::Nodad;
             m
         }
+    };
+    // The kernel keeps it (IFA_PROTO): an address netconverge added is
+    // recognisable on any device, without the file.
+    if protocol != 0 {
+        m.attributes
+            .push(AddressAttribute::Protocol(protocol.into()));
     }
+    m
 }
 
 /// A permanent ARP/NDP entry (`ip neigh replace IP lladdr MAC dev INDEX
@@ -1172,9 +1270,9 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_skip_dad_and_ipv4_ones_carry_a_broadcast() {
-        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128);
+        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128, 0);
         assert!(v6.header.flags.contains(AddressHeaderFlags::Nodad));
-        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24);
+        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24, 0);
         assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
         assert!(
             v4.attributes
@@ -1220,6 +1318,7 @@ mod tests {
         Op::AddAddress {
             dev: dev.into(),
             cidr: "198.18.1.0/32".parse().unwrap(),
+            protocol: crate::model::ROUTE_PROTOCOL,
         }
     }
 

@@ -657,48 +657,26 @@ async fn cleanup(
     for f in &report.failures {
         out::eprintln(format_args!("failed: {}: {}", f.object, f.error));
     }
-    if let Some(nat) = desired.nat.as_ref() {
-        match netconverge::nat::cleanup(nat) {
-            Ok(removed) => removed
-                .iter()
-                .for_each(|r| out::println(format_args!("- {r}: cleanup"))),
-            Err(e) => {
-                failed += 1;
-                out::eprintln(format_args!("failed: nat cleanup: {e}"));
-            }
+    // Even without [nat]: what an earlier file made is found by its markers.
+    match netconverge::nat::cleanup(desired.nat.as_ref(), &observed.nat) {
+        Ok(removed) => removed
+            .iter()
+            .for_each(|r| out::println(format_args!("- {r}: cleanup"))),
+        Err(e) => {
+            failed += 1;
+            out::eprintln(format_args!("failed: nat cleanup: {e}"));
         }
     }
     ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
 }
 
-/// What `nat::cleanup` would remove, from the observation of the same
-/// backend, labelled as `nat::cleanup` reports it.
+/// What `nat::cleanup` would remove (netconverge's NAT objects wherever
+/// they are, recognised by their markers), labelled as it reports them.
 fn nat_cleanup_preview(desired: &Desired, observed: &Observed) -> Vec<String> {
-    use netconverge::model::Family;
-    use netconverge::nat::{FamilyObserved, iptables, nftables};
-    let Some(nat) = desired.nat.as_ref() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        match observed.nat.family(family) {
-            FamilyObserved::Nftables(_) => out.push(nftables::table_label(family, &nat.nft_table)),
-            FamilyObserved::Iptables(seen) => {
-                let chain = &nat.iptables_chain;
-                if seen.chain {
-                    out.push(iptables::chain_label(family, chain));
-                }
-                if !seen.jumps.is_empty() {
-                    out.push(format!(
-                        "{} jump(s) from {family} POSTROUTING to {chain}",
-                        seen.jumps.len()
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+    netconverge::nat::cleanup_ops(desired.nat.as_ref(), &observed.nat)
+        .into_iter()
+        .flat_map(|(items, _)| items)
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -706,6 +684,8 @@ struct PlanJson<'a> {
     in_sync: bool,
     changes: &'a [netconverge::plan::Change],
     blocked: &'a [netconverge::plan::Blocked],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
 }
 
 fn print_plan(plan: &Plan, format: DiffFormat) {
@@ -719,6 +699,7 @@ fn print_plan(plan: &Plan, format: DiffFormat) {
                 in_sync: plan.in_sync(),
                 changes: &plan.changes,
                 blocked: &plan.blocked,
+                notes: &plan.notes,
             };
             print_json(&j);
         }

@@ -72,6 +72,17 @@ pub fn link_names(links: &BTreeMap<String, LinkState>) -> LinkNames {
 /// Read the kernel state relevant to `desired`. NAT and lease state are left
 /// at their defaults (the engine fills them).
 pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, ObserveError> {
+    observe_owning(handle, desired, &std::collections::BTreeSet::new()).await
+}
+
+/// [`observe`], also keeping the routes of `past_protocols` (route
+/// protocols netconverge used before, from its record): they are its own
+/// and must be swept.
+pub async fn observe_owning(
+    handle: &Handle,
+    desired: &Desired,
+    past_protocols: &std::collections::BTreeSet<u8>,
+) -> Result<Observed, ObserveError> {
     let links = dump_links(handle).await?;
     let names = link_names(&links);
     let addresses = dump_addresses(handle, &names).await?;
@@ -80,11 +91,19 @@ pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, Obs
         handle,
         &names,
         nexthops.as_deref().unwrap_or_default(),
-        &RouteFilter::from_desired(desired),
+        &RouteFilter::from_desired(desired).with_protocols(past_protocols),
     )
     .await?;
 
-    let vxlans: HashSet<&str> = desired.owned_devices().collect();
+    // Declared devices, and every device carrying netconverge's mark (a
+    // renamed or no longer declared one is still ours to move or remove).
+    let mut vxlans: HashSet<&str> = desired.owned_devices().collect();
+    vxlans.extend(
+        links
+            .values()
+            .filter(|l| l.marked())
+            .map(|l| l.name.as_str()),
+    );
     let mut neighbor_devs = vxlans.clone();
     neighbor_devs.extend(desired.neighbors.iter().map(|n| n.dev.as_str()));
     let neighbors = dump_neighbors(handle, &names, |dev| neighbor_devs.contains(dev)).await?;
@@ -98,6 +117,7 @@ pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, Obs
         nexthops: nexthops.unwrap_or_default(),
         neighbors,
         fdb,
+        past_protocols: past_protocols.clone(),
         ..Observed::default()
     })
 }
@@ -197,6 +217,8 @@ pub struct RouteFilter {
     pub owned_devices: HashSet<String>,
     /// netconverge's route protocol marker.
     pub protocol: u8,
+    /// Protocols netconverge used before (its record): its routes too.
+    pub past_protocols: std::collections::BTreeSet<u8>,
     /// (table, dst) of every desired route.
     pub desired: HashSet<(u32, IpNet)>,
 }
@@ -206,6 +228,7 @@ impl RouteFilter {
         RouteFilter {
             owned_devices: desired.owned_devices().map(str::to_owned).collect(),
             protocol: desired.engine.route_protocol,
+            past_protocols: std::collections::BTreeSet::new(),
             desired: desired
                 .routes
                 .iter()
@@ -214,11 +237,18 @@ impl RouteFilter {
         }
     }
 
+    /// Also keep the routes of `past` (see [`Observed::past_protocols`]).
+    pub fn with_protocols(mut self, past: &std::collections::BTreeSet<u8>) -> RouteFilter {
+        self.past_protocols.clone_from(past);
+        self
+    }
+
     pub fn keeps(&self, r: &RouteState) -> bool {
         r.dev
             .as_ref()
             .is_some_and(|d| self.owned_devices.contains(d))
             || r.protocol == self.protocol
+            || self.past_protocols.contains(&r.protocol)
             || self.desired.contains(&(r.table, r.dst))
     }
 }
@@ -335,9 +365,11 @@ impl TryFrom<&LinkMessage> for LinkState {
         let mut mtu = 0;
         let mut mac = None;
         let mut vxlan = None;
+        let mut alias = None;
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
                 LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::Address(a) => mac = mac_from_bytes(a),
                 LinkAttribute::LinkInfo(infos) => {
@@ -360,6 +392,7 @@ impl TryFrom<&LinkMessage> for LinkState {
             mac,
             up: msg.header.flags.contains(LinkFlags::Up),
             vxlan,
+            alias,
         })
     }
 }
@@ -396,10 +429,12 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
     // point-to-point links); IPv6 often sends only IFA_ADDRESS.
     let mut local = None;
     let mut address = None;
+    let mut protocol = 0;
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(a) => local = Some(*a),
             AddressAttribute::Address(a) => address = Some(*a),
+            AddressAttribute::Protocol(p) => protocol = u8::from(*p),
             _ => {}
         }
     }
@@ -409,6 +444,7 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
         dev: dev.clone(),
         cidr,
         global: msg.header.scope == AddressScope::Universe,
+        protocol,
     })
 }
 
@@ -712,6 +748,7 @@ mod tests {
         let f = RouteFilter {
             owned_devices: ["flannel.1".to_string()].into_iter().collect(),
             protocol: 199,
+            past_protocols: Default::default(),
             desired: [(254, "10.0.0.0/8".parse().unwrap())].into_iter().collect(),
         };
         let mut r = route_from_message(&route(254), &names()).unwrap();

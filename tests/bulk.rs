@@ -303,6 +303,7 @@ fn apply_counts_a_lost_verdict_as_a_failure() {
             })
             .collect(),
         blocked: vec![],
+        notes: vec![],
     };
     let run = |lose: bool| -> ApplyReport {
         let plan = plan.clone();

@@ -74,6 +74,7 @@ fn plan_of(changes: Vec<Change>) -> Plan {
     Plan {
         changes,
         blocked: vec![],
+        notes: vec![],
     }
 }
 
@@ -173,6 +174,7 @@ fn v4_plan() -> Plan {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "198.18.1.0/32".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];
@@ -265,6 +267,7 @@ fn ipv6_vxlan_with_ipv6_fdb_and_routes() {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "fd00:0:0:1::/128".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];
@@ -1039,6 +1042,7 @@ fn vni_taken_by_a_foreign_device_is_reported_as_such() {
         Op::AddAddress {
             dev: VX.into(),
             cidr: "198.18.1.0/32".parse().unwrap(),
+            protocol: netconverge::model::ROUTE_PROTOCOL,
         },
     )];
     for i in 2..=4 {
@@ -1072,6 +1076,7 @@ fn vni_taken_by_a_foreign_device_is_reported_as_such() {
         Op::AddAddress {
             dev: "ul0".into(),
             cidr: "198.18.77.1/32".parse().unwrap(),
+            protocol: netconverge::model::ROUTE_PROTOCOL,
         },
     ));
     changes.push(create_vxlan("192.0.2.1", 1450));

@@ -14,8 +14,8 @@ use toml_span::value::{Table, Value, ValueInner};
 
 use super::Diags;
 use crate::model::{
-    DaemonSpec, EngineSpec, Family, LeaseMode, Mac, NatBackendKind, NexthopMode, NmMode,
-    ReadyPolicy,
+    DaemonSpec, EngineSpec, Family, IptablesMode, LeaseMode, Mac, NatBackendKind, NexthopMode,
+    NmMode, ReadyPolicy,
 };
 
 /// A value and where it was written.
@@ -653,6 +653,8 @@ pub(crate) struct RawVxlan {
     pub(crate) mtu: Field<u32>,
     pub(crate) learning: Option<Sp<bool>>,
     pub(crate) gbp: Option<Sp<bool>>,
+    /// Take over an existing device of this name netconverge did not create.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -671,6 +673,8 @@ pub(crate) struct RawRoute {
     pub(crate) src: Field<IpAddr>,
     pub(crate) metric: Field<u32>,
     pub(crate) table: Option<Sp<u32>>,
+    /// Take over a route netconverge did not create holding this place.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -693,6 +697,8 @@ pub(crate) struct RawPeer {
     pub(crate) subnet: Option<Sp<IpNet>>,
     pub(crate) vtep_ip: Option<Sp<IpAddr>>,
     pub(crate) vtep_mac: Option<Sp<Mac>>,
+    /// Take over a route netconverge did not create at the peer's route.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 /// `network` + `subnet` (or `ipv6_network` + `ipv6_subnet`) as written.
@@ -719,6 +725,8 @@ pub(crate) struct RawNat {
     pub(crate) mark: Option<Sp<(u32, u32)>>,
     pub(crate) table: Option<Sp<String>>,
     pub(crate) chain: Option<Sp<String>>,
+    pub(crate) iptables: Option<Sp<IptablesMode>>,
+    pub(crate) adopt: Option<Sp<bool>>,
     pub(crate) v4: RawFamily,
     pub(crate) v6: RawFamily,
 }
@@ -758,6 +766,8 @@ impl RawLease {
 #[derive(Debug, Default)]
 pub(crate) struct Raw {
     pub(crate) node_name: Option<Sp<String>>,
+    /// Top-level `state_dir`: where netconverge keeps its record.
+    pub(crate) state_dir: Option<Sp<PathBuf>>,
     pub(crate) vxlans: Vec<RawVxlan>,
     pub(crate) addresses: Vec<RawAddress>,
     pub(crate) routes: Vec<RawRoute>,
@@ -778,6 +788,7 @@ type Keys = &'static [(&'static str, &'static str)];
 
 const TOP_KEYS: Keys = &[
     ("node_name", "node_name = \"node-a\""),
+    ("state_dir", "state_dir = \"/var/lib/netconverge\""),
     ("vxlan", "[[vxlan]]"),
     ("address", "[[address]]"),
     ("route", "[[route]]"),
@@ -801,6 +812,7 @@ const VXLAN_KEYS: Keys = &[
     ("mtu", "mtu = 1450"),
     ("learning", "learning = false"),
     ("gbp", "gbp = false"),
+    ("adopt", "adopt = true"),
 ];
 
 const ADDRESS_KEYS: Keys = &[
@@ -816,6 +828,7 @@ const ROUTE_KEYS: Keys = &[
     ("src", "src = \"198.18.1.0\""),
     ("metric", "metric = 100"),
     ("table", "table = \"main\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NEIGHBOR_KEYS: Keys = &[
@@ -835,6 +848,7 @@ const PEER_KEYS: Keys = &[
     ("subnet", "subnet = \"198.18.2.0/24\""),
     ("vtep_ip", "vtep_ip = \"192.0.2.20\""),
     ("vtep_mac", "vtep_mac = \"02:42:c6:12:02:00\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NAT_KEYS: Keys = &[
@@ -844,6 +858,8 @@ const NAT_KEYS: Keys = &[
     ("mark", "mark = \"0x4000/0x4000\""),
     ("table", "table = \"netconverge\""),
     ("chain", "chain = \"NETCONVERGE-POSTRTG\""),
+    ("iptables", "iptables = \"auto\""),
+    ("adopt", "adopt = false"),
     ("network", "network = \"198.18.0.0/16\""),
     ("subnet", "subnet = \"198.18.1.0/24\""),
     ("ipv6_network", "ipv6_network = \"fd00:42::/56\""),
@@ -893,6 +909,7 @@ pub(crate) fn read(root: &mut Value<'_>, d: &mut Diags<'_>) -> Raw {
     let mut top = Section::new("the top level", Span::new(0, 0), table, TOP_KEYS);
 
     raw.node_name = top.parsed(d, "node_name", node_name).given().cloned();
+    raw.state_dir = top.parsed(d, "state_dir", abs_path).given().cloned();
 
     for s in array(&mut top, d, "vxlan", VXLAN_KEYS) {
         raw.vxlans.push(read_vxlan(s, d));
@@ -1079,6 +1096,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
     let mtu = s.int(d, "mtu", 68, 65_535);
     let learning = s.bool(d, "learning").or_default(false, h);
     let gbp = s.bool(d, "gbp").or_default(false, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let family_explicit = !fam.is_absent();
     let family = match (fam, &local) {
         (Field::Given(f), _) => Some(f),
@@ -1106,6 +1124,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
         mtu,
         learning,
         gbp,
+        adopt,
     }
 }
 
@@ -1159,6 +1178,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
     let table = s
         .get(d, "table", route_table)
         .or_default(crate::model::MAIN_TABLE, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     s.finish(d);
     RawRoute {
         header: h,
@@ -1169,6 +1189,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
         src,
         metric,
         table,
+        adopt,
     }
 }
 
@@ -1212,12 +1233,14 @@ fn read_peer(mut s: Section<'_>, d: &mut Diags<'_>) -> RawPeer {
     let vtep_ip = s.req(d, "vtep_ip", f);
     let f = s.parsed(d, "vtep_mac", mac_unicast);
     let vtep_mac = s.req(d, "vtep_mac", f);
+    let adopt = s.bool(d, "adopt").or_default(false, s.header);
     s.finish(d);
     RawPeer {
         dev,
         subnet,
         vtep_ip,
         vtep_mac,
+        adopt,
     }
 }
 
@@ -1262,6 +1285,18 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
     let chain = s
         .parsed(d, "chain", iptables_chain)
         .or_default("NETCONVERGE-POSTRTG".to_string(), h);
+    let iptables = s
+        .choice(
+            d,
+            "iptables",
+            &[
+                ("auto", IptablesMode::Auto),
+                ("nft", IptablesMode::Nft),
+                ("legacy", IptablesMode::Legacy),
+            ],
+        )
+        .or_default(IptablesMode::Auto, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let (v4, v6) = read_families(&mut s, d);
     s.finish(d);
     RawNat {
@@ -1272,6 +1307,8 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
         mark,
         table,
         chain,
+        iptables,
+        adopt,
         v4,
         v6,
     }

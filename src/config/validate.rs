@@ -947,6 +947,10 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         mac_seed: raw.node_name.as_ref().map(|n| n.v.clone()),
         daemon: raw.daemon.clone(),
         engine: raw.engine.clone(),
+        state_dir: raw.state_dir.as_ref().map_or_else(
+            || std::path::PathBuf::from(crate::record::DEFAULT_STATE_DIR),
+            |d| d.v.clone(),
+        ),
         ..Desired::default()
     };
     for v in &raw.vxlans {
@@ -962,6 +966,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             learning: v.learning.as_ref()?.v,
             gbp: v.gbp.as_ref()?.v,
         });
+        if v.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.vxlans.insert(v.name.as_ref()?.v.clone());
+        }
     }
     for (i, a) in raw.addresses.iter().enumerate() {
         out.addresses.push(AddressSpec {
@@ -984,6 +991,13 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             table: r.table.as_ref()?.v,
             origin: format!("route #{}", i + 1),
         });
+        if r.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((
+                r.table.as_ref()?.v,
+                r.dst.as_ref()?.v,
+                r.metric.value().ok()?,
+            ));
+        }
     }
     for (i, n) in raw.neighbors.iter().enumerate() {
         out.neighbors.push(NeighborSpec {
@@ -1033,6 +1047,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             table: MAIN_TABLE,
             origin,
         });
+        if p.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((MAIN_TABLE, peer.subnet, None));
+        }
         out.peers.push(peer);
     }
     if let Some(n) = &raw.nat {
@@ -1045,6 +1062,8 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             mark: n.mark.as_ref()?.v,
             nft_table: n.table.as_ref()?.v.clone(),
             iptables_chain: n.chain.as_ref()?.v.clone(),
+            iptables: n.iptables.as_ref()?.v,
+            adopt: n.adopt.as_ref()?.v,
         });
     }
     if let Some(l) = &raw.lease {

@@ -35,7 +35,7 @@
 //! Without a `[lease]` section the file is not netconverge's: nothing is
 //! planned, and it is never removed.
 
-mod atomic;
+pub(crate) mod atomic;
 mod file;
 #[cfg(test)]
 mod tests;

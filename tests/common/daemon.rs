@@ -90,6 +90,7 @@ impl Daemon {
         .arg(config)
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
+        .env(super::STATE_DIR_ENV, super::state_dir(config))
         .env_remove("JOURNAL_STREAM")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

@@ -59,6 +59,18 @@ impl Stack {
     }
 }
 
+/// The environment variable that overrides `state_dir` (netconverge's record).
+pub const STATE_DIR_ENV: &str = "NETCONVERGE_STATE_DIR";
+
+/// The record directory of runs with `config`: next to it (every test has
+/// its own temp dir), so parallel tests never share a record.
+pub fn state_dir(config: &Path) -> std::path::PathBuf {
+    config
+        .parent()
+        .unwrap_or(Path::new("/nonexistent"))
+        .join("netconverge-state")
+}
+
 /// Whether this process runs with effective uid 0 (read from /proc, no libc).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -188,13 +200,18 @@ impl Netns {
             .find(|l| l["ifname"] == name)
     }
 
-    /// Run the netconverge binary inside the namespace.
+    /// Run the netconverge binary inside the namespace, with the record
+    /// kept next to the config ([`state_dir`]).
     pub fn netconverge(&self, config: &Path, args: &[&str]) -> Output {
         let bin = env!("CARGO_BIN_EXE_netconverge");
         let cfg = config.to_str().unwrap();
-        let mut full = vec![bin, "-c", cfg];
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str(), bin, "-c", cfg];
         full.extend_from_slice(args);
-        self.exec_output(&full)
+        Command::new(full[0])
+            .args(&full[1..])
+            .env(STATE_DIR_ENV, state_dir(config))
+            .output()
+            .expect("spawn ip netns exec")
     }
 
     /// Run the netconverge binary inside the namespace; panics (with all it
