@@ -44,6 +44,10 @@ use reconciler::{Notify, PassResult, Reconciler, Trigger};
 /// wedged request can never stall the daemon forever. Under a systemd
 /// watchdog the bound is half the watchdog interval ([`pass_timeout`]).
 const PASS_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest pass timeout, whatever the watchdog: below this even a
+/// small node's pass could never finish (pings go on during a pass, so a
+/// tiny `WatchdogSec` needs no tinier timeout).
+const MIN_PASS_TIMEOUT: Duration = Duration::from_secs(1);
 /// After SIGTERM, how long an unsent STOPPING=1 is retried before exiting
 /// anyway (the receiver is not reading; exiting promptly matters more).
 const STOP_NOTIFY_GRACE: Duration = Duration::from_secs(1);
@@ -79,10 +83,14 @@ pub type Loader = Box<dyn Fn() -> Result<Desired, ConfigErrors> + Send>;
 
 /// The pass timeout under a watchdog of `watchdog` (`None`: no watchdog):
 /// half the interval, so a wedged pass is abandoned (and the daemon says so)
-/// long before systemd would have to kill it, never more than
-/// [`PASS_TIMEOUT`]. Pings continue during the pass either way.
+/// long before systemd would have to kill it, within
+/// [`MIN_PASS_TIMEOUT`]..=[`PASS_TIMEOUT`]. Pings continue during the pass
+/// either way; a pass that times out keeps what it applied, and the retry
+/// continues from there.
 pub fn pass_timeout(watchdog: Option<Duration>) -> Duration {
-    watchdog.map_or(PASS_TIMEOUT, |w| (w / 2).min(PASS_TIMEOUT))
+    watchdog.map_or(PASS_TIMEOUT, |w| {
+        (w / 2).clamp(MIN_PASS_TIMEOUT, PASS_TIMEOUT)
+    })
 }
 
 /// How often the watchdog is pinged: a quarter of its interval, so a ping
