@@ -482,9 +482,6 @@ fn watchdog_pings_keep_coming_during_a_long_and_a_wedged_pass() {
         "the NAT tool was never slowed: the pass was not long\n{}",
         d.logs()
     );
-    // the first pass (1000 peers) came to its NAT transaction and was abandoned
-    assert!(d.logs().contains("timed out after 1000 ms"), "{}", d.logs());
-    assert!(ns.link("flannel.1").is_some());
     let pings: Vec<Instant> = d
         .messages
         .iter()
@@ -505,6 +502,9 @@ fn watchdog_pings_keep_coming_during_a_long_and_a_wedged_pass() {
         pings.len(),
         d.logs()
     );
+    // the first pass (1000 peers) came to its NAT transaction and was abandoned
+    assert!(d.logs().contains("timed out after 1000 ms"), "{}", d.logs());
+    assert!(ns.link("flannel.1").is_some());
     // the tool recovers: the retry converges (NAT included) and says READY
     std::fs::remove_file(dir.path().join("delay")).unwrap();
     if !d.messages.iter().any(|m| m.contains("READY=1")) {
