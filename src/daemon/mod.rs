@@ -563,3 +563,64 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LeaseSpec;
+
+    #[test]
+    fn pass_timeout_is_half_the_watchdog_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(pass_timeout(None), PASS_TIMEOUT);
+        assert_eq!(pass_timeout(Some(s(30))), s(15));
+        assert_eq!(pass_timeout(Some(s(4))), s(2));
+        assert_eq!(pass_timeout(Some(Duration::from_millis(200))), s(1));
+        assert_eq!(pass_timeout(Some(s(600))), PASS_TIMEOUT);
+        assert_eq!(ping_interval(s(2)), Duration::from_millis(500));
+    }
+
+    fn lease(mode: LeaseMode) -> Desired {
+        Desired {
+            lease: Some(LeaseSpec {
+                mode,
+                ipv4: None,
+                ipv6: None,
+                mtu: None,
+                ipmasq: false,
+                path: "/run/flannel/subnet.env".into(),
+                state_dir: "/var/lib/netconverge".into(),
+            }),
+            ..Desired::default()
+        }
+    }
+
+    #[test]
+    fn only_a_guard_mode_lease_is_waited_for_without_holding_readiness() {
+        let lease_blocked = Blocked {
+            object: "lease /run/flannel/subnet.env".into(),
+            reason: "no lease file and no backup yet".into(),
+        };
+        let vxlan_blocked = Blocked {
+            object: "vxlan flannel.1".into(),
+            reason: "underlay eth0 absent".into(),
+        };
+        let guard = lease(LeaseMode::Preserve);
+        assert!(waits_for_flannel(&guard, &lease_blocked));
+        assert!(!waits_for_flannel(&guard, &vxlan_blocked));
+        // in write mode the file is ours: READY waits for it
+        assert!(!waits_for_flannel(&lease(LeaseMode::Write), &lease_blocked));
+        let outcome = Outcome {
+            remaining: crate::plan::Plan {
+                changes: vec![],
+                blocked: vec![lease_blocked],
+            },
+            ..Outcome::default()
+        };
+        let status = status_line(&guard, &outcome, None);
+        assert!(
+            status.starts_with("converged: 0 device(s), 0 peer(s), lease /run/flannel/subnet.env waiting for flannel: no lease file"),
+            "{status}"
+        );
+    }
+}
