@@ -402,6 +402,7 @@ pub async fn run(
                         interest.learn_links(&outcome.observed.links);
                         lease_watch.arm();
                         interest.learn_nexthops(&outcome.observed.nexthops);
+                        nat_watch.learn(&outcome.observed.nat);
                         if outcome.converged() {
                             // the explanation of a vanished device is history now
                             if note.as_deref().is_some_and(|n| n.contains("NetworkManager")) {

@@ -11,8 +11,11 @@
 //!   live in.
 //! - iptables-legacy has no notifications: when the configured `iptables`
 //!   tools are the legacy flavour, our lines of `iptables-save -t nat` are
-//!   read every [`LEGACY_POLL`] and any difference from the previous read
-//!   counts as an event.
+//!   read every [`LEGACY_POLL`] and compared with what the last pass
+//!   verified ([`NatWatch::learn`]; before the first pass, with the previous
+//!   read): any difference counts as an event. Comparing with the verified
+//!   state, not merely the previous read, catches a drift that comes back
+//!   the same between two reads (flushed, repaired, flushed again).
 //!
 //! Invariant: a hint only, like every event source — it makes a pass happen
 //! sooner and the pass re-reads the rules. Our own writes are announced too;
@@ -23,12 +26,15 @@
 use std::time::Duration;
 
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_NETFILTER};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::model::{Family, NatBackendKind, NatSpec};
-use crate::nat::{IptFamily, IptablesTools, iptables};
+use crate::nat::{FamilyObserved, IptFamily, IptablesTools, NatObserved, iptables};
+
+/// Our lines of each configured family (IPv4 first); `None`: unreadable.
+type LegacySnapshot = Vec<Option<IptFamily>>;
 
 /// How often our iptables-legacy chain is read (legacy has no events): one
 /// `iptables-save -t nat` per family per interval, a few milliseconds each.
@@ -214,6 +220,9 @@ pub struct NatWatch {
     socket: Option<TokioSocket>,
     rcvbuf: usize,
     legacy: Option<(mpsc::Receiver<()>, JoinHandle<()>)>,
+    /// What the last pass verified, for the legacy poller to compare with.
+    verified: Option<watch::Sender<Option<LegacySnapshot>>>,
+    spec: Option<NatSpec>,
 }
 
 impl Drop for NatWatch {
@@ -234,11 +243,16 @@ impl NatWatch {
                 socket: None,
                 rcvbuf,
                 legacy: None,
+                verified: None,
+                spec: None,
             };
         };
+        let mut verified = None;
         let legacy = (spec.backend == NatBackendKind::Iptables).then(|| {
             let (tx, rx) = mpsc::channel(1);
-            let task = tokio::spawn(legacy_poller(spec.clone(), tx));
+            let (vtx, vrx) = watch::channel(None);
+            verified = Some(vtx);
+            let task = tokio::spawn(legacy_poller(spec.clone(), tx, vrx));
             (rx, task)
         });
         NatWatch {
@@ -246,7 +260,25 @@ impl NatWatch {
             socket: subscribe(rcvbuf),
             rcvbuf,
             legacy,
+            verified,
+            spec: Some(spec.clone()),
         }
+    }
+
+    /// The NAT state a pass ended with (its verifying observation): the
+    /// legacy poller reports any read that differs from it.
+    pub fn learn(&self, observed: &NatObserved) {
+        let (Some(tx), Some(spec)) = (self.verified.as_ref(), self.spec.as_ref()) else {
+            return;
+        };
+        let snapshot = configured(spec)
+            .map(|f| match observed.family(f) {
+                FamilyObserved::Iptables(s) => Some(s.clone()),
+                FamilyObserved::Absent => Some(IptFamily::default()),
+                _ => None,
+            })
+            .collect();
+        tx.send_replace(Some(snapshot));
     }
 
     /// Wait for a NAT event. Pending forever without a `[nat]` section.
@@ -333,17 +365,21 @@ fn subscribe(rcvbuf: usize) -> Option<TokioSocket> {
     }
 }
 
-/// Our lines of each configured family, as the system's iptables tools
-/// show them; `None` for a family whose read failed.
-async fn legacy_snapshot(tools: &IptablesTools, spec: &NatSpec) -> Vec<Option<IptFamily>> {
-    let mut out = Vec::new();
-    for (family, on) in [
+/// The families `spec` configures, IPv4 first.
+fn configured(spec: &NatSpec) -> impl Iterator<Item = Family> + '_ {
+    [
         (Family::Ipv4, spec.ipv4.is_some()),
         (Family::Ipv6, spec.ipv6.is_some()),
-    ] {
-        if !on {
-            continue;
-        }
+    ]
+    .into_iter()
+    .filter_map(|(f, on)| on.then_some(f))
+}
+
+/// Our lines of each configured family, as the system's iptables tools
+/// show them; `None` for a family whose read failed.
+async fn legacy_snapshot(tools: &IptablesTools, spec: &NatSpec) -> LegacySnapshot {
+    let mut out = Vec::new();
+    for family in configured(spec) {
         let save = match family {
             Family::Ipv4 => &tools.save4,
             Family::Ipv6 => &tools.save6,
@@ -382,8 +418,13 @@ async fn is_legacy(save: &str) -> bool {
 }
 
 /// Poll our iptables-legacy chain (only when the tools are that flavour);
-/// a difference between two reads is sent as an event.
-async fn legacy_poller(spec: NatSpec, tx: mpsc::Sender<()>) {
+/// a read that differs from the last verified state (or, until a pass
+/// verified one, from the previous read) is sent as an event.
+async fn legacy_poller(
+    spec: NatSpec,
+    tx: mpsc::Sender<()>,
+    mut verified: watch::Receiver<Option<LegacySnapshot>>,
+) {
     let tools = IptablesTools::system();
     if !is_legacy(&tools.save4).await {
         debug!(
@@ -399,10 +440,15 @@ async fn legacy_poller(spec: NatSpec, tx: mpsc::Sender<()>) {
     );
     let mut tick = tokio::time::interval(LEGACY_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<Vec<Option<IptFamily>>> = None;
+    let mut last: Option<LegacySnapshot> = None;
     loop {
         tick.tick().await;
         let now = legacy_snapshot(&tools, &spec).await;
+        if verified.has_changed().unwrap_or(false)
+            && let Some(v) = verified.borrow_and_update().clone()
+        {
+            last = Some(v);
+        }
         if last.as_ref().is_some_and(|l| *l != now) {
             debug!("iptables-legacy chain {} changed", spec.iptables_chain);
             // a full channel already holds an event: one pass covers both
