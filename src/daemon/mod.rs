@@ -415,15 +415,16 @@ pub async fn run(
                             notifier.status(&status);
                             last_status = status;
                         }
-                        let blocked = outcome
+                        let waiting = outcome
                             .remaining
                             .blocked
                             .iter()
-                            .filter(|b| !waits_for_flannel(&desired, b))
+                            .filter(|b| waits_for_flannel(&desired, b))
                             .count();
                         PassResult {
                             remaining: outcome.remaining.changes.len(),
-                            blocked,
+                            blocked: outcome.remaining.blocked.len(),
+                            waiting_for_dependents: waiting,
                             error: false,
                         }
                     }
