@@ -28,8 +28,9 @@ pub struct Daemon {
     /// `(message, probe result)` for every message, when started with a probe.
     probed: Arc<Mutex<Vec<(String, String)>>>,
     /// Fed by a thread that reads the notify socket continuously, as systemd
-    /// does: the kernel queues only a few datagrams, and a full queue would
-    /// block the daemon's sd_notify.
+    /// does: the kernel queues only a few datagrams, and behind a full queue
+    /// the daemon's messages wait (it never blocks on them: see the
+    /// stuck-socket test in tests/daemon.rs).
     rx: Receiver<(String, Instant)>,
     pub log: PathBuf,
     /// Every notify message received so far, in order.
