@@ -93,6 +93,15 @@ pub fn pass_timeout(watchdog: Option<Duration>) -> Duration {
     })
 }
 
+/// The budget of the pass after one that timed out with `budget`: doubled,
+/// up to [`PASS_TIMEOUT`] (or `base`, if larger). A pass that is merely long
+/// (a slow machine, a huge fleet) then still completes, while a wedged
+/// request is abandoned at `base` first. Pings go on during a pass, so a
+/// budget beyond the watchdog interval costs no restart.
+pub fn next_budget(budget: Duration, base: Duration) -> Duration {
+    (budget * 2).min(PASS_TIMEOUT.max(base))
+}
+
 /// How often the watchdog is pinged: a quarter of its interval, so a ping
 /// arrives well within half of it even when one tick is late.
 pub fn ping_interval(watchdog: Duration) -> Duration {
@@ -253,6 +262,7 @@ struct Running {
     n: u64,
     trigger: Trigger,
     started: Instant,
+    budget: Duration,
     fut: Pin<Box<dyn Future<Output = PassOutput>>>,
 }
 
@@ -285,6 +295,7 @@ pub async fn run(
     let mut notify_retry_at: Option<tokio::time::Instant> = None;
     let watchdog = notify::watchdog_interval();
     let timeout = pass_timeout(watchdog);
+    let mut budget = timeout;
     let ping = watchdog.map(ping_interval);
     let mut wd_tick = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
     wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -339,7 +350,7 @@ pub async fn run(
                 // life either.
                 let alive = running
                     .as_ref()
-                    .is_none_or(|p| p.started.elapsed() < timeout + ping.unwrap_or_default());
+                    .is_none_or(|p| p.started.elapsed() < p.budget + ping.unwrap_or_default());
                 if alive {
                     notifier.watchdog();
                 } else {
@@ -395,6 +406,11 @@ pub async fn run(
             } => {
                 let Some(p) = running.take() else { continue };
                 let (n, trigger) = (p.n, p.trigger);
+                budget = if matches!(result, Err(_)) {
+                    next_budget(p.budget, timeout)
+                } else {
+                    timeout
+                };
                 let took = p.started.elapsed();
                 let pass = match result {
                     Ok(Ok(outcome)) => {
@@ -438,8 +454,9 @@ pub async fn run(
                     Err(_) => {
                         error!(
                             pass = n,
-                            "pass #{n} ({trigger}) timed out after {} ms; what it applied stays, the retry continues",
-                            timeout.as_millis()
+                            "pass #{n} ({trigger}) timed out after {} ms; what it applied stays, the retry continues (within {} ms)",
+                            p.budget.as_millis(),
+                            budget.as_millis()
                         );
                         let status = "error: converge pass timed out".to_string();
                         notifier.status(&status);
@@ -535,8 +552,9 @@ pub async fn run(
                     n,
                     trigger,
                     started: Instant::now(),
+                    budget,
                     fut: Box::pin(async move {
-                        tokio::time::timeout(timeout, engine::converge_keeping(&h, &d, 3, DETAIL)).await
+                        tokio::time::timeout(budget, engine::converge_keeping(&h, &d, 3, DETAIL)).await
                     }),
                 });
             }
@@ -580,6 +598,10 @@ mod tests {
         assert_eq!(pass_timeout(Some(Duration::from_millis(200))), s(1));
         assert_eq!(pass_timeout(Some(s(600))), PASS_TIMEOUT);
         assert_eq!(ping_interval(s(2)), Duration::from_millis(500));
+        // after timeouts: 1, 2, 4, … up to 30 s
+        assert_eq!(next_budget(s(1), s(1)), s(2));
+        assert_eq!(next_budget(s(16), s(1)), PASS_TIMEOUT);
+        assert_eq!(next_budget(PASS_TIMEOUT, s(15)), PASS_TIMEOUT);
     }
 
     fn lease(mode: LeaseMode) -> Desired {
