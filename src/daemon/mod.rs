@@ -406,7 +406,7 @@ pub async fn run(
             } => {
                 let Some(p) = running.take() else { continue };
                 let (n, trigger) = (p.n, p.trigger);
-                budget = if matches!(result, Err(_)) {
+                budget = if result.is_err() {
                     next_budget(p.budget, timeout)
                 } else {
                     timeout
@@ -416,7 +416,10 @@ pub async fn run(
                     Ok(Ok(outcome)) => {
                         log_pass(n, trigger, &outcome, took);
                         interest.learn_links(&outcome.observed.links);
-                        lease_watch.arm();
+                        if lease_watch.arm() {
+                            // unwatched until now: look once more
+                            rec.on_event(Instant::now());
+                        }
                         interest.learn_nexthops(&outcome.observed.nexthops);
                         nat_watch.learn(&outcome.observed.nat);
                         if outcome.converged() {
