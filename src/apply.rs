@@ -533,10 +533,21 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
             let msg = set_link_message(index(links, name)?, *mtu, *mac, *up);
             Ok(handle.link().change(msg).execute().await?)
         }
-        // Synchronous and quick (one transaction / one file). Run on this
-        // thread, not a blocking pool: the thread's network namespace is the
-        // one the caller means.
-        Op::Nat(n) => crate::nat::apply(n).map_err(|e| OpError::nat(&e)),
+        // A NAT tool can wait on a lock for long (`-w`, a busy nft): on the
+        // blocking pool, so the daemon's loop keeps serving signals and the
+        // watchdog meanwhile. Pool threads are spawned from this thread and
+        // share its network namespace, as in `engine::observe_all`.
+        Op::Nat(n) => {
+            let n = n.clone();
+            tokio::task::spawn_blocking(move || crate::nat::apply(&n))
+                .await
+                .map_err(|e| OpError::Backend {
+                    message: format!("NAT task failed: {e}"),
+                    errno: None,
+                })?
+                .map_err(|e| OpError::nat(&e))
+        }
+        // One small file, synchronous and quick: on this thread.
         Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::lease(&e)),
         // Object kinds go in bulk (`is_bulk`); one alone still works.
         other => {
