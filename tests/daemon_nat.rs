@@ -232,12 +232,11 @@ fn iptables_legacy_chain_flush_repaired_by_the_short_poll() {
         ruleset::ipt_ours(&ns, &Backend::IptNft.ipt("iptables-save")),
         ""
     );
-    assert!(
+    // (announced by the poller once a pass has chosen the legacy flavour)
+    common::daemon::eventually("legacy poll announced", common::LONG, || {
         d.logs()
-            .contains("iptables-legacy has no change notifications"),
-        "{}",
-        d.logs()
-    );
+            .contains("iptables-legacy has no change notifications")
+    });
     let ipt = Backend::IptLegacy.ipt("iptables");
     repaired(
         &ns,
