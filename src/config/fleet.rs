@@ -1275,4 +1275,78 @@ subnet = "198.18.2.0/24"
         assert!(e.contains(&want), "{e}");
         assert_eq!(e.matches("error:").count(), 1, "{e}");
     }
+
+    /// The `[fleet]` example in docs/config.md is a valid fleet.
+    #[test]
+    fn docs_fleet_example_parses() {
+        let doc = include_str!("../../docs/config.md");
+        let body = doc
+            .split("## `[fleet]`")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let d = ok(body, "node-a");
+        assert_eq!(d.vxlans.len(), 2);
+        assert!(d.peers.is_empty());
+    }
+
+    /// The pure path the engine takes: resolve, then plan. The VXLAN is
+    /// created on the interface holding the node's address (MTU from it);
+    /// unresolved, the planner blocks it and says why.
+    #[test]
+    fn planner_creates_the_vxlan_on_the_interface_holding_the_address() {
+        use crate::model::LinkState;
+        use crate::plan::{Op, plan};
+        let d = ok(FLEET, "node-b");
+        let mut o = Observed::default();
+        let blocked = plan(&d.resolve_underlays(&o), &o);
+        assert!(
+            blocked
+                .blocked
+                .iter()
+                .any(|b| b.reason == "underlay (interface with 192.0.2.12) absent"),
+            "{blocked}"
+        );
+        o.links.insert(
+            "ens3".into(),
+            LinkState {
+                name: "ens3".into(),
+                index: 2,
+                kind: String::new(),
+                mtu: 9000,
+                mac: None,
+                up: true,
+                vxlan: None,
+            },
+        );
+        o.addresses = vec![
+            AddressState {
+                dev: "ens3".into(),
+                cidr: "192.0.2.12/24".parse().unwrap(),
+                global: true,
+            },
+            AddressState {
+                dev: "ens3".into(),
+                cidr: "2001:db8::12/64".parse().unwrap(),
+                global: true,
+            },
+        ];
+        let p = plan(&d.resolve_underlays(&o), &o);
+        let created: Vec<(String, String, u32)> = p
+            .changes
+            .iter()
+            .filter_map(|c| match &c.op {
+                Op::CreateVxlan(v) => Some((v.name.clone(), v.underlay.clone(), v.mtu)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            created,
+            [
+                ("flannel.1".to_string(), "ens3".to_string(), 8950),
+                ("flannel-v6.1".to_string(), "ens3".to_string(), 8930),
+            ]
+        );
+    }
 }
