@@ -288,7 +288,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         },
         Command::Show { format } => match engine::observe_all(&handle, &desired).await {
             Ok(observed) => {
-                let doc = netconverge::show::show(&desired, &observed);
+                let doc = netconverge::show::show(&desired.resolve_underlays(&observed), &observed);
                 let text = match format {
                     ShowFormat::Json => {
                         serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())

@@ -11,7 +11,8 @@
 //! only: every device sits on the interface holding the node's address and
 //! carries the MAC derived from the node's name, every node's FDB points at
 //! every other node's derived MAC, and every node reaches every other's VTEP
-//! addresses over the overlay in IPv4 and IPv6.
+//! addresses over the overlay in IPv4 and IPv6. Then node-c leaves the
+//! file: node-a's next converge leaves nothing of it behind, and keeps node-b.
 //!
 //! The nodes share this host's filesystem, so each config is the example
 //! plus a `[lease]` with a path of its own (the fleet part is identical).
@@ -157,4 +158,46 @@ fn three_nodes_from_one_fleet_file_reach_each_other() {
             }
         }
     }
+
+    // Shrink: node-c leaves the file; node-a's next converge removes every
+    // object it had for node-c, and nothing else (node-b stays reachable).
+    let example = std::fs::read_to_string(&cfgs[0]).unwrap();
+    let start = example.find("[[fleet.node]]\nname = \"node-c\"").unwrap();
+    let end = example[start..].find("\n\n").unwrap() + start;
+    let shrunk = format!("{}{}", &example[..start], &example[end + 2..]);
+    std::fs::write(&cfgs[0], shrunk).unwrap();
+    let (a, c) = (&nss[0], &NODES[2]);
+    a.netconverge_exits(&cfgs[0], &["--node", "node-a", "converge"], 0);
+    let gone = [
+        c.v4.to_string(),
+        c.v6.to_string(),
+        c.vtep[0].to_string(),
+        c.vtep[1].to_string(),
+        Mac::derive(c.name, "flannel.1").to_string(),
+        Mac::derive(c.name, "flannel-v6.1").to_string(),
+    ];
+    let mut left = Vec::new();
+    for dev in ["flannel.1", "flannel-v6.1"] {
+        left.extend(a.bridge_list(&["fdb", "show", "dev", dev]));
+        left.extend(a.ip_list(&["neigh", "show", "dev", dev]));
+        left.extend(a.ip_list(&["route", "show", "dev", dev]));
+        left.extend(a.ip_list(&["-6", "route", "show", "dev", dev]));
+    }
+    let text: Vec<String> = left.iter().map(ToString::to_string).collect();
+    for g in &gone {
+        assert!(
+            !text
+                .iter()
+                .any(|t| t.contains(&format!("\"{g}\"")) || t.contains(&format!("\"{g}/"))),
+            "node-c's {g} is still on node-a: {text:#?}"
+        );
+    }
+    // positive control: node-b's objects are still there and it still answers
+    assert!(
+        text.iter()
+            .any(|t| t.contains(&format!("\"{}\"", NODES[1].v4))),
+        "{text:#?}"
+    );
+    let out = a.exec_output(&["ping", "-n", "-c", "1", "-W", "5", NODES[1].vtep[0]]);
+    assert_eq!(code(&out), 0, "{}", stdout_stderr(&out));
 }
