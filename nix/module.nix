@@ -172,6 +172,8 @@ in
             # fails the start) is set up.
             ExecStartPre =
               [ "+${pkgs.coreutils}/bin/mkdir -p ${leaseDir}" ]
+              # /run/netconverge: the one-writer-per-namespace lock
+              ++ [ "+${pkgs.coreutils}/bin/mkdir -p /run/netconverge" ]
               ++ lib.optional useIptables "+${pkgs.coreutils}/bin/touch /run/xtables.lock";
             # SIGTERM: STOPPING=1, exit, kernel state and NAT rules stay.
             KillMode = "mixed";
@@ -198,6 +200,7 @@ in
             PrivateMounts = true;
             ReadWritePaths = [
               leaseDir
+              "/run/netconverge"
               # accept_ra=0 on our own devices, the only sysctl we write;
               # ProtectKernelTunables keeps the rest of /proc/sys read-only.
               "-/proc/sys/net/ipv6/conf"

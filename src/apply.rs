@@ -4,7 +4,12 @@
 //! ESRCH / ENODEV / EADDRNOTAVAIL or an absent device on delete count as
 //! success); stages run in [`Stage`] order, the operations of one stage are
 //! independent (pipelined in bulk, or concurrent within a bounded window);
-//! one failure never stops the others and every failure is returned.
+//! one failure never stops the others and every failure is returned, with
+//! its errno when there is one ([`Failure::errno`]: decisions are made on
+//! that value, never on message text). An operation counts as applied only
+//! on the kernel's word (an ACK, or a bulk barrier covering it): a lost
+//! verdict is a failure. The objects on a device that could not be created
+//! are not attempted: they are reported once, as waiting for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -16,7 +21,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -26,8 +33,8 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::bulk::{BulkError, BulkRequest};
-use crate::model::{Mac, Observed};
-use crate::netlink::{Handle, REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
+use crate::model::{LinkState, Mac, Observed};
+use crate::netlink::{Errno, Handle, REQUEST_TIMEOUT, REQUEST_WINDOW, errno, error_text};
 use crate::nexthop::{NexthopMessage, NexthopNetlinkMessage};
 use crate::observe;
 use crate::plan::{Change, Op, Plan, RouteOp, Stage, VxlanCreate};
@@ -36,7 +43,19 @@ use crate::plan::{Change, Op, Plan, RouteOp, Stage, VxlanCreate};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
     pub object: String,
+    /// What went wrong, for people.
     pub error: String,
+    /// The errno behind it (the kernel's NACK, a system call's error, the
+    /// one a backend tool reported), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<Errno>,
+}
+
+impl Failure {
+    /// A missing privilege (EPERM/EACCES) rather than drift.
+    pub fn permission_denied(&self) -> bool {
+        self.errno.is_some_and(Errno::is_permission)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +72,19 @@ enum OpError {
     NoDevice(String),
     Invalid(String),
     Timeout,
-    Other(String),
+    /// A backend (NAT tool, lease file, sysctl) failed, with the errno it
+    /// reported if any.
+    Backend {
+        message: String,
+        errno: Option<Errno>,
+    },
+    /// The kernel refused a VXLAN device (EEXIST) because another one
+    /// already receives this VNI on this port (and address family).
+    VniTaken {
+        vni: u32,
+        port: u16,
+        holder: Option<String>,
+    },
 }
 
 impl fmt::Display for OpError {
@@ -62,11 +93,17 @@ impl fmt::Display for OpError {
             OpError::Netlink(e) => f.write_str(&error_text(e)),
             OpError::Bulk(e) => write!(f, "{e}"),
             OpError::NoDevice(d) => write!(f, "device `{d}` does not exist"),
-            OpError::Invalid(m) | OpError::Other(m) => f.write_str(m),
+            OpError::Invalid(m) => f.write_str(m),
+            OpError::Backend { message, .. } => f.write_str(message),
             OpError::Timeout => write!(
                 f,
                 "no reply from the kernel within {}s",
                 REQUEST_TIMEOUT.as_secs()
+            ),
+            OpError::VniTaken { vni, port, holder } => write!(
+                f,
+                "VNI {vni} port {port} already used by {}",
+                holder.as_deref().unwrap_or("another device")
             ),
         }
     }
@@ -79,14 +116,73 @@ impl From<rtnetlink::Error> for OpError {
 }
 
 impl OpError {
-    /// The errno of a kernel NACK (positive).
-    fn errno(&self) -> Option<i32> {
+    /// The errno behind the failure: a kernel NACK, a system call's error,
+    /// ENODEV for a device found missing before asking the kernel.
+    fn errno(&self) -> Option<Errno> {
         match self {
             OpError::Netlink(e) => errno(e),
-            OpError::Bulk(BulkError::Nack(code)) => Some(*code),
-            _ => None,
+            OpError::Bulk(e) => e.errno(),
+            OpError::NoDevice(_) => Some(Errno::ENODEV),
+            OpError::Backend { errno, .. } => *errno,
+            OpError::VniTaken { .. } => Some(Errno::EEXIST),
+            OpError::Invalid(_) | OpError::Timeout => None,
         }
     }
+
+    fn nat(e: &crate::nat::NatError) -> OpError {
+        OpError::Backend {
+            message: e.to_string(),
+            errno: nat_errno(e),
+        }
+    }
+
+    fn lease(e: &crate::lease::LeaseError) -> OpError {
+        use crate::lease::LeaseError as L;
+        // Every lease error comes from an I/O call (NotAFile became an
+        // observation, not an error).
+        let errno = match e {
+            L::Read { error, .. } | L::CreateDir { error, .. } | L::Write { error, .. } => {
+                Errno::of_io(error)
+            }
+        };
+        OpError::Backend {
+            message: e.to_string(),
+            errno,
+        }
+    }
+}
+
+/// The errno of a NAT backend failure. A tool that ran and failed reports
+/// its errno only as the C library's text for it (`nft`: "... Operation not
+/// permitted"; `iptables-restore`: "... Permission denied (you must be
+/// root)"); it is recognised once, here, for the few that change what the
+/// caller does.
+fn nat_errno(e: &crate::nat::NatError) -> Option<Errno> {
+    use crate::nat::NatError as N;
+    match e {
+        N::Spawn { source, .. } => Errno::of_io(source),
+        N::Failed { stderr, .. } => errno_in_tool_output(stderr),
+        N::Several(all) => all.iter().find_map(nat_errno),
+        _ => None,
+    }
+}
+
+/// The errno whose `strerror` text a tool printed, among those callers act on.
+fn errno_in_tool_output(text: &str) -> Option<Errno> {
+    [
+        Errno::EPERM,
+        Errno::EACCES,
+        Errno::EEXIST,
+        Errno::ENOENT,
+        Errno::EBUSY,
+    ]
+    .into_iter()
+    .find(|e| {
+        // strerror's text without the " (os error N)" std appends
+        let text_of = e.to_string();
+        let bare = text_of.split(" (os error").next().unwrap_or_default();
+        !bare.is_empty() && text.contains(bare)
+    })
 }
 
 /// Run `plan` against the kernel. `observed` supplies device indexes; they
@@ -109,8 +205,10 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
 
     let mut report = ApplyReport::default();
     let mut failures: Vec<(usize, Failure)> = Vec::new();
+    let mut waiting = Waiting::default();
     for (stage, changes) in stages {
         let index = &links;
+        let changes = waiting.hold(changes);
         let (bulk, single): (Vec<_>, Vec<_>) =
             changes.into_iter().partition(|(_, c)| is_bulk(&c.op));
         let mut results = run_bulk(handle, index, bulk).await;
@@ -121,26 +219,45 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
                 .collect::<Vec<_>>()
                 .await,
         );
+        let mut not_created = Vec::new();
         for (i, c, result) in results {
             match result {
                 Ok(()) => report.applied += 1,
-                Err(e) => failures.push((
-                    i,
-                    Failure {
-                        object: c.object.clone(),
-                        error: e.to_string(),
-                    },
-                )),
+                Err(e) => {
+                    if let Op::CreateVxlan(v) = &c.op {
+                        not_created.push((i, v.name.as_str()));
+                    }
+                    failures.push((
+                        i,
+                        Failure {
+                            object: c.object.clone(),
+                            error: e.to_string(),
+                            errno: e.errno(),
+                        },
+                    ));
+                }
             }
         }
-        if matches!(stage, Stage::DeleteLinks | Stage::CreateLinks) {
+        if matches!(
+            stage,
+            Stage::RenameLinks | Stage::DeleteLinks | Stage::CreateLinks
+        ) {
             match observe::dump_links(handle).await {
                 Ok(fresh) => links = fresh.into_values().map(|l| (l.name, l.index)).collect(),
                 // Later operations on the new devices then fail on their own.
                 Err(e) => tracing::warn!("re-reading links after {stage:?}: {e}"),
             }
         }
+        // A device whose creation failed and that does not exist: what
+        // would go on it waits for it (instead of failing one by one).
+        for (i, name) in not_created {
+            if !links.contains_key(name) {
+                waiting.devices.entry(name.to_string()).or_insert((i, 0));
+            }
+        }
     }
+    // (stable: a device's failure stays ahead of what waits for it)
+    failures.extend(waiting.failures());
     failures.sort_by_key(|(i, _)| *i);
     report.failures = failures.into_iter().map(|(_, f)| f).collect();
     report
@@ -148,11 +265,99 @@ pub async fn apply(handle: &Handle, plan: &Plan, observed: &Observed) -> ApplyRe
 
 type Outcome<'a> = (usize, &'a Change, Result<(), OpError>);
 
+/// Devices that could not be created in this apply, and the operations
+/// held back because they need one of them.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// device → (index of its failed creation in the plan, how many
+    /// operations are held back for it)
+    devices: BTreeMap<String, (usize, usize)>,
+    /// Nexthop objects held back (id → device): the routes through them
+    /// wait too.
+    nexthops: HashMap<u32, String>,
+}
+
+impl Waiting {
+    /// The changes of a stage that can run; the others are counted.
+    /// Deletions always run (nothing to delete on a missing device counts
+    /// as done).
+    fn hold<'a>(&mut self, changes: Vec<(usize, &'a Change)>) -> Vec<(usize, &'a Change)> {
+        if self.devices.is_empty() {
+            return changes;
+        }
+        let mut run = Vec::with_capacity(changes.len());
+        for (i, c) in changes {
+            let needs = match &c.op {
+                _ if is_delete(&c.op) => None,
+                // through a nexthop object held back: its device
+                Op::SetRoute(r) => r
+                    .nhid
+                    .and_then(|id| self.nexthops.get(&id).cloned())
+                    .or_else(|| r.dev.clone()),
+                op => device_of(op).map(str::to_owned),
+            };
+            match needs.as_deref().and_then(|d| self.devices.get_mut(d)) {
+                Some((_, held)) => {
+                    *held += 1;
+                    if let Op::SetNexthop(n) = &c.op {
+                        self.nexthops.insert(n.id, n.dev.clone());
+                    }
+                }
+                None => run.push((i, c)),
+            }
+        }
+        run
+    }
+
+    /// One failure per device with held operations, placed right after
+    /// the device's own.
+    fn failures(&self) -> impl Iterator<Item = (usize, Failure)> + '_ {
+        self.devices.iter().filter_map(|(dev, &(create, n))| {
+            let what = if n == 1 { "object" } else { "objects" };
+            (n > 0).then(|| {
+                (
+                    create,
+                    Failure {
+                        object: format!("{n} {what} on {dev}"),
+                        error: format!("waiting for vxlan {dev}"),
+                        errno: None,
+                    },
+                )
+            })
+        })
+    }
+}
+
+/// The device an operation puts something on (or changes).
+fn device_of(op: &Op) -> Option<&str> {
+    match op {
+        Op::SetLink { name, .. } | Op::DeleteLink { name } => Some(name),
+        Op::AddAddress { dev, .. }
+        | Op::DelAddress { dev, .. }
+        | Op::SetNeighbor { dev, .. }
+        | Op::DelNeighbor { dev, .. }
+        | Op::AddFdb { dev, .. }
+        | Op::DelFdb { dev, .. } => Some(dev),
+        Op::SetNexthop(n) => Some(&n.dev),
+        Op::SetRoute(r) | Op::DelRoute(r) => r.dev.as_deref(),
+        // (An operation not listed runs, and reports its own failure.)
+        _ => None,
+    }
+}
+
 /// The object kinds that go through the bulk socket.
 fn is_bulk(op: &Op) -> bool {
     !matches!(
         op,
-        Op::CreateVxlan(_) | Op::DeleteLink { .. } | Op::SetLink { .. } | Op::Nat(_) | Op::Lease(_)
+        Op::CreateVxlan(_)
+            | Op::DeleteLink { .. }
+            | Op::SetLink { .. }
+            | Op::RenameLink { .. }
+            | Op::RetireLink { .. }
+            | Op::MarkLink { .. }
+            | Op::SetVxlan { .. }
+            | Op::Nat(_)
+            | Op::Lease(_)
     )
 }
 
@@ -182,11 +387,30 @@ async fn run_bulk<'a>(
             continue;
         }
         let verdicts = handle.bulk().run(&requests).await;
-        for ((i, c), v) in sent.into_iter().zip(verdicts) {
+        for (i, c, v) in pair_verdicts(sent, verdicts) {
             out.push((i, c, settle(&c.op, v.map_err(OpError::Bulk))));
         }
     }
     out
+}
+
+/// Each sent operation with its verdict, in order. One the bulk socket did
+/// not answer for has an unknown outcome: a failure, never applied.
+fn pair_verdicts(
+    sent: Vec<(usize, &Change)>,
+    verdicts: Vec<Result<(), BulkError>>,
+) -> Vec<(usize, &Change, Result<(), BulkError>)> {
+    let mut verdicts = verdicts.into_iter();
+    sent.into_iter()
+        .map(|(i, c)| {
+            let v = verdicts.next().unwrap_or_else(|| Err(no_verdict()));
+            (i, c, v)
+        })
+        .collect()
+}
+
+fn no_verdict() -> BulkError {
+    BulkError::Lost("no verdict for this request".into())
 }
 
 /// One operation, bounded in time, with the idempotency rules applied.
@@ -209,6 +433,7 @@ fn is_delete(op: &Op) -> bool {
     matches!(
         op,
         Op::DeleteLink { .. }
+            | Op::RetireLink { .. }
             | Op::DelAddress { .. }
             | Op::DelNeighbor { .. }
             | Op::DelFdb { .. }
@@ -226,18 +451,25 @@ fn tolerated(op: &Op, e: &OpError) -> bool {
         // nexthops or routes: whatever was to be deleted is gone.
         return is_delete(op);
     }
-    let Some(code) = e.errno() else {
+    // Only the kernel's own answer: a backend's errno (a NAT tool, the
+    // lease file) says nothing about the object being in place.
+    let code = match e {
+        OpError::Netlink(_) | OpError::Bulk(_) => e.errno(),
+        _ => None,
+    };
+    let Some(code) = code else {
         return false;
     };
     if is_delete(op) {
-        matches!(code, libc::ENOENT | libc::ESRCH | libc::ENODEV)
-            || (code == libc::EADDRNOTAVAIL && matches!(op, Op::DelAddress { .. }))
+        matches!(code, Errno::ENOENT | Errno::ESRCH | Errno::ENODEV)
+            || (code == Errno::EADDRNOTAVAIL && matches!(op, Op::DelAddress { .. }))
     } else {
-        code == libc::EEXIST
+        // (A VXLAN device's EEXIST is sorted out where it is created: the
+        // name, or its VNI and port held by another device.)
+        code == Errno::EEXIST
             && matches!(
                 op,
-                Op::CreateVxlan(_)
-                    | Op::AddAddress { .. }
+                Op::AddAddress { .. }
                     | Op::SetNeighbor { .. }
                     | Op::AddFdb { .. }
                     | Op::SetRoute(_)
@@ -263,22 +495,60 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
                 .execute()
                 .await
             {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                // Marked only when this request created it: an existing
+                // device of that name is never claimed here (the planner
+                // blocks foreign ones; adoption is its own operation).
+                Ok(()) => {
+                    let mark = mark_message(LinkUnspec::new_with_name(&v.name).build());
+                    handle.link().change(mark).execute().await?;
+                }
+                Err(e) if errno(&e) == Some(Errno::EEXIST) => vxlan_exists(handle, v, e).await?,
                 Err(e) => return Err(e.into()),
             }
             disable_accept_ra(&v.name)
+        }
+        Op::MarkLink { name } => {
+            let msg = mark_message(LinkUnspec::new_with_index(index(links, name)?).build());
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RenameLink { from, to } => {
+            let msg = LinkUnspec::new_with_index(index(links, from)?)
+                .name(to.clone())
+                .build();
+            Ok(handle.link().change(msg).execute().await?)
+        }
+        Op::RetireLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
+        Op::SetVxlan {
+            name,
+            local,
+            underlay,
+            learning,
+        } => {
+            let under = underlay.as_deref().map(|u| index(links, u)).transpose()?;
+            let msg = vxlan_change_message(index(links, name)?, *local, under, *learning);
+            Ok(handle.link().change(msg).execute().await?)
         }
         Op::DeleteLink { name } => Ok(handle.link().del(index(links, name)?).execute().await?),
         Op::SetLink { name, mtu, mac, up } => {
             let msg = set_link_message(index(links, name)?, *mtu, *mac, *up);
             Ok(handle.link().change(msg).execute().await?)
         }
-        // Synchronous and quick (one transaction / one file). Run on this
-        // thread, not a blocking pool: the thread's network namespace is the
-        // one the caller means.
-        Op::Nat(n) => crate::nat::apply(n).map_err(|e| OpError::Other(e.to_string())),
-        Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::Other(e.to_string())),
+        // A NAT tool can wait on a lock for long (`-w`, a busy nft): on the
+        // blocking pool, so the daemon's loop keeps serving signals and the
+        // watchdog meanwhile. Pool threads are spawned from this thread and
+        // share its network namespace, as in `engine::observe_all`.
+        Op::Nat(n) => {
+            let n = n.clone();
+            tokio::task::spawn_blocking(move || crate::nat::apply(&n))
+                .await
+                .map_err(|e| OpError::Backend {
+                    message: format!("NAT task failed: {e}"),
+                    errno: None,
+                })?
+                .map_err(|e| OpError::nat(&e))
+        }
+        // One small file, synchronous and quick: on this thread.
+        Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::lease(&e)),
         // Object kinds go in bulk (`is_bulk`); one alone still works.
         other => {
             let req = bulk_request(links, other)?;
@@ -286,10 +556,58 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
             verdict
                 .into_iter()
                 .next()
-                .unwrap_or(Ok(()))
+                .unwrap_or_else(|| Err(no_verdict()))
                 .map_err(OpError::Bulk)
         }
     }
+}
+
+/// The kernel answered EEXIST to a VXLAN device: either the name exists
+/// (created since it was observed: the next round compares it, as for any
+/// existing device), or another device already receives this VNI on this
+/// port, which is what the kernel means when the name is free.
+async fn vxlan_exists(
+    handle: &Handle,
+    v: &VxlanCreate,
+    e: rtnetlink::Error,
+) -> Result<(), OpError> {
+    match observe::dump_links(handle).await {
+        Ok(links) if links.contains_key(&v.name) => Ok(()),
+        Ok(links) => Err(OpError::VniTaken {
+            vni: v.vni,
+            port: v.port,
+            holder: vni_holder(v, &links).map(str::to_owned),
+        }),
+        Err(dump) => {
+            tracing::debug!("re-reading links after EEXIST on {}: {dump}", v.name);
+            Err(e.into())
+        }
+    }
+}
+
+/// The device that keeps `v` from being created: a VXLAN device with the
+/// same VNI and port, preferably also in the same address family with the
+/// same receive flags (what the kernel compares).
+fn vni_holder<'a>(v: &VxlanCreate, links: &'a BTreeMap<String, LinkState>) -> Option<&'a str> {
+    let same_vni = || {
+        links.values().filter(|l| {
+            l.name != v.name
+                && l.vxlan
+                    .as_ref()
+                    .is_some_and(|x| x.vni == v.vni && x.port == v.port)
+        })
+    };
+    let same_family = |l: &&LinkState| {
+        l.vxlan.as_ref().is_some_and(|x| {
+            x.gbp == v.gbp
+                && x.local
+                    .map_or(v.local.is_ipv4(), |a| a.is_ipv6() == v.local.is_ipv6())
+        })
+    };
+    same_vni()
+        .find(same_family)
+        .or_else(|| same_vni().next())
+        .map(|l| l.name.as_str())
 }
 
 const ADD: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
@@ -301,11 +619,16 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
     use RouteNetlinkMessage as M;
     let route = |m, flags| Ok(BulkRequest::Route(m, flags));
     match op {
-        Op::AddAddress { dev, cidr } => route(
+        Op::AddAddress {
+            dev,
+            cidr,
+            protocol,
+        } => route(
             M::NewAddress(address_add_message(
                 index(links, dev)?,
                 cidr.addr(),
                 cidr.prefix_len(),
+                *protocol,
             )),
             ADD | NLM_F_EXCL,
         ),
@@ -368,6 +691,10 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
         Op::CreateVxlan(_)
         | Op::DeleteLink { .. }
         | Op::SetLink { .. }
+        | Op::RenameLink { .. }
+        | Op::RetireLink { .. }
+        | Op::MarkLink { .. }
+        | Op::SetVxlan { .. }
         | Op::Nat(_)
         | Op::Lease(_) => Err(OpError::Invalid(
             "not an object operation for the bulk socket".into(),
@@ -387,7 +714,10 @@ fn disable_accept_ra(dev: &str) -> Result<(), OpError> {
     match std::fs::write(&path, "0") {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(OpError::Other(format!("{}: {e}", path.display()))),
+        Err(e) => Err(OpError::Backend {
+            message: format!("{}: {e}", path.display()),
+            errno: Errno::of_io(&e),
+        }),
     }
 }
 
@@ -411,6 +741,42 @@ pub(crate) fn vxlan_message(v: &VxlanCreate, underlay: u32) -> LinkMessage {
         b = b.address(mac.0.to_vec());
     }
     b.mtu(v.mtu).up().build()
+}
+
+/// `msg` with netconverge's device mark as its ifalias.
+fn mark_message(mut msg: LinkMessage) -> LinkMessage {
+    msg.attributes.push(LinkAttribute::IfAlias(
+        crate::model::DEVICE_MARK.to_string(),
+    ));
+    msg
+}
+
+/// `ip link set INDEX type vxlan [local L] [dev U] [[no]learning]`: a
+/// changelink of only the attributes the kernel changes in place.
+pub(crate) fn vxlan_change_message(
+    index: u32,
+    local: Option<IpAddr>,
+    underlay: Option<u32>,
+    learning: Option<bool>,
+) -> LinkMessage {
+    let mut data = Vec::new();
+    match local {
+        Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+        Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+        None => {}
+    }
+    if let Some(u) = underlay {
+        data.push(InfoVxlan::Link(u));
+    }
+    if let Some(l) = learning {
+        data.push(InfoVxlan::Learning(l));
+    }
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Vxlan),
+        LinkInfo::Data(InfoData::Vxlan(data)),
+    ]));
+    msg
 }
 
 /// `ip link set` of only the given fields.
@@ -439,8 +805,13 @@ pub(crate) fn set_link_message(
 /// IPv4, like iproute2); IPv6 without duplicate address detection: a
 /// node-unique /128 on the overlay, which DAD would only delay (and routes
 /// using it as `src`).
-pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
-    match ip {
+pub(crate) fn address_add_message(
+    index: u32,
+    ip: IpAddr,
+    prefix_len: u8,
+    protocol: u8,
+) -> AddressMessage {
+    let mut m = match ip {
         IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
             .address(a, prefix_len)
@@ -453,7 +824,14 @@ pub(crate) fn address_add_message(index: u32, ip: IpAddr, prefix_len: u8) -> Add
             m.header.flags |= AddressHeaderFlags::Nodad;
             m
         }
+    };
+    // The kernel keeps it (IFA_PROTO): an address netconverge added is
+    // recognisable on any device, without the file.
+    if protocol != 0 {
+        m.attributes
+            .push(AddressAttribute::Protocol(protocol.into()));
     }
+    m
 }
 
 /// A permanent ARP/NDP entry (`ip neigh replace IP lladdr MAC dev INDEX
@@ -801,7 +1179,7 @@ mod tests {
     }
 
     fn bulk_nack(code: i32) -> OpError {
-        OpError::Bulk(BulkError::Nack(code))
+        OpError::Bulk(BulkError::Nack(Errno::new(code)))
     }
 
     #[test]
@@ -903,9 +1281,9 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_skip_dad_and_ipv4_ones_carry_a_broadcast() {
-        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128);
+        let v6 = address_add_message(3, "fd00::1".parse().unwrap(), 128, 0);
         assert!(v6.header.flags.contains(AddressHeaderFlags::Nodad));
-        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24);
+        let v4 = address_add_message(3, "198.18.1.1".parse().unwrap(), 24, 0);
         assert!(!v4.header.flags.contains(AddressHeaderFlags::Nodad));
         assert!(
             v4.attributes
@@ -936,5 +1314,227 @@ mod tests {
         let add = route_message(&r, None).unwrap();
         assert_eq!(add.header.scope, RouteScope::Universe);
         assert_eq!(u8::from(add.header.protocol), 199);
+    }
+
+    fn change(object: &str, op: Op) -> Change {
+        Change {
+            kind: crate::plan::ChangeKind::Add,
+            object: object.into(),
+            reason: "test".into(),
+            op,
+        }
+    }
+
+    fn address(dev: &str) -> Op {
+        Op::AddAddress {
+            dev: dev.into(),
+            cidr: "198.18.1.0/32".parse().unwrap(),
+            protocol: crate::model::ROUTE_PROTOCOL,
+        }
+    }
+
+    #[test]
+    fn a_missing_bulk_verdict_is_a_failure_never_applied() {
+        let changes: Vec<Change> = (0..3).map(|_| change("a", address("v"))).collect();
+        let sent: Vec<(usize, &Change)> = changes.iter().enumerate().collect();
+        // one verdict for three requests
+        let paired = pair_verdicts(sent.clone(), vec![Ok(())]);
+        assert_eq!(paired.len(), 3, "every request is accounted for");
+        assert!(paired[0].2.is_ok());
+        for (i, _, v) in &paired[1..] {
+            assert!(
+                matches!(v, Err(BulkError::Lost(_))),
+                "request {i} had no verdict: {v:?}"
+            );
+        }
+        assert!(
+            pair_verdicts(sent, vec![])
+                .iter()
+                .all(|(_, _, v)| v.is_err()),
+            "no verdicts at all: nothing applied"
+        );
+        // and a lost outcome is never taken for "already there"
+        assert!(!tolerated(&address("v"), &OpError::Bulk(no_verdict())));
+    }
+
+    fn nexthop(id: u32, dev: &str) -> Op {
+        Op::SetNexthop(crate::plan::NexthopOp {
+            id,
+            via: "198.18.2.0".parse().unwrap(),
+            dev: dev.into(),
+            onlink: true,
+            protocol: 199,
+        })
+    }
+
+    #[test]
+    fn what_needs_a_device_that_was_not_created_waits_for_it_once() {
+        let through_nexthop = RouteOp {
+            nhid: Some(7),
+            dev: None,
+            via: None,
+            ..route_op()
+        };
+        let changes = [
+            change("address", address("flannel.1")),
+            change("address elsewhere", address("eth0")),
+            change("nexthop", nexthop(7, "flannel.1")),
+            change("route via nexthop", Op::SetRoute(through_nexthop)),
+            change("route", Op::SetRoute(route_op())),
+            change("stale route", Op::DelRoute(route_op())),
+            change("nexthop elsewhere", nexthop(8, "eth0")),
+        ];
+        let mut w = Waiting::default();
+        let all: Vec<(usize, &Change)> = changes.iter().enumerate().collect();
+        assert_eq!(w.hold(all.clone()).len(), all.len(), "nothing waits yet");
+        w.devices.insert("flannel.1".into(), (42, 0));
+        // stage by stage, like apply (nexthops before the routes)
+        let mut run: Vec<&str> = Vec::new();
+        for stage in [&all[..2], &all[2..3], &all[6..], &all[3..6]] {
+            run.extend(
+                w.hold(stage.to_vec())
+                    .iter()
+                    .map(|(_, c)| c.object.as_str()),
+            );
+        }
+        assert_eq!(
+            run,
+            ["address elsewhere", "nexthop elsewhere", "stale route"],
+            "deletions and other devices go ahead"
+        );
+        let failures: Vec<(usize, Failure)> = w.failures().collect();
+        assert_eq!(
+            failures,
+            [(
+                42,
+                Failure {
+                    object: "4 objects on flannel.1".into(),
+                    error: "waiting for vxlan flannel.1".into(),
+                    errno: None,
+                }
+            )]
+        );
+        // a device nothing waited for reports nothing
+        w.devices.insert("other".into(), (43, 0));
+        assert_eq!(w.failures().count(), 1);
+    }
+
+    fn vxlan_link(name: &str, vni: u32, port: u16, local: &str, gbp: bool) -> LinkState {
+        let mut info = vec![InfoVxlan::Id(vni), InfoVxlan::Port(port)];
+        match local.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => info.push(InfoVxlan::Local(a)),
+            IpAddr::V6(a) => info.push(InfoVxlan::Local6(a)),
+        }
+        if gbp {
+            info.push(InfoVxlan::Gbp);
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = vni + 100;
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(rtnetlink::packet_route::link::InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(info)),
+            ]),
+        ];
+        LinkState::try_from(&msg).unwrap()
+    }
+
+    #[test]
+    fn the_holder_of_a_vni_is_the_device_the_kernel_compares_with() {
+        let v = VxlanCreate {
+            name: "flannel.1".into(),
+            vni: 1,
+            port: 8472,
+            underlay: "eth0".into(),
+            family: crate::model::Family::Ipv4,
+            local: "192.0.2.1".parse().unwrap(),
+            mac: None,
+            mtu: 1450,
+            learning: false,
+            gbp: false,
+        };
+        let links = |ls: Vec<LinkState>| -> BTreeMap<String, LinkState> {
+            ls.into_iter().map(|l| (l.name.clone(), l)).collect()
+        };
+        let all = links(vec![
+            vxlan_link("a-v6", 1, 8472, "2001:db8::1", false),
+            vxlan_link("b-other-port", 1, 4789, "192.0.2.1", false),
+            vxlan_link("c-gbp", 1, 8472, "192.0.2.1", true),
+            vxlan_link("d-holder", 1, 8472, "192.0.2.9", false),
+        ]);
+        assert_eq!(vni_holder(&v, &all), Some("d-holder"));
+        let loose = links(vec![vxlan_link("a-v6", 1, 8472, "2001:db8::1", false)]);
+        assert_eq!(vni_holder(&v, &loose), Some("a-v6"), "the best guess");
+        let none = links(vec![
+            vxlan_link("b-other-port", 1, 4789, "192.0.2.1", false),
+            vxlan_link("flannel.1", 1, 8472, "192.0.2.1", false),
+        ]);
+        assert_eq!(vni_holder(&v, &none), None);
+        let e = OpError::VniTaken {
+            vni: 1,
+            port: 8472,
+            holder: Some("vx-foreign".into()),
+        };
+        assert_eq!(e.to_string(), "VNI 1 port 8472 already used by vx-foreign");
+        assert_eq!(e.errno(), Some(Errno::EEXIST));
+        assert!(
+            !tolerated(&Op::CreateVxlan(v), &e),
+            "a conflict, not a device in place"
+        );
+    }
+
+    #[test]
+    fn errnos_come_from_values_and_tools_reports() {
+        use crate::nat::NatError;
+        let failed = |stderr: &str| NatError::Failed {
+            command: "nft -j -f -".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        let nft = failed("netlink: Error: cache initialization failed: Operation not permitted");
+        assert_eq!(nat_errno(&nft), Some(Errno::EPERM));
+        let ipt = failed(
+            "iptables-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: \
+             Permission denied (you must be root)",
+        );
+        assert_eq!(nat_errno(&ipt), Some(Errno::EACCES));
+        assert_eq!(
+            nat_errno(&failed("Error: syntax error, unexpected junk")),
+            None
+        );
+        let spawn = NatError::Spawn {
+            tool: "nft".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(nat_errno(&spawn), Some(Errno::EACCES));
+        assert_eq!(
+            nat_errno(&NatError::Several(vec![failed("junk"), nft])),
+            Some(Errno::EPERM)
+        );
+        let lease = crate::lease::LeaseError::Write {
+            path: "/run/flannel/subnet.env".into(),
+            error: std::io::Error::from_raw_os_error(libc::EROFS),
+        };
+        let e = OpError::lease(&lease);
+        assert_eq!(e.errno(), Some(Errno::new(libc::EROFS)));
+        assert!(e.to_string().contains("Read-only file system"), "{e}");
+        // a backend's EEXIST is not the kernel saying the object is there
+        let backend = OpError::Backend {
+            message: "x".into(),
+            errno: Some(Errno::EEXIST),
+        };
+        assert!(!tolerated(&address("v"), &backend));
+
+        // permission is decided on the value, not the words
+        let f = |errno| Failure {
+            object: "route".into(),
+            error: "Operation not permitted (os error 1)".into(),
+            errno,
+        };
+        assert!(f(Some(Errno::EPERM)).permission_denied());
+        assert!(f(Some(Errno::EACCES)).permission_denied());
+        assert!(!f(None).permission_denied());
+        assert!(!f(Some(Errno::EEXIST)).permission_denied());
     }
 }

@@ -18,6 +18,8 @@ pub enum EngineError {
     Observe(#[from] ObserveError),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
 }
 
 /// Read everything the desired state manages: kernel objects through
@@ -27,7 +29,13 @@ pub async fn observe_all(
     handle: &crate::netlink::Handle,
     desired: &Desired,
 ) -> Result<Observed, EngineError> {
-    let mut observed = observe::observe(handle, desired).await?;
+    // Old route protocols from the record: their routes and nexthops are
+    // ours to sweep, whatever the file says now.
+    let past = match crate::record::state_dir(desired) {
+        Some(dir) => crate::record::past_protocols(&dir, desired.engine.route_protocol)?,
+        None => Default::default(),
+    };
+    let mut observed = observe::observe_owning(handle, desired, &past).await?;
     let nat = desired.nat.clone();
     let lease = desired.lease.clone();
     let (nat, lease) = tokio::task::spawn_blocking(move || {
@@ -79,16 +87,20 @@ impl Outcome {
     }
 
     /// Whether any failure was a permission problem (exit code 3).
+    /// EPERM/EACCES from the kernel or a backend (by errno): not a drift
+    /// but a missing capability (run as root or with CAP_NET_ADMIN).
     pub fn permission_denied(&self) -> bool {
-        self.failures.iter().any(is_permission_denied)
+        self.failures.iter().any(Failure::permission_denied)
     }
 }
 
-/// EPERM/EACCES from the kernel or a backend: not a drift but a missing
-/// capability (run as root or with CAP_NET_ADMIN).
-fn is_permission_denied(f: &Failure) -> bool {
-    let e = f.error.to_ascii_lowercase();
-    e.contains("operation not permitted") || e.contains("permission denied")
+/// Record the route protocol before anything carrying it is created: a
+/// later protocol change must still recognise (and sweep) these routes.
+fn remember(desired: &Desired) -> Result<(), EngineError> {
+    if let Some(dir) = crate::record::state_dir(desired) {
+        crate::record::remember_protocol(&dir, desired.engine.route_protocol)?;
+    }
+    Ok(())
 }
 
 /// Apply until the kernel matches: at most `max_rounds` rounds of
@@ -119,6 +131,7 @@ pub async fn converge_keeping(
     let mut initial: Option<Plan> = None;
     while !current.is_empty() && out.rounds < max_rounds.max(1) {
         out.rounds += 1;
+        remember(desired)?;
         let report = apply::apply(handle, &current, &observed).await;
         out.applied += report.applied;
         if !report.failures.is_empty() {

@@ -19,4 +19,5 @@ pub mod netlink;
 pub mod nexthop;
 pub mod observe;
 pub mod plan;
+pub mod record;
 pub mod show;

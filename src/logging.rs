@@ -2,7 +2,9 @@
 //! without timestamps under journald (which adds its own), or JSON.
 //!
 //! Invariant: logs go to stderr only; stdout is reserved for command output
-//! (diffs, `show`), so scripts can parse it.
+//! (diffs, `show`), so scripts can parse it. Logging never fails and never
+//! panics: a log line that cannot be written (journald's stream closed, a
+//! full disk behind a redirect) is dropped, and the daemon keeps working.
 
 use std::fmt;
 use std::io::IsTerminal as _;
@@ -48,6 +50,24 @@ where
     }
 }
 
+/// stderr, with every write error swallowed: a broken log stream must not
+/// stop (or, through tracing's own error reporting to stderr, panic) the
+/// daemon that keeps the overlay up.
+pub struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Pretend it was written: a retry would only fail again.
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Install the global subscriber. `verbosity` raises the default level
 /// (0 = info, 1 = debug, 2+ = trace); `RUST_LOG` overrides it.
 pub fn init(format: LogFormat, verbosity: u8) {
@@ -61,7 +81,9 @@ pub fn init(format: LogFormat, verbosity: u8) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        // its fallback for a failed write is `eprintln!`, which panics
+        .log_internal_errors(false)
         // Colours only for a person at a terminal: a log file or a pipe to
         // another supervisor must not fill up with escape sequences.
         .with_ansi(std::io::stderr().is_terminal());

@@ -1,5 +1,12 @@
-//! The `netconverge` command line: parses arguments, loads the config, and
-//! maps outcomes to the documented exit codes. All logic lives in the library.
+//! The `netconverge` command line: parses arguments, loads the config, takes
+//! the namespace's writer lock ([`lock`]), and maps outcomes to the
+//! documented exit codes. All logic lives in the library.
+//!
+//! Invariant: nothing printed can panic or change what was done. Every write
+//! to stdout goes through [`out`]: a closed pipe (`show | head`) silences
+//! the rest quietly, any other write error is one line on stderr and exit 3.
+
+mod lock;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +32,9 @@ Exit codes:
   0  in sync / converged
   1  drift found (--check), or some objects could not be converged or are blocked
   2  invalid config or usage
-  3  system state could not be read or written (permissions, no netlink)";
+  3  system state could not be read or written (missing CAP_NET_ADMIN, no netlink),
+     or the output could not be written (e.g. disk full)
+  4  another netconverge (a daemon) manages this network namespace; nothing was changed";
 
 /// Keeps a node's VXLAN overlay (devices, addresses, routes, FDB and
 /// neighbour entries, NAT masquerade, flannel's subnet.env) exactly as
@@ -75,7 +84,7 @@ enum Command {
     Validate,
     /// Make the kernel match the file, then verify (or, with --check, only show the diff).
     #[command(
-        after_help = "Examples:\n  netconverge converge\n  netconverge converge --check\n  netconverge converge --check --format json\n\nDiff lines: `+` add, `-` remove, `~` change, `!` blocked; each with its reason."
+        after_help = "Examples:\n  netconverge converge\n  netconverge converge --check\n  netconverge converge --check --format json\n  netconverge converge --reload   # a daemon runs this file: make it reload\n\nDiff lines: `+` add, `-` remove, `~` change, `!` blocked; each with its reason.\nNext to a daemon in the same network namespace, converge is refused (exit 4) unless --force."
     )]
     Converge {
         /// Change nothing; print what differs and exit 1 if anything does.
@@ -83,6 +92,15 @@ enum Command {
         check: bool,
         #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
         format: DiffFormat,
+        /// Converge even while a daemon manages this network namespace (it
+        /// reverts whatever its own file does not declare).
+        #[arg(long, conflicts_with = "check")]
+        force: bool,
+        /// If a daemon manages this namespace with the same file, ask it to
+        /// reload the file (SIGHUP) instead of converging here; without a
+        /// daemon, converge here.
+        #[arg(long, conflicts_with_all = ["check", "force"])]
+        reload: bool,
     },
     /// Print the live state of everything the file manages.
     #[command(
@@ -94,7 +112,7 @@ enum Command {
     },
     /// Run as a daemon: converge, then keep converging on every change (systemd Type=notify).
     #[command(
-        after_help = "Signals: SIGHUP reloads the file, SIGTERM/SIGINT stop (state is left in place)."
+        after_help = "Signals: SIGHUP reloads the file, SIGTERM/SIGINT stop (state is left in place).\nOne daemon per network namespace: it holds /run/netconverge/netns-<inode>.lock; a second one exits 4."
     )]
     Run,
     /// Remove everything netconverge owns: its VXLAN devices (with all on them),
@@ -106,6 +124,10 @@ enum Command {
         /// Only print what would be removed.
         #[arg(long)]
         check: bool,
+        /// Clean up even while a daemon manages this network namespace (it
+        /// recreates what its file declares).
+        #[arg(long, conflicts_with = "check")]
+        force: bool,
     },
     /// Print shell completions.
     #[command(hide = true)]
@@ -120,25 +142,119 @@ mod code {
     pub const DRIFT: u8 = 1;
     pub const CONFIG: u8 = 2;
     pub const SYSTEM: u8 = 3;
+    pub const LOCKED: u8 = 4;
+}
+
+/// Everything written to stdout, and the diagnostics on stderr.
+mod out {
+    use std::fmt::Display;
+    use std::io::{self, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// stdout's reader went away (EPIPE): the rest is not written, quietly.
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    /// Another write error was reported: the command exits 3.
+    static FAILED: AtomicBool = AtomicBool::new(false);
+
+    /// Write `text` to stdout in 64 KiB writes (stdout is line-buffered: a
+    /// plan of 40 000 lines would otherwise cost 40 000 syscalls).
+    pub fn print(text: impl Display) {
+        if CLOSED.load(Ordering::Relaxed) || FAILED.load(Ordering::Relaxed) {
+            return;
+        }
+        let stdout = io::stdout();
+        let mut lock = stdout.lock();
+        let mut buf = io::BufWriter::with_capacity(64 << 10, &mut lock);
+        let written = write!(buf, "{text}").and_then(|()| buf.flush());
+        drop(buf);
+        if let Err(e) = written.and_then(|()| lock.flush()) {
+            failed(&e);
+        }
+    }
+
+    /// [`print`] followed by a newline.
+    pub fn println(text: impl Display) {
+        print(format_args!("{text}\n"));
+    }
+
+    /// Raw bytes (completions, man page) to stdout.
+    pub fn bytes(b: &[u8]) {
+        let mut lock = io::stdout().lock();
+        if let Err(e) = lock.write_all(b).and_then(|()| lock.flush()) {
+            failed(&e);
+        }
+    }
+
+    /// Record a failed stdout write: EPIPE is the reader's choice, not ours
+    /// to report; anything else is said once.
+    pub fn failed(e: &io::Error) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            CLOSED.store(true, Ordering::Relaxed);
+        } else if !FAILED.swap(true, Ordering::Relaxed) {
+            eprintln(format_args!("netconverge: cannot write to stdout: {e}"));
+        }
+    }
+
+    /// An error about the output itself (one line on stderr): exit 3.
+    pub fn error(text: impl Display) {
+        FAILED.store(true, Ordering::Relaxed);
+        eprintln(text);
+    }
+
+    /// A line on stderr; if stderr itself is broken there is nobody left to
+    /// tell, so the error is dropped (never a panic).
+    pub fn eprintln(text: impl Display) {
+        let _ = writeln!(io::stderr().lock(), "{text}");
+    }
+
+    /// `text` on stderr as is (it ends with its own newline).
+    pub fn eprint(text: impl Display) {
+        let _ = write!(io::stderr().lock(), "{text}");
+    }
+
+    /// The command's exit code, or 3 when its output could not be written.
+    pub fn status(code: std::process::ExitCode) -> std::process::ExitCode {
+        if FAILED.load(Ordering::Relaxed) {
+            std::process::ExitCode::from(super::code::SYSTEM)
+        } else {
+            code
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    out::status(real_main())
+}
+
+fn real_main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help/--version go to stdout, usage errors to stderr
+            if let Err(io) = e.print()
+                && !e.use_stderr()
+            {
+                out::failed(&io);
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(code::CONFIG));
+        }
+    };
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "netconverge",
-                &mut std::io::stdout(),
-            );
+            // into memory first: clap_complete panics on a failed write
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "netconverge", &mut buf);
+            out::bytes(&buf);
             return ExitCode::SUCCESS;
         }
         Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(code::SYSTEM, &format!("cannot write man page: {e}")),
+            let mut buf = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut buf) {
+                Ok(()) => {
+                    out::bytes(&buf);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(code::SYSTEM, &format!("cannot render man page: {e}")),
             };
         }
         _ => {}
@@ -149,27 +265,37 @@ fn main() -> ExitCode {
     let desired = match load(&cli.config, cli.node.as_deref(), needs_seed) {
         Ok(d) => d,
         Err(errors) => {
-            eprint!("{errors}");
-            eprintln!(
+            out::eprint(&errors);
+            out::eprintln(format_args!(
                 "{}: {} error{}; nothing was applied",
                 cli.config.display(),
                 errors.0.len(),
                 if errors.0.len() == 1 { "" } else { "s" }
-            );
+            ));
             return ExitCode::from(code::CONFIG);
         }
     };
     if let Command::Validate = cli.command {
-        println!("{}: ok", cli.config.display());
+        out::println(format_args!("{}: ok", cli.config.display()));
         // A warning, not an error: the NixOS build sandbox has no nft either.
         if let Some(nat) = desired.nat.as_ref()
             && let Err(e) = netconverge::nat::check_backend(nat)
         {
-            eprintln!("warning: {e}");
+            out::eprintln(format_args!("warning: {e}"));
         }
         warn_nm_managed_blocking(&desired);
         return ExitCode::SUCCESS;
     }
+    if let Some(missing) = missing_privilege(&cli.command, &desired) {
+        return fail(code::SYSTEM, &missing);
+    }
+    // Before the runtime: waiting for a one-shot holder blocks this thread.
+    let _lock = match take_lock(&cli) {
+        Ok(Locked::Held(l)) => Some(l),
+        Ok(Locked::Forced | Locked::NotNeeded) => None,
+        Ok(Locked::Done(code)) => return code,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,7 +303,195 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(code::SYSTEM, &format!("cannot start runtime: {e}")),
     };
+    // `_lock` lives until here: a daemon holds it for its whole life.
     runtime.block_on(async_main(cli, desired))
+}
+
+/// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Why this command cannot run with this process's privileges, if it
+/// cannot. Writing kernel state needs CAP_NET_ADMIN; so does reading NAT
+/// rules (nft/iptables refuse without it), so a read-only command with
+/// `[nat]` needs it too rather than report a half-read state.
+fn missing_privilege(command: &Command, desired: &Desired) -> Option<String> {
+    let (what, why) = match command {
+        Command::Run => ("run", "to change network state"),
+        Command::Converge { check: false, .. } => ("converge", "to change network state"),
+        Command::Cleanup { check: false, .. } => ("cleanup", "to change network state"),
+        Command::Converge { check: true, .. } if desired.nat.is_some() => {
+            ("converge --check", "to read the NAT rules of [nat]")
+        }
+        Command::Cleanup { check: true, .. } if desired.nat.is_some() => {
+            ("cleanup --check", "to read the NAT rules of [nat]")
+        }
+        Command::Show { .. } if desired.nat.is_some() => ("show", "to read the NAT rules of [nat]"),
+        _ => return None,
+    };
+    (!has_capability(CAP_NET_ADMIN)).then(|| {
+        format!(
+            "{what} needs CAP_NET_ADMIN {why}, and this process lacks it: run it as root (or give it CAP_NET_ADMIN, e.g. systemd AmbientCapabilities=CAP_NET_ADMIN)"
+        )
+    })
+}
+
+/// Whether capability `bit` is in this process's effective set. Unknown
+/// (no /proc) counts as present: the kernel's EPERM still answers later.
+fn has_capability(bit: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1u64 << bit) != 0)
+}
+
+/// What [`take_lock`] decided.
+enum Locked {
+    /// This process is the namespace's writer.
+    Held(lock::Lock),
+    /// `--force`: writing next to the holder, without the lock.
+    Forced,
+    /// Nothing more to do (`--reload` handed the file to the daemon).
+    Done(ExitCode),
+    /// A read-only command: no lock needed.
+    NotNeeded,
+}
+
+/// Take the namespace's writer lock for commands that change kernel state;
+/// read-only commands never touch it. `Err` is the exit code of a refusal
+/// (already explained on stderr).
+fn take_lock(cli: &Cli) -> Result<Locked, ExitCode> {
+    let (role, force, reload) = match cli.command {
+        Command::Run => (lock::Role::Daemon, false, false),
+        Command::Converge {
+            check: false,
+            force,
+            reload,
+            ..
+        } => (lock::Role::Converge, force, reload),
+        Command::Cleanup {
+            check: false,
+            force,
+        } => (lock::Role::Cleanup, force, false),
+        _ => return Ok(Locked::NotNeeded),
+    };
+    let (path, holder) = match lock::acquire(role, &cli.config) {
+        Ok(l) => {
+            if reload {
+                out::eprintln(
+                    "netconverge: no daemon manages this network namespace: converging here",
+                );
+            }
+            return Ok(Locked::Held(l));
+        }
+        Err(lock::LockError::Busy { path, holder }) => (path, holder),
+        // The daemon keeps the overlay up even where /run/netconverge cannot
+        // be written (a unit without RuntimeDirectory=netconverge under
+        // ProtectSystem=strict): say so loudly, run unlocked.
+        Err(e @ lock::LockError::Io { .. }) if role == lock::Role::Daemon => {
+            tracing::warn!(
+                "{e}; running WITHOUT the one-writer lock (give the unit RuntimeDirectory=netconverge)"
+            );
+            return Ok(Locked::Forced);
+        }
+        Err(e @ lock::LockError::Io { .. }) => return Err(fail(code::SYSTEM, &e.to_string())),
+    };
+    let busy = lock::LockError::Busy {
+        path,
+        holder: holder.clone(),
+    };
+    if force {
+        out::eprintln(format_args!(
+            "netconverge: warning: --force: {busy}; changing it anyway"
+        ));
+        return Ok(Locked::Forced);
+    }
+    if reload && holder.is_daemon() {
+        return Ok(Locked::Done(ask_daemon_to_reload(&holder, &cli.config)));
+    }
+    out::eprintln(format_args!(
+        "netconverge: {busy}; nothing was changed\n  hint: {}",
+        lock_hint(role, &holder)
+    ));
+    Err(ExitCode::from(code::LOCKED))
+}
+
+/// What to do instead, for a `role` that found `holder` in the way.
+fn lock_hint(role: lock::Role, holder: &lock::Holder) -> String {
+    let pid = holder.local_pid();
+    if !holder.is_daemon() {
+        return "it is a one-shot command: try again when it has finished".to_string();
+    }
+    let stop = match pid {
+        Some(p) => format!("`systemctl stop netconverge` or `kill {p}`"),
+        None => "`systemctl stop netconverge`".to_string(),
+    };
+    match role {
+        lock::Role::Daemon => {
+            format!("one daemon per network namespace: stop the other first ({stop})")
+        }
+        lock::Role::Cleanup => format!(
+            "the daemon would recreate what cleanup removes: stop it first ({stop}); --force cleans up anyway"
+        ),
+        lock::Role::Converge => {
+            let file = if holder.config.is_empty() {
+                "the daemon's file".to_string()
+            } else {
+                holder.config.clone()
+            };
+            let hup = match pid {
+                Some(p) => format!(", `kill -HUP {p}`"),
+                None => String::new(),
+            };
+            format!(
+                "the daemon would revert this converge: edit {file} and reload it (`systemctl reload netconverge`{hup}, or `netconverge -c {file} converge --reload`); --force converges anyway"
+            )
+        }
+    }
+}
+
+/// `converge --reload` next to a daemon: SIGHUP it, if it runs the same
+/// file (a reload re-reads the daemon's own file, not ours).
+fn ask_daemon_to_reload(holder: &lock::Holder, config: &Path) -> ExitCode {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let ours = canonical(config);
+    if canonical(Path::new(&holder.config)) != ours {
+        return fail(
+            code::LOCKED,
+            &format!(
+                "{holder} manages this network namespace with another file: a reload would load {}, not {}; nothing was changed",
+                holder.config,
+                ours.display()
+            ),
+        );
+    }
+    let Some(pid) = holder.local_pid().and_then(|p| i32::try_from(p).ok()) else {
+        return fail(
+            code::LOCKED,
+            &format!(
+                "{holder} runs in another pid namespace: reload it there (`systemctl reload netconverge`); nothing was changed"
+            ),
+        );
+    };
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    ) {
+        Ok(()) => {
+            out::eprintln(format_args!(
+                "netconverge: asked the daemon (pid {pid}) to reload {}; it logs the result",
+                ours.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(
+            code::SYSTEM,
+            &format!("cannot signal the daemon (pid {pid}): {e}"),
+        ),
+    }
 }
 
 /// How long `validate`/`converge --check` may spend asking NetworkManager.
@@ -194,7 +508,7 @@ async fn warn_nm_managed(desired: &Desired) {
     match nm::managed_devices(&owned, NM_QUERY_BUDGET).await {
         Ok(devices) => devices
             .iter()
-            .for_each(|d| eprintln!("netconverge: {}", nm::managed_warning(d))),
+            .for_each(|d| out::eprintln(format_args!("netconverge: {}", nm::managed_warning(d)))),
         Err(e) => tracing::debug!("cannot ask NetworkManager about owned devices: {e}"),
     }
 }
@@ -245,7 +559,7 @@ fn machine_id() -> Option<String> {
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
-    eprintln!("netconverge: {msg}");
+    out::eprintln(format_args!("netconverge: {msg}"));
     ExitCode::from(code)
 }
 
@@ -258,6 +572,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         Command::Converge {
             check: true,
             format,
+            ..
         } => match engine::check(&handle, &desired).await {
             Ok(plan) => {
                 warn_nm_managed(&desired).await;
@@ -273,6 +588,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         Command::Converge {
             check: false,
             format,
+            ..
         } => match engine::converge(&handle, &desired, 3).await {
             Ok(outcome) => {
                 print_outcome(&outcome, format);
@@ -297,7 +613,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
                 };
                 match text {
                     Ok(t) => {
-                        println!("{}", t.trim_end());
+                        out::println(t.trim_end());
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(code::SYSTEM, &format!("cannot render state: {e}")),
@@ -305,7 +621,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             }
             Err(e) => fail(code::SYSTEM, &e.to_string()),
         },
-        Command::Cleanup { check } => cleanup(&handle, &desired, check).await,
+        Command::Cleanup { check, .. } => cleanup(&handle, &desired, check).await,
         Command::Run => {
             drop(handle);
             let path = cli.config.clone();
@@ -334,60 +650,40 @@ async fn cleanup(
         Err(e) => return fail(code::SYSTEM, &e.to_string()),
     };
     let plan = netconverge::plan::cleanup_plan(desired, &observed);
-    print_all(&plan);
+    out::print(&plan);
     if check {
         // The NAT part is not in the plan (nat::cleanup runs on its own
         // below), but --check must list everything cleanup would remove.
         for r in nat_cleanup_preview(desired, &observed) {
-            println!("- {r}: cleanup");
+            out::println(format_args!("- {r}: cleanup"));
         }
         return ExitCode::SUCCESS;
     }
     let report = netconverge::apply::apply(handle, &plan, &observed).await;
     let mut failed = report.failures.len();
     for f in &report.failures {
-        eprintln!("failed: {}: {}", f.object, f.error);
+        out::eprintln(format_args!("failed: {}: {}", f.object, f.error));
     }
-    if let Some(nat) = desired.nat.as_ref() {
-        match netconverge::nat::cleanup(nat) {
-            Ok(removed) => removed.iter().for_each(|r| println!("- {r}: cleanup")),
-            Err(e) => {
-                failed += 1;
-                eprintln!("failed: nat cleanup: {e}");
-            }
+    // Even without [nat]: what an earlier file made is found by its markers.
+    match netconverge::nat::cleanup(desired.nat.as_ref(), &observed.nat) {
+        Ok(removed) => removed
+            .iter()
+            .for_each(|r| out::println(format_args!("- {r}: cleanup"))),
+        Err(e) => {
+            failed += 1;
+            out::eprintln(format_args!("failed: nat cleanup: {e}"));
         }
     }
     ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
 }
 
-/// What `nat::cleanup` would remove, from the observation of the same
-/// backend, labelled as `nat::cleanup` reports it.
+/// What `nat::cleanup` would remove (netconverge's NAT objects wherever
+/// they are, recognised by their markers), labelled as it reports them.
 fn nat_cleanup_preview(desired: &Desired, observed: &Observed) -> Vec<String> {
-    use netconverge::model::Family;
-    use netconverge::nat::{FamilyObserved, iptables, nftables};
-    let Some(nat) = desired.nat.as_ref() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        match observed.nat.family(family) {
-            FamilyObserved::Nftables(_) => out.push(nftables::table_label(family, &nat.nft_table)),
-            FamilyObserved::Iptables(seen) => {
-                let chain = &nat.iptables_chain;
-                if seen.chain {
-                    out.push(iptables::chain_label(family, chain));
-                }
-                if !seen.jumps.is_empty() {
-                    out.push(format!(
-                        "{} jump(s) from {family} POSTROUTING to {chain}",
-                        seen.jumps.len()
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+    netconverge::nat::cleanup_ops(desired.nat.as_ref(), &observed.nat)
+        .into_iter()
+        .flat_map(|(items, _)| items)
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -395,32 +691,35 @@ struct PlanJson<'a> {
     in_sync: bool,
     changes: &'a [netconverge::plan::Change],
     blocked: &'a [netconverge::plan::Blocked],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    notes: &'a [String],
 }
 
 fn print_plan(plan: &Plan, format: DiffFormat) {
     match format {
         DiffFormat::Text => {
-            print_all(plan);
-            println!("{}", summary(plan));
+            out::print(plan);
+            out::println(summary(plan));
         }
         DiffFormat::Json => {
             let j = PlanJson {
                 in_sync: plan.in_sync(),
                 changes: &plan.changes,
                 blocked: &plan.blocked,
+                notes: &plan.notes,
             };
-            println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            print_json(&j);
         }
     }
 }
 
-/// Print a multi-line text in 64 KiB writes (stdout is line-buffered: a
-/// plan of 40 000 lines would otherwise cost 40 000 syscalls).
-fn print_all(text: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-    let _ = write!(out, "{text}");
-    let _ = out.flush();
+/// Pretty JSON on stdout; a value that cannot be serialized is an error
+/// (exit 3), never an empty line that a script would parse as nothing.
+fn print_json(value: &impl Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(j) => out::println(j),
+        Err(e) => out::error(format_args!("netconverge: cannot render JSON: {e}")),
+    }
 }
 
 fn summary(plan: &Plan) -> String {
@@ -440,20 +739,23 @@ fn summary(plan: &Plan) -> String {
 
 fn print_outcome(outcome: &Outcome, format: DiffFormat) {
     match format {
-        DiffFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(outcome).unwrap_or_default()
-        ),
+        DiffFormat::Json => print_json(outcome),
         DiffFormat::Text => {
-            print_all(&outcome.initial);
+            out::print(&outcome.initial);
             for f in &outcome.failures {
-                println!("failed: {}: {}", f.object, f.error);
+                out::println(format_args!("failed: {}: {}", f.object, f.error));
             }
             if outcome.converged() {
-                println!("converged: {} change(s) applied", outcome.applied);
+                out::println(format_args!(
+                    "converged: {} change(s) applied",
+                    outcome.applied
+                ));
             } else {
-                print_all(&outcome.remaining);
-                println!("not converged: {}", summary(&outcome.remaining));
+                out::print(&outcome.remaining);
+                out::println(format_args!(
+                    "not converged: {}",
+                    summary(&outcome.remaining)
+                ));
             }
         }
     }

@@ -20,6 +20,11 @@ use sha2::{Digest, Sha256};
 /// removed when they carry this marker.
 pub const ROUTE_PROTOCOL: u8 = 199;
 
+/// Prefix of the `ifalias` netconverge puts on every device it creates or
+/// adopts: the kernel carries the mark, so a device is recognised as ours
+/// even when the file no longer names it.
+pub const DEVICE_MARK: &str = "netconverge";
+
 /// Main routing table.
 pub const MAIN_TABLE: u32 = 254;
 
@@ -178,6 +183,23 @@ pub struct Desired {
     /// [`Desired::resolve_underlays`] replaces it.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub underlay_by_local: BTreeSet<String>,
+    /// Where netconverge keeps its record of what it created that the
+    /// kernel cannot mark (route protocols used). Empty: no record (tests
+    /// that build a `Desired` by hand).
+    pub state_dir: PathBuf,
+    /// Objects the file explicitly allows netconverge to take over although
+    /// it did not create them (`adopt = true`).
+    pub adopt: AdoptSpec,
+}
+
+/// What `adopt = true` covers: a `[[vxlan]]` device (and every declared
+/// object on it, e.g. the peer routes a previous flannel left with proto
+/// boot), and single `[[route]]`s by their kernel key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AdoptSpec {
+    pub vxlans: std::collections::BTreeSet<String>,
+    /// (table, dst, metric as written).
+    pub routes: std::collections::BTreeSet<(u32, IpNet, Option<u32>)>,
 }
 
 impl Desired {
@@ -304,6 +326,19 @@ pub enum NatBackendKind {
     Iptables,
 }
 
+/// Which iptables flavour the iptables backend writes (`[nat] iptables`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesMode {
+    /// Where the host's nat rules live (see `nat::flavour`).
+    #[default]
+    Auto,
+    /// iptables-nft (`iptables-nft-save` & co.).
+    Nft,
+    /// iptables-legacy (`iptables-legacy-save` & co.).
+    Legacy,
+}
+
 /// Cluster network and this node's pod subnet for one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct NatFamily {
@@ -325,6 +360,11 @@ pub struct NatSpec {
     pub nft_table: String,
     /// iptables chain name in the nat table.
     pub iptables_chain: String,
+    /// iptables flavour (iptables backend only).
+    pub iptables: IptablesMode,
+    /// Take over a table/chain with our name that netconverge did not
+    /// create, replacing its content (otherwise it is a conflict).
+    pub adopt: bool,
 }
 
 // ------------------------------------------------------------------ lease --
@@ -451,6 +491,18 @@ pub struct LinkState {
     /// Administratively up (IFF_UP).
     pub up: bool,
     pub vxlan: Option<VxlanAttrs>,
+    /// `IFLA_IFALIAS`; netconverge's devices carry [`DEVICE_MARK`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl LinkState {
+    /// Carries netconverge's mark (created or adopted by it).
+    pub fn marked(&self) -> bool {
+        self.alias
+            .as_deref()
+            .is_some_and(|a| a == DEVICE_MARK || a.starts_with("netconverge "))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -459,6 +511,14 @@ pub struct AddressState {
     pub cidr: IpNet,
     /// `true` for global scope.
     pub global: bool,
+    /// `IFA_PROTO` (Linux ≥ 6.1): netconverge marks the addresses it adds
+    /// with its route protocol; 0 when unset.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub protocol: u8,
+}
+
+fn is_zero(p: &u8) -> bool {
+    *p == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -523,6 +583,9 @@ pub struct Observed {
     pub fdb: Vec<FdbState>,
     pub nat: crate::nat::NatObserved,
     pub lease: crate::lease::LeaseObserved,
+    /// Route protocols netconverge used before (from its record in
+    /// `state_dir`): routes and nexthops carrying them are its own too.
+    pub past_protocols: std::collections::BTreeSet<u8>,
 }
 
 impl Observed {

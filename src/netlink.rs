@@ -1,4 +1,5 @@
-//! rtnetlink connection setup and netlink error classification.
+//! rtnetlink connection setup and netlink error classification (the
+//! typed [`Errno`] every failure carries).
 //!
 //! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
 //! the thread that called it (both of its sockets are opened there), over
@@ -53,6 +54,14 @@ impl Handle {
     pub fn bulk(&self) -> &BulkSocket {
         &self.bulk
     }
+
+    /// Test seam: this handle with another bulk socket (one built to lose
+    /// replies, say).
+    #[doc(hidden)]
+    pub fn with_bulk(mut self, bulk: BulkSocket) -> Handle {
+        self.bulk = Arc::new(bulk);
+        self
+    }
 }
 
 impl Deref for Handle {
@@ -91,10 +100,71 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     })
 }
 
-/// The errno of a kernel NACK (positive, e.g. `libc::EEXIST`), if `e` is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+/// An errno value (always positive, e.g. `libc::EEXIST`): what the kernel
+/// answered, or what a system call failed with. Failures carry it so
+/// callers decide by value (`Errno::EPERM`), never by matching message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Errno(i32);
+
+impl Errno {
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const ESRCH: Errno = Errno(libc::ESRCH);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const ENODEV: Errno = Errno(libc::ENODEV);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
+    pub const ENOBUFS: Errno = Errno(libc::ENOBUFS);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const EADDRNOTAVAIL: Errno = Errno(libc::EADDRNOTAVAIL);
+
+    /// From either sign (netlink NACKs carry `-errno`).
+    pub const fn new(code: i32) -> Errno {
+        Errno(code.saturating_abs())
+    }
+
+    /// The positive value, as `libc` spells it.
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    /// The errno of an I/O error, if it came from a system call.
+    pub fn of_io(e: &io::Error) -> Option<Errno> {
+        e.raw_os_error().map(Errno::new)
+    }
+
+    /// A missing privilege (EPERM, EACCES): not drift, but a process that
+    /// lacks CAP_NET_ADMIN or root.
+    pub fn is_permission(self) -> bool {
+        matches!(self.0, libc::EPERM | libc::EACCES)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    /// The system's description: `File exists (os error 17)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+    }
+}
+
+/// As its number (`"errno": 17` in JSON output).
+impl serde::Serialize for Errno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(self.0)
+    }
+}
+
+impl From<Errno> for io::Error {
+    fn from(e: Errno) -> io::Error {
+        io::Error::from_raw_os_error(e.0)
+    }
+}
+
+/// The errno of a kernel NACK, if `e` is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<Errno> {
     match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| c.get().saturating_abs()),
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| Errno::new(c.get())),
         _ => None,
     }
 }
@@ -103,7 +173,7 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
 /// NACKs (`File exists (os error 17)`), the library's message otherwise.
 pub fn error_text(e: &rtnetlink::Error) -> String {
     match errno(e) {
-        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        Some(code) => code.to_string(),
         None => e.to_string(),
     }
 }
@@ -122,12 +192,28 @@ mod tests {
     #[test]
     fn errno_is_positive_and_text_names_it() {
         let e = nack(-libc::EEXIST);
-        assert_eq!(errno(&e), Some(libc::EEXIST));
+        assert_eq!(errno(&e), Some(Errno::EEXIST));
+        assert_eq!(errno(&e).map(Errno::raw), Some(libc::EEXIST));
         assert!(error_text(&e).contains("File exists"), "{}", error_text(&e));
         assert_eq!(errno(&rtnetlink::Error::RequestFailed), None);
         assert_eq!(
             error_text(&rtnetlink::Error::RequestFailed),
             "A netlink request failed"
         );
+    }
+
+    #[test]
+    fn errno_is_a_value_with_the_systems_text() {
+        assert_eq!(Errno::new(-libc::EPERM), Errno::EPERM);
+        assert_eq!(Errno::new(libc::EPERM).raw(), libc::EPERM);
+        assert!(Errno::EPERM.is_permission() && Errno::EACCES.is_permission());
+        assert!(!Errno::EEXIST.is_permission());
+        assert_eq!(Errno::EEXIST.to_string(), "File exists (os error 17)");
+        assert_eq!(
+            Errno::of_io(&io::Error::from_raw_os_error(libc::ENOENT)),
+            Some(Errno::ENOENT)
+        );
+        assert_eq!(Errno::of_io(&io::Error::other("no errno")), None);
+        assert_eq!(serde_json::to_string(&Errno::ENODEV).unwrap(), "19");
     }
 }

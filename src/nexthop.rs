@@ -19,6 +19,8 @@ use netlink_packet_core::{
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, SocketAddr};
 
+use crate::netlink::Errno;
+
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;
 pub const RTM_GETNEXTHOP: u16 = 106;
@@ -269,8 +271,8 @@ impl NetlinkDeserializable for NexthopNetlinkMessage {
 
 /// The kernel has no nexthop objects: before Linux 5.3 the message type is
 /// unknown (EOPNOTSUPP); some builds reject it (EINVAL).
-pub fn unsupported(errno: i32) -> bool {
-    matches!(errno, libc::EOPNOTSUPP | libc::EINVAL)
+pub fn unsupported(errno: Errno) -> bool {
+    matches!(errno, Errno::EOPNOTSUPP | Errno::EINVAL)
 }
 
 /// Nexthop notifications (`ip monitor nexthop`) of the calling thread's
@@ -367,8 +369,8 @@ mod tests {
 
     #[test]
     fn unsupported_kernels_are_recognized() {
-        assert!(unsupported(libc::EOPNOTSUPP));
-        assert!(unsupported(libc::EINVAL));
-        assert!(!unsupported(libc::EPERM));
+        assert!(unsupported(Errno::EOPNOTSUPP));
+        assert!(unsupported(Errno::new(-libc::EINVAL)));
+        assert!(!unsupported(Errno::EPERM));
     }
 }

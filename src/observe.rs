@@ -3,8 +3,10 @@
 //!
 //! Invariant: read-only; one dump per object kind (and address family where
 //! the kernel needs one) per pass, run one after another (the kernel serves
-//! one dump per socket at a time); the result is filtered to what the desired
-//! state can own or depends on. Message → model conversions are pure.
+//! one dump per socket at a time), each a consistent snapshot (a dump the
+//! kernel marks as interrupted by concurrent changes is run again); the
+//! result is filtered to what the desired state can own or depends on.
+//! Message → model conversions are pure.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -70,6 +72,17 @@ pub fn link_names(links: &BTreeMap<String, LinkState>) -> LinkNames {
 /// Read the kernel state relevant to `desired`. NAT and lease state are left
 /// at their defaults (the engine fills them).
 pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, ObserveError> {
+    observe_owning(handle, desired, &std::collections::BTreeSet::new()).await
+}
+
+/// [`observe`], also keeping the routes of `past_protocols` (route
+/// protocols netconverge used before, from its record): they are its own
+/// and must be swept.
+pub async fn observe_owning(
+    handle: &Handle,
+    desired: &Desired,
+    past_protocols: &std::collections::BTreeSet<u8>,
+) -> Result<Observed, ObserveError> {
     let links = dump_links(handle).await?;
     let names = link_names(&links);
     let addresses = dump_addresses(handle, &names).await?;
@@ -78,11 +91,19 @@ pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, Obs
         handle,
         &names,
         nexthops.as_deref().unwrap_or_default(),
-        &RouteFilter::from_desired(desired),
+        &RouteFilter::from_desired(desired).with_protocols(past_protocols),
     )
     .await?;
 
-    let vxlans: HashSet<&str> = desired.owned_devices().collect();
+    // Declared devices, and every device carrying netconverge's mark (a
+    // renamed or no longer declared one is still ours to move or remove).
+    let mut vxlans: HashSet<&str> = desired.owned_devices().collect();
+    vxlans.extend(
+        links
+            .values()
+            .filter(|l| l.marked())
+            .map(|l| l.name.as_str()),
+    );
     let mut neighbor_devs = vxlans.clone();
     neighbor_devs.extend(desired.neighbors.iter().map(|n| n.dev.as_str()));
     let neighbors = dump_neighbors(handle, &names, |dev| neighbor_devs.contains(dev)).await?;
@@ -96,17 +117,21 @@ pub async fn observe(handle: &Handle, desired: &Desired) -> Result<Observed, Obs
         nexthops: nexthops.unwrap_or_default(),
         neighbors,
         fdb,
+        past_protocols: past_protocols.clone(),
         ..Observed::default()
     })
 }
 
-/// One dump through the bulk socket: every reply, parsed, to `each`.
-async fn dump(
+/// One dump through the bulk socket into a fresh `A`: every reply, parsed,
+/// to `each`. A dump interrupted by concurrent changes is run again from
+/// scratch ([`crate::bulk::BulkSocket::dump`]), so `A` is a consistent
+/// snapshot.
+async fn dump<A: Default>(
     handle: &Handle,
     what: &'static str,
     request: RouteNetlinkMessage,
-    each: impl FnMut(RouteNetlinkMessage),
-) -> Result<(), ObserveError> {
+    each: impl FnMut(&mut A, RouteNetlinkMessage),
+) -> Result<A, ObserveError> {
     handle
         .bulk()
         .dump(&request, each)
@@ -116,9 +141,8 @@ async fn dump(
 
 /// Every link, by name (names are unique within a namespace).
 pub async fn dump_links(handle: &Handle) -> Result<BTreeMap<String, LinkState>, ObserveError> {
-    let mut links = BTreeMap::new();
     let req = RouteNetlinkMessage::GetLink(LinkMessage::default());
-    dump(handle, "links", req, |msg| {
+    dump(handle, "links", req, |links: &mut BTreeMap<_, _>, msg| {
         if let RouteNetlinkMessage::NewLink(m) = msg {
             match LinkState::try_from(&m) {
                 Ok(l) => {
@@ -128,8 +152,7 @@ pub async fn dump_links(handle: &Handle) -> Result<BTreeMap<String, LinkState>, 
             }
         }
     })
-    .await?;
-    Ok(links)
+    .await
 }
 
 /// Every IPv4 and IPv6 address, in kernel order.
@@ -137,15 +160,13 @@ pub async fn dump_addresses(
     handle: &Handle,
     names: &LinkNames,
 ) -> Result<Vec<AddressState>, ObserveError> {
-    let mut out = Vec::new();
     let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-    dump(handle, "addresses", req, |msg| {
+    dump(handle, "addresses", req, |out: &mut Vec<_>, msg| {
         if let RouteNetlinkMessage::NewAddress(m) = msg {
             out.extend(address_from_message(&m, names));
         }
     })
-    .await?;
-    Ok(out)
+    .await
 }
 
 /// Every nexthop object; `None` when the kernel has none (before Linux 5.3).
@@ -153,23 +174,19 @@ pub async fn dump_nexthops(
     handle: &Handle,
     names: &LinkNames,
 ) -> Result<Option<Vec<NexthopState>>, ObserveError> {
-    let mut out = Vec::new();
     let req = NexthopNetlinkMessage::Get(NexthopMessage::default());
     let result = handle
         .bulk()
-        .dump(&req, |msg| {
+        .dump(&req, |out: &mut Vec<_>, msg| {
             if let NexthopNetlinkMessage::New(m) = msg {
                 out.extend(nexthop_from_message(&m, names));
             }
         })
         .await;
     match result {
-        Ok(()) => Ok(Some(out)),
+        Ok(out) => Ok(Some(out)),
         Err(BulkError::Nack(code)) if nexthop::unsupported(code) => {
-            tracing::debug!(
-                "no nexthop objects in this kernel: {}",
-                std::io::Error::from_raw_os_error(code)
-            );
+            tracing::debug!("no nexthop objects in this kernel: {code}");
             Ok(None)
         }
         Err(source) => Err(ObserveError::Netlink {
@@ -200,6 +217,8 @@ pub struct RouteFilter {
     pub owned_devices: HashSet<String>,
     /// netconverge's route protocol marker.
     pub protocol: u8,
+    /// Protocols netconverge used before (its record): its routes too.
+    pub past_protocols: std::collections::BTreeSet<u8>,
     /// (table, dst) of every desired route.
     pub desired: HashSet<(u32, IpNet)>,
 }
@@ -209,6 +228,7 @@ impl RouteFilter {
         RouteFilter {
             owned_devices: desired.owned_devices().map(str::to_owned).collect(),
             protocol: desired.engine.route_protocol,
+            past_protocols: std::collections::BTreeSet::new(),
             desired: desired
                 .routes
                 .iter()
@@ -217,11 +237,18 @@ impl RouteFilter {
         }
     }
 
+    /// Also keep the routes of `past` (see [`Observed::past_protocols`]).
+    pub fn with_protocols(mut self, past: &std::collections::BTreeSet<u8>) -> RouteFilter {
+        self.past_protocols.clone_from(past);
+        self
+    }
+
     pub fn keeps(&self, r: &RouteState) -> bool {
         r.dev
             .as_ref()
             .is_some_and(|d| self.owned_devices.contains(d))
             || r.protocol == self.protocol
+            || self.past_protocols.contains(&r.protocol)
             || self.desired.contains(&(r.table, r.dst))
     }
 }
@@ -243,17 +270,23 @@ pub async fn dump_routes(
         // All-zero header fields: no filtering (every table, protocol, type).
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        dump(handle, what, RouteNetlinkMessage::GetRoute(req), |msg| {
-            if let RouteNetlinkMessage::NewRoute(m) = msg
-                && let Some(mut r) = route_from_message(&m, names)
-            {
-                resolve_nexthop(&mut r, &nexthops);
-                if filter.keeps(&r) {
-                    out.push(r);
+        let family: Vec<_> = dump(
+            handle,
+            what,
+            RouteNetlinkMessage::GetRoute(req),
+            |out: &mut Vec<_>, msg| {
+                if let RouteNetlinkMessage::NewRoute(m) = msg
+                    && let Some(mut r) = route_from_message(&m, names)
+                {
+                    resolve_nexthop(&mut r, &nexthops);
+                    if filter.keeps(&r) {
+                        out.push(r);
+                    }
                 }
-            }
-        })
+            },
+        )
         .await?;
+        out.extend(family);
     }
     Ok(out)
 }
@@ -264,17 +297,15 @@ pub async fn dump_neighbors(
     names: &LinkNames,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<NeighborState>, ObserveError> {
-    let mut out = Vec::new();
     let req = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
-    dump(handle, "neighbours", req, |msg| {
+    dump(handle, "neighbours", req, |out: &mut Vec<_>, msg| {
         if let RouteNetlinkMessage::NewNeighbour(m) = msg
             && let Some(n) = neighbor_from_message(&m, names).filter(|n| wanted(&n.dev))
         {
             out.push(n);
         }
     })
-    .await?;
-    Ok(out)
+    .await
 }
 
 /// Bridge-family FDB entries of devices for which `wanted(dev)` holds.
@@ -283,14 +314,13 @@ pub async fn dump_fdb(
     names: &LinkNames,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<FdbState>, ObserveError> {
-    let mut out = Vec::new();
     let mut req = NeighbourMessage::default();
     req.header.family = AddressFamily::Bridge;
     dump(
         handle,
         "fdb",
         RouteNetlinkMessage::GetNeighbour(req),
-        |msg| {
+        |out: &mut Vec<_>, msg| {
             if let RouteNetlinkMessage::NewNeighbour(m) = msg
                 && let Some(f) = fdb_from_message(&m, names).filter(|f| wanted(&f.dev))
             {
@@ -298,8 +328,7 @@ pub async fn dump_fdb(
             }
         },
     )
-    .await?;
-    Ok(out)
+    .await
 }
 
 // ------------------------------------------------------------ conversions --
@@ -336,9 +365,11 @@ impl TryFrom<&LinkMessage> for LinkState {
         let mut mtu = 0;
         let mut mac = None;
         let mut vxlan = None;
+        let mut alias = None;
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
                 LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::Address(a) => mac = mac_from_bytes(a),
                 LinkAttribute::LinkInfo(infos) => {
@@ -361,6 +392,7 @@ impl TryFrom<&LinkMessage> for LinkState {
             mac,
             up: msg.header.flags.contains(LinkFlags::Up),
             vxlan,
+            alias,
         })
     }
 }
@@ -397,10 +429,12 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
     // point-to-point links); IPv6 often sends only IFA_ADDRESS.
     let mut local = None;
     let mut address = None;
+    let mut protocol = 0;
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(a) => local = Some(*a),
             AddressAttribute::Address(a) => address = Some(*a),
+            AddressAttribute::Protocol(p) => protocol = u8::from(*p),
             _ => {}
         }
     }
@@ -410,6 +444,7 @@ pub fn address_from_message(msg: &AddressMessage, names: &LinkNames) -> Option<A
         dev: dev.clone(),
         cidr,
         global: msg.header.scope == AddressScope::Universe,
+        protocol,
     })
 }
 
@@ -713,6 +748,7 @@ mod tests {
         let f = RouteFilter {
             owned_devices: ["flannel.1".to_string()].into_iter().collect(),
             protocol: 199,
+            past_protocols: Default::default(),
             desired: [(254, "10.0.0.0/8".parse().unwrap())].into_iter().collect(),
         };
         let mut r = route_from_message(&route(254), &names()).unwrap();

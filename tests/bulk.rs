@@ -10,9 +10,11 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use common::Netns;
 use netconverge::bulk::{BulkError, BulkRequest, BulkSocket};
+use netconverge::netlink::Errno;
 use netconverge::nexthop::{NexthopMessage, NexthopNetlinkMessage};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -85,6 +87,7 @@ fn lost_replies_are_never_reported_as_applied() {
     // A window far larger than the buffer can hold NACKs for.
     let start = std::time::Instant::now();
     let (_, verdicts) = run_in(&ns, 4096, Some(2000), neighbours(ifindex, 1400));
+    assert_eq!(verdicts.len(), 1400, "one verdict per request");
     assert!(
         start.elapsed() < std::time::Duration::from_secs(10),
         "no timeout wait"
@@ -94,12 +97,13 @@ fn lost_replies_are_never_reported_as_applied() {
         match v {
             Ok(()) => assert_ne!(i % 7, 3, "request {i} failed but was reported applied"),
             Err(BulkError::Nack(code)) => {
-                assert_eq!((i % 7, *code), (3, libc::ENODEV), "request {i}")
+                assert_eq!((i % 7, *code), (3, Errno::ENODEV), "request {i}")
             }
             Err(BulkError::Lost(why)) => {
                 assert!(why.contains("lost"), "{why}");
                 lost += 1;
             }
+            Err(e @ BulkError::Interrupted(_)) => panic!("request {i}: {e}"),
         }
     }
     assert!(
@@ -142,12 +146,12 @@ fn verdicts_line_up_with_requests_across_windows() {
     let mut expect_ok = 0;
     for (k, v) in verdicts.iter().enumerate() {
         let want = match k {
-            500 => Err(BulkError::Nack(libc::EEXIST)),
-            k if k == N as usize + 1 => Err(BulkError::Nack(libc::ENOENT)),
+            500 => Err(BulkError::Nack(Errno::EEXIST)),
+            k if k == N as usize + 1 => Err(BulkError::Nack(Errno::ENOENT)),
             k => {
                 let i = if k > 500 { k - 1 } else { k } as u32;
                 if i % 7 == 3 {
-                    Err(BulkError::Nack(libc::ENODEV))
+                    Err(BulkError::Nack(Errno::ENODEV))
                 } else {
                     expect_ok += 1;
                     Ok(())
@@ -189,35 +193,149 @@ fn dumps_stream_every_reply_and_report_kernel_errors() {
             .unwrap()
             .block_on(async move {
                 let bulk = BulkSocket::open(8 << 20).unwrap();
-                let mut ids = Vec::new();
                 let all = NexthopNetlinkMessage::Get(NexthopMessage::default());
-                bulk.dump(&all, |m: NexthopNetlinkMessage| {
-                    ids.extend(m.message().id());
-                    assert_eq!(m.message().oif(), Some(ifindex));
-                })
-                .await
-                .unwrap();
+                let ids = bulk
+                    .dump(&all, |ids: &mut Vec<u32>, m: NexthopNetlinkMessage| {
+                        ids.extend(m.message().id());
+                        assert_eq!(m.message().oif(), Some(ifindex));
+                    })
+                    .await
+                    .unwrap();
                 // The kernel refuses a nexthop dump with header fields set.
                 let mut bad = NexthopMessage::default();
                 bad.header.protocol = 5;
                 let rejected = bulk
                     .dump(
                         &NexthopNetlinkMessage::Get(bad),
-                        |_: NexthopNetlinkMessage| {},
+                        |_: &mut (), _: NexthopNetlinkMessage| {},
                     )
                     .await;
                 // ... and the socket still serves the next dump.
-                let mut links = 0;
                 let req = RouteNetlinkMessage::GetLink(Default::default());
-                bulk.dump(&req, |m: RouteNetlinkMessage| {
-                    links += usize::from(matches!(m, RouteNetlinkMessage::NewLink(_)));
-                })
-                .await
-                .unwrap();
+                let links = bulk
+                    .dump(&req, |links: &mut usize, m: RouteNetlinkMessage| {
+                        *links += usize::from(matches!(m, RouteNetlinkMessage::NewLink(_)));
+                    })
+                    .await
+                    .unwrap();
                 (ids, rejected, links)
             })
     });
     assert_eq!(ids, (1000..1300).collect::<Vec<u32>>());
-    assert_eq!(rejected, Err(BulkError::Nack(libc::EINVAL)));
+    assert_eq!(rejected, Err(BulkError::Nack(Errno::EINVAL)));
     assert_eq!(links, 3, "lo, b0, b1");
+}
+
+/// A window whose barrier is never acknowledged: every request the kernel
+/// did not NACK has an unknown outcome, never a success — even though (the
+/// control, read with `ip -j neigh`) the kernel did apply them: only its
+/// word counts.
+#[test]
+fn without_the_barriers_ack_nothing_is_reported_applied() {
+    let ns = Netns::new("bulk-noack");
+    let ifindex = device(&ns);
+    const N: u32 = 50;
+    let (verdicts, applied) = ns.enter(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let bulk = BulkSocket::open(1 << 20)
+                    .unwrap()
+                    .without_barrier_ack(Duration::from_secs(1));
+                let verdicts = bulk.run(&neighbours(ifindex, N)).await;
+                // control: with acknowledged barriers the same kind of
+                // requests succeed (the first five again: replaced)
+                let fine = BulkSocket::open(1 << 20).unwrap();
+                let applied = fine.run(&neighbours(ifindex, 5)).await;
+                (verdicts, applied)
+            })
+    });
+    assert_eq!(verdicts.len(), N as usize, "one verdict per request");
+    let mut unknown = 0;
+    for (i, v) in verdicts.iter().enumerate() {
+        match v {
+            Err(BulkError::Nack(e)) => assert_eq!((i % 7, *e), (3, Errno::ENODEV)),
+            Err(BulkError::Lost(why)) => {
+                assert_ne!(i % 7, 3, "request {i}: its NACK was read");
+                assert!(why.contains("no reply"), "{why}");
+                unknown += 1;
+            }
+            other => panic!("request {i}: {other:?} without the kernel's word"),
+        }
+    }
+    let in_kernel = ns.ip_json(&["neigh", "show", "dev", "b0"]);
+    assert_eq!(
+        in_kernel.as_array().unwrap().len(),
+        unknown,
+        "the kernel did apply them: unknown, not failed"
+    );
+    assert!(
+        applied
+            .iter()
+            .enumerate()
+            .all(|(i, v)| v.is_ok() == (i % 7 != 3))
+    );
+}
+
+/// The same through `apply`: lost verdicts are failures in the report
+/// ("outcome unknown"), never counted as applied; with replies (the
+/// positive control) the same plan is applied entirely.
+#[test]
+fn apply_counts_a_lost_verdict_as_a_failure() {
+    use netconverge::apply::{self, ApplyReport};
+    use netconverge::model::{Mac, Observed};
+    use netconverge::plan::{Change, ChangeKind, Op, Plan};
+    let ns = Netns::new("bulk-apply-lost");
+    device(&ns);
+    let plan = Plan {
+        changes: (0..20u8)
+            .map(|i| Change {
+                kind: ChangeKind::Add,
+                object: format!("neighbor 198.18.0.{i}"),
+                reason: "test".into(),
+                op: Op::SetNeighbor {
+                    dev: "b0".into(),
+                    ip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
+                    mac: Mac([2, 0x42, 0, 0, 0, i]),
+                },
+            })
+            .collect(),
+        blocked: vec![],
+        notes: vec![],
+    };
+    let run = |lose: bool| -> ApplyReport {
+        let plan = plan.clone();
+        ns.enter(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut h = netconverge::netlink::connect().unwrap();
+                    if lose {
+                        let bulk = BulkSocket::open(1 << 20)
+                            .unwrap()
+                            .without_barrier_ack(Duration::from_secs(1));
+                        h = h.with_bulk(bulk);
+                    }
+                    let observed = Observed {
+                        links: netconverge::observe::dump_links(&h).await.unwrap(),
+                        ..Observed::default()
+                    };
+                    apply::apply(&h, &plan, &observed).await
+                })
+        })
+    };
+    let lost = run(true);
+    assert_eq!(lost.applied, 0, "{lost:#?}");
+    assert_eq!(lost.failures.len(), plan.changes.len());
+    for f in &lost.failures {
+        assert!(f.error.starts_with("outcome unknown"), "{f:?}");
+        assert_eq!(f.errno, None);
+    }
+    let fine = run(false);
+    assert_eq!(fine.applied, plan.changes.len(), "{fine:#?}");
+    assert!(fine.failures.is_empty());
 }

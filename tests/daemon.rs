@@ -9,8 +9,10 @@
 
 mod common;
 
+use std::io::ErrorKind;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, eventually};
 use common::fixtures::{self, lease_path};
@@ -206,7 +208,7 @@ fn drift_is_repaired_by_events_not_the_resync_timer() {
 
 #[test]
 fn unmanaged_veth_churn_triggers_no_converge_pass() {
-    let (ns, _dir, _cfg, mut d) = ready("churn", Stack::V4, 3, &[]);
+    let (ns, dir, _cfg, mut d) = ready("churn", Stack::V4, 3, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let passes_before = d.logs().matches("pass #").count();
     for i in 0..50 {
@@ -231,12 +233,33 @@ fn unmanaged_veth_churn_triggers_no_converge_pass() {
         passes_before,
         "unrelated churn caused passes:\n{logs}"
     );
-    assert_eq!(d.stop(), 0);
-    assert!(
-        d.logs().contains("0 relevant event(s)") || d.logs().contains("relevant event"),
-        "{}",
-        d.logs()
+    // Positive control: the same daemon, watched the same way, does run a
+    // pass for a change that is ours (netlink delivers in order, so the
+    // churn above was read before this).
+    ns.ip(&["route", "del", "198.19.0.0/26"]);
+    eventually(
+        "a pass for a declared route",
+        Duration::from_secs(5),
+        || d.logs().matches("pass #").count() > passes_before,
     );
+    eventually("route restored", Duration::from_secs(5), || {
+        full_state(&ns, dir.path(), Stack::V4, 3)
+    });
+    assert_eq!(d.stop(), 0);
+    // the stop line counts the events that were relevant: the control's
+    // (and our own repair's) at least
+    let logs = d.logs();
+    let stop = logs
+        .lines()
+        .find(|l| l.contains("relevant event(s)"))
+        .unwrap_or_else(|| panic!("no stop line:\n{logs}"));
+    let n: u64 = stop
+        .split(" pass(es), ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no event count in {stop:?}"));
+    assert!(n >= 1, "the control's event was not counted: {stop}");
 }
 
 #[test]
@@ -308,4 +331,272 @@ fn kill9_mid_converge_then_restart_converges() {
     d.wait_notify("READY=1", LONG);
     assert!(full_state(&ns, dir.path(), Stack::V4, 1000));
     assert_eq!(d.stop(), 0);
+}
+
+// ------------------------------------------------ never stall on systemd --
+
+/// Fill `path`'s receive queue from `tx` until a send would block; returns
+/// how many datagrams went in.
+fn fill_queue(tx: &UnixDatagram, path: &Path) -> usize {
+    let mut n = 0;
+    loop {
+        match tx.send_to(b"FILLER=1\n", path) {
+            Ok(_) => n += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+            Err(e) => panic!("filling the notify queue: {e}"),
+        }
+        assert!(n < 100_000, "the notify queue never filled");
+    }
+}
+
+/// Every datagram waiting on `rx` (non-blocking).
+fn drain_queue(rx: &UnixDatagram) -> Vec<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    while let Ok(n) = rx.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+#[test]
+fn a_notify_socket_nobody_reads_stalls_nothing_ready_and_stopping_are_retried() {
+    let ns = Netns::node("nstuck", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Stack::V4, 3);
+    // systemd's end of NOTIFY_SOCKET, busy: its queue is full before the
+    // daemon even starts, so every send the daemon makes would block
+    let sock = dir.path().join("stuck.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let tx = UnixDatagram::unbound().unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let filled = fill_queue(&tx, &sock);
+    assert!(filled > 0);
+    let sock_s = sock.to_str().unwrap();
+    // pings every 25 ms: plenty of sends that would block
+    let mut d = Daemon::start(
+        &ns,
+        &cfg,
+        &[("NOTIFY_SOCKET", sock_s), ("WATCHDOG_USEC", "100000")],
+    );
+    eventually("converged with nobody reading", LONG, || {
+        full_state(&ns, dir.path(), Stack::V4, 3)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // control: the queue is still full, the daemon's sends all met it
+    assert_eq!(fill_queue(&tx, &sock), 0, "the queue drained by itself");
+    ns.ip(&["route", "del", "198.19.0.0/26"]);
+    eventually(
+        "drift repaired while notifications are stuck",
+        Duration::from_secs(5),
+        || full_state(&ns, dir.path(), Stack::V4, 3),
+    );
+
+    // the reader catches up: READY=1 (retried) and the latest status arrive
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !got.iter().any(|m: &String| m.contains("READY=1")) {
+        assert!(
+            Instant::now() < end,
+            "READY=1 never retried: {got:?}\n{}",
+            d.logs()
+        );
+        got.extend(drain_queue(&rx));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        got.iter().take(filled).all(|m| m == "FILLER=1\n"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("STATUS=converged")),
+        "{got:?}"
+    );
+
+    // full again, then SIGTERM: served at once; STOPPING=1 goes out once
+    // the reader resumes (a moment later)
+    std::thread::sleep(Duration::from_millis(100));
+    fill_queue(&tx, &sock);
+    let reader = {
+        let rx = rx.try_clone().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut got = Vec::new();
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                got.extend(drain_queue(&rx));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            got
+        })
+    };
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+    let got = reader.join().unwrap();
+    assert!(
+        got.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 not retried: {got:?}\n{}",
+        d.logs()
+    );
+    assert!(full_state(&ns, dir.path(), Stack::V4, 3));
+}
+
+/// An `nft` in front of the real one that sleeps `delay` seconds (the
+/// content of `dir/delay`, when present) before applying a batch: a NAT
+/// tool wedged on a lock.
+fn slow_nft(dir: &Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = common::sh(&["sh", "-c", "command -v nft"]);
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *' -f '*) if [ -f {d}/delay ]; then touch {d}/slowed; sleep \"$(cat {d}/delay)\"; fi;; esac\nexec {real} \"$@\"\n",
+        d = dir.display(),
+        real = real.trim()
+    );
+    let path = bin.join("nft");
+    std::fs::write(&path, script).unwrap();
+    common::sh(&["chmod", "+x", path.to_str().unwrap()]);
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn watchdog_pings_keep_coming_during_a_long_and_a_wedged_pass() {
+    let ns = Netns::node("wdog", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures::node_name(NODE)
+        + &fixtures::daemon(3600, "networkmanager = \"off\"\nbackoff_max_secs = 2\n")
+        + &fixtures::vxlan_v4(UNDERLAY)
+        + &fixtures::peers_v4(1000)
+        + "\n[nat]\nbackend = \"nftables\"\n"
+        + &fixtures::lease(dir.path(), Stack::V4);
+    let cfg = fixtures::write_config(dir.path(), "netconverge.toml", &text);
+    // every NAT transaction takes 3 s: longer than the whole watchdog
+    // interval, and longer than the pass timeout (half of it)
+    std::fs::write(dir.path().join("delay"), "3").unwrap();
+    let path = slow_nft(dir.path());
+    let mut d = Daemon::start(&ns, &cfg, &[("WATCHDOG_USEC", "2000000"), ("PATH", &path)]);
+    let start = Instant::now();
+    d.collect_for(Duration::from_secs(7));
+    assert!(
+        dir.path().join("slowed").exists(),
+        "the NAT tool was never slowed: the pass was not long\n{}",
+        d.logs()
+    );
+    let pings: Vec<Instant> = d
+        .messages
+        .iter()
+        .zip(&d.arrivals)
+        .filter(|(m, _)| m.contains("WATCHDOG=1"))
+        .map(|(_, t)| *t)
+        .collect();
+    let mut marks = vec![start];
+    marks.extend(&pings);
+    let worst = marks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        pings.len() >= 10 && worst < Duration::from_secs(1),
+        "{} pings, largest gap {worst:?} (watchdog 2 s: must stay under half)\n{}",
+        pings.len(),
+        d.logs()
+    );
+    // the first pass (1000 peers) came to its NAT transaction and was abandoned
+    assert!(d.logs().contains("timed out after 1000 ms"), "{}", d.logs());
+    assert!(ns.link("flannel.1").is_some());
+    // the tool recovers: the retry converges (NAT included) and says READY
+    std::fs::remove_file(dir.path().join("delay")).unwrap();
+    if !d.messages.iter().any(|m| m.contains("READY=1")) {
+        d.wait_notify("READY=1", LONG);
+    }
+    assert!(ruleset_has_our_table(&ns), "{}", d.logs());
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+}
+
+fn ruleset_has_our_table(ns: &Netns) -> bool {
+    ns.exec_output(&["nft", "list", "table", "ip", "netconverge"])
+        .status
+        .success()
+}
+
+// ------------------------------------------- guard mode never deadlocks k3s --
+
+/// The config of [`config`] with the lease in guard mode (`preserve`).
+fn guard_config(dir: &Path) -> PathBuf {
+    let s = fixtures::node_name(NODE)
+        + &fixtures::daemon(3600, "networkmanager = \"off\"\nready = \"converged\"\n")
+        + &fixtures::vxlan_v4(UNDERLAY)
+        + &fixtures::peers_v4(3)
+        + &fixtures::lease(dir, Stack::V4)
+        + "mode = \"preserve\"\n";
+    fixtures::write_config(dir, "netconverge.toml", &s)
+}
+
+fn overlay_without_lease(ns: &Netns) -> bool {
+    ns.link("flannel.1").is_some() && ns.ip_list(&["route", "show", "proto", "199"]).len() == 3
+}
+
+/// k3s (ordered after us) writes the lease file: READY=1 must not wait for
+/// it, STATUS says what is missing, and the guard keeps working afterwards.
+fn guard_mode_ready_without(live: Option<&str>) {
+    let ns = Netns::node(
+        if live.is_some() { "gcorrupt" } else { "gfirst" },
+        Stack::V4,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = guard_config(dir.path());
+    let lease = lease_path(dir.path());
+    if let Some(text) = live {
+        std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+        std::fs::write(&lease, text).unwrap();
+    }
+    let mut d = Daemon::start(&ns, &cfg, &[]);
+    d.wait_notify("READY=1", LONG);
+    assert!(overlay_without_lease(&ns), "READY=1 before the overlay");
+    let status = d
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.contains("STATUS="))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        status.contains("STATUS=converged") && status.contains("waiting for flannel"),
+        "{status}"
+    );
+    let backup = dir.path().join("state/subnet.env");
+    match live {
+        // flannel's (invalid) content is left alone, never backed up
+        Some(text) => {
+            assert!(status.contains("invalid"), "{status}");
+            assert_eq!(std::fs::read_to_string(&lease).unwrap(), text);
+            assert!(!backup.exists());
+        }
+        None => {
+            assert!(
+                status.contains("no lease file and no backup yet"),
+                "{status}"
+            );
+            assert!(!lease.exists());
+        }
+    }
+    // flannel starts and writes the file: the guard takes its backup
+    let good = "FLANNEL_NETWORK=198.18.0.0/15\nFLANNEL_SUBNET=198.18.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+    std::fs::write(&lease, good).unwrap();
+    eventually("backup taken from flannel's file", LONG, || {
+        std::fs::read_to_string(&backup).is_ok_and(|b| b == good)
+    });
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+}
+
+#[test]
+fn guard_mode_first_boot_without_lease_file_still_reaches_ready() {
+    guard_mode_ready_without(None);
+}
+
+#[test]
+fn guard_mode_corrupt_lease_file_still_reaches_ready() {
+    guard_mode_ready_without(Some("FLANNEL_NETWORK=garbage\n\u{1}\n"));
 }

@@ -533,86 +533,116 @@ fn guard_mode_backs_up_restores_and_never_saves_a_broken_file() {
 
 // ---------------------------------------------------------------- errors --
 
-fn err_text(e: LeaseError) -> String {
-    e.to_string()
+/// Observe + plan, which must not fail: unusable paths are observations.
+fn observe_plan(spec: &LeaseSpec, vxlan_mtu: Option<u32>) -> (LeaseObserved, Plan) {
+    let observed = lease::observe(Some(spec)).expect("an unusable path is not an error");
+    let plan = lease::plan(Some(spec), vxlan_mtu, &observed);
+    (observed, plan)
+}
+
+fn blocked_only(p: &Plan) -> String {
+    assert!(p.changes.is_empty(), "{p}");
+    assert_eq!(p.blocked.len(), 1, "{p}");
+    p.blocked[0].reason.clone()
 }
 
 #[test]
-fn unusable_paths_are_errors_not_panics() {
+fn unusable_paths_block_the_lease_never_fail_the_observation() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), LeaseMode::Preserve, true, false);
-    let good = lease::render(&s, 1450);
+    let w = spec(dir.path(), LeaseMode::Write, true, false);
+    let g = LeaseSpec {
+        mode: LeaseMode::Preserve,
+        ..w.clone()
+    };
+    let good = lease::render(&w, 1450);
 
-    // The live path is a directory.
-    fs::create_dir_all(&s.path).unwrap();
-    let e = err_text(lease::observe(Some(&s)).unwrap_err());
-    assert_eq!(
-        e,
-        format!("{} is a directory, not a regular file", s.path.display())
-    );
+    // The live path is a directory (a bind mount of a missing file).
+    fs::create_dir_all(&w.path).unwrap();
+    let (o, p) = observe_plan(&w, Some(1450));
+    assert_eq!(o.live, FileContent::NotAFile("a directory".into()));
+    assert!(blocked_only(&p).starts_with("a directory, not a regular file"));
+    let (_, p) = observe_plan(&g, Some(1450));
+    assert!(blocked_only(&p).starts_with("invalid (a directory"), "{p}");
+    // Applying anyway fails with the path, and leaves no temp file.
     let e = lease::apply(&LeaseOp::Write {
-        path: s.path.clone(),
+        path: w.path.clone(),
         contents: good.clone(),
     })
     .unwrap_err();
     assert!(matches!(e, LeaseError::Write { .. }), "{e:?}");
     assert!(
         e.to_string()
-            .starts_with(&format!("cannot write {}: ", s.path.display())),
+            .starts_with(&format!("cannot write {}: ", w.path.display())),
         "{e}"
     );
     assert_eq!(
-        dir_entries(s.path.parent().unwrap()),
+        dir_entries(w.path.parent().unwrap()),
         ["subnet.env"],
         "temp file left"
     );
-    fs::remove_dir(&s.path).unwrap();
+    fs::remove_dir(&w.path).unwrap();
 
-    // The backup path is a directory.
-    fs::create_dir_all(s.state_dir.join("subnet.env")).unwrap();
-    let e = err_text(lease::observe(Some(&s)).unwrap_err());
-    assert!(
-        e.contains(&s.state_dir.join("subnet.env").display().to_string()),
-        "{e}"
+    // A character device (what /dev/null is): never opened, blocked.
+    fs::create_dir_all(w.path.parent().unwrap()).unwrap();
+    let st = std::process::Command::new("mknod")
+        .arg(&w.path)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod needs root");
+    let (o, p) = observe_plan(&w, Some(1450));
+    assert_eq!(o.live, FileContent::NotAFile("a device".into()));
+    assert_eq!(
+        blocked_only(&p),
+        "a device, not a regular file; not written"
     );
-    fs::remove_dir_all(&s.state_dir).unwrap();
+    fs::remove_file(&w.path).unwrap();
+
+    // The backup path is a directory: the valid live file cannot be saved.
+    fs::write(&g.path, &good).unwrap();
+    let backup = g.state_dir.join("subnet.env");
+    fs::create_dir_all(&backup).unwrap();
+    let (o, p) = observe_plan(&g, Some(1450));
+    assert_eq!(o.backup, FileContent::NotAFile("a directory".into()));
+    assert!(p.changes.is_empty(), "{p}");
+    assert_eq!(
+        p.blocked[0].object,
+        format!("lease backup {}", backup.display())
+    );
+    fs::remove_dir_all(&g.state_dir).unwrap();
 
     // state_dir is a regular file.
-    fs::create_dir_all(s.state_dir.parent().unwrap()).unwrap();
-    fs::write(&s.state_dir, "").unwrap();
+    fs::write(&g.state_dir, "").unwrap();
+    let (o, p) = observe_plan(&g, Some(1450));
+    assert!(
+        matches!(&o.backup, FileContent::Unreadable(why) if why.contains("Not a directory")),
+        "{o:?}"
+    );
+    assert_eq!(
+        p.blocked[0].object,
+        format!("lease backup {}", backup.display())
+    );
     let e = lease::apply(&LeaseOp::Backup {
-        path: s.state_dir.join("subnet.env"),
+        path: backup.clone(),
         contents: good.clone(),
     })
     .unwrap_err();
     assert!(
-        e.to_string().contains(&s.state_dir.display().to_string()),
-        "{e}"
-    );
-    let e = err_text(lease::observe(Some(&s)).unwrap_err());
-    assert!(
-        e.starts_with(&format!(
-            "cannot read {}",
-            s.state_dir.join("subnet.env").display()
-        )),
+        e.to_string().contains(&g.state_dir.display().to_string()),
         "{e}"
     );
 
     // The live file's directory is a regular file.
     let blocked_dir = dir.path().join("file");
     fs::write(&blocked_dir, "").unwrap();
-    let s2 = LeaseSpec {
+    let w2 = LeaseSpec {
         path: blocked_dir.join("flannel/subnet.env"),
-        mode: LeaseMode::Write,
-        ..s.clone()
+        ..w.clone()
     };
-    let e = err_text(lease::observe(Some(&s2)).unwrap_err());
-    assert!(
-        e.starts_with(&format!("cannot read {}", s2.path.display())),
-        "{e}"
-    );
+    let (_, p) = observe_plan(&w2, Some(1450));
+    assert!(blocked_only(&p).starts_with("cannot read ("), "{p}");
     let e = lease::apply(&LeaseOp::Write {
-        path: s2.path.clone(),
+        path: w2.path.clone(),
         contents: good.clone(),
     })
     .unwrap_err();
@@ -637,9 +667,70 @@ fn a_fifo_is_reported_without_blocking() {
         .status()
         .unwrap();
     assert!(status.success());
-    let e = err_text(lease::observe(Some(&s)).unwrap_err());
+    let (o, p) = observe_plan(&s, Some(1450));
+    assert_eq!(o.live, FileContent::NotAFile("a FIFO".into()));
+    assert_eq!(blocked_only(&p), "a FIFO, not a regular file; not written");
+}
+
+const SECRET: &str = "apiVersion: v1\nkind: Secret\ndata:\n  tls.key: c2VjcmV0LWtleQ==\n";
+
+#[test]
+fn a_symlink_is_never_followed_and_replaced_atomically_in_write_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.yaml");
+    fs::write(&secret, SECRET).unwrap();
+    let w = spec(dir.path(), LeaseMode::Write, true, false);
+    fs::create_dir_all(w.path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&secret, &w.path).unwrap();
+
+    let (o, p) = observe_plan(&w, Some(1450));
+    assert_eq!(o.live, FileContent::Symlink);
+    let shown = format!("{p}{}{o:?}", serde_json::to_string(&o).unwrap());
+    for word in ["tls.key", "Secret", "apiVersion", "c2VjcmV0"] {
+        assert!(!shown.contains(word), "foreign content {word:?} in {shown}");
+    }
+    let c = only_change(&p);
+    assert_eq!(c.kind, ChangeKind::Modify);
     assert_eq!(
-        e,
-        format!("{} is a FIFO, not a regular file", s.path.display())
+        c.reason,
+        "a symbolic link (not followed); replaced by a regular file"
+    );
+    lease::apply(lease_op(&c.op)).unwrap();
+    // The link was replaced by our file; its target is untouched.
+    assert!(fs::symlink_metadata(&w.path).unwrap().file_type().is_file());
+    assert_eq!(
+        fs::read_to_string(&w.path).unwrap(),
+        lease::render(&w, 1450)
+    );
+    assert_eq!(fs::read_to_string(&secret).unwrap(), SECRET);
+    assert!(in_sync(&w, Some(1450)));
+
+    // Guard mode: reported, left as is, never read, backup kept.
+    let g = LeaseSpec {
+        mode: LeaseMode::Preserve,
+        ..w.clone()
+    };
+    converge(&g, Some(1450));
+    let backup = g.state_dir.join("subnet.env");
+    assert_eq!(
+        fs::read_to_string(&backup).unwrap(),
+        lease::render(&w, 1450)
+    );
+    fs::remove_file(&g.path).unwrap();
+    std::os::unix::fs::symlink(&secret, &g.path).unwrap();
+    let (o, p) = observe_plan(&g, Some(1450));
+    assert_eq!(o.live, FileContent::Symlink);
+    let reason = blocked_only(&p);
+    assert!(reason.contains("a symbolic link, not followed"), "{reason}");
+    assert!(!reason.contains("tls.key"));
+    assert!(
+        fs::symlink_metadata(&g.path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_to_string(&backup).unwrap(),
+        lease::render(&w, 1450)
     );
 }

@@ -288,7 +288,8 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
         d.logs()
             .contains(&format!("blocked: lease {}: invalid", p.live.display()))
     });
-    d.wait_notify("STATUS=waiting: lease", LONG);
+    // reported, and never holding readiness (k3s, ordered after us, writes it)
+    d.wait_notify("waiting for flannel: invalid", LONG);
     // a few more passes
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(read(&p.backup).unwrap(), K3S_FILE, "backup overwritten");
@@ -306,15 +307,14 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
     ns.netconverge_exits(&cfg, &["converge"], 1);
     assert_eq!(read(&p.backup).unwrap(), K3S_FILE);
 
-    // 4. k3s rewrites a valid but different file: --check names the keys
-    //    that differ from the backup, converge refreshes the backup
-    let newer = K3S_FILE
-        .replace("FLANNEL_MTU=1450", "FLANNEL_MTU=1400")
-        .replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false");
+    // 4. k3s rewrites a valid but different file (that agrees with the
+    //    device's MTU): --check names the keys that differ from the backup,
+    //    converge refreshes the backup
+    let newer = K3S_FILE.replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false");
     std::fs::write(&p.live, &newer).unwrap();
     let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
     let want = format!(
-        "~ lease backup {}: refresh: FLANNEL_MTU 1450 → 1400; FLANNEL_IPMASQ true → false",
+        "~ lease backup {}: refresh: FLANNEL_IPMASQ true → false",
         p.backup.display()
     );
     assert!(text.contains(&want), "want {want:?} in:\n{text}");
@@ -332,20 +332,230 @@ fn guard_mode_backs_up_restores_before_ready_and_never_saves_a_corrupt_file() {
     );
 }
 
+/// Only k3s's flannel writes the file, and k3s starts after our READY=1:
+/// waiting for it would deadlock the node (see tests/daemon.rs for more).
 #[test]
-fn guard_mode_without_file_or_backup_holds_readiness() {
+fn guard_mode_without_file_or_backup_is_ready_and_says_what_is_missing() {
     let (ns, _dir, p, cfg) = setup("lease-g0", "preserve", "", 3600);
     let mut d = Daemon::start(&ns, &cfg, &[]);
-    let status = d.wait_notify("STATUS=waiting", LONG);
+    let status = d.wait_notify("waiting for flannel", LONG);
     assert!(
         status.contains("no lease file and no backup yet"),
         "{status}"
     );
-    assert!(
-        !d.messages.iter().any(|m| m.contains("READY=1")),
-        "{:?}",
-        d.messages
-    );
+    d.wait_notify("READY=1", LONG);
     assert!(read(&p.live).is_none() && read(&p.backup).is_none());
     assert_eq!(d.stop(), 0);
+}
+
+// ------------------------------------------------ one bad file, the rest --
+
+/// The peers' routes on flannel.1, read with `ip -j`.
+fn peer_routes(ns: &Netns) -> Vec<String> {
+    let mut v: Vec<String> = ns
+        .ip_list(&["-4", "route", "show", "dev", "flannel.1"])
+        .into_iter()
+        .filter(|r| {
+            r["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"))
+        })
+        .map(|r| r["dst"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_lease_path_that_is_a_directory_fifo_or_device_blocks_only_the_lease() {
+    for (tag, what) in [
+        ("dir", "a directory"),
+        ("fifo", "a FIFO"),
+        ("dev", "a device"),
+    ] {
+        let (ns, _dir, p, cfg) = setup(&format!("lease-{tag}"), "write", WRITE_KEYS, 3600);
+        std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
+        let made = match tag {
+            "dir" => std::fs::create_dir(&p.live).is_ok(),
+            "fifo" => std::process::Command::new("mkfifo")
+                .arg(&p.live)
+                .status()
+                .unwrap()
+                .success(),
+            _ => std::process::Command::new("mknod")
+                .arg(&p.live)
+                .args(["c", "1", "3"])
+                .status()
+                .unwrap()
+                .success(),
+        };
+        assert!(made, "{tag}");
+        // exit 1 (blocked), not 3; everything else converged
+        let out = ns.netconverge_exits(&cfg, &["converge"], 1);
+        let want = format!(
+            "! lease {}: blocked: {what}, not a regular file",
+            p.live.display()
+        );
+        assert!(out.contains(&want), "{tag}: want {want:?} in:\n{out}");
+        assert_eq!(mtu(&ns, "flannel.1"), 1450, "{tag}: device created");
+        assert_eq!(
+            peer_routes(&ns),
+            ["198.18.2.0/24", "198.18.3.0/24"],
+            "{tag}: peer routes installed"
+        );
+        let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+        assert!(
+            text.contains("0 to add, 0 to change, 0 to remove, 1 blocked"),
+            "{tag}: only the lease differs:\n{text}"
+        );
+        let ft = std::fs::symlink_metadata(&p.live).unwrap().file_type();
+        assert!(!ft.is_file(), "{tag}: replaced");
+        if tag == "dir" {
+            // The daemon converges the rest and reports the lease, instead
+            // of failing every pass: a peer route deleted by hand comes back.
+            let mut d = Daemon::start(&ns, &cfg, &[]);
+            let status = d.wait_notify("STATUS=waiting", LONG);
+            assert!(status.contains("lease"), "{status}");
+            ns.ip(&["route", "del", "198.18.2.0/24"]);
+            eventually("the deleted peer route is repaired", LONG, || {
+                peer_routes(&ns).len() == 2
+            });
+            assert_eq!(d.stop(), 0, "{}", d.logs());
+        }
+        // Positive control: once the obstacle is gone the file is written.
+        if tag == "dir" {
+            std::fs::remove_dir(&p.live).unwrap();
+        } else {
+            std::fs::remove_file(&p.live).unwrap();
+        }
+        ns.netconverge_exits(&cfg, &["converge"], 0);
+        assert_eq!(read(&p.live).unwrap(), flannel_file(1450), "{tag}");
+    }
+}
+
+/// Looks like a Kubernetes secret; not one key of it may ever be printed.
+const SECRET: &str = "FLANNEL_NETWORK=198.18.0.0/16\nAWS_SECRET_ACCESS_KEY=hunter2-wJalrXUtnFEMI\n\
+tls.key=LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t\n";
+const SECRET_WORDS: [&str; 4] = ["AWS_SECRET", "hunter2", "tls.key", "LS0tLS1"];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for w in SECRET_WORDS {
+        assert!(
+            !text.contains(w),
+            "{what} printed {w:?} from the symlink's target:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn show_and_check_never_print_a_symlinks_target() {
+    for mode in ["write", "preserve"] {
+        let (ns, dir, p, cfg) = setup(&format!("lease-ln-{}", &mode[..1]), mode, WRITE_KEYS, 3600);
+        let secret = dir.path().join("secret.env");
+        std::fs::write(&secret, SECRET).unwrap();
+        std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, &p.live).unwrap();
+        for args in [
+            &["show"][..],
+            &["show", "--format", "json"],
+            &["converge", "--check"],
+            &["converge", "--check", "--format", "json"],
+        ] {
+            let out = ns.netconverge(&cfg, args);
+            assert_no_secret(&args.join(" "), &common::stdout_stderr(&out));
+        }
+        let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+        let live = p.live.display();
+        if mode == "write" {
+            let want = format!(
+                "~ lease {live}: a symbolic link (not followed); replaced by a regular file"
+            );
+            assert!(text.contains(&want), "want {want:?} in:\n{text}");
+            let out = ns.netconverge_exits(&cfg, &["converge"], 0);
+            assert_no_secret("converge", &out);
+            let ft = std::fs::symlink_metadata(&p.live).unwrap().file_type();
+            assert!(ft.is_file(), "the link itself was replaced");
+            assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
+        } else {
+            let want = format!("! lease {live}: blocked: invalid (a symbolic link, not followed");
+            assert!(text.contains(&want), "want {want:?} in:\n{text}");
+            ns.netconverge_exits(&cfg, &["converge"], 1);
+            assert!(
+                std::fs::symlink_metadata(&p.live)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            assert!(read(&p.backup).is_none(), "foreign content never saved");
+        }
+        assert_eq!(read(&secret).unwrap(), SECRET, "the target is untouched");
+    }
+}
+
+// ------------------------------------- guard mode compares with [lease] --
+
+#[test]
+fn guard_mode_reports_a_foreign_subnet_and_a_stale_mtu_and_keeps_the_backup() {
+    let (ns, dir, p, cfg) = setup("lease-gcmp", "preserve", WRITE_KEYS, 3600);
+    let live = p.live.display().to_string();
+    std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
+
+    // flannel writes another node's subnet: drift, nothing saved
+    let foreign = flannel_file(1450).replace("198.18.1.1/24", "198.18.9.1/24");
+    std::fs::write(&p.live, &foreign).unwrap();
+    let text = ns.netconverge_exits(&cfg, &["converge", "--check"], 1);
+    let want = format!(
+        "! lease {live}: blocked: differs from [lease]: FLANNEL_SUBNET 198.18.9.1/24, declared 198.18.1.0/24"
+    );
+    assert!(text.contains(&want), "want {want:?} in:\n{text}");
+    ns.netconverge_exits(&cfg, &["converge"], 1);
+    assert!(read(&p.backup).is_none(), "a disagreeing file was saved");
+    assert_eq!(
+        read(&p.live).unwrap(),
+        foreign,
+        "flannel's file is left as is"
+    );
+
+    // Control: the right file is saved.
+    std::fs::write(&p.live, flannel_file(1450)).unwrap();
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.backup).unwrap(), flannel_file(1450));
+
+    // flannel goes wrong again: the good backup is not overwritten
+    std::fs::write(&p.live, &foreign).unwrap();
+    ns.netconverge_exits(&cfg, &["converge"], 1);
+    assert_eq!(read(&p.backup).unwrap(), flannel_file(1450));
+
+    // Reboot: restored from the backup (MTU agrees with the device).
+    std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.live).unwrap(), flannel_file(1450));
+
+    // The underlay shrinks: the device converges to 1350, and the restored
+    // file's 1450 is drift, not "in sync".
+    ns.ip(&["link", "set", UNDERLAY, "mtu", "1400"]);
+    let out = ns.netconverge_exits(&cfg, &["converge"], 1);
+    assert_eq!(mtu(&ns, "flannel.1"), 1350, "device converged");
+    let want = format!(
+        "! lease {live}: blocked: differs from [lease]: FLANNEL_MTU 1450, the VXLAN device's is 1350"
+    );
+    assert!(out.contains(&want), "want {want:?} in:\n{out}");
+    assert_eq!(read(&p.backup).unwrap(), flannel_file(1450), "backup kept");
+
+    // ... and the stale backup is not restored after the next reboot.
+    std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+    let out = ns.netconverge_exits(&cfg, &["converge"], 1);
+    assert!(
+        out.contains(
+            "differs from [lease] (FLANNEL_MTU 1450, the VXLAN device's is 1350); not restored"
+        ),
+        "{out}"
+    );
+    assert!(read(&p.live).is_none(), "a stale backup was restored");
+
+    // Control: flannel writes the new MTU; it is taken and saved.
+    std::fs::create_dir_all(p.live.parent().unwrap()).unwrap();
+    std::fs::write(&p.live, flannel_file(1350)).unwrap();
+    ns.netconverge_exits(&cfg, &["converge"], 0);
+    assert_eq!(read(&p.backup).unwrap(), flannel_file(1350));
 }

@@ -23,23 +23,31 @@ use common::fixtures::NatRules;
 use common::rules_watch::{self, Watch};
 use common::ruleset::{self, CHAIN, TABLE, commented, nft_table, nft_tables};
 use common::{Netns, cpu_exclusive, cpu_shared, only_change};
-use netconverge::model::{Family, NatBackendKind, NatFamily, NatSpec};
-use netconverge::nat::{self, IptablesBackend, IptablesTools, NatBackend, NatObserved, NatOp};
+use netconverge::model::{Family, IptablesMode, NatBackendKind, NatFamily, NatSpec};
+use netconverge::nat::{self, NatObserved};
 use netconverge::plan::{ChangeKind, Op, Plan};
 
 // ------------------------------------------------------------- flavours --
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flavour {
-    /// nftables through the public `nat::observe` / `nat::apply`.
+    /// nftables.
     Nft,
-    /// iptables through the public functions (the system's `iptables-*`).
+    /// iptables, flavour chosen by `iptables = "auto"` (iptables-nft here).
     IptSystem,
-    /// `iptables-nft-*` explicitly.
+    /// `iptables = "nft"`.
     IptNft,
-    /// `iptables-legacy-*`.
+    /// `iptables = "legacy"`.
     IptLegacy,
 }
+
+/// Adoption records of this test process go to a temp dir, not the host's
+/// /var/lib/netconverge (entries are per namespace anyway).
+static STATE: LazyLock<tempfile::TempDir> = LazyLock::new(|| {
+    let d = tempfile::tempdir().unwrap();
+    nat::record::set_dir(d.path().to_path_buf());
+    d
+});
 
 impl Flavour {
     fn kind(self) -> NatBackendKind {
@@ -49,32 +57,19 @@ impl Flavour {
         }
     }
 
-    fn tools(self) -> IptablesTools {
+    fn mode(self) -> IptablesMode {
         match self {
-            Flavour::IptLegacy => IptablesTools::legacy(),
-            Flavour::IptNft => IptablesTools::nft(),
-            _ => IptablesTools::system(),
+            Flavour::IptLegacy => IptablesMode::Legacy,
+            Flavour::IptNft => IptablesMode::Nft,
+            _ => IptablesMode::Auto,
         }
     }
 
-    fn observe(self, spec: &NatSpec) -> NatObserved {
+    /// The iptables-nft/legacy flavour this stands for.
+    fn ipt(self) -> nat::Flavour {
         match self {
-            Flavour::Nft | Flavour::IptSystem => nat::observe(Some(spec)).unwrap(),
-            _ => IptablesBackend::new(self.tools()).observe(spec),
-        }
-    }
-
-    fn apply(self, op: &NatOp) -> Result<(), nat::NatError> {
-        match self {
-            Flavour::Nft | Flavour::IptSystem => nat::apply(op),
-            _ => IptablesBackend::new(self.tools()).apply(op),
-        }
-    }
-
-    fn cleanup(self, spec: &NatSpec) -> Vec<String> {
-        match self {
-            Flavour::Nft | Flavour::IptSystem => nat::cleanup(spec).unwrap(),
-            _ => IptablesBackend::new(self.tools()).cleanup(spec).unwrap(),
+            Flavour::IptLegacy => nat::Flavour::Legacy,
+            _ => nat::Flavour::Nft,
         }
     }
 
@@ -94,6 +89,27 @@ impl Flavour {
 
     fn save(self, family: Family) -> String {
         format!("{}-save", self.cli(family))
+    }
+}
+
+fn observe(spec: Option<&NatSpec>) -> NatObserved {
+    LazyLock::force(&STATE);
+    nat::observe(spec).unwrap()
+}
+
+/// `nat::cleanup` from a fresh observation (inside the namespace).
+fn cleanup(spec: Option<&NatSpec>) -> Vec<String> {
+    nat::cleanup(spec, &observe(spec)).unwrap()
+}
+
+/// Apply every change of `plan` in plan order (stage order already: adds
+/// and repairs before removals of leftovers).
+fn apply_all(plan: &Plan) {
+    for c in &plan.changes {
+        let Op::Nat(op) = &c.op else {
+            panic!("non-NAT op {c:?}")
+        };
+        nat::apply(op).unwrap_or_else(|e| panic!("{}: {e}", c.object));
     }
 }
 
@@ -118,31 +134,31 @@ fn spec(flavour: Flavour, ipv4: bool, ipv6: bool) -> NatSpec {
         mark: (0x4000, 0x4000),
         nft_table: TABLE.into(),
         iptables_chain: CHAIN.into(),
+        iptables: flavour.mode(),
+        adopt: false,
     }
 }
 
 /// Observe and plan inside the namespace (no writes).
-fn check(ns: &Netns, flavour: Flavour, spec: &NatSpec) -> Plan {
+fn check(ns: &Netns, spec: &NatSpec) -> Plan {
     let spec = spec.clone();
-    ns.enter(move || nat::plan(Some(&spec), &flavour.observe(&spec)))
+    ns.enter(move || nat::plan(Some(&spec), &observe(Some(&spec))))
 }
 
 /// One converge pass inside the namespace: observe, plan, apply every
 /// change, then verify that a fresh observation plans nothing. Returns the
 /// plan that was applied.
-fn converge(ns: &Netns, flavour: Flavour, spec: &NatSpec) -> Plan {
-    let spec = spec.clone();
+fn converge(ns: &Netns, spec: &NatSpec) -> Plan {
+    converge_opt(ns, Some(spec))
+}
+
+/// [`converge`] for any file (`None`: no `[nat]`).
+fn converge_opt(ns: &Netns, spec: Option<&NatSpec>) -> Plan {
+    let spec = spec.cloned();
     ns.enter(move || {
-        let plan = nat::plan(Some(&spec), &flavour.observe(&spec));
-        for c in &plan.changes {
-            let Op::Nat(op) = &c.op else {
-                panic!("non-NAT op {c:?}")
-            };
-            flavour
-                .apply(op)
-                .unwrap_or_else(|e| panic!("{}: {e}", c.object));
-        }
-        let after = nat::plan(Some(&spec), &flavour.observe(&spec));
+        let plan = nat::plan(spec.as_ref(), &observe(spec.as_ref()));
+        apply_all(&plan);
+        let after = nat::plan(spec.as_ref(), &observe(spec.as_ref()));
         assert!(
             after.in_sync(),
             "not converged after applying:\n{plan}\nstill:\n{after}"
@@ -191,7 +207,7 @@ fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
     let _cpu = cpu_shared();
     let ns = Netns::new("nat-nft");
     let s = spec(Flavour::Nft, true, true);
-    let first = converge(&ns, Flavour::Nft, &s);
+    let first = converge(&ns, &s);
     assert_eq!(first.changes.len(), 2, "{first}");
     assert!(
         first.changes.iter().all(|c| c.kind == ChangeKind::Add),
@@ -206,7 +222,7 @@ fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
     );
     assert_eq!(handles.0.len(), 6);
     let ruleset = ns.exec(&["nft", "-j", "list", "ruleset"]);
-    let second = converge(&ns, Flavour::Nft, &s);
+    let second = converge(&ns, &s);
     assert!(second.changes.is_empty(), "{second}");
     assert_eq!(
         (
@@ -222,12 +238,12 @@ fn nft_dual_stack_installs_then_second_converge_touches_nothing() {
 fn nft_single_family_and_removal_when_config_shrinks() {
     let _cpu = cpu_shared();
     let ns = Netns::new("nat-nft1");
-    converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, false));
+    converge(&ns, &spec(Flavour::Nft, true, false));
     assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
     assert_eq!(nft_table(&ns, "ip6"), None);
 
     let ns6 = Netns::new("nat-nft6");
-    converge(&ns6, Flavour::Nft, &spec(Flavour::Nft, false, true));
+    converge(&ns6, &spec(Flavour::Nft, false, true));
     assert_eq!(nft_table(&ns6, "ip"), None);
     assert_eq!(
         nft_table(&ns6, "ip6").as_deref(),
@@ -235,9 +251,9 @@ fn nft_single_family_and_removal_when_config_shrinks() {
     );
 
     // dual → IPv4 only: our IPv6 table goes, IPv4 stays untouched
-    converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, true));
+    converge(&ns, &spec(Flavour::Nft, true, true));
     let v4_handles = nft_handles(&ns, Family::Ipv4);
-    let p = converge(&ns, Flavour::Nft, &spec(Flavour::Nft, true, false));
+    let p = converge(&ns, &spec(Flavour::Nft, true, false));
     let (kind, object, reason) = one_change(&p);
     assert_eq!(
         (kind, object, reason),
@@ -255,7 +271,7 @@ fn nft_single_family_and_removal_when_config_shrinks() {
         masquerade: false,
         ..spec(Flavour::Nft, true, true)
     };
-    let p = converge(&ns, Flavour::Nft, &off);
+    let p = converge(&ns, &off);
     assert_eq!(p.changes.len(), 1, "{p}");
     assert_eq!(p.changes[0].kind, ChangeKind::Remove);
     assert_eq!(nft_tables(&ns).trim(), "");
@@ -266,7 +282,7 @@ fn nft_every_drift_is_found_and_repaired() {
     let _cpu = cpu_shared();
     let ns = Netns::new("nat-nftd");
     let s = spec(Flavour::Nft, true, false);
-    converge(&ns, Flavour::Nft, &s);
+    converge(&ns, &s);
     let chain = format!("ip|{TABLE}|postrouting");
     let mark_rule = r#"meta mark & 0x4000 == 0x4000 return comment "netconverge masq""#;
     let masq_rule = r#"ip saddr 198.18.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment "netconverge masq""#;
@@ -335,12 +351,6 @@ fn nft_every_drift_is_found_and_repaired() {
             "chain postrouting missing",
         ),
         (
-            "foreign chain in our table",
-            fixed(&["add|chain|ip|netconverge|extra"]),
-            ChangeKind::Modify,
-            "foreign chain `extra` in our table",
-        ),
-        (
             "table made dormant",
             fixed(&["add|table|ip|netconverge|{ flags dormant; }"]),
             ChangeKind::Modify,
@@ -362,7 +372,7 @@ fn nft_every_drift_is_found_and_repaired() {
             Some(WANT.nft_v4.as_str()),
             "{name}: drift had no effect"
         );
-        let p = check(&ns, Flavour::Nft, &s);
+        let p = check(&ns, &s);
         let (kind, object, reason) = one_change(&p);
         assert_eq!(kind, &want_kind, "{name}: {p}");
         assert_eq!(object, "nat ipv4 (nftables table ip netconverge)");
@@ -370,7 +380,7 @@ fn nft_every_drift_is_found_and_repaired() {
             reason.contains(want_reason),
             "{name}: reason {reason:?} lacks {want_reason:?}"
         );
-        converge(&ns, Flavour::Nft, &s);
+        converge(&ns, &s);
         assert_eq!(
             nft_table(&ns, "ip").as_deref(),
             Some(WANT.nft_v4.as_str()),
@@ -412,13 +422,13 @@ table inet filter {
     assert!(before[0].contains("masquerade"), "{before:?}");
 
     let s = spec(Flavour::Nft, true, true);
-    converge(&ns, Flavour::Nft, &s);
+    converge(&ns, &s);
     assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
     assert_eq!(snapshot(&ns), before);
 
     let removed = ns.enter({
         let s = s.clone();
-        move || Flavour::Nft.cleanup(&s)
+        move || cleanup(Some(&s))
     });
     assert_eq!(
         removed,
@@ -429,7 +439,7 @@ table inet filter {
     );
     assert_eq!(snapshot(&ns), before);
     ruleset::assert_no_nft_table_of_ours(&ns);
-    let again = ns.enter(move || Flavour::Nft.cleanup(&s));
+    let again = ns.enter(move || cleanup(Some(&s)));
     assert!(again.is_empty(), "{again:?}");
 }
 
@@ -458,7 +468,7 @@ fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
         ns.ip(&["addr", "add", "198.18.1.5/32", "dev", "v0"]);
 
         let s = spec(flavour, true, true);
-        let first = converge(&ns, flavour, &s);
+        let first = converge(&ns, &s);
         assert_eq!(first.changes.len(), 2, "{flavour:?}: {first}");
         assert_eq!(
             ipt_ours(&ns, flavour, Family::Ipv4),
@@ -494,7 +504,7 @@ fn iptables_dual_stack_installs_then_second_converge_touches_nothing() {
             strip(ns.exec(&[&flavour.save(Family::Ipv4), "-c"])),
             strip(ns.exec(&[&flavour.save(Family::Ipv6), "-c"])),
         );
-        let second = converge(&ns, flavour, &s);
+        let second = converge(&ns, &s);
         assert!(second.changes.is_empty(), "{flavour:?}: {second}");
         let after = (
             strip(ns.exec(&[&flavour.save(Family::Ipv4), "-c"])),
@@ -509,7 +519,7 @@ fn iptables_single_family_and_removal() {
     let _cpu = cpu_shared();
     for flavour in IPT_FLAVOURS {
         let ns4 = Netns::new("nat-ipt4");
-        converge(&ns4, flavour, &spec(flavour, true, false));
+        converge(&ns4, &spec(flavour, true, false));
         assert_eq!(
             ipt_ours(&ns4, flavour, Family::Ipv4),
             WANT.ipt_v4,
@@ -518,7 +528,7 @@ fn iptables_single_family_and_removal() {
         assert_eq!(ipt_ours(&ns4, flavour, Family::Ipv6), "", "{flavour:?}");
 
         let ns6 = Netns::new("nat-ipt6");
-        converge(&ns6, flavour, &spec(flavour, false, true));
+        converge(&ns6, &spec(flavour, false, true));
         assert_eq!(ipt_ours(&ns6, flavour, Family::Ipv4), "", "{flavour:?}");
         assert_eq!(
             ipt_ours(&ns6, flavour, Family::Ipv6),
@@ -530,13 +540,17 @@ fn iptables_single_family_and_removal() {
             masquerade: false,
             ..spec(flavour, true, true)
         };
-        let p = converge(&ns6, flavour, &off);
+        let p = converge(&ns6, &off);
         let (kind, object, reason) = one_change(&p);
         assert_eq!(
             (kind, object, reason),
             (
                 &ChangeKind::Remove,
-                "nat ipv6 (ip6tables chain NETCONVERGE-POSTRTG)",
+                &*format!(
+                    "nat ipv6 ({}-{} chain NETCONVERGE-POSTRTG)",
+                    "ip6tables",
+                    flavour.ipt().word()
+                ),
                 "masquerade = false"
             )
         );
@@ -551,7 +565,7 @@ fn iptables_every_drift_is_found_and_repaired() {
     for flavour in IPT_FLAVOURS {
         let ns = Netns::new("nat-iptd");
         let s = spec(flavour, true, false);
-        converge(&ns, flavour, &s);
+        converge(&ns, &s);
         let f = Family::Ipv4;
         let ipt = |ns: &Netns, args: &[&str]| ipt(ns, flavour, f, args);
         type Drift<'a> = Box<dyn Fn(&Netns) + 'a>;
@@ -637,15 +651,21 @@ fn iptables_every_drift_is_found_and_repaired() {
                 WANT.ipt_v4,
                 "{flavour:?} {name}: drift had no effect"
             );
-            let p = check(&ns, flavour, &s);
+            let p = check(&ns, &s);
             let (kind, object, reason) = one_change(&p);
             assert_eq!(kind, &want_kind, "{flavour:?} {name}: {p}");
-            assert_eq!(object, "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)");
+            assert_eq!(
+                object,
+                format!(
+                    "nat ipv4 (iptables-{} chain NETCONVERGE-POSTRTG)",
+                    flavour.ipt().word()
+                )
+            );
             assert!(
                 reason.contains(want_reason),
                 "{flavour:?} {name}: reason {reason:?} lacks {want_reason:?}"
             );
-            converge(&ns, flavour, &s);
+            converge(&ns, &s);
             assert_eq!(
                 ipt_ours(&ns, flavour, f),
                 WANT.ipt_v4,
@@ -716,7 +736,7 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
         assert!(before.0.contains("KUBE-POSTROUTING") && before.1.contains("KUBE-MARK-MASQ"));
 
         let s = spec(flavour, true, true);
-        converge(&ns, flavour, &s);
+        converge(&ns, &s);
         assert_eq!(
             ipt_ours(&ns, flavour, Family::Ipv4),
             WANT.ipt_v4,
@@ -730,16 +750,20 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
 
         let removed = ns.enter({
             let s = s.clone();
-            move || flavour.cleanup(&s)
+            move || cleanup(Some(&s))
         });
         assert_eq!(
             removed,
-            [
-                "iptables chain NETCONVERGE-POSTRTG",
-                "1 jump(s) from ipv4 POSTROUTING to NETCONVERGE-POSTRTG",
-                "ip6tables chain NETCONVERGE-POSTRTG",
-                "1 jump(s) from ipv6 POSTROUTING to NETCONVERGE-POSTRTG"
-            ],
+            ["iptables", "ip6tables"]
+                .into_iter()
+                .flat_map(|b| {
+                    let t = format!("{b}-{}", flavour.ipt().word());
+                    [
+                        format!("{t} chain NETCONVERGE-POSTRTG"),
+                        format!("1 jump(s) from {t} POSTROUTING to NETCONVERGE-POSTRTG"),
+                    ]
+                })
+                .collect::<Vec<_>>(),
             "{flavour:?}"
         );
         assert_eq!(
@@ -749,7 +773,7 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
         );
         assert_eq!(ipt_ours(&ns, flavour, Family::Ipv4), "", "{flavour:?}");
         assert_eq!(ipt_ours(&ns, flavour, Family::Ipv6), "", "{flavour:?}");
-        let again = ns.enter(move || flavour.cleanup(&s));
+        let again = ns.enter(move || cleanup(Some(&s)));
         assert!(again.is_empty(), "{flavour:?}: {again:?}");
     }
 }
@@ -789,14 +813,14 @@ fn no_gap(flavour: Flavour) {
     let _cpu = cpu_exclusive();
     let ns = Netns::new("nat-gap");
     let s = spec(flavour, true, false);
-    converge(&ns, flavour, &s);
+    converge(&ns, &s);
 
     // Control: a non-atomic flush-then-refill is caught, so the watcher
     // can fail.
     let cli = (flavour != Flavour::Nft).then(|| flavour.cli(Family::Ipv4));
     let what = format!("{flavour:?}");
     ruleset::assert_watch_sees_a_gap(&ns, watcher(&ns, flavour), cli.as_deref(), &what, || {
-        converge(&ns, flavour, &s);
+        converge(&ns, &s);
     });
 
     // The proof: 100 rewrites of the chain (50 drifts, 50 repairs), each
@@ -808,11 +832,11 @@ fn no_gap(flavour: Flavour) {
             let mut n = 0;
             for _ in 0..50 {
                 for target in [edited(&s), s.clone()] {
-                    let plan = nat::plan(Some(&target), &flavour.observe(&target));
+                    let plan = nat::plan(Some(&target), &observe(Some(&target)));
                     assert_eq!(plan.changes.len(), 1, "{plan}");
                     for c in &plan.changes {
                         let Op::Nat(op) = &c.op else { panic!() };
-                        flavour.apply(op).unwrap();
+                        nat::apply(op).unwrap();
                         n += 1;
                     }
                     // Leave the CPU to the watcher between rewrites: the
@@ -825,7 +849,7 @@ fn no_gap(flavour: Flavour) {
     });
     assert_eq!(rewrites, 100);
     ruleset::assert_no_gap(w, &what);
-    assert!(check(&ns, flavour, &s).in_sync());
+    assert!(check(&ns, &s).in_sync());
 }
 
 variants!(no_gap:
@@ -966,7 +990,7 @@ fn masquerade_traffic(flavour: Flavour) {
         "{flavour:?}: answered without NAT"
     );
 
-    converge(&node, flavour, &spec(flavour, true, false));
+    converge(&node, &spec(flavour, true, false));
     assert_eq!(
         whoami(&pod, "192.0.2.2", 5353).as_deref(),
         Some("192.0.2.1"),
@@ -987,9 +1011,441 @@ variants!(masquerade_traffic:
 
 #[test]
 fn backend_tools_are_found_on_this_machine() {
-    nat::check_backend(&spec(Flavour::Nft, true, true)).unwrap();
-    nat::check_backend(&spec(Flavour::IptSystem, true, true)).unwrap();
-    IptablesBackend::new(IptablesTools::legacy())
-        .check(&spec(Flavour::IptLegacy, true, true))
-        .unwrap();
+    for f in [
+        Flavour::Nft,
+        Flavour::IptSystem,
+        Flavour::IptNft,
+        Flavour::IptLegacy,
+    ] {
+        nat::check_backend(&spec(f, true, true)).unwrap();
+    }
+}
+
+// ------------------------------------------- ownership across every file --
+
+fn nft_names(ns: &Netns) -> String {
+    nft_tables(ns)
+        .lines()
+        .filter(|l| !l.ends_with(" nat") && !l.ends_with(" filter"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Removing `[nat]`, renaming the table or chain, switching backend and
+/// iptables flavour: each converge leaves the new place holding the rules
+/// and nothing of the old one, all in one pass (the leftovers go in the
+/// stage after the install, once the new place is verified in sync).
+#[test]
+fn every_earlier_place_is_removed_once_the_new_one_holds_the_rules() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-move");
+    let v4 = |ns: &Netns, f: Flavour, chain: &str| {
+        keep(&ns.exec(&[&f.save(Family::Ipv4), "-t", "nat"]), chain)
+    };
+    converge(&ns, &spec(Flavour::Nft, true, true));
+    assert_eq!(
+        nft_names(&ns),
+        "table ip netconverge\ntable ip6 netconverge\n"
+    );
+
+    // renamed table
+    let renamed = NatSpec {
+        nft_table: "nc2".into(),
+        ..spec(Flavour::Nft, true, true)
+    };
+    let p = converge(&ns, &renamed);
+    let removed: Vec<&str> = p
+        .changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Remove)
+        .map(|c| c.object.as_str())
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            "nat ipv4 (nftables table ip netconverge)",
+            "nat ipv6 (nftables table ip6 netconverge)"
+        ],
+        "{p}"
+    );
+    assert_eq!(nft_names(&ns), "table ip nc2\ntable ip6 nc2\n");
+
+    // nftables → iptables-nft
+    let p = converge(&ns, &spec(Flavour::IptNft, true, true));
+    assert_eq!(p.changes.len(), 4, "{p}");
+    assert_eq!(nft_names(&ns), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), WANT.ipt_v4);
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv6), WANT.ipt_v6);
+
+    // iptables-nft → iptables-legacy
+    converge(&ns, &spec(Flavour::IptLegacy, true, true));
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv6), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), WANT.ipt_v4);
+
+    // renamed chain
+    let rc = NatSpec {
+        iptables_chain: "NC-MASQ".into(),
+        ..spec(Flavour::IptLegacy, true, true)
+    };
+    converge(&ns, &rc);
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), "");
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv6), "");
+    assert_eq!(v4(&ns, Flavour::IptLegacy, "NC-MASQ").lines().count(), 8);
+
+    // back to nftables, IPv4 only
+    converge(&ns, &spec(Flavour::Nft, true, false));
+    assert_eq!(v4(&ns, Flavour::IptLegacy, "NC-MASQ"), "");
+    assert_eq!(
+        keep(&ns.exec(&["ip6tables-legacy-save", "-t", "nat"]), "NC-MASQ"),
+        ""
+    );
+    assert_eq!(nft_names(&ns), "table ip netconverge\n");
+
+    // [nat] removed from the file
+    let p = converge_opt(&ns, None);
+    assert_eq!(
+        only_change(&p).reason,
+        "nat not configured (netconverge's: table comment \"managed by netconverge\")"
+    );
+    assert_eq!(nft_names(&ns), "");
+    assert!(converge_opt(&ns, None).changes.is_empty());
+}
+
+fn keep(text: &str, word: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(word))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A user's nftables table of our name (a set, a chain of its own) in
+/// both families, and a user's iptables chain of our name in both
+/// flavours: `plan` names each as a conflict, converge and cleanup change
+/// nothing (read back byte for byte); `adopt = true` is the positive
+/// control that does replace them.
+#[test]
+fn tables_and_chains_of_our_name_that_are_not_ours_are_never_wiped() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-conf");
+    ruleset::nft_file(
+        &ns,
+        r#"
+table ip netconverge {
+	set blocklist {
+		type ipv4_addr
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 198.18.7.0/24 counter masquerade
+	}
+}
+table ip6 netconverge {
+	chain mine {
+	}
+}
+"#,
+    );
+    let ruleset = |ns: &Netns| ns.exec(&["nft", "-j", "list", "ruleset"]);
+    let before = ruleset(&ns);
+    let v4_only = spec(Flavour::Nft, true, false);
+    let p = check(&ns, &v4_only);
+    assert!(p.changes.is_empty(), "{p}");
+    let text = p.to_string();
+    assert_eq!(p.blocked.len(), 2, "{text}");
+    assert!(
+        text.contains("! nat ipv4 (nftables table ip netconverge): blocked: conflict: nftables table ip netconverge exists and was not created by netconverge")
+            && text.contains("set `blocklist`")
+            && text.contains("`[nat] adopt = true`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("! nat ipv6 (nftables table ip6 netconverge): blocked: conflict"),
+        "{text}"
+    );
+    ns.enter({
+        let s = v4_only.clone();
+        move || apply_all(&nat::plan(Some(&s), &observe(Some(&s))))
+    });
+    assert!(ns.enter(|| cleanup(None)).is_empty());
+    let s = v4_only.clone();
+    assert!(ns.enter(move || cleanup(Some(&s))).is_empty());
+    assert_eq!(ruleset(&ns), before, "a table that is not ours was changed");
+
+    // positive control: adopting replaces them
+    let adopt = NatSpec {
+        adopt: true,
+        ..spec(Flavour::Nft, true, true)
+    };
+    let p = converge(&ns, &adopt);
+    assert!(p.to_string().contains("adopting (adopt = true)"), "{p}");
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    assert_eq!(nft_table(&ns, "ip6").as_deref(), Some(WANT.nft_v6.as_str()));
+
+    for flavour in IPT_FLAVOURS {
+        let ns = Netns::new("nat-confi");
+        for f in [Family::Ipv4, Family::Ipv6] {
+            ipt(&ns, flavour, f, &["-N", CHAIN]);
+            ipt(
+                &ns,
+                flavour,
+                f,
+                &["-A", CHAIN, "-o", "lo", "-j", "MASQUERADE"],
+            );
+            ipt(&ns, flavour, f, &["-A", "POSTROUTING", "-j", CHAIN]);
+        }
+        let saved = |ns: &Netns| {
+            [Family::Ipv4, Family::Ipv6].map(|f| ruleset::ipt_nat_save(ns, &flavour.save(f)))
+        };
+        let before = saved(&ns);
+        let s = spec(flavour, true, true);
+        let p = check(&ns, &s);
+        assert!(p.changes.is_empty(), "{flavour:?}: {p}");
+        assert_eq!(p.blocked.len(), 2, "{flavour:?}: {p}");
+        assert!(
+            p.to_string().contains("was not created by netconverge (1 rule(s), the first `-A NETCONVERGE-POSTRTG -o lo -j MASQUERADE`"),
+            "{flavour:?}: {p}"
+        );
+        let s2 = s.clone();
+        assert!(ns.enter(move || cleanup(Some(&s2))).is_empty());
+        assert!(ns.enter(|| cleanup(None)).is_empty());
+        assert_eq!(
+            saved(&ns),
+            before,
+            "{flavour:?}: a chain that is not ours was changed"
+        );
+        // positive control
+        let adopt = NatSpec { adopt: true, ..s };
+        converge(&ns, &adopt);
+        let after = ipt_ours(&ns, flavour, Family::Ipv4);
+        assert!(!after.contains("-o lo"), "{flavour:?}: {after}");
+        assert!(
+            after.contains("-A POSTROUTING -j NETCONVERGE-POSTRTG"),
+            "{flavour:?}: jump kept: {after}"
+        );
+    }
+}
+
+/// Switching the backend onto a place that is a conflict keeps the old
+/// rules (masquerade never lapses) and says why.
+#[test]
+fn old_place_stays_while_the_new_one_is_blocked() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-keep");
+    converge(&ns, &spec(Flavour::Nft, true, false));
+    ipt(&ns, Flavour::IptNft, Family::Ipv4, &["-N", CHAIN]);
+    let s = spec(Flavour::IptNft, true, false);
+    let p = ns.enter({
+        let s = s.clone();
+        move || {
+            let p = nat::plan(Some(&s), &observe(Some(&s)));
+            apply_all(&p);
+            p
+        }
+    });
+    assert!(p.changes.is_empty(), "{p}");
+    let text = p.to_string();
+    assert!(
+        text.contains("! nat ipv4 (nftables table ip netconverge): blocked: left over")
+            && text.contains("kept until iptables-nft chain NETCONVERGE-POSTRTG is in place"),
+        "{text}"
+    );
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    // the conflict resolved: the new chain goes in, then the old table goes
+    ipt(&ns, Flavour::IptNft, Family::Ipv4, &["-X", CHAIN]);
+    let p = converge(&ns, &s);
+    assert_eq!(p.changes.len(), 2, "{p}");
+    assert_eq!(nft_names(&ns), "");
+}
+
+/// A table made by a netconverge from before table markers (our chain,
+/// rules with our comment, no table comment) is recognised and marked.
+#[test]
+fn unmarked_table_of_an_older_netconverge_is_marked() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-old");
+    let old = WANT
+        .nft_v4
+        .replace("\tcomment \"managed by netconverge\"\n", "");
+    assert_ne!(old, WANT.nft_v4);
+    ruleset::nft_file(&ns, &old);
+    let p = converge(&ns, &spec(Flavour::Nft, true, false));
+    assert!(
+        only_change(&p)
+            .reason
+            .starts_with("made by an older netconverge"),
+        "{p}"
+    );
+    assert_eq!(nft_table(&ns, "ip").as_deref(), Some(WANT.nft_v4.as_str()));
+    // and without the file, it is found by the same content
+    ruleset::nft(&ns, "delete|table|ip|netconverge");
+    ruleset::nft_file(&ns, &old);
+    assert_eq!(
+        ns.enter(|| cleanup(None)),
+        ["nftables table ip netconverge"]
+    );
+    assert_eq!(nft_names(&ns), "");
+}
+
+/// `iptables = "auto"` follows the host's nat rules (kube-proxy's chain
+/// in iptables-legacy here, while `iptables` is iptables-nft) and says so.
+#[test]
+fn auto_flavour_follows_the_hosts_nat_rules_and_says_why() {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-auto");
+    let s = spec(Flavour::IptSystem, true, false);
+    // nothing on the host: the `iptables` alternative
+    let p = check(&ns, &s);
+    assert!(
+        p.notes.iter().any(|n| n
+            .contains("iptables-nft: auto: no nat rules on the host; `iptables` is iptables-nft")),
+        "{p}"
+    );
+    ruleset::ipt_nat(&ns, "iptables-legacy", &["-N", "KUBE-POSTROUTING"]);
+    ruleset::ipt_nat(
+        &ns,
+        "iptables-legacy",
+        &["-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+    );
+    let obs = ns.enter({
+        let s = s.clone();
+        move || observe(Some(&s))
+    });
+    let choice = obs.iptables.clone().unwrap();
+    assert_eq!(choice.flavour, nat::Flavour::Legacy, "{choice:?}");
+    assert!(
+        choice.reason.contains("live in iptables-legacy"),
+        "{choice:?}"
+    );
+    let p = converge(&ns, &s);
+    assert!(
+        p.to_string().contains("nat ipv4 (iptables-legacy chain"),
+        "{p}"
+    );
+    assert_eq!(ipt_ours(&ns, Flavour::IptLegacy, Family::Ipv4), WANT.ipt_v4);
+    assert_eq!(ipt_ours(&ns, Flavour::IptNft, Family::Ipv4), "");
+}
+
+/// flannel's own FLANNEL-POSTRTG layout (built with iptables-restore),
+/// adopted with `chain = "FLANNEL-POSTRTG"`: one "adopted" line per family,
+/// no rule edited, no jump moved; the nat table reads back byte for byte;
+/// and once adopted, removing `[nat]` removes the chain and its jump only.
+fn flannel_chain_is_adopted_as_it_is(flavour: Flavour) {
+    let _cpu = cpu_shared();
+    let ns = Netns::new("nat-flannel");
+    ruleset::ipt_restore(
+        &ns,
+        &format!("{}-restore", flavour.cli(Family::Ipv4)),
+        &ruleset::flannel_layout("198.18.1.0/24", "198.18.0.0/16", "224.0.0.0/4"),
+    );
+    ruleset::ipt_restore(
+        &ns,
+        &format!("{}-restore", flavour.cli(Family::Ipv6)),
+        &ruleset::flannel_layout("fd00:42:0:1::/64", "fd00:42::/56", "ff00::/8"),
+    );
+    let saved = |ns: &Netns| {
+        [Family::Ipv4, Family::Ipv6].map(|f| ruleset::ipt_nat_save(ns, &flavour.save(f)))
+    };
+    let before = saved(&ns);
+    assert!(
+        before[0].contains("-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16"),
+        "{before:?}"
+    );
+    let s = NatSpec {
+        iptables_chain: "FLANNEL-POSTRTG".into(),
+        ..spec(flavour, true, true)
+    };
+    let p = check(&ns, &s);
+    assert_eq!(p.changes.len(), 2, "{flavour:?}: {p}");
+    let text = p.to_string();
+    for c in &p.changes {
+        assert_eq!(c.kind, ChangeKind::Modify, "{text}");
+        assert!(
+            c.reason.starts_with(
+                "adopted: not created by netconverge, but its 6 rules are netconverge's"
+            ),
+            "{text}"
+        );
+        assert!(
+            c.reason
+                .contains("its jump stays at POSTROUTING position 2"),
+            "{text}"
+        );
+    }
+    assert!(
+        !text.contains("edited") && !text.contains("jump from POSTROUTING"),
+        "{text}"
+    );
+    converge(&ns, &s);
+    assert_eq!(
+        saved(&ns),
+        before,
+        "{flavour:?}: adoption changed the kernel"
+    );
+    assert!(check(&ns, &s).in_sync());
+
+    // adopted: without [nat], the chain and its jump go, nothing else
+    let p = converge_opt(&ns, None);
+    assert_eq!(p.changes.len(), 2, "{flavour:?}: {p}");
+    let after = saved(&ns);
+    for (b, a) in before.iter().zip(&after) {
+        let want: String = b
+            .lines()
+            .filter(|l| !l.contains("FLANNEL-POSTRTG"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(a, &want, "{flavour:?}");
+        assert!(a.contains("-A POSTROUTING -o lo -j MASQUERADE"), "{a}");
+    }
+}
+
+variants!(flannel_chain_is_adopted_as_it_is:
+    flannel_chain_adopted_iptables_nft => Flavour::IptNft,
+    flannel_chain_adopted_iptables_legacy => Flavour::IptLegacy,
+);
+
+/// A backend switch, nftables ↔ iptables-nft (both visible to `nft list
+/// ruleset`), never leaves one sample without our two masquerade rules:
+/// the new place is filled before the old one goes. Control: a switch done
+/// by hand the naive way (old removed, 50 ms, new added) is caught.
+#[test]
+fn backend_switch_never_leaves_pods_without_masquerade() {
+    let _cpu = cpu_exclusive();
+    let ns = Netns::new("nat-swgap");
+    let n = spec(Flavour::Nft, true, false);
+    let i = spec(Flavour::IptNft, true, false);
+    converge(&ns, &n);
+    let masquerades = || -> rules_watch::Check {
+        Box::new(|out: &std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+            let count = text.lines().filter(|l| l.contains("masquerade")).count();
+            if out.status.success() && count >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{count} masquerade rule(s)"))
+            }
+        })
+    };
+    let cmd = ["nft", "list", "ruleset"];
+    let w = Watch::start(&ns.name, &cmd, masquerades());
+    ruleset::nft(&ns, &format!("delete|table|ip|{TABLE}"));
+    std::thread::sleep(Duration::from_millis(50));
+    converge(&ns, &i);
+    let control = w.stop();
+    eprintln!("naive switch control: {control:?} ({:.0} Hz)", control.hz());
+    assert!(
+        control.bad > 0,
+        "the watcher missed a 50 ms gap: {control:?}"
+    );
+
+    let w = Watch::start(&ns.name, &cmd, masquerades());
+    for _ in 0..10 {
+        for target in [&n, &i] {
+            let p = converge(&ns, target);
+            assert_eq!(p.changes.len(), 2, "{p}");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+    }
+    ruleset::assert_no_gap(w, "backend switch");
+    assert_eq!(nft_names(&ns), "");
 }

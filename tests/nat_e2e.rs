@@ -238,7 +238,7 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
         &cfg,
         Backend::Ipt,
         &[
-            "~ nat ipv4 (iptables chain NETCONVERGE-POSTRTG): missing rule \
+            "~ nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG): missing rule \
              `-A NETCONVERGE-POSTRTG ! -s 198.18.0.0/15 -d 198.18.0.0/15 -m comment --comment \"netconverge masq\" -j MASQUERADE --random-fully`",
         ],
     );
@@ -254,7 +254,7 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
         &cfg,
         Backend::Ipt,
         &[
-            "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)",
+            "nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG)",
             "POSTROUTING",
         ],
     );
@@ -270,7 +270,7 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
         &cfg,
         Backend::Ipt,
         &[
-            "~ nat ipv6 (ip6tables chain NETCONVERGE-POSTRTG): extra rule `-A NETCONVERGE-POSTRTG -s 2001:db8:ff::/48 -j RETURN`",
+            "~ nat ipv6 (ip6tables-nft chain NETCONVERGE-POSTRTG): extra rule `-A NETCONVERGE-POSTRTG -s 2001:db8:ff::/48 -j RETURN`",
         ],
     );
 
@@ -281,7 +281,7 @@ fn iptables_rules_installed_and_hand_edits_found_by_check_and_repaired() {
         &cfg,
         Backend::Ipt,
         &[
-            "nat ipv4 (iptables chain NETCONVERGE-POSTRTG)",
+            "nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG)",
             "missing rule",
         ],
     );
@@ -355,10 +355,10 @@ fn cleanup_removes_only_ours(backend: Backend) {
             "- nftables table ip6 netconverge: cleanup",
         ],
         Backend::Ipt => vec![
-            "- iptables chain NETCONVERGE-POSTRTG: cleanup",
-            "- 1 jump(s) from ipv4 POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
-            "- ip6tables chain NETCONVERGE-POSTRTG: cleanup",
-            "- 1 jump(s) from ipv6 POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
+            "- iptables-nft chain NETCONVERGE-POSTRTG: cleanup",
+            "- 1 jump(s) from iptables-nft POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
+            "- ip6tables-nft chain NETCONVERGE-POSTRTG: cleanup",
+            "- 1 jump(s) from ip6tables-nft POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
         ],
     };
 
@@ -488,8 +488,8 @@ enum Stop {
     KillInNatApply,
 }
 
-/// A child of `parent` that is applying a NAT transaction (`nft -j -f -`,
-/// `ip[6]tables-restore`): its PID and command line. Reads the children
+/// A child of `parent` that is applying a NAT transaction (`nft -f -`,
+/// `ip[6]tables-<flavour>-restore`): its PID and command line. Reads the children
 /// lists of `parent`'s threads (the tools are spawned from a blocking pool).
 fn nat_apply_child(parent: u32) -> Option<(u32, String)> {
     for task in std::fs::read_dir(format!("/proc/{parent}/task"))
@@ -501,8 +501,9 @@ fn nat_apply_child(parent: u32) -> Option<(u32, String)> {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
                 .unwrap_or_default();
-            let applying =
-                (cmd.starts_with("nft ") && cmd.contains(" -f ")) || cmd.contains("tables-restore");
+            let applying = (cmd.starts_with("nft ") && cmd.contains(" -f "))
+                || cmd.contains("tables-nft-restore")
+                || cmd.contains("tables-legacy-restore");
             if applying {
                 return Some((pid.parse().unwrap(), cmd.trim().to_string()));
             }
@@ -676,4 +677,241 @@ fn no_gap_across_the_daemon_lifecycle(backend: Backend) {
 variants!(no_gap_across_the_daemon_lifecycle:
     no_gap_across_daemon_stop_kill_restart_nftables => Backend::Nft,
     no_gap_across_daemon_stop_kill_restart_iptables => Backend::Ipt,
+);
+
+// ------------------------------------------- ownership across every file --
+
+/// The binary under test: this build, or `NETCONVERGE_TEST_BIN` (to prove
+/// a test fails with an older build).
+fn bin() -> String {
+    std::env::var("NETCONVERGE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_netconverge").to_string())
+}
+
+/// Run the binary in `ns` with `cfg`; panics (with all it printed) unless
+/// it exits with `want`. Returns its stdout.
+#[track_caller]
+fn nc_exits(ns: &Netns, cfg: &Path, args: &[&str], want: i32) -> String {
+    let b = bin();
+    let c = cfg.to_str().unwrap();
+    let out = ns.exec_output(&[&[b.as_str(), "-c", c][..], args].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code().unwrap_or(-1),
+        want,
+        "`netconverge {}`:\n{stdout}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The node config without `[nat]` (`nat`: the `[nat]` section to use).
+fn config_with(dir: &Path, name: &str, nat: &str) -> PathBuf {
+    let text = fixtures::node_name("nat-node")
+        + &fixtures::vxlan_v4("nc-under")
+        + &fixtures::peers_v4(2)
+        + nat
+        + &fixtures::lease(dir, Stack::Dual)
+        + &fixtures::daemon(3600, "networkmanager = \"off\"\n");
+    fixtures::write_config(dir, &format!("{name}.toml"), &text)
+}
+
+fn our_nft_tables(ns: &Netns) -> String {
+    ruleset::nft_tables(ns)
+        .lines()
+        .filter(|l| l.contains("netconverge"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `[nat]` removed from the file: `--check` shows the leftovers as `-`
+/// lines, `cleanup --check` lists them, `converge` removes them; then the
+/// backend switched (nftables → iptables) removes the old tables in the
+/// same converge, and `cleanup` with a file naming the other backend still
+/// removes what is there.
+#[test]
+fn nat_removed_or_switched_in_the_file_leaves_nothing_behind() {
+    let _cpu = cpu_shared();
+    let ns = Netns::node("nat-gone", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let nft = config_with(dir.path(), "nft", "\n[nat]\nbackend = \"nftables\"\n");
+    let ipt = config_with(dir.path(), "ipt", "\n[nat]\nbackend = \"iptables\"\n");
+    let none = config_with(dir.path(), "none", "");
+    nc_exits(&ns, &nft, &["converge"], 0);
+    assert_eq!(
+        our_nft_tables(&ns),
+        "table ip netconverge\ntable ip6 netconverge\n"
+    );
+
+    let text = nc_exits(&ns, &none, &["converge", "--check"], 1);
+    assert!(
+        text.contains("- nat ipv4 (nftables table ip netconverge): nat not configured")
+            && text.contains("- nat ipv6 (nftables table ip6 netconverge): nat not configured"),
+        "{text}"
+    );
+    let text = nc_exits(&ns, &none, &["cleanup", "--check"], 0);
+    assert!(
+        text.contains("- nftables table ip netconverge: cleanup"),
+        "{text}"
+    );
+    assert_eq!(
+        our_nft_tables(&ns).lines().count(),
+        2,
+        "--check changed something"
+    );
+    nc_exits(&ns, &none, &["converge"], 0);
+    assert_eq!(our_nft_tables(&ns), "");
+    assert!(nc_exits(&ns, &none, &["converge", "--check"], 0).contains("in sync"));
+
+    // nftables → iptables: one converge installs the chain, drops the tables
+    nc_exits(&ns, &nft, &["converge"], 0);
+    let text = nc_exits(&ns, &ipt, &["converge", "--check"], 1);
+    assert!(
+        text.contains("+ nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG)")
+            && text.contains("- nat ipv4 (nftables table ip netconverge): left over"),
+        "{text}"
+    );
+    nc_exits(&ns, &ipt, &["converge"], 0);
+    assert_eq!(our_nft_tables(&ns), "");
+    assert_eq!(ipt_ours(&ns, "ipv4"), WANT.ipt_v4);
+    assert!(nc_exits(&ns, &ipt, &["converge", "--check"], 0).contains("in sync"));
+
+    // cleanup with a file that names the other backend
+    let text = nc_exits(&ns, &nft, &["cleanup", "--check"], 0);
+    assert!(
+        text.contains("- iptables-nft chain NETCONVERGE-POSTRTG: cleanup"),
+        "{text}"
+    );
+    nc_exits(&ns, &nft, &["cleanup"], 0);
+    assert_eq!(ipt_ours(&ns, "ipv4"), "");
+    assert_eq!(ipt_ours(&ns, "ipv6"), "");
+}
+
+/// A user's table of our name is a conflict: `converge` exits 1 naming it
+/// with `!`, and neither converge nor cleanup changes it.
+#[test]
+fn a_users_table_of_our_name_is_a_conflict_not_wiped() {
+    let _cpu = cpu_shared();
+    let ns = Netns::node("nat-theirs", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let nft = config_with(dir.path(), "nft", "\n[nat]\nbackend = \"nftables\"\n");
+    ruleset::nft_file(
+        &ns,
+        "table ip netconverge {\n\tset allow {\n\t\ttype ipv4_addr\n\t}\n\
+         \tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr 198.18.7.0/24 counter masquerade\n\t}\n}\n",
+    );
+    let before = ns.exec(&["nft", "-j", "list", "table", "ip", "netconverge"]);
+    let text = nc_exits(&ns, &nft, &["converge"], 1);
+    assert!(
+        text.contains("! nat ipv4 (nftables table ip netconverge): blocked: conflict")
+            && text.contains("set `allow`"),
+        "{text}"
+    );
+    nc_exits(&ns, &nft, &["cleanup"], 0);
+    assert_eq!(
+        ns.exec(&["nft", "-j", "list", "table", "ip", "netconverge"]),
+        before
+    );
+    // the IPv6 table (free) is ours and cleanup removed it
+    assert_eq!(our_nft_tables(&ns), "table ip netconverge\n");
+}
+
+/// The iptables flavour is chosen from where the host's nat rules live
+/// (kube-proxy's chain in iptables-legacy, `iptables` being iptables-nft),
+/// and `--check`, `show` and the log say which and why.
+#[test]
+fn iptables_flavour_follows_the_host_and_is_shown() {
+    let _cpu = cpu_shared();
+    let ns = Netns::node("nat-flav", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let ipt = config_with(dir.path(), "ipt", "\n[nat]\nbackend = \"iptables\"\n");
+    ruleset::ipt_nat(&ns, "iptables-legacy", &["-N", "KUBE-POSTROUTING"]);
+    ruleset::ipt_nat(
+        &ns,
+        "iptables-legacy",
+        &["-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+    );
+    let text = nc_exits(&ns, &ipt, &["converge", "--check"], 1);
+    assert!(
+        text.contains("# nat: iptables flavour iptables-legacy: auto: the host's nat rules live in iptables-legacy"),
+        "{text}"
+    );
+    let text = nc_exits(&ns, &ipt, &["converge"], 0);
+    assert!(
+        text.contains("iptables-legacy chain NETCONVERGE-POSTRTG"),
+        "{text}"
+    );
+    assert_eq!(ruleset::ipt_ours(&ns, "iptables-legacy-save"), WANT.ipt_v4);
+    assert_eq!(ruleset::ipt_ours(&ns, "iptables-nft-save"), "");
+    let text = nc_exits(&ns, &ipt, &["show", "--format", "json"], 0);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["nat"]["iptables"]["flavour"], "legacy", "{text}");
+    let text = nc_exits(&ns, &ipt, &["converge", "--check"], 0);
+    assert!(
+        text.contains("# nat: iptables flavour iptables-legacy") && text.contains("in sync"),
+        "{text}"
+    );
+}
+
+/// flannel's FLANNEL-POSTRTG (built by iptables-restore) adopted through
+/// the binary: `--check` says "adopted", no rule edited, no jump moved;
+/// the nat table reads back unchanged after `converge`. The flavour is
+/// found by `iptables = "auto"` (flannel's rules are the host's nat rules).
+fn flannel_chain_adopted_through_the_binary(flavour: &str) {
+    let _cpu = cpu_shared();
+    let ns = Netns::node("nat-flan", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(
+        dir.path(),
+        "flannel",
+        "\n[nat]\nbackend = \"iptables\"\nchain = \"FLANNEL-POSTRTG\"\n",
+    );
+    ruleset::ipt_restore(
+        &ns,
+        &format!("iptables-{flavour}-restore"),
+        &ruleset::flannel_layout("198.18.1.0/24", "198.18.0.0/15", "224.0.0.0/4"),
+    );
+    ruleset::ipt_restore(
+        &ns,
+        &format!("ip6tables-{flavour}-restore"),
+        &ruleset::flannel_layout("fd00:42:0:1::/64", "fd00:42::/56", "ff00::/8"),
+    );
+    let saved = |ns: &Netns| {
+        ["iptables", "ip6tables"].map(|b| ruleset::ipt_nat_save(ns, &format!("{b}-{flavour}-save")))
+    };
+    let before = saved(&ns);
+    let text = nc_exits(&ns, &cfg, &["converge", "--check"], 1);
+    assert!(
+        text.contains(&format!(
+            "~ nat ipv4 (iptables-{flavour} chain FLANNEL-POSTRTG): adopted"
+        )) && text.contains(&format!(
+            "~ nat ipv6 (ip6tables-{flavour} chain FLANNEL-POSTRTG): adopted"
+        )) && text.contains("its jump stays at POSTROUTING position 2"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("edited") && !text.contains("jump from POSTROUTING"),
+        "{text}"
+    );
+    let state = dir.path().join("nc-state");
+    let b = bin();
+    let c = cfg.to_str().unwrap();
+    let env = format!("NETCONVERGE_STATE_DIR={}", state.display());
+    let out = ns.exec_output(&["env", &env, &b, "-c", c, "converge"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(saved(&ns), before, "adoption changed the kernel");
+    let out = ns.exec_output(&["env", &env, &b, "-c", c, "converge", "--check"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("in sync"),
+        "{out:?}"
+    );
+    let records: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
+    assert_eq!(records.len(), 1, "one adoption record for this namespace");
+}
+
+variants!(flannel_chain_adopted_through_the_binary:
+    flannel_chain_adopted_through_the_binary_nft => "nft",
+    flannel_chain_adopted_through_the_binary_legacy => "legacy",
 );

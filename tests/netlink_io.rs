@@ -16,6 +16,7 @@ use common::Netns;
 use ipnet::{IpNet, Ipv4Net};
 use netconverge::apply::{self, ApplyReport};
 use netconverge::model::{Desired, Family, Mac, Observed, RouteSpec, VxlanSpec};
+use netconverge::netlink::Errno;
 use netconverge::plan::{Change, ChangeKind, Op, Plan, RouteOp, VxlanCreate};
 use netconverge::{netlink, observe};
 use serde_json::Value;
@@ -73,6 +74,7 @@ fn plan_of(changes: Vec<Change>) -> Plan {
     Plan {
         changes,
         blocked: vec![],
+        notes: vec![],
     }
 }
 
@@ -172,6 +174,7 @@ fn v4_plan() -> Plan {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "198.18.1.0/32".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];
@@ -264,6 +267,7 @@ fn ipv6_vxlan_with_ipv6_fdb_and_routes() {
             Op::AddAddress {
                 dev: VX.into(),
                 cidr: "fd00:0:0:1::/128".parse().unwrap(),
+                protocol: 0,
             },
         ),
     ];
@@ -949,4 +953,444 @@ fn fdb_flood_entries_append_and_unicast_entries_follow_their_vtep() {
         "{left:?}"
     );
     assert!(!left.contains(&(zero, "192.0.2.2".into())), "{left:?}");
+}
+
+/// A kernel NACK reaches the report as its errno, a typed value (what the
+/// CLI's exit code 3 and every other decision is made on), next to the
+/// kernel's own text.
+#[test]
+fn failures_carry_the_kernels_errno() {
+    let ns = Netns::new("nl-errno");
+    underlay(&ns, "192.0.2.1/24");
+    let plan = plan_of(vec![
+        create_vxlan("192.0.2.1", 1450),
+        ch(
+            format!("link {VX} mtu"),
+            Op::SetLink {
+                name: VX.into(),
+                mtu: Some(9000),
+                mac: None,
+                up: None,
+            },
+        ),
+        ch(
+            "route 198.18.50.0/24",
+            Op::SetRoute(route_op(
+                "198.18.50.0/24".parse().unwrap(),
+                None,
+                "missing0",
+            )),
+        ),
+    ]);
+    let report = apply_plan(&ns, &plan);
+    let got: Vec<(&str, Option<Errno>)> = report
+        .failures
+        .iter()
+        .map(|f| (f.object.as_str(), f.errno))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("link nc.1 mtu", Some(Errno::EINVAL)),
+            ("route 198.18.50.0/24", Some(Errno::ENODEV)),
+        ],
+        "{report:#?}"
+    );
+    assert!(report.failures[0].error.contains("Invalid argument"));
+    assert!(!report.failures.iter().any(|f| f.permission_denied()));
+    // the JSON report carries the number
+    let json = serde_json::to_value(&report.failures[0]).unwrap();
+    assert_eq!(json["errno"], libc::EINVAL, "{json}");
+    // positive control of the MTU refusal: the device exists and kept its MTU
+    assert_eq!(ns.ip_json(&["link", "show", VX])[0]["mtu"], 1450);
+}
+
+/// The foreign VXLAN device of the conflict tests: VNI 1, port 8472, over
+/// the same underlay and local address as ours (what flannel's leftover or
+/// another overlay would be).
+fn foreign_vxlan(ns: &Netns) {
+    ns.ip(&[
+        "link",
+        "add",
+        "vx-foreign",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dstport",
+        "8472",
+        "local",
+        "192.0.2.1",
+        "dev",
+        "ul0",
+    ]);
+}
+
+/// A VXLAN device refused because another device holds its VNI and port:
+/// the report says exactly that, once, and what would go on the device is
+/// reported once as waiting for it (not one "does not exist" per object,
+/// nor an EINVAL per route through a missing nexthop). The foreign device
+/// is left as it was.
+#[test]
+fn vni_taken_by_a_foreign_device_is_reported_as_such() {
+    let ns = Netns::new("nl-vni");
+    underlay(&ns, "192.0.2.1/24");
+    foreign_vxlan(&ns);
+    let before = ns.ip_json(&["-d", "link", "show", "vx-foreign"]);
+    let mut changes = vec![ch(
+        "address 198.18.1.0/32",
+        Op::AddAddress {
+            dev: VX.into(),
+            cidr: "198.18.1.0/32".parse().unwrap(),
+            protocol: netconverge::model::ROUTE_PROTOCOL,
+        },
+    )];
+    for i in 2..=4 {
+        changes.extend(v4_peer(i));
+    }
+    // a nexthop object on the device and a route through it (its dev left
+    // out: the route waits because its nexthop does)
+    changes.push(ch(
+        "nexthop 199000005",
+        Op::SetNexthop(netconverge::plan::NexthopOp {
+            id: 199_000_005,
+            via: "198.18.5.0".parse().unwrap(),
+            dev: VX.into(),
+            onlink: true,
+            protocol: 199,
+        }),
+    ));
+    changes.push(ch(
+        "route 198.18.5.0/24",
+        Op::SetRoute(RouteOp {
+            nhid: Some(199_000_005),
+            dev: None,
+            via: None,
+            onlink: false,
+            ..route_op("198.18.5.0/24".parse().unwrap(), None, VX)
+        }),
+    ));
+    // something independent of the device still goes in
+    changes.push(ch(
+        "address 198.18.77.1/32 dev ul0",
+        Op::AddAddress {
+            dev: "ul0".into(),
+            cidr: "198.18.77.1/32".parse().unwrap(),
+            protocol: netconverge::model::ROUTE_PROTOCOL,
+        },
+    ));
+    changes.push(create_vxlan("192.0.2.1", 1450));
+    let dependents = changes.len() - 2;
+    let plan = plan_of(changes);
+    let report = apply_plan(&ns, &plan);
+
+    let got: Vec<(&str, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.object.as_str(), f.error.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                format!("vxlan {VX}").as_str(),
+                "VNI 1 port 8472 already used by vx-foreign"
+            ),
+            (
+                format!("{dependents} objects on {VX}").as_str(),
+                format!("waiting for vxlan {VX}").as_str()
+            ),
+        ],
+        "{report:#?}"
+    );
+    assert_eq!(report.failures[0].errno, Some(Errno::EEXIST));
+    assert_eq!(report.applied, 1, "the underlay address: {report:#?}");
+    assert!(ns.link(VX).is_none(), "{VX} must not exist");
+    assert_eq!(
+        ns.ip_json(&["-d", "link", "show", "vx-foreign"]),
+        before,
+        "the foreign device is left alone"
+    );
+    let ul0 = ns.ip_json(&["addr", "show", "dev", "ul0"]);
+    assert!(ul0.to_string().contains("198.18.77.1"), "{ul0}");
+
+    // Positive control: with the VNI free, the same plan applies entirely.
+    ns.ip(&["link", "del", "vx-foreign"]);
+    let report = apply_plan(&ns, &plan);
+    assert_clean(&report, plan.changes.len());
+    check_peer(&ns, "198.18.2.0/24", "198.18.2.0", "192.0.2.2", peer_mac(2));
+}
+
+/// The same conflict through the CLI: one line names the holder, one line
+/// the objects waiting; nothing else failed, exit 1 (not converged).
+#[test]
+fn converge_names_the_device_holding_the_vni() {
+    let ns = Netns::new("cli-vni");
+    underlay(&ns, "192.0.2.1/24");
+    foreign_vxlan(&ns);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("n.toml");
+    let mut text = "node_name = \"n1\"\n\n[[vxlan]]\nname = \"flannel.1\"\nvni = 1\n\
+                    underlay = \"ul0\"\n\n[[address]]\ndev = \"flannel.1\"\n\
+                    cidr = \"198.18.1.0/32\"\n"
+        .to_string();
+    for k in 2..=3 {
+        text += &format!(
+            "\n[[peer]]\ndev = \"flannel.1\"\nsubnet = \"198.18.{k}.0/24\"\n\
+             vtep_ip = \"192.0.2.{k}\"\nvtep_mac = \"02:00:00:00:00:0{k}\"\n"
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let out = ns.netconverge(&config, &["converge"]);
+    let all = common::stdout_stderr(&out);
+    let failed: Vec<&str> = all.lines().filter(|l| l.starts_with("failed:")).collect();
+    // the last round's failures: the device, and what waits for it
+    assert_eq!(
+        failed.first().copied(),
+        Some("failed: vxlan flannel.1: VNI 1 port 8472 already used by vx-foreign"),
+        "{all}"
+    );
+    assert!(
+        failed
+            .iter()
+            .skip(1)
+            .all(|l| l.contains("waiting for vxlan flannel.1")),
+        "{all}"
+    );
+    assert!(!all.contains("does not exist"), "{all}");
+    assert_eq!(common::code(&out), 1, "{all}");
+    assert!(ns.link("flannel.1").is_none());
+    assert!(ns.link("vx-foreign").is_some());
+}
+
+/// Addresses: `n` global /32s on `dev` (one `ip -batch`).
+fn many_addresses(ns: &Netns, dev: &str, n: u32) -> BTreeSet<IpNet> {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("addrs");
+    let want: BTreeSet<IpNet> = (0..n)
+        .map(|i| {
+            format!("198.18.{}.{}/32", 100 + (i >> 8), i & 0xff)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let text: String = want
+        .iter()
+        .map(|a| format!("addr add {a} dev {dev}\n"))
+        .collect();
+    std::fs::write(&batch, text).unwrap();
+    ns.ip(&["-batch", batch.to_str().unwrap()]);
+    want
+}
+
+/// A process that adds and deletes objects in `ns` in a loop until dropped.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Churn {
+    fn start(ns: &Netns, batch: String) -> Churn {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("churn");
+        std::fs::write(&path, batch).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let name = ns.name.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &name, "-batch", path.to_str().unwrap()])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                rounds += 1;
+            }
+            rounds
+        });
+        Churn {
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Stop; how many rounds of changes ran.
+    fn stop(mut self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Dumps while another process keeps changing addresses and routes in the
+/// same namespace: every dump the engine returns is a consistent snapshot
+/// (each stable object exactly once), because a dump the kernel marks as
+/// interrupted (NLM_F_DUMP_INTR) is run again, and one that never gets
+/// through is an error, not a result. The churn adds and removes
+/// host-scope addresses, which IPv4 puts at the head of the device's list:
+/// each one moves every stable address, which is what an interrupted dump
+/// resumes by, so a trusted interrupted dump misses or doubles them.
+#[test]
+fn dumps_interrupted_by_concurrent_changes_are_retried_never_trusted() {
+    let ns = Netns::new("nl-intr");
+    ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]);
+    ns.ip(&["link", "set", "b0", "up"]);
+    ns.ip(&["link", "set", "b1", "up"]);
+    let stable = many_addresses(&ns, "b0", 3000);
+    let mut routes = String::new();
+    for i in 0..1000u32 {
+        routes += &format!(
+            "route add 198.19.{}.{}/32 dev b0 proto 199\n",
+            i >> 8,
+            i & 0xff
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes"), &routes).unwrap();
+    ns.ip(&["-batch", dir.path().join("routes").to_str().unwrap()]);
+    let stable_routes: BTreeSet<IpNet> = (0..1000u32)
+        .map(|i| {
+            format!("198.19.{}.{}/32", i >> 8, i & 0xff)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+
+    let mut churn = String::new();
+    for i in 0..100u32 {
+        churn += &format!("addr add 198.18.99.{i}/32 dev b0 scope host\n");
+        churn += &format!("route add 198.17.0.{i}/32 dev b0 proto 199\n");
+        churn += &format!("addr del 198.18.99.{i}/32 dev b0\n");
+        churn += &format!("route del 198.17.0.{i}/32 dev b0\n");
+    }
+    let churn = Churn::start(&ns, churn);
+    const DUMPS: usize = 60;
+    let (results, interrupted) = block_in(&ns, |h| async move {
+        let names = observe::link_names(&observe::dump_links(&h).await.unwrap());
+        let filter = observe::RouteFilter {
+            protocol: 199,
+            ..Default::default()
+        };
+        let mut results = Vec::new();
+        for _ in 0..DUMPS {
+            let addrs = observe::dump_addresses(&h, &names).await;
+            let routes = observe::dump_routes(&h, &names, &[], &filter).await;
+            results.push((addrs, routes));
+        }
+        (results, h.bulk().interrupted_dumps())
+    });
+    let rounds = churn.stop();
+    assert!(rounds > 0, "the churn must have run");
+    // Positive control: the kernel did interrupt dumps during this test.
+    assert!(
+        interrupted > 0,
+        "no dump was interrupted: the test proves nothing"
+    );
+
+    let mut complete = 0;
+    for (k, (addrs, routes)) in results.into_iter().enumerate() {
+        match addrs {
+            Ok(addrs) => {
+                let ours: Vec<IpNet> = addrs
+                    .iter()
+                    .filter(|a| stable.contains(&a.cidr))
+                    .map(|a| a.cidr)
+                    .collect();
+                let unique: BTreeSet<IpNet> = ours.iter().copied().collect();
+                assert_eq!(ours.len(), unique.len(), "dump {k}: an address twice");
+                let missing: Vec<_> = stable.difference(&unique).take(5).collect();
+                assert!(missing.is_empty(), "dump {k}: missing e.g. {missing:?}");
+                complete += 1;
+            }
+            Err(e) => assert!(
+                e.to_string().contains("NLM_F_DUMP_INTR"),
+                "dump {k}: only persistent interruption may fail a dump: {e}"
+            ),
+        }
+        match routes {
+            Ok(routes) => {
+                let ours: Vec<IpNet> = routes
+                    .iter()
+                    .filter(|r| stable_routes.contains(&r.dst))
+                    .map(|r| r.dst)
+                    .collect();
+                let unique: BTreeSet<IpNet> = ours.iter().copied().collect();
+                assert_eq!(ours.len(), unique.len(), "dump {k}: a route twice");
+                assert_eq!(unique, stable_routes, "dump {k}: routes");
+            }
+            Err(e) => assert!(e.to_string().contains("NLM_F_DUMP_INTR"), "dump {k}: {e}"),
+        }
+    }
+    eprintln!(
+        "{complete} of {DUMPS} address dumps complete, {interrupted} attempts interrupted, \
+         {rounds} churn rounds"
+    );
+    assert!(
+        complete > 0,
+        "every dump failed: {interrupted} interruptions"
+    );
+    // Quiet again: a dump goes through at once and is complete.
+    let (addrs, interrupted_after) = block_in(&ns, |h| async move {
+        let names = observe::link_names(&observe::dump_links(&h).await.unwrap());
+        let a = observe::dump_addresses(&h, &names).await.unwrap();
+        (a, h.bulk().interrupted_dumps())
+    });
+    assert_eq!(interrupted_after, 0);
+    assert_eq!(
+        addrs.iter().filter(|a| stable.contains(&a.cidr)).count(),
+        stable.len()
+    );
+}
+
+/// Without CAP_NET_ADMIN the kernel answers EPERM: the JSON report carries
+/// it as `errno` 1 and the exit code 3 (missing privilege) is decided on
+/// it. Control: the same file with the capability converges.
+#[test]
+fn a_missing_capability_is_an_errno_and_exit_3() {
+    let ns = Netns::new("cli-eperm");
+    underlay(&ns, "192.0.2.1/24");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("n.toml");
+    std::fs::write(
+        &config,
+        "node_name = \"n1\"\n\n[[vxlan]]\nname = \"flannel.1\"\nvni = 1\n\
+         underlay = \"ul0\"\n\n[[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n",
+    )
+    .unwrap();
+    // A user namespace of its own: the process holds CAP_NET_ADMIN there
+    // (so the CLI's upfront capability check passes), but not over this
+    // network namespace, so the kernel itself answers EPERM and the exit
+    // code must come from the errno. (Without the capability at all the
+    // CLI refuses before any request: tests/cli.rs.)
+    let out = ns.exec_output(&[
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--",
+        env!("CARGO_BIN_EXE_netconverge"),
+        "-c",
+        config.to_str().unwrap(),
+        "converge",
+        "--format",
+        "json",
+    ]);
+    let text = common::stdout(&out);
+    assert_eq!(common::code(&out), 3, "{}", common::stdout_stderr(&out));
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures[0]["object"], "vxlan flannel.1", "{json}");
+    assert_eq!(failures[0]["errno"], libc::EPERM, "{json}");
+    assert!(ns.link("flannel.1").is_none());
+
+    let out = ns.netconverge(&config, &["converge"]);
+    assert_eq!(common::code(&out), 0, "{}", common::stdout_stderr(&out));
+    assert!(ns.link("flannel.1").is_some());
 }

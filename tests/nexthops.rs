@@ -271,6 +271,9 @@ fn switching_off_and_on_converts_routes_and_removes_only_our_nexthops() {
         "nolearning",
     ]);
     ns.ip(&["link", "set", VX4, "up"]);
+    // The foreign nexthop needs the device first: made as netconverge
+    // makes it (with its mark), so it is netconverge's device.
+    ns.ip(&["link", "set", VX4, "alias", "netconverge"]);
     ns.ip(&[
         "nexthop",
         "add",

@@ -233,6 +233,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
         mac: Some(Mac([2, 0, 0, 0, 0, 1])),
         up: true,
         vxlan: None,
+        alias: None,
     };
     o.links.insert(UNDERLAY.into(), under);
     for (cidr, global) in [(LOCAL4, true), (LOCAL6, true)] {
@@ -241,6 +242,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
                 dev: UNDERLAY.into(),
                 cidr: IpNet::new(ip, if ip.is_ipv4() { 24 } else { 64 }).unwrap_or_default(),
                 global,
+                protocol: 0,
             });
         }
     }
@@ -267,6 +269,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
                     learning: v.learning,
                     gbp: v.gbp,
                 }),
+                alias: Some(netconverge::model::DEVICE_MARK.into()),
             },
         );
     }
@@ -275,6 +278,7 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
             dev: a.dev.clone(),
             cidr: a.cidr,
             global: true,
+            protocol: netconverge::model::ROUTE_PROTOCOL,
         });
     }
     for n in &d.neighbors {

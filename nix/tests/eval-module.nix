@@ -422,11 +422,15 @@ let
     }
     # ---- state, lease directory, timeouts ----------------------------------
     {
-      name = "no RuntimeDirectory; /run/flannel created by an unsandboxed ExecStartPre and writable; StateDirectory=netconverge";
+      name = "no RuntimeDirectory; /run/flannel and /run/netconverge created by an unsandboxed ExecStartPre and writable; StateDirectory=netconverge";
       ok =
         !(full.sc ? RuntimeDirectory)
-        && full.sc.ExecStartPre == [ "+${pkgs.coreutils}/bin/mkdir -p /run/flannel" ]
+        && full.sc.ExecStartPre == [
+          "+${pkgs.coreutils}/bin/mkdir -p /run/flannel"
+          "+${pkgs.coreutils}/bin/mkdir -p /run/netconverge"
+        ]
         && elem "/run/flannel" full.sc.ReadWritePaths
+        && elem "/run/netconverge" full.sc.ReadWritePaths
         && full.sc.StateDirectory == "netconverge"
         && minimal.sc.StateDirectory == "netconverge"
         && elem "/run/flannel" minimal.sc.ReadWritePaths;

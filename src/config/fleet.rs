@@ -750,6 +750,7 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
                 family_explicit: true,
                 local: Field::Given(addr.clone()),
                 mac: me.mac.clone(),
+                adopt: None,
                 mtu: Field::Absent,
                 learning: Some(Sp {
                     v: false,
@@ -831,6 +832,7 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
                 subnet: Some(subnet.clone()),
                 vtep_ip: Some(ip.clone()),
                 vtep_mac: vtep_mac(n, &dev.v),
+                adopt: None,
             });
         }
     }
@@ -1212,6 +1214,7 @@ subnet = "198.18.2.0/24"
             dev: dev.into(),
             cidr: cidr.parse().unwrap(),
             global: true,
+            protocol: 0,
         };
         let mut o = Observed::default();
         let unresolved = d.resolve_underlays(&o);
@@ -1318,6 +1321,7 @@ subnet = "198.18.2.0/24"
                 mac: None,
                 up: true,
                 vxlan: None,
+                alias: None,
             },
         );
         o.addresses = vec![
@@ -1325,11 +1329,13 @@ subnet = "198.18.2.0/24"
                 dev: "ens3".into(),
                 cidr: "192.0.2.12/24".parse().unwrap(),
                 global: true,
+                protocol: 0,
             },
             AddressState {
                 dev: "ens3".into(),
                 cidr: "2001:db8::12/64".parse().unwrap(),
                 global: true,
+                protocol: 0,
             },
         ];
         let p = plan(&d.resolve_underlays(&o), &o);

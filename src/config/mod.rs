@@ -107,6 +107,11 @@ pub fn parse_as(source: &str, file: &str, node: &NodeSelect) -> Result<Desired, 
     }
 }
 
+/// The largest config file accepted (64 MiB): a config for 20 000 peers is
+/// a few MiB; anything bigger is a mistake (or `/dev/zero` behind a
+/// symlink) and must not be read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
 /// Read and validate a file; a `[fleet]` is expanded for this host
 /// (`NETCONVERGE_NODE`, `node_name`, the hostname: see [`NodeSelect`]).
 pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
@@ -116,16 +121,118 @@ pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
 /// [`load`] for the node `node` selects (`--node` goes in `node.flag`).
 pub fn load_as(path: &Path, node: &NodeSelect) -> Result<Desired, ConfigErrors> {
     let name = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = read_config(path).map_err(|(message, help)| {
         ConfigErrors(vec![ConfigError {
             file: name.clone(),
             line: 0,
             col: 0,
-            message: format!("cannot read config: {e}"),
-            help: Some("pass the file with -c/--config".into()),
+            message,
+            help: Some(help),
         }])
     })?;
+    let source = String::from_utf8(bytes)
+        .map_err(|e| ConfigErrors(vec![utf8_error(&name, e.as_bytes(), e.utf8_error())]))?;
     parse_as(&source, &name, node)
+}
+
+/// The file's bytes, or (message, help). Only a regular file (symlinks are
+/// followed) of at most [`MAX_CONFIG_BYTES`] is read: the daemon reloads
+/// through here, and a FIFO would block `open()` forever, a device would
+/// be read until memory runs out.
+fn read_config(path: &Path) -> Result<Vec<u8>, (String, String)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+
+    let cannot = |e: std::io::Error| {
+        let help = match e.kind() {
+            std::io::ErrorKind::NotFound => "pass the file with -c/--config",
+            std::io::ErrorKind::PermissionDenied => {
+                "make the file readable by this user, or run as root"
+            }
+            _ => "check the path given with -c/--config",
+        };
+        (format!("cannot read config: {e}"), help.to_string())
+    };
+    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+    // (it is refused below); regular files ignore the flag.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    // The opened file is what counts (no check-then-open race).
+    let meta = file.metadata().map_err(cannot)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else {
+            "not a regular file"
+        };
+        return Err((
+            format!("cannot read config: it is {what}, not a regular file"),
+            "pass a regular TOML file (a symlink to one is fine) with -c/--config".to_string(),
+        ));
+    }
+    let too_big = |size: u64| {
+        (
+            format!(
+                "cannot read config: it is {size} bytes, more than the {} MiB limit",
+                MAX_CONFIG_BYTES >> 20
+            ),
+            "a config is a few MiB even for 20 000 peers; check that -c/--config names the right file"
+                .to_string(),
+        )
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // `take`: the file may grow between fstat and read.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or_default());
+    (&mut file)
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if read > MAX_CONFIG_BYTES {
+        return Err(too_big(read));
+    }
+    Ok(bytes)
+}
+
+/// Invalid UTF-8 at file:line:col (column in characters of the valid text
+/// before it), naming the offending byte.
+fn utf8_error(file: &str, bytes: &[u8], e: std::str::Utf8Error) -> ConfigError {
+    let at = e.valid_up_to();
+    let valid = bytes.get(..at).unwrap_or_default();
+    let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+    // `valid` is valid UTF-8 by definition of valid_up_to
+    let col = std::str::from_utf8(valid.get(line_start..).unwrap_or_default())
+        .map_or(0, |s| s.chars().count())
+        + 1;
+    let byte = bytes
+        .get(at)
+        .map_or_else(String::new, |b| format!(" (byte 0x{b:02X})"));
+    ConfigError {
+        file: file.to_string(),
+        line,
+        col,
+        message: format!("the file is not valid UTF-8{byte}"),
+        help: Some(
+            "TOML files are UTF-8: re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), \
+             or write the character as a \\u escape inside a string"
+                .to_string(),
+        ),
+    }
 }
 
 // ------------------------------------------------------------ diagnostics --

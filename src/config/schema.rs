@@ -14,8 +14,8 @@ use toml_span::value::{Table, Value, ValueInner};
 
 use super::Diags;
 use crate::model::{
-    DaemonSpec, EngineSpec, Family, LeaseMode, Mac, NatBackendKind, NexthopMode, NmMode,
-    ReadyPolicy,
+    DaemonSpec, EngineSpec, Family, IptablesMode, LeaseMode, Mac, NatBackendKind, NexthopMode,
+    NmMode, ReadyPolicy,
 };
 
 /// A value and where it was written.
@@ -333,6 +333,9 @@ pub(crate) fn suggest<'a>(
 // ----------------------------------------------------------- value rules --
 
 /// Linux `dev_valid_name`, plus `%` (a name template, never a real device).
+/// The kernel checks bytes with its own `isspace`, which is Latin-1: besides
+/// ASCII whitespace it rejects 0xA0, a byte inside many UTF-8 characters
+/// (`à` is C3 A0), so the check is on the encoded bytes.
 pub(crate) fn ifname(s: &str) -> Result<String, Bad> {
     const HELP: &str =
         "interface names are 1-15 bytes without '/', ':', '%' or whitespace, e.g. \"flannel.1\"";
@@ -351,16 +354,32 @@ pub(crate) fn ifname(s: &str) -> Result<String, Bad> {
     if s == "." || s == ".." {
         return Err(bad(format!("`{s}` is not a valid interface name"), HELP));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| matches!(c, '/' | ':' | '%' | '\0') || c.is_ascii_whitespace() || *c == '\x0b')
-    {
-        return Err(bad(
-            format!("interface name `{}` contains {c:?}", s.escape_debug()),
-            HELP,
-        ));
+    let mut buf = [0u8; 4];
+    for c in s.chars() {
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        if c.is_ascii() {
+            if matches!(c, '/' | ':' | '%' | '\0') || bytes.iter().copied().any(kernel_isspace) {
+                return Err(bad(
+                    format!("interface name `{}` contains {c:?}", s.escape_debug()),
+                    HELP,
+                ));
+            }
+        } else if let Some(b) = bytes.iter().copied().find(|b| kernel_isspace(*b)) {
+            return Err(bad(
+                format!(
+                    "interface name `{}` contains {c:?}, whose UTF-8 encoding holds byte {b:#04X}, which the kernel treats as whitespace",
+                    s.escape_debug()
+                ),
+                "use ASCII letters, digits, '.', '-' and '_' only, e.g. \"flannel.1\"",
+            ));
+        }
     }
     Ok(s.to_string())
+}
+
+/// The kernel's `isspace` (lib/ctype.c, Latin-1): \t \n \v \f \r, space and 0xA0.
+fn kernel_isspace(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ' | 0xA0)
 }
 
 pub(crate) fn fam_name(f: Family) -> &'static str {
@@ -510,7 +529,9 @@ pub(crate) fn abs_path(s: &str) -> Result<PathBuf, Bad> {
 
 fn file_path(s: &str) -> Result<PathBuf, Bad> {
     let p = abs_path(s)?;
-    if s.ends_with('/') {
+    // `/.` and `/..` name a directory too: the atomic write needs a file
+    // name to put its temp file next to.
+    if s.ends_with('/') || s.ends_with("/.") || s.ends_with("/..") {
         return Err(bad(
             format!("path `{s}` names a directory"),
             "name the file, e.g. \"/run/flannel/subnet.env\"",
@@ -637,6 +658,8 @@ pub(crate) struct RawVxlan {
     pub(crate) mtu: Field<u32>,
     pub(crate) learning: Option<Sp<bool>>,
     pub(crate) gbp: Option<Sp<bool>>,
+    /// Take over an existing device of this name netconverge did not create.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -655,6 +678,8 @@ pub(crate) struct RawRoute {
     pub(crate) src: Field<IpAddr>,
     pub(crate) metric: Field<u32>,
     pub(crate) table: Option<Sp<u32>>,
+    /// Take over a route netconverge did not create holding this place.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -677,6 +702,8 @@ pub(crate) struct RawPeer {
     pub(crate) subnet: Option<Sp<IpNet>>,
     pub(crate) vtep_ip: Option<Sp<IpAddr>>,
     pub(crate) vtep_mac: Option<Sp<Mac>>,
+    /// Take over a route netconverge did not create at the peer's route.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 /// `network` + `subnet` (or `ipv6_network` + `ipv6_subnet`) as written.
@@ -703,6 +730,8 @@ pub(crate) struct RawNat {
     pub(crate) mark: Option<Sp<(u32, u32)>>,
     pub(crate) table: Option<Sp<String>>,
     pub(crate) chain: Option<Sp<String>>,
+    pub(crate) iptables: Option<Sp<IptablesMode>>,
+    pub(crate) adopt: Option<Sp<bool>>,
     pub(crate) v4: RawFamily,
     pub(crate) v6: RawFamily,
 }
@@ -742,6 +771,8 @@ impl RawLease {
 #[derive(Debug, Default)]
 pub(crate) struct Raw {
     pub(crate) node_name: Option<Sp<String>>,
+    /// Top-level `state_dir`: where netconverge keeps its record.
+    pub(crate) state_dir: Option<Sp<PathBuf>>,
     pub(crate) vxlans: Vec<RawVxlan>,
     pub(crate) addresses: Vec<RawAddress>,
     pub(crate) routes: Vec<RawRoute>,
@@ -764,6 +795,7 @@ pub(crate) type Keys = &'static [(&'static str, &'static str)];
 
 const TOP_KEYS: Keys = &[
     ("node_name", "node_name = \"node-a\""),
+    ("state_dir", "state_dir = \"/var/lib/netconverge\""),
     ("vxlan", "[[vxlan]]"),
     ("address", "[[address]]"),
     ("route", "[[route]]"),
@@ -788,6 +820,7 @@ const VXLAN_KEYS: Keys = &[
     ("mtu", "mtu = 1450"),
     ("learning", "learning = false"),
     ("gbp", "gbp = false"),
+    ("adopt", "adopt = true"),
 ];
 
 const ADDRESS_KEYS: Keys = &[
@@ -803,6 +836,7 @@ const ROUTE_KEYS: Keys = &[
     ("src", "src = \"198.18.1.0\""),
     ("metric", "metric = 100"),
     ("table", "table = \"main\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NEIGHBOR_KEYS: Keys = &[
@@ -822,6 +856,7 @@ const PEER_KEYS: Keys = &[
     ("subnet", "subnet = \"198.18.2.0/24\""),
     ("vtep_ip", "vtep_ip = \"192.0.2.20\""),
     ("vtep_mac", "vtep_mac = \"02:42:c6:12:02:00\""),
+    ("adopt", "adopt = true"),
 ];
 
 const NAT_KEYS: Keys = &[
@@ -831,6 +866,8 @@ const NAT_KEYS: Keys = &[
     ("mark", "mark = \"0x4000/0x4000\""),
     ("table", "table = \"netconverge\""),
     ("chain", "chain = \"NETCONVERGE-POSTRTG\""),
+    ("iptables", "iptables = \"auto\""),
+    ("adopt", "adopt = false"),
     ("network", "network = \"198.18.0.0/16\""),
     ("subnet", "subnet = \"198.18.1.0/24\""),
     ("ipv6_network", "ipv6_network = \"fd00:42::/56\""),
@@ -880,6 +917,7 @@ pub(crate) fn read(root: &mut Value<'_>, d: &mut Diags<'_>) -> Raw {
     let mut top = Section::new("the top level", Span::new(0, 0), table, TOP_KEYS);
 
     raw.node_name = top.parsed(d, "node_name", node_name).given().cloned();
+    raw.state_dir = top.parsed(d, "state_dir", abs_path).given().cloned();
 
     for s in array(&mut top, d, "vxlan", VXLAN_KEYS) {
         raw.vxlans.push(read_vxlan(s, d));
@@ -1068,6 +1106,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
     let mtu = s.int(d, "mtu", 68, 65_535);
     let learning = s.bool(d, "learning").or_default(false, h);
     let gbp = s.bool(d, "gbp").or_default(false, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let family_explicit = !fam.is_absent();
     let family = match (fam, &local) {
         (Field::Given(f), _) => Some(f),
@@ -1095,6 +1134,7 @@ fn read_vxlan(mut s: Section<'_>, d: &mut Diags<'_>) -> RawVxlan {
         mtu,
         learning,
         gbp,
+        adopt,
     }
 }
 
@@ -1148,6 +1188,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
     let table = s
         .get(d, "table", route_table)
         .or_default(crate::model::MAIN_TABLE, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     s.finish(d);
     RawRoute {
         header: h,
@@ -1158,6 +1199,7 @@ fn read_route(mut s: Section<'_>, d: &mut Diags<'_>) -> RawRoute {
         src,
         metric,
         table,
+        adopt,
     }
 }
 
@@ -1201,12 +1243,14 @@ fn read_peer(mut s: Section<'_>, d: &mut Diags<'_>) -> RawPeer {
     let vtep_ip = s.req(d, "vtep_ip", f);
     let f = s.parsed(d, "vtep_mac", mac_unicast);
     let vtep_mac = s.req(d, "vtep_mac", f);
+    let adopt = s.bool(d, "adopt").or_default(false, s.header);
     s.finish(d);
     RawPeer {
         dev,
         subnet,
         vtep_ip,
         vtep_mac,
+        adopt,
     }
 }
 
@@ -1251,6 +1295,18 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
     let chain = s
         .parsed(d, "chain", iptables_chain)
         .or_default("NETCONVERGE-POSTRTG".to_string(), h);
+    let iptables = s
+        .choice(
+            d,
+            "iptables",
+            &[
+                ("auto", IptablesMode::Auto),
+                ("nft", IptablesMode::Nft),
+                ("legacy", IptablesMode::Legacy),
+            ],
+        )
+        .or_default(IptablesMode::Auto, h);
+    let adopt = s.bool(d, "adopt").or_default(false, h);
     let (v4, v6) = read_families(&mut s, d);
     s.finish(d);
     RawNat {
@@ -1261,6 +1317,8 @@ fn read_nat(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNat {
         mark,
         table,
         chain,
+        iptables,
+        adopt,
         v4,
         v6,
     }

@@ -977,8 +977,8 @@ fn other_toml_spellings_and_line_endings() {
     // A non-table entry in a list, and TOML datetimes, are errors, not panics.
     assert_eq!(parse("vxlan = [1]\n", "t").unwrap_err().0.len(), 1);
     assert!(parse("x = 1979-05-27T07:32:00Z\n", "t").is_err());
-    // An empty file is a valid (empty) configuration.
-    assert_eq!(ok(""), Desired::default());
+    // An empty file is refused (see `a_file_that_declares_nothing_is_refused`).
+    assert!(parse("", "t").is_err());
 }
 
 /// The full example in docs/config.md parses (the doc cannot rot silently).
@@ -996,4 +996,137 @@ fn docs_full_example_parses() {
     assert_eq!(d.vxlans.len(), 2);
     assert_eq!(d.vxlans[1].family, Family::Ipv6);
     assert_eq!(d.routes.len(), 3);
+}
+
+// ------------------------------------------ what the kernel would refuse --
+
+#[test]
+fn names_with_bytes_the_kernel_treats_as_whitespace_are_refused() {
+    // `à` is C3 A0: the kernel's Latin-1 isspace() sees 0xA0 and answers
+    // EINVAL (checked with `ip link add`), so validate must say so first.
+    snap_errs!(
+        "kernel_name_a_grave",
+        "[[vxlan]]\nname = \"vx\\u00e0\"\nvni = 1\nunderlay = \"eth0\"\n"
+    );
+    // U+00A0 itself (C2 A0), in an underlay and a route device.
+    snap_errs!(
+        "kernel_name_nbsp",
+        "[[vxlan]]\nname = \"vx\"\nvni = 1\nunderlay = \"eth\\u00a00\"\n\n[[route]]\ndst = \"198.51.100.0/24\"\ndev = \"e\\u00a0\"\n"
+    );
+    for c in ["\\t", "\\n", "\\u000b", "\\f", "\\r", " "] {
+        let src = format!("[[vxlan]]\nname = \"a{c}b\"\nvni = 1\nunderlay = \"eth0\"\n");
+        assert!(errs(&src).contains("interface name"), "{src}");
+    }
+    // Positive control: other non-ASCII names are accepted by the kernel
+    // (`é` is C3 A9; 0x85 is a control byte there, not whitespace).
+    let d = ok("[[vxlan]]\nname = \"vx\\u00e9\\u0085\"\nvni = 1\nunderlay = \"eth0\"\n");
+    assert_eq!(d.vxlans[0].name, "vx\u{e9}\u{85}");
+}
+
+/// flannel.1 with `mtu` and one IPv6 object of each kind in turn.
+fn v6_on_vxlan(mtu: u32, object: &str) -> String {
+    format!(
+        "[[vxlan]]\nname = \"flannel.1\"\nvni = 1\nunderlay = \"eth0\"\nmtu = {mtu}\n\n{object}"
+    )
+}
+
+#[test]
+fn an_mtu_below_1280_on_a_device_with_ipv6_is_refused() {
+    let address = "[[address]]\ndev = \"flannel.1\"\ncidr = \"fd00:42:0:1::/128\"\n";
+    let route = "[[route]]\ndst = \"fd00:43::/64\"\ndev = \"flannel.1\"\n";
+    let neighbor =
+        "[[neighbor]]\ndev = \"flannel.1\"\nip = \"fd00:43::\"\nmac = \"02:00:00:00:00:01\"\n";
+    let peer = "[[peer]]\ndev = \"flannel.1\"\nsubnet = \"fd00:43::/64\"\nvtep_ip = \"192.0.2.2\"\nvtep_mac = \"02:00:00:00:00:02\"\n";
+    snap_errs!("kernel_mtu_ipv6_address", &v6_on_vxlan(1279, address));
+    for object in [route, neighbor, peer] {
+        let e = errs(&v6_on_vxlan(1200, object));
+        assert!(e.contains("below IPv6's minimum of 1280"), "{e}");
+        assert!(e.contains("test.toml:5:7: error"), "points at `mtu`: {e}");
+    }
+    // Controls: 1280 is enough; an IPv4-only device may go lower; an IPv6
+    // address on the underlay is not the VXLAN's.
+    ok(&v6_on_vxlan(1280, address));
+    ok(&v6_on_vxlan(
+        1200,
+        "[[address]]\ndev = \"flannel.1\"\ncidr = \"198.18.1.0/32\"\n",
+    ));
+    ok(&v6_on_vxlan(
+        1200,
+        "[[address]]\ndev = \"eth0\"\ncidr = \"2001:db8::1/64\"\n",
+    ));
+    // The lease hands its MTU to pods: with IPv6 pods it must be >= 1280.
+    snap_errs!(
+        "kernel_mtu_ipv6_lease",
+        &with_base(
+            "[lease]\nipv6_network = \"fd00:42::/56\"\nipv6_subnet = \"fd00:42:0:1::/64\"\nmtu = 1200\n"
+        )
+    );
+    ok(&with_base(
+        "[lease]\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\nmtu = 1200\n",
+    ));
+}
+
+#[test]
+fn lease_paths_that_name_a_directory_are_refused() {
+    snap_errs!(
+        "kernel_lease_path_dot",
+        &with_base("[lease]\nmode = \"preserve\"\npath = \"/run/flannel/.\"\n")
+    );
+    for p in ["/run/flannel/..", "/run/flannel/", "/.", "/.."] {
+        let e = errs(&with_base(&format!(
+            "[lease]\nmode = \"preserve\"\npath = \"{p}\"\n"
+        )));
+        assert!(e.contains("names a directory"), "{p}: {e}");
+    }
+    // Controls: a dot file, and dots inside the path, are file names.
+    for p in [
+        "/run/flannel/.env",
+        "/run/flannel/..env",
+        "/run/./flannel/subnet.env",
+    ] {
+        ok(&with_base(&format!(
+            "[lease]\nmode = \"preserve\"\npath = \"{p}\"\n"
+        )));
+    }
+    // Guard mode: the live file cannot be its own backup.
+    snap_errs!(
+        "sem_lease_path_is_backup",
+        &with_base(
+            "[lease]\nmode = \"preserve\"\npath = \"/var/lib/nc/subnet.env\"\nstate_dir = \"/var/lib/nc\"\n"
+        )
+    );
+}
+
+#[test]
+fn ipv6_metric_0_is_the_kernels_1024() {
+    // The kernel stores an IPv6 route asked with metric 0 as 1024; declaring
+    // 0 would make every pass re-add it (it flapped 86 times in 6 s).
+    let d = ok(&with_base(
+        "[[route]]\ndst = \"fd00:43::/64\"\ndev = \"flannel.1\"\nmetric = 0\n\n[[route]]\ndst = \"198.51.100.0/24\"\ndev = \"flannel.1\"\nmetric = 0\n",
+    ));
+    assert_eq!(d.routes[0].metric, Some(1024));
+    assert_eq!(d.routes[1].metric, Some(0), "IPv4 keeps metric 0");
+    // So metric 0 and no metric are the same IPv6 route.
+    snap_errs!(
+        "kernel_metric6_zero_duplicate",
+        &with_base(
+            "[[route]]\ndst = \"fd00:43::/64\"\ndev = \"flannel.1\"\nmetric = 0\n\n[[route]]\ndst = \"fd00:43::/64\"\ndev = \"flannel.1\"\n"
+        )
+    );
+}
+
+#[test]
+fn a_file_that_declares_nothing_is_refused() {
+    // An empty or truncated file on reload would remove every owned object.
+    snap_errs!("declares_nothing_empty", "");
+    snap_errs!(
+        "declares_nothing_settings_only",
+        "# truncated\nnode_name = \"a\"\n\n[daemon]\nresync_secs = 60\n"
+    );
+    let e = parse("\n\n", "f.toml").unwrap_err();
+    assert_eq!((e.0.len(), e.0[0].line, e.0[0].col), (1, 1, 1));
+    // Any one declaration is enough (controls).
+    ok(BASE);
+    ok("[lease]\nmode = \"preserve\"\n");
+    ok("[nat]\nmasquerade = false\n");
 }

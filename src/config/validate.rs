@@ -31,11 +31,30 @@ fn peer_origin(subnet: &IpNet) -> String {
 /// The kernel's default metric when none is given: routes differing only in
 /// "unset" vs. the default are the same route.
 fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
-    metric.unwrap_or(match dst {
-        IpNet::V4(_) => 0,
-        IpNet::V6(_) => 1024,
-    })
+    match (dst, metric) {
+        (IpNet::V4(_), m) => m.unwrap_or(0),
+        (IpNet::V6(_), m) => normal_metric6(m).unwrap_or(IPV6_DEFAULT_METRIC),
+    }
 }
+
+/// The metric the kernel gives an IPv6 route that asks for none or for 0
+/// (`IP6_RT_PRIO_USER`).
+const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// An IPv6 route with `metric = 0` is stored by the kernel with 1024, so it
+/// is declared as 1024: comparing against 0 would re-add it every pass.
+/// Normalised rather than rejected because `ip -6 route add … metric 0`
+/// accepts it with exactly this meaning.
+fn normal_metric6(metric: Option<u32>) -> Option<u32> {
+    match metric {
+        Some(0) => Some(IPV6_DEFAULT_METRIC),
+        m => m,
+    }
+}
+
+/// IPv6's minimum link MTU (RFC 8200): below it the kernel refuses IPv6
+/// addresses on a device and drops the ones it has.
+pub(crate) const IPV6_MIN_MTU: u32 = 1280;
 
 /// Networks, each with a payload, answering "does anything overlap this
 /// network?" in O(prefix length × log n): CIDR blocks either nest or are
@@ -148,6 +167,17 @@ fn pod_subnet(raw: &Raw, f: Family) -> Option<(IpNet, String)> {
 
 /// Runs every semantic check; problems go to `d`.
 pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
+    // Only when nothing else is wrong: a misspelt `[[vxaln]]` already has
+    // its own error with a suggestion.
+    if declares_nothing(raw) && d.is_empty() {
+        d.error(
+            Span::new(0, 0),
+            "the configuration declares nothing: no [[vxlan]], [[address]], [[route]], [[neighbor]], [[fdb]], [[peer]], [nat] or [lease]",
+            "an empty or truncated file would remove everything netconverge owns, so it is refused; \
+             restore the file, or run `netconverge cleanup` with the last good config to remove it all on purpose",
+        );
+        return;
+    }
     let devs = vxlans(raw, d);
     addresses(raw, &devs, d);
     routes(raw, &devs, d);
@@ -156,6 +186,104 @@ pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
     peers(raw, &devs, d);
     lease(raw, d);
     nat(raw, d);
+    ipv6_mtu(raw, &devs, d);
+}
+
+/// Nothing that netconverge would own: converging it removes every owned
+/// object, which only `cleanup` may do.
+fn declares_nothing(raw: &Raw) -> bool {
+    raw.vxlans.is_empty()
+        && raw.addresses.is_empty()
+        && raw.routes.is_empty()
+        && raw.neighbors.is_empty()
+        && raw.fdb.is_empty()
+        && raw.peers.is_empty()
+        && raw.nat.is_none()
+        && raw.lease.is_none()
+}
+
+/// A declared MTU below 1280 where IPv6 is declared: the kernel would refuse
+/// the addresses (and drop the routes), and pods given that MTU get no IPv6.
+/// A derived MTU (underlay − overhead) is only known at converge time; the
+/// planner blocks that case.
+fn ipv6_mtu(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
+    // First IPv6 object on each device: (what, line).
+    let mut v6: HashMap<&str, (&'static str, Span)> = HashMap::new();
+    // Only declared VXLANs: an underlay's MTU is not netconverge's.
+    let mut note = |dev: &Sp<String>, what: &'static str, at: Span| {
+        if let Some((name, _)) = devs.vxlans.get_key_value(dev.v.as_str()) {
+            v6.entry(*name).or_insert((what, at));
+        }
+    };
+    for a in &raw.addresses {
+        if let (Some(dev), Some(c)) = (&a.dev, &a.cidr) {
+            if Family::of_net(&c.v) == Family::Ipv6 {
+                note(dev, "IPv6 [[address]]", c.span);
+            }
+        }
+    }
+    for r in &raw.routes {
+        if let (Some(dev), Some(dst)) = (r.dev.given(), &r.dst) {
+            if Family::of_net(&dst.v) == Family::Ipv6 {
+                note(dev, "IPv6 [[route]]", dst.span);
+            }
+        }
+    }
+    for n in &raw.neighbors {
+        if let (Some(dev), Some(ip)) = (&n.dev, &n.ip) {
+            if Family::of(&ip.v) == Family::Ipv6 {
+                note(dev, "IPv6 [[neighbor]]", ip.span);
+            }
+        }
+    }
+    for p in &raw.peers {
+        if let (Some(dev), Some(sub)) = (&p.dev, &p.subnet) {
+            if Family::of_net(&sub.v) == Family::Ipv6 {
+                note(dev, "IPv6 [[peer]]", sub.span);
+            }
+        }
+    }
+    for v in &raw.vxlans {
+        let (Some(name), Some(mtu)) = (&v.name, v.mtu.given()) else {
+            continue;
+        };
+        if mtu.v >= IPV6_MIN_MTU {
+            continue;
+        }
+        if let Some((what, at)) = v6.get(name.v.as_str()) {
+            d.error(
+                mtu.span,
+                format!(
+                    "`mtu` {} on `{}` is below IPv6's minimum of {IPV6_MIN_MTU}, but the {what} at line {} uses it",
+                    mtu.v,
+                    name.v,
+                    d.line(*at)
+                ),
+                format!(
+                    "the kernel refuses IPv6 on a device with an MTU below {IPV6_MIN_MTU}: raise `mtu` to at least {IPV6_MIN_MTU}, or remove the IPv6 objects from `{}`",
+                    name.v
+                ),
+            );
+        }
+    }
+    if let Some(l) = &raw.lease {
+        if let (Some(mtu), Some(f)) = (l.mtu.given(), l.v6.subnet.given()) {
+            if mtu.v < IPV6_MIN_MTU {
+                d.error(
+                    mtu.span,
+                    format!(
+                        "[lease] `mtu` {} is below IPv6's minimum of {IPV6_MIN_MTU}, but the lease declares `ipv6_subnet` {} (line {})",
+                        mtu.v,
+                        f.v,
+                        d.line(f.span)
+                    ),
+                    format!(
+                        "pods get this MTU and the kernel refuses IPv6 below {IPV6_MIN_MTU}: raise `mtu` to at least {IPV6_MIN_MTU}, or remove the IPv6 family"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn vxlans<'r>(raw: &'r Raw, d: &mut Diags<'_>) -> Devices<'r> {
@@ -648,6 +776,18 @@ fn lease(raw: &Raw, d: &mut Diags<'_>) {
         any |= !fam.network.is_absent() || !fam.subnet.is_absent();
         family_pair(d, "[lease]", fam, nk, sk);
     }
+    if let (Some(mode), Some(path), Some(dir)) = (&l.mode, &l.path, &l.state_dir) {
+        if mode.v == LeaseMode::Preserve && path.v == dir.v.join(crate::lease::BACKUP_FILE_NAME) {
+            d.error(
+                path.span,
+                format!(
+                    "`path` {} is the guard-mode backup inside `state_dir`",
+                    path.v.display()
+                ),
+                "the backup must be a separate file: point `state_dir` elsewhere, e.g. \"/var/lib/netconverge\"",
+            );
+        }
+    }
     if !any && l.mode.as_ref().is_some_and(|m| m.v == LeaseMode::Write) {
         d.error(
             l.header,
@@ -807,6 +947,10 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         mac_seed: raw.node_name.as_ref().map(|n| n.v.clone()),
         daemon: raw.daemon.clone(),
         engine: raw.engine.clone(),
+        state_dir: raw.state_dir.as_ref().map_or_else(
+            || std::path::PathBuf::from(crate::record::DEFAULT_STATE_DIR),
+            |d| d.v.clone(),
+        ),
         ..Desired::default()
     };
     for v in &raw.vxlans {
@@ -822,6 +966,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             learning: v.learning.as_ref()?.v,
             gbp: v.gbp.as_ref()?.v,
         });
+        if v.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.vxlans.insert(v.name.as_ref()?.v.clone());
+        }
     }
     for (i, a) in raw.addresses.iter().enumerate() {
         out.addresses.push(AddressSpec {
@@ -837,10 +984,20 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             dev: r.dev.value().ok()?,
             onlink: r.onlink.as_ref()?.v,
             src: r.src.value().ok()?,
-            metric: r.metric.value().ok()?,
+            metric: match r.dst.as_ref()?.v {
+                IpNet::V4(_) => r.metric.value().ok()?,
+                IpNet::V6(_) => normal_metric6(r.metric.value().ok()?),
+            },
             table: r.table.as_ref()?.v,
             origin: format!("route #{}", i + 1),
         });
+        if r.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((
+                r.table.as_ref()?.v,
+                r.dst.as_ref()?.v,
+                r.metric.value().ok()?,
+            ));
+        }
     }
     for (i, n) in raw.neighbors.iter().enumerate() {
         out.neighbors.push(NeighborSpec {
@@ -890,6 +1047,9 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             table: MAIN_TABLE,
             origin,
         });
+        if p.adopt.as_ref().is_some_and(|a| a.v) {
+            out.adopt.routes.insert((MAIN_TABLE, peer.subnet, None));
+        }
         out.peers.push(peer);
     }
     if let Some(n) = &raw.nat {
@@ -902,6 +1062,8 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             mark: n.mark.as_ref()?.v,
             nft_table: n.table.as_ref()?.v.clone(),
             iptables_chain: n.chain.as_ref()?.v.clone(),
+            iptables: n.iptables.as_ref()?.v,
+            adopt: n.adopt.as_ref()?.v,
         });
     }
     if let Some(l) = &raw.lease {

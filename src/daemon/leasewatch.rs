@@ -33,13 +33,18 @@ impl LeaseWatch {
     }
 
     /// Start watching if not yet watching and the directory exists.
-    pub fn arm(&mut self) {
+    /// Returns `true` when the watch was armed just now: a change made
+    /// between the pass that created the directory and this moment raised
+    /// no event, so the caller must run one more pass to look.
+    pub fn arm(&mut self) -> bool {
         if self.stream.is_some() {
-            return;
+            return false;
         }
-        let Some((dir, _)) = &self.target else { return };
+        let Some((dir, _)) = &self.target else {
+            return false;
+        };
         if !dir.is_dir() {
-            return;
+            return false;
         }
         let mask = WatchMask::CREATE
             | WatchMask::DELETE
@@ -56,11 +61,15 @@ impl LeaseWatch {
             Ok(s) => {
                 debug!("watching {} for lease file changes", dir.display());
                 self.stream = Some(s);
+                true
             }
-            Err(e) => debug!(
-                "cannot watch {}: {e}; the periodic resync covers the lease file",
-                dir.display()
-            ),
+            Err(e) => {
+                debug!(
+                    "cannot watch {}: {e}; the periodic resync covers the lease file",
+                    dir.display()
+                );
+                false
+            }
         }
     }
 

@@ -47,6 +47,10 @@ pub struct PassResult {
     pub remaining: usize,
     /// Objects blocked (underlay absent, no address, …).
     pub blocked: usize,
+    /// Of those, how many wait for someone who starts only after our
+    /// READY=1 (the guard-mode lease file, written by k3s's flannel): they
+    /// are retried like any blocked object, but never hold readiness.
+    pub waiting_for_dependents: usize,
     /// The pass could not even observe the system.
     pub error: bool,
 }
@@ -59,6 +63,11 @@ impl PassResult {
     /// Everything that is not blocked has been applied.
     fn applied(&self) -> bool {
         !self.error && self.remaining == 0
+    }
+
+    /// Converged but for what only our dependents can provide.
+    fn converged_for_readiness(&self) -> bool {
+        self.applied() && self.blocked <= self.waiting_for_dependents
     }
 }
 
@@ -202,7 +211,7 @@ impl Reconciler {
             self.backoff = (self.backoff * 2).min(self.backoff_max);
         }
         let ready_now = match self.policy {
-            ReadyPolicy::Converged => result.converged(),
+            ReadyPolicy::Converged => result.converged_for_readiness(),
             ReadyPolicy::Applied => result.applied(),
         };
         let mut out = Vec::new();
@@ -232,6 +241,7 @@ mod tests {
     const OK: PassResult = PassResult {
         remaining: 0,
         blocked: 0,
+        waiting_for_dependents: 0,
         error: false,
     };
 
@@ -300,6 +310,7 @@ mod tests {
         let bad = PassResult {
             remaining: 1,
             blocked: 0,
+            waiting_for_dependents: 0,
             error: false,
         };
         let mut delays = Vec::new();
@@ -325,6 +336,7 @@ mod tests {
         let blocked = PassResult {
             remaining: 0,
             blocked: 3,
+            waiting_for_dependents: 0,
             error: false,
         };
         let mut strict = Reconciler::new(&spec(ReadyPolicy::Converged), t0);
@@ -364,9 +376,34 @@ mod tests {
         let blocked = PassResult {
             remaining: 0,
             blocked: 1,
+            waiting_for_dependents: 0,
             error: false,
         };
         assert_eq!(r.on_pass_done(t0, blocked), vec![Notify::Ready]);
         assert_eq!(r.passes(), 2);
+    }
+
+    #[test]
+    fn waiting_for_dependents_never_holds_readiness_but_is_retried() {
+        let t0 = Instant::now();
+        let mut r = Reconciler::new(&spec(ReadyPolicy::Converged), t0);
+        r.poll(t0);
+        let lease = PassResult {
+            blocked: 1,
+            waiting_for_dependents: 1,
+            ..OK
+        };
+        assert_eq!(r.on_pass_done(t0, lease), vec![Notify::Ready]);
+        // still retried (with backoff) like any blocked object
+        assert_eq!(r.poll_timeout(), t0 + BACKOFF_START);
+        // one more blocked object that is not theirs holds it
+        let mut r = Reconciler::new(&spec(ReadyPolicy::Converged), t0);
+        r.poll(t0);
+        let both = PassResult {
+            blocked: 2,
+            waiting_for_dependents: 1,
+            ..OK
+        };
+        assert!(r.on_pass_done(t0, both).is_empty());
     }
 }

@@ -18,17 +18,31 @@
 //!   copies it over the good backup, and there is no operation that could
 //!   resolve it (a warning-only change would keep every plan non-empty).
 //!
+//!   The live file (and a backup about to be restored) must agree with what
+//!   `[lease]` declares: the declared families' networks and subnets, and the
+//!   MTU (`[lease] mtu`, else the converged VXLAN device's). A file that
+//!   disagrees is **blocked** with the keys that differ; it is never copied
+//!   over the backup, and a disagreeing backup is never restored.
+//!
+//! Every path is read with `O_NOFOLLOW | O_NONBLOCK`, regular files only, so
+//! observing never blocks on a FIFO and never reads (or prints) the target
+//! of a symlink. A path netconverge cannot use (a directory — what a
+//! container bind-mount of a missing file creates —, a FIFO, a device, an
+//! unreadable path) blocks the lease only: the rest of the pass converges.
+//! A symlink is drift: in write mode the atomic rename replaces the link
+//! itself (never its target); in guard mode it is reported.
+//!
 //! Without a `[lease]` section the file is not netconverge's: nothing is
 //! planned, and it is never removed.
 
-mod atomic;
+pub(crate) mod atomic;
 mod file;
 #[cfg(test)]
 mod tests;
 
-use std::fs::{self, File, FileType};
+use std::fs::{self, FileType, OpenOptions};
 use std::io::{self, Read as _};
-use std::os::unix::fs::FileTypeExt as _;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -51,6 +65,8 @@ pub const STATE_DIR_MODE: u32 = 0o700;
 
 /// Larger than any real lease file; bounds what a misplaced file costs.
 const MAX_LEN: u64 = 64 * 1024;
+/// IPv6's minimum link MTU (RFC 8200): pods given less have no IPv6.
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// Where the guard-mode backup of `spec` lives.
 pub fn backup_path(spec: &LeaseSpec) -> PathBuf {
@@ -65,7 +81,15 @@ pub enum FileContent {
     Missing,
     Text(String),
     /// A regular file that cannot be a lease file (not UTF-8, too large); why.
+    /// Replacing it is safe.
     Unusable(String),
+    /// A symbolic link: not followed, its target never read.
+    Symlink,
+    /// Not a regular file (`a directory`, `a FIFO`, `a device`, …): never
+    /// opened for reading, and not replaced.
+    NotAFile(String),
+    /// The path cannot be read (e.g. a parent is not a directory); why.
+    Unreadable(String),
 }
 
 /// The lease file (and guard-mode backup) as found on disk.
@@ -89,10 +113,10 @@ pub enum LeaseOp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
+    /// Only for a missing privilege: every other problem with a path is an
+    /// observation (see [`FileContent`]) that blocks the lease alone.
     #[error("cannot read {}: {error}", path.display())]
     Read { path: PathBuf, error: io::Error },
-    #[error("{} is {what}, not a regular file", path.display())]
-    NotAFile { path: PathBuf, what: &'static str },
     #[error("cannot create directory {}: {error}", path.display())]
     CreateDir { path: PathBuf, error: io::Error },
     #[error("cannot write {}: {error}", path.display())]
@@ -105,14 +129,15 @@ fn object(path: &Path) -> String {
 
 /// Pure: changes that make the file match. `vxlan_mtu` is the MTU the planner
 /// resolved for the VXLAN device of the lease's first family (IPv4 first;
-/// `None` when that device is blocked), used when the spec has no `mtu`.
+/// `None` when that device is blocked), used when the spec has no `mtu` (in
+/// guard mode: to compare with the file's).
 pub fn plan(spec: Option<&LeaseSpec>, vxlan_mtu: Option<u32>, observed: &LeaseObserved) -> Plan {
     let mut plan = Plan::default();
     match spec {
         None => {}
         Some(spec) => match spec.mode {
             LeaseMode::Write => plan_write(spec, vxlan_mtu, observed, &mut plan),
-            LeaseMode::Preserve => plan_preserve(spec, observed, &mut plan),
+            LeaseMode::Preserve => plan_preserve(spec, vxlan_mtu, observed, &mut plan),
         },
     }
     plan
@@ -136,12 +161,39 @@ fn plan_write(spec: &LeaseSpec, vxlan_mtu: Option<u32>, observed: &LeaseObserved
         ));
         return;
     };
+    if mtu < IPV6_MIN_MTU && spec.ipv6.is_some() {
+        plan.blocked.push(blocked(&format!(
+            "MTU {mtu} is below IPv6's minimum {IPV6_MIN_MTU} and the lease declares IPv6 pods; not written"
+        )));
+        return;
+    }
     let desired = render(spec, mtu);
     let (kind, reason) = match &observed.live {
         FileContent::Missing => (ChangeKind::Add, "missing".to_string()),
         FileContent::Text(text) if *text == desired => return,
         FileContent::Text(text) => (ChangeKind::Modify, file::describe_drift(text, &desired)),
         FileContent::Unusable(why) => (ChangeKind::Modify, why.clone()),
+        // rename(2) replaces the link itself, never its target.
+        FileContent::Symlink => (
+            ChangeKind::Modify,
+            "a symbolic link (not followed); replaced by a regular file".to_string(),
+        ),
+        FileContent::NotAFile(what) => {
+            let hint = if what == DIRECTORY {
+                " (a container bind mount of a missing file creates one)"
+            } else {
+                ""
+            };
+            plan.blocked.push(blocked(&format!(
+                "{what}, not a regular file{hint}; not written"
+            )));
+            return;
+        }
+        FileContent::Unreadable(why) => {
+            plan.blocked
+                .push(blocked(&format!("cannot read ({why}); not written")));
+            return;
+        }
     };
     plan.changes.push(Change {
         kind,
@@ -157,22 +209,82 @@ fn plan_write(spec: &LeaseSpec, vxlan_mtu: Option<u32>, observed: &LeaseObserved
 /// A file checked with the CNI plugin's rules.
 enum Checked<'a> {
     Missing,
-    Valid(&'a str),
+    Valid(&'a str, LeaseFile),
+    /// Bad content, or a symlink: reported, and replaceable by a write.
     Invalid(String),
+    /// Not a regular file, or unreadable: a write would fail too.
+    Stuck(String),
 }
 
 fn check(content: &FileContent) -> Checked<'_> {
     match content {
         FileContent::Missing => Checked::Missing,
         FileContent::Unusable(why) => Checked::Invalid(why.clone()),
+        FileContent::Symlink => {
+            Checked::Invalid("a symbolic link, not followed; its target is not read".to_string())
+        }
+        FileContent::NotAFile(what) => Checked::Stuck(format!("{what}, not a regular file")),
+        FileContent::Unreadable(why) => Checked::Stuck(format!("cannot read ({why})")),
         FileContent::Text(text) => match parse(text) {
-            Ok(_) => Checked::Valid(text),
+            Ok(parsed) => Checked::Valid(text, parsed),
             Err(e) => Checked::Invalid(e.to_string()),
         },
     }
 }
 
-fn plan_preserve(spec: &LeaseSpec, observed: &LeaseObserved, plan: &mut Plan) {
+/// Where `file` disagrees with what `spec` declares (declared families, and
+/// the MTU `[lease] mtu` or the VXLAN device gives), e.g.
+/// `FLANNEL_SUBNET 198.18.9.1/24, declared 198.18.1.0/24`; `None` if it agrees.
+/// Undeclared families are not compared: guard mode may declare less than
+/// flannel writes.
+fn disagreement(spec: &LeaseSpec, vxlan_mtu: Option<u32>, file: &LeaseFile) -> Option<String> {
+    let mut items = Vec::new();
+    for (declared, found, key_net, key_sub) in [
+        (&spec.ipv4, &file.ipv4, KEY_NETWORK, KEY_SUBNET),
+        (&spec.ipv6, &file.ipv6, KEY_IPV6_NETWORK, KEY_IPV6_SUBNET),
+    ] {
+        let Some(want) = declared else { continue };
+        let Some(got) = found else {
+            items.push(format!(
+                "{key_sub} missing, declared {}",
+                want.subnet.trunc()
+            ));
+            continue;
+        };
+        if got.network.trunc() != want.network.trunc() {
+            items.push(format!(
+                "{key_net} {}, declared {}",
+                got.network,
+                want.network.trunc()
+            ));
+        }
+        if got.subnet.trunc() != want.subnet.trunc() {
+            items.push(format!(
+                "{key_sub} {}, declared {}",
+                got.subnet,
+                want.subnet.trunc()
+            ));
+        }
+    }
+    let mtu = match (spec.mtu, vxlan_mtu) {
+        (Some(m), _) => Some((m, "[lease] mtu")),
+        (None, Some(m)) => Some((m, "the VXLAN device's")),
+        (None, None) => None,
+    };
+    if let Some((want, from)) = mtu {
+        if file.mtu != want {
+            items.push(format!("{KEY_MTU} {}, {from} is {want}", file.mtu));
+        }
+    }
+    (!items.is_empty()).then(|| items.join("; "))
+}
+
+fn plan_preserve(
+    spec: &LeaseSpec,
+    vxlan_mtu: Option<u32>,
+    observed: &LeaseObserved,
+    plan: &mut Plan,
+) {
     let object = object(&spec.path);
     let backup = backup_path(spec);
     let backup_object = format!("lease backup {}", backup.display());
@@ -189,44 +301,71 @@ fn plan_preserve(spec: &LeaseSpec, observed: &LeaseObserved, plan: &mut Plan) {
         object: object.clone(),
         reason,
     };
-    match (check(&observed.live), check(&observed.backup)) {
-        (Checked::Valid(live), Checked::Valid(saved)) if live == saved => {}
-        (Checked::Valid(live), Checked::Valid(saved)) => plan.changes.push(save(
+    let live = check(&observed.live);
+    // A valid file for another subnet or MTU is flannel's mistake (or ours
+    // being stale): neither taken as the last-known-good nor "in sync".
+    if let Checked::Valid(_, parsed) = &live {
+        if let Some(why) = disagreement(spec, vxlan_mtu, parsed) {
+            plan.blocked.push(blocked(format!(
+                "differs from [lease]: {why}; written by flannel (mode = \"preserve\"), left as is; backup not refreshed"
+            )));
+            return;
+        }
+    }
+    match (live, check(&observed.backup)) {
+        (Checked::Valid(live, _), Checked::Valid(saved, _)) if live == saved => {}
+        (Checked::Valid(live, _), Checked::Valid(saved, _)) => plan.changes.push(save(
             ChangeKind::Modify,
             format!("refresh: {}", file::describe_drift(saved, live)),
             live,
         )),
-        (Checked::Valid(live), Checked::Missing) => plan.changes.push(save(
+        (Checked::Valid(live, _), Checked::Missing) => plan.changes.push(save(
             ChangeKind::Add,
             "missing; saved from the live file".to_string(),
             live,
         )),
-        (Checked::Valid(live), Checked::Invalid(why)) => plan.changes.push(save(
+        (Checked::Valid(live, _), Checked::Invalid(why)) => plan.changes.push(save(
             ChangeKind::Modify,
             format!("refresh: backup invalid ({why})"),
             live,
         )),
-        (Checked::Missing, Checked::Valid(saved)) => plan.changes.push(Change {
-            kind: ChangeKind::Add,
-            object,
-            reason: format!("missing; restore from backup {}", backup.display()),
-            op: Op::Lease(LeaseOp::Write {
-                path: spec.path.clone(),
-                contents: saved.to_string(),
-            }),
+        (Checked::Valid(..), Checked::Stuck(why)) => plan.blocked.push(Blocked {
+            object: backup_object.clone(),
+            reason: format!("{why}; the live file is not saved"),
         }),
+        (Checked::Missing, Checked::Valid(saved, parsed)) => {
+            match disagreement(spec, vxlan_mtu, &parsed) {
+                Some(why) => plan.blocked.push(blocked(format!(
+                    "no lease file, and backup {} differs from [lease] ({why}); not restored",
+                    backup.display()
+                ))),
+                None => plan.changes.push(Change {
+                    kind: ChangeKind::Add,
+                    object,
+                    reason: format!("missing; restore from backup {}", backup.display()),
+                    op: Op::Lease(LeaseOp::Write {
+                        path: spec.path.clone(),
+                        contents: saved.to_string(),
+                    }),
+                }),
+            }
+        }
         (Checked::Missing, Checked::Missing) => {
             plan.blocked
                 .push(blocked("no lease file and no backup yet".to_string()));
         }
-        (Checked::Missing, Checked::Invalid(why)) => plan.blocked.push(blocked(format!(
-            "no lease file, and backup {} is invalid ({why})",
-            backup.display()
-        ))),
-        (Checked::Invalid(why), saved) => {
+        (Checked::Missing, Checked::Invalid(why) | Checked::Stuck(why)) => {
+            plan.blocked.push(blocked(format!(
+                "no lease file, and backup {} is invalid ({why})",
+                backup.display()
+            )));
+        }
+        (Checked::Invalid(why) | Checked::Stuck(why), saved) => {
             let kept = match saved {
-                Checked::Valid(_) => format!("backup {} kept", backup.display()),
-                Checked::Missing | Checked::Invalid(_) => "no valid backup".to_string(),
+                Checked::Valid(..) => format!("backup {} kept", backup.display()),
+                Checked::Missing | Checked::Invalid(_) | Checked::Stuck(_) => {
+                    "no valid backup".to_string()
+                }
             };
             plan.blocked.push(blocked(format!(
                 "invalid ({why}); written by flannel (mode = \"preserve\"), left as is; {kept}"
@@ -235,8 +374,8 @@ fn plan_preserve(spec: &LeaseSpec, observed: &LeaseObserved, plan: &mut Plan) {
     }
 }
 
-/// Read the live file and, in guard mode, the backup. A missing file is an
-/// observation; any other failure is an error naming the path.
+/// Read the live file and, in guard mode, the backup. Only a missing
+/// privilege is an error; everything else is a [`FileContent`].
 pub fn observe(spec: Option<&LeaseSpec>) -> Result<LeaseObserved, LeaseError> {
     let Some(spec) = spec else {
         return Ok(LeaseObserved::default());
@@ -250,33 +389,50 @@ pub fn observe(spec: Option<&LeaseSpec>) -> Result<LeaseObserved, LeaseError> {
 }
 
 fn read_content(path: &Path) -> Result<FileContent, LeaseError> {
-    let read_err = |error| LeaseError::Read {
-        path: path.to_path_buf(),
-        error,
-    };
-    // Checked before opening: opening a FIFO would block the daemon.
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileContent::Missing),
-        Err(e) => return Err(read_err(e)),
-    };
-    if !meta.is_file() {
-        return Err(LeaseError::NotAFile {
+    // A missing privilege is the caller's problem (exit 3); anything else
+    // about this path is an observation that blocks the lease only.
+    let seen = |error: io::Error| match error.kind() {
+        io::ErrorKind::NotFound => Ok(FileContent::Missing),
+        io::ErrorKind::PermissionDenied => Err(LeaseError::Read {
             path: path.to_path_buf(),
-            what: describe(meta.file_type()),
-        });
-    }
-    let file = match File::open(path) {
-        Ok(file) => file,
-        // Replaced between the two calls: a writer's rename never leaves the
-        // path missing, so it was deleted.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileContent::Missing),
-        Err(e) => return Err(read_err(e)),
+            error,
+        }),
+        _ if error.raw_os_error() == Some(libc::ELOOP) => Ok(FileContent::Symlink),
+        _ => Ok(FileContent::Unreadable(error.to_string())),
     };
+    // lstat first: a device is never opened (opening one can have effects).
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return seen(e),
+    };
+    if meta.file_type().is_symlink() {
+        return Ok(FileContent::Symlink);
+    }
+    if !meta.is_file() {
+        return Ok(FileContent::NotAFile(
+            describe(meta.file_type()).to_string(),
+        ));
+    }
+    // Swapped since the lstat: O_NOFOLLOW fails on a symlink (ELOOP),
+    // O_NONBLOCK keeps a FIFO from blocking, fstat below catches the rest.
+    // A writer's rename never leaves the path missing, so NotFound means deleted.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) => return seen(e),
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() => {}
+        Ok(m) => return Ok(FileContent::NotAFile(describe(m.file_type()).to_string())),
+        Err(e) => return seen(e),
+    }
     let mut bytes = Vec::new();
-    file.take(MAX_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
+    if let Err(e) = file.take(MAX_LEN + 1).read_to_end(&mut bytes) {
+        return seen(e);
+    }
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_LEN {
         return Ok(FileContent::Unusable(format!(
             "larger than {MAX_LEN} bytes"
@@ -288,9 +444,11 @@ fn read_content(path: &Path) -> Result<FileContent, LeaseError> {
     })
 }
 
+const DIRECTORY: &str = "a directory";
+
 fn describe(t: FileType) -> &'static str {
     if t.is_dir() {
-        "a directory"
+        DIRECTORY
     } else if t.is_fifo() {
         "a FIFO"
     } else if t.is_socket() {

@@ -399,13 +399,12 @@ fn valid(mtu: u32) -> String {
     render(&spec(LeaseMode::Write, true, false), mtu)
 }
 
+/// Guard mode declaring nothing to compare (no family, no mtu, device MTU
+/// unknown): only validity matters. Comparisons: `guard_compares_*`.
 fn guard(live: FileContent, backup: FileContent) -> Plan {
     let s = spec(LeaseMode::Preserve, false, false);
     let obs = LeaseObserved { live, backup };
-    let p = plan(Some(&s), None, &obs);
-    // The device MTU must not matter: the content is flannel's.
-    assert_eq!(p, plan(Some(&s), Some(1), &obs));
-    p
+    plan(Some(&s), None, &obs)
 }
 
 fn backup_op(contents: &str) -> Op {
@@ -522,4 +521,202 @@ fn lease_op_serializes_inside_op() {
         r#"{"op":"lease","kind":"write","path":"/run/flannel/subnet.env","contents":"x\n"}"#
     );
     assert_eq!(op.stage(), crate::plan::Stage::Lease);
+}
+
+// ------------------------------------- unusable paths block the lease only --
+
+#[test]
+fn paths_that_are_not_regular_files_block_the_lease_never_fail_the_pass() {
+    let w = spec(LeaseMode::Write, true, false);
+    let g = spec(LeaseMode::Preserve, true, false);
+    let mut out = String::new();
+    for live in [
+        FileContent::NotAFile("a directory".into()),
+        FileContent::NotAFile("a FIFO".into()),
+        FileContent::NotAFile("a device".into()),
+        FileContent::Unreadable("Not a directory (os error 20)".into()),
+    ] {
+        let p = plan(Some(&w), Some(1450), &write_obs(live.clone()));
+        assert!(p.changes.is_empty(), "{p}");
+        out += &p.to_string();
+        let p = plan(
+            Some(&g),
+            Some(1450),
+            &LeaseObserved {
+                live,
+                backup: text(&valid(1450)),
+            },
+        );
+        assert!(p.changes.is_empty(), "{p}");
+        out += &p.to_string();
+    }
+    // A backup path that cannot be written: the live file is not "saved".
+    let p = plan(
+        Some(&g),
+        Some(1450),
+        &LeaseObserved {
+            live: text(&valid(1450)),
+            backup: FileContent::NotAFile("a directory".into()),
+        },
+    );
+    assert!(p.changes.is_empty(), "{p}");
+    out += &p.to_string();
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_symlink_is_drift_replaced_in_write_mode_reported_in_guard_mode() {
+    let w = spec(LeaseMode::Write, true, false);
+    let p = plan(Some(&w), Some(1450), &write_obs(FileContent::Symlink));
+    let reason = single_write(&p, ChangeKind::Modify, &render(&w, 1450));
+    assert_eq!(
+        reason,
+        "a symbolic link (not followed); replaced by a regular file"
+    );
+    let g = spec(LeaseMode::Preserve, true, false);
+    let p = plan(
+        Some(&g),
+        Some(1450),
+        &LeaseObserved {
+            live: FileContent::Symlink,
+            backup: text(&valid(1450)),
+        },
+    );
+    assert!(p.changes.is_empty(), "{p}");
+    assert_eq!(
+        p.to_string(),
+        "! lease /run/flannel/subnet.env: blocked: invalid (a symbolic link, not followed; \
+         its target is not read); written by flannel (mode = \"preserve\"), left as is; \
+         backup /var/lib/netconverge/subnet.env kept\n"
+    );
+    // A symlinked backup is ours to replace (rename replaces the link).
+    let p = plan(
+        Some(&g),
+        Some(1450),
+        &LeaseObserved {
+            live: text(&valid(1450)),
+            backup: FileContent::Symlink,
+        },
+    );
+    assert_eq!(p.changes.len(), 1, "{p}");
+    assert_eq!(p.changes[0].op, backup_op(&valid(1450)));
+}
+
+#[test]
+fn write_mode_never_hands_ipv6_pods_an_mtu_below_1280() {
+    let s = spec(LeaseMode::Write, true, true);
+    let p = plan(Some(&s), Some(1230), &write_obs(FileContent::Missing));
+    assert!(p.changes.is_empty(), "{p}");
+    assert_eq!(
+        p.to_string(),
+        "! lease /run/flannel/subnet.env: blocked: MTU 1230 is below IPv6's minimum 1280 \
+         and the lease declares IPv6 pods; not written\n"
+    );
+    // Controls: IPv4-only pods may have it; 1280 is enough.
+    let s4 = spec(LeaseMode::Write, true, false);
+    single_write(
+        &plan(Some(&s4), Some(1230), &write_obs(FileContent::Missing)),
+        ChangeKind::Add,
+        &render(&s4, 1230),
+    );
+    single_write(
+        &plan(Some(&s), Some(1280), &write_obs(FileContent::Missing)),
+        ChangeKind::Add,
+        &render(&s, 1280),
+    );
+}
+
+/// What flannel writes for fam4 with another subnet/network.
+fn flannel(network: &str, subnet: &str, mtu: u32) -> String {
+    format!(
+        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+    )
+}
+
+#[test]
+fn guard_compares_the_live_file_with_the_declaration() {
+    let g = spec(LeaseMode::Preserve, true, false);
+    let obs = |live: &str, backup: FileContent| LeaseObserved {
+        live: text(live),
+        backup,
+    };
+    let mut out = String::new();
+    // flannel took another subnet (and network): drift, backup untouched.
+    let other = flannel("198.19.0.0/16", "198.19.7.1/24", 1450);
+    for backup in [text(&valid(1450)), FileContent::Missing] {
+        let p = plan(Some(&g), Some(1450), &obs(&other, backup));
+        assert!(p.changes.is_empty(), "never saved over the backup: {p}");
+        out += &p.to_string();
+    }
+    // Same subnet, MTU other than the converged device's.
+    let p = plan(Some(&g), Some(1400), &obs(&valid(1450), text(&valid(1450))));
+    assert!(p.changes.is_empty(), "{p}");
+    out += &p.to_string();
+    // `[lease] mtu` wins over the device.
+    let mut gm = g.clone();
+    gm.mtu = Some(1370);
+    let p = plan(
+        Some(&gm),
+        Some(1450),
+        &obs(&valid(1450), FileContent::Missing),
+    );
+    out += &p.to_string();
+    // A declared family the file lacks.
+    let g46 = spec(LeaseMode::Preserve, true, true);
+    let p = plan(
+        Some(&g46),
+        Some(1450),
+        &obs(&valid(1450), FileContent::Missing),
+    );
+    out += &p.to_string();
+    insta::assert_snapshot!(out);
+
+    // Controls: agreeing files are saved / in sync; the gateway address and
+    // host bits in the network do not matter, the subnet does.
+    let p = plan(
+        Some(&g),
+        Some(1450),
+        &obs(&valid(1450), FileContent::Missing),
+    );
+    assert_eq!(p.changes.len(), 1, "{p}");
+    assert_eq!(p.changes[0].op, backup_op(&valid(1450)));
+    let same = flannel("198.18.3.4/16", "198.18.1.1/24", 1450);
+    assert!(
+        plan(Some(&g), Some(1450), &obs(&same, text(&same))).in_sync(),
+        "host bits are not drift"
+    );
+    // Undeclared families and an unknown MTU are not compared.
+    let bare = spec(LeaseMode::Preserve, false, false);
+    assert!(plan(Some(&bare), None, &obs(&other, text(&other))).in_sync());
+}
+
+#[test]
+fn guard_never_restores_a_backup_that_disagrees() {
+    let g = spec(LeaseMode::Preserve, true, false);
+    // The device was converged to 1400 since the backup was taken.
+    let p = plan(
+        Some(&g),
+        Some(1400),
+        &LeaseObserved {
+            live: FileContent::Missing,
+            backup: text(&valid(1450)),
+        },
+    );
+    assert!(p.changes.is_empty(), "{p}");
+    assert_eq!(
+        p.to_string(),
+        "! lease /run/flannel/subnet.env: blocked: no lease file, and backup \
+         /var/lib/netconverge/subnet.env differs from [lease] (FLANNEL_MTU 1450, the VXLAN \
+         device's is 1400); not restored\n"
+    );
+    // Control: an agreeing backup is restored.
+    let p = plan(
+        Some(&g),
+        Some(1450),
+        &LeaseObserved {
+            live: FileContent::Missing,
+            backup: text(&valid(1450)),
+        },
+    );
+    single_write(&p, ChangeKind::Add, &valid(1450));
 }

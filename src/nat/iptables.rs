@@ -1,38 +1,232 @@
-//! iptables backend: chain `<iptables_chain>` in the nat table of each
-//! family, entered through exactly one jump from POSTROUTING.
+//! iptables backend: one chain in the `nat` table per family, entered by
+//! one jump from POSTROUTING, in either iptables flavour (nft or legacy).
 //!
-//! Invariant: rules are rendered exactly as `iptables-save` prints them, so
-//! live and desired compare as strings; every write is one
-//! `iptables-restore --noflush` input ending in one COMMIT (one atomic table
-//! replacement, legacy and nft flavours alike), and only our chain and the
-//! POSTROUTING rules that jump to it are ever named in it.
+//! Invariant: every write is one `ip[6]tables-<flavour>-restore --noflush`
+//! commit (atomic): a chain is flushed only by its own declaration in the
+//! same commit that refills it. A chain is netconverge's only when the
+//! kernel says so (its rules or its jump carry [`COMMENT`]) or the adoption
+//! record names it with exactly its current rules; any other chain, even
+//! one with our name, is never changed unless `adopt = true`.
 
-use serde::Serialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 use super::diff::rule_differences;
 use super::exec::{self, Package};
-use super::rules::{COMMENT, Rule, Verdict};
-use super::{FamilyObserved, NatBackend, NatError, NatObserved, NatOp};
-use crate::model::{Family, NatBackendKind, NatSpec};
+use super::rules::{AddrMatch, COMMENT, MarkMatch, Rule, Verdict};
+use super::{NatError, NatOp};
+use crate::model::Family;
 use crate::plan::ChangeKind;
 
-/// What `iptables-save -t nat` showed of ours, for one family.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct IptFamily {
-    /// Our chain is declared in the nat table.
-    pub chain: bool,
-    /// Rules of our chain, as `iptables-save` prints them (`-A CHAIN …`).
-    pub rules: Vec<String>,
-    /// POSTROUTING rules whose target is our chain (`-A POSTROUTING …`).
-    pub jumps: Vec<String>,
+/// The two implementations of the iptables command set. Their rules live
+/// in different kernel tables and are invisible to each other's tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// iptables-nft: rules in nftables tables `ip nat` / `ip6 nat`.
+    Nft,
+    /// iptables-legacy: the x_tables `nat` table.
+    Legacy,
 }
 
-/// Printable name of our chain: `iptables chain NETCONVERGE-POSTRTG`.
-pub fn chain_label(family: Family, chain: &str) -> String {
-    match family {
-        Family::Ipv4 => format!("iptables chain {chain}"),
-        Family::Ipv6 => format!("ip6tables chain {chain}"),
+impl Flavour {
+    pub const ALL: [Flavour; 2] = [Flavour::Nft, Flavour::Legacy];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Flavour::Nft => "nft",
+            Flavour::Legacy => "legacy",
+        }
     }
+
+    /// `iptables-nft`, `ip6tables-legacy`, …
+    pub fn cli(self, family: Family) -> String {
+        format!("{}-{}", base(family), self.word())
+    }
+
+    pub fn save(self, family: Family) -> String {
+        format!("{}-save", self.cli(family))
+    }
+
+    pub fn restore(self, family: Family) -> String {
+        format!("{}-restore", self.cli(family))
+    }
+}
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "iptables-{}", self.word())
+    }
+}
+
+fn base(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "iptables",
+        Family::Ipv6 => "ip6tables",
+    }
+}
+
+/// Printable name of a chain: `iptables-nft chain NETCONVERGE-POSTRTG`.
+pub fn chain_label(flavour: Flavour, family: Family, chain: &str) -> String {
+    format!("{} chain {chain}", flavour.cli(family))
+}
+
+const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
+
+// --------------------------------------------------------- the nat table --
+
+/// The `nat` table of one flavour and family, as `iptables-save` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NatTable {
+    /// User chains declared (not the built-in ones), in order.
+    pub chains: Vec<String>,
+    /// Every `-A` line, in order.
+    pub lines: Vec<String>,
+}
+
+/// Parse `iptables-save` output: only its `*nat` part.
+pub fn parse_nat(text: &str) -> NatTable {
+    let mut out = NatTable::default();
+    let mut in_nat = false;
+    for line in text.lines().map(str::trim_end) {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(table) = line.strip_prefix('*') {
+            in_nat = table == "nat";
+            continue;
+        }
+        if !in_nat {
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if !name.is_empty() && !BUILTIN.contains(&name) {
+                out.chains.push(name.to_string());
+            }
+        } else if line.starts_with("-A ") {
+            out.lines.push(line.to_string());
+        }
+    }
+    out
+}
+
+impl NatTable {
+    fn chain_of(line: &str) -> Option<&str> {
+        line.strip_prefix("-A ")?.split_whitespace().next()
+    }
+
+    /// The rules of `chain`, in order.
+    pub fn rules_of(&self, chain: &str) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|l| Self::chain_of(l) == Some(chain))
+            .cloned()
+            .collect()
+    }
+
+    /// POSTROUTING rules whose target is `chain`, with their 1-based
+    /// position in POSTROUTING.
+    pub fn jumps_to(&self, chain: &str) -> Vec<(usize, String)> {
+        self.lines
+            .iter()
+            .filter(|l| Self::chain_of(l) == Some("POSTROUTING"))
+            .enumerate()
+            .filter(|(_, l)| target(l).as_deref() == Some(chain))
+            .map(|(i, l)| (i + 1, l.clone()))
+            .collect()
+    }
+
+    /// What this table holds at `chain`, for planning.
+    pub fn family_view(&self, chain: &str, recorded: Option<&[String]>) -> IptFamily {
+        let rules = self.rules_of(chain);
+        let (positions, jumps): (Vec<usize>, Vec<String>) =
+            self.jumps_to(chain).into_iter().unzip();
+        IptFamily {
+            chain: self.chains.iter().any(|c| c == chain),
+            recorded: recorded.is_some_and(|r| r == rules.as_slice()),
+            rules,
+            jumps,
+            jump_positions: positions,
+        }
+    }
+
+    /// Rules that are not part of any of the `ours` chains (or jumps to
+    /// them): how much of the host's NAT lives in this table.
+    pub fn foreign_rules(&self, ours: &[String]) -> usize {
+        self.lines
+            .iter()
+            .filter(|l| {
+                let c = Self::chain_of(l).unwrap_or("");
+                let t = target(l).unwrap_or_default();
+                !ours.iter().any(|o| o == c || *o == t)
+            })
+            .count()
+    }
+
+    /// kube-proxy keeps chains here.
+    pub fn has_kube(&self) -> bool {
+        self.chains.iter().any(|c| c.starts_with("KUBE-"))
+    }
+}
+
+/// What one flavour's nat table holds at our chain's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IptFamily {
+    /// The chain is declared in the nat table.
+    pub chain: bool,
+    /// Rules of the chain, as `iptables-save` prints them (`-A CHAIN …`).
+    pub rules: Vec<String>,
+    /// POSTROUTING rules whose target is the chain.
+    pub jumps: Vec<String>,
+    /// Their positions in POSTROUTING (1-based), same order.
+    pub jump_positions: Vec<usize>,
+    /// The adoption record names this chain with exactly these rules.
+    pub recorded: bool,
+}
+
+impl IptFamily {
+    pub fn is_absent(&self) -> bool {
+        !self.chain && self.rules.is_empty() && self.jumps.is_empty()
+    }
+
+    /// Why this chain is netconverge's, if it is (kernel markers first).
+    pub fn ownership(&self) -> Option<&'static str> {
+        if self.jumps.iter().any(|j| carries_marker(j)) {
+            Some("its jump from POSTROUTING carries the netconverge comment")
+        } else if !self.rules.is_empty() && self.rules.iter().all(|r| carries_marker(r)) {
+            Some("its rules carry the netconverge comment")
+        } else if self.recorded {
+            Some("recorded as adopted by netconverge")
+        } else {
+            None
+        }
+    }
+
+    /// Short description of the content, for conflicts.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match self.rules.first() {
+            None => parts.push("no rules".to_string()),
+            Some(first) => parts.push(format!("{} rule(s), the first `{first}`", self.rules.len())),
+        }
+        if !self.jumps.is_empty() {
+            parts.push(format!("{} jump(s) from POSTROUTING", self.jumps.len()));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Does an iptables-save line carry netconverge's comment?
+pub fn carries_marker(line: &str) -> bool {
+    comment_of(line).as_deref() == Some(COMMENT)
+}
+
+fn comment_of(line: &str) -> Option<String> {
+    let t = tokens(line);
+    t.windows(2)
+        .find(|w| w.first().map(String::as_str) == Some("--comment"))
+        .and_then(|w| w.get(1).cloned())
 }
 
 // ------------------------------------------------------------- rendering --
@@ -78,35 +272,32 @@ fn delete_line(line: &str) -> String {
 }
 
 /// Restore input making our chain hold `rules` (when `Some`: the chain
-/// declaration flushes it inside the same commit) and leaving exactly one
-/// canonical jump from POSTROUTING, given the jumps seen now.
-pub fn restore_apply(chain: &str, rules: Option<&[String]>, jumps: &[String]) -> String {
+/// declaration flushes it inside the same commit), deleting the jumps
+/// `delete` and appending our jump when `append_jump`.
+pub fn restore_apply(
+    chain: &str,
+    rules: Option<&[String]>,
+    delete: &[String],
+    append_jump: bool,
+) -> String {
     let mut out = vec!["*nat".to_string()];
     if let Some(rules) = rules {
         out.push(format!(":{chain} - [0:0]"));
         out.extend(rules.iter().cloned());
     }
-    let canon = jump_line(chain);
-    let mut kept = false;
-    for j in jumps {
-        if *j == canon && !kept {
-            kept = true;
-        } else {
-            out.push(delete_line(j));
-        }
-    }
-    if !kept {
-        out.push(canon);
+    out.extend(delete.iter().map(|j| delete_line(j)));
+    if append_jump {
+        out.push(jump_line(chain));
     }
     out.push("COMMIT".to_string());
     out.join("\n") + "\n"
 }
 
-/// Restore input removing our jumps and our chain.
-pub fn restore_remove(chain: &str, seen: &IptFamily) -> String {
+/// Restore input removing `jumps` and (when it exists) `chain`.
+pub fn restore_remove(chain: &str, jumps: &[String], chain_exists: bool) -> String {
     let mut out = vec!["*nat".to_string()];
-    out.extend(seen.jumps.iter().map(|j| delete_line(j)));
-    if seen.chain {
+    out.extend(jumps.iter().map(|j| delete_line(j)));
+    if chain_exists {
         out.push(format!("-F {chain}"));
         out.push(format!("-X {chain}"));
     }
@@ -167,275 +358,386 @@ fn target(line: &str) -> Option<String> {
         .and_then(|w| w.get(1).cloned())
 }
 
-/// What `iptables-save -t nat` output holds of ours.
-pub fn parse_save(chain: &str, text: &str) -> IptFamily {
-    let mut out = IptFamily::default();
-    let declare = format!(":{chain} ");
-    let ours = format!("-A {chain} ");
-    let mut in_nat = false;
-    for line in text.lines().map(str::trim_end) {
-        if line.starts_with('#') {
-            continue;
-        }
-        if let Some(table) = line.strip_prefix('*') {
-            in_nat = table == "nat";
-            continue;
-        }
-        if !in_nat {
-            continue;
-        }
-        if line.starts_with(&declare) {
-            out.chain = true;
-        } else if line.starts_with(&ours) {
-            out.rules.push(line.to_string());
-        } else if line.starts_with("-A POSTROUTING ") && target(line).as_deref() == Some(chain) {
-            out.jumps.push(line.to_string());
-        }
+/// A jump that only jumps (optionally with a comment of any text): the
+/// form flannel and netconverge both use, kept wherever it stands.
+fn is_plain_jump(line: &str, chain: &str) -> bool {
+    let t = tokens(line);
+    let t: Vec<&str> = t.iter().map(String::as_str).collect();
+    match t.as_slice() {
+        ["-A", "POSTROUTING", "-j", c] => *c == chain,
+        [
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            _,
+            "-j",
+            c,
+        ] => *c == chain,
+        _ => false,
     }
-    out
 }
 
-fn is_absent(seen: &IptFamily) -> bool {
-    !seen.chain && seen.rules.is_empty() && seen.jumps.is_empty()
+fn parse_net(s: &str, family: Family) -> Option<IpNet> {
+    let net: IpNet = match s.parse() {
+        Ok(n) => n,
+        Err(_) => IpNet::from(s.parse::<std::net::IpAddr>().ok()?),
+    };
+    (Family::of_net(&net) == family).then(|| net.trunc())
+}
+
+fn parse_u32(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// The typed rule an iptables-save line of `chain` expresses, if it is in
+/// the vocabulary netconverge renders (the comment is not part of it).
+pub fn parse_line(family: Family, chain: &str, line: &str) -> Option<Rule> {
+    let t = tokens(line);
+    let mut it = t.iter().map(String::as_str);
+    if it.next() != Some("-A") || it.next() != Some(chain) {
+        return None;
+    }
+    let mut rule = Rule {
+        mark: None,
+        src: None,
+        dst: None,
+        verdict: Verdict::Return,
+    };
+    let mut verdict = None;
+    let mut negated = false;
+    while let Some(tok) = it.next() {
+        match tok {
+            "!" => negated = true,
+            "-s" | "-d" => {
+                let net = parse_net(it.next()?, family)?;
+                let m = Some(AddrMatch { net, negated });
+                negated = false;
+                let slot = if tok == "-s" {
+                    &mut rule.src
+                } else {
+                    &mut rule.dst
+                };
+                if slot.is_some() {
+                    return None;
+                }
+                *slot = m;
+            }
+            "-m" => match it.next()? {
+                "comment" => {
+                    if it.next()? != "--comment" {
+                        return None;
+                    }
+                    it.next()?;
+                }
+                "mark" => {
+                    if it.next()? != "--mark" || rule.mark.is_some() {
+                        return None;
+                    }
+                    let v = it.next()?;
+                    let (value, mask) = match v.split_once('/') {
+                        Some((v, m)) => (parse_u32(v)?, parse_u32(m)?),
+                        None => (parse_u32(v)?, u32::MAX),
+                    };
+                    rule.mark = Some(MarkMatch { value, mask });
+                }
+                _ => return None,
+            },
+            "-j" => {
+                verdict = Some(match it.next()? {
+                    "RETURN" => Verdict::Return,
+                    "MASQUERADE" => {
+                        let rest: Vec<&str> = it.by_ref().collect();
+                        match rest.as_slice() {
+                            [] => Verdict::Masquerade {
+                                random_fully: false,
+                            },
+                            ["--random-fully"] => Verdict::Masquerade { random_fully: true },
+                            _ => return None,
+                        }
+                    }
+                    _ => return None,
+                });
+            }
+            _ => return None,
+        }
+        if negated && !matches!(tok, "!") {
+            return None;
+        }
+    }
+    rule.verdict = verdict?;
+    Some(rule)
+}
+
+/// A line as netconverge would print the same rule (so rules that differ
+/// only in their comment compare equal), or the line itself.
+fn normalized(family: Family, chain: &str, line: &str) -> String {
+    parse_line(family, chain, line).map_or_else(|| line.to_string(), |r| rule_line(chain, &r))
+}
+
+/// A rule compared by its normalized form, printed as it is in the kernel.
+#[derive(Debug)]
+struct Seen<'a> {
+    norm: String,
+    raw: &'a str,
+}
+
+impl PartialEq for Seen<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.norm == other.norm
+    }
+}
+
+impl std::fmt::Display for Seen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.raw)
+    }
 }
 
 // -------------------------------------------------------------- planning --
 
-/// The change (if any) that makes our chain of `family` hold `want` with one
-/// jump to it. `seen == None`: nothing of ours exists.
+/// What the plan for one family at one chain is.
+pub type FamilyPlan = Result<Option<(ChangeKind, String, NatOp)>, String>;
+
+/// The change (if any) that makes `chain` of `flavour`/`family` hold
+/// `want` with one jump to it; `Err` is a conflict: the chain is not ours.
 pub fn plan_family(
+    flavour: Flavour,
     family: Family,
     chain: &str,
     want: &[Rule],
     seen: Option<&IptFamily>,
-) -> Option<(ChangeKind, String, NatOp)> {
+    adopt: bool,
+) -> FamilyPlan {
     let want_lines: Vec<String> = want.iter().map(|r| rule_line(chain, r)).collect();
-    let op = |rules: Option<&[String]>, jumps: &[String]| NatOp::Iptables {
+    let op = |restore: Option<String>, adopted: Option<Vec<String>>| NatOp::Iptables {
+        flavour,
         family,
         chain: chain.to_string(),
-        restore: restore_apply(chain, rules, jumps),
+        restore,
+        adopted,
+        forget: false,
     };
-    let Some(seen) = seen else {
+    let Some(seen) = seen.filter(|s| !s.is_absent()) else {
         let reason = format!(
             "missing (chain {chain} with {} rules, jump from POSTROUTING)",
             want.len()
         );
-        return Some((ChangeKind::Add, reason, op(Some(&want_lines), &[])));
+        let restore = restore_apply(chain, Some(&want_lines), &[], true);
+        return Ok(Some((ChangeKind::Add, reason, op(Some(restore), None))));
     };
+    let label = chain_label(flavour, family, chain);
+    let observed: Vec<String> = seen
+        .rules
+        .iter()
+        .map(|l| normalized(family, chain, l))
+        .collect();
     let mut reasons = Vec::new();
+    let mut adopted = None;
+    let mut rewrite = false;
+    if seen.ownership().is_none() {
+        if seen.chain && observed == want_lines {
+            let comments: Vec<String> = seen.rules.iter().filter_map(|r| comment_of(r)).collect();
+            let comment = comments
+                .first()
+                .map_or_else(|| "no comment".to_string(), |c| format!("comment {c:?}"));
+            let at = match seen.jump_positions.first() {
+                Some(p) => format!("; its jump stays at POSTROUTING position {p}"),
+                None => String::new(),
+            };
+            reasons.push(format!(
+                "adopted: not created by netconverge, but its {} rules are netconverge's \
+                 (they differ only in their {comment}, kept){at}",
+                seen.rules.len()
+            ));
+            adopted = Some(seen.rules.clone());
+        } else if adopt {
+            reasons.push(format!(
+                "adopting (adopt = true) a chain netconverge did not create: replacing {}",
+                seen.describe()
+            ));
+            rewrite = true;
+        } else {
+            return Err(format!(
+                "conflict: {label} exists and was not created by netconverge ({}); \
+                 it is left alone: remove it, choose another `[nat] chain`, or set \
+                 `[nat] adopt = true` to replace its rules",
+                seen.describe()
+            ));
+        }
+    }
     if !seen.chain {
         reasons.push(format!("chain {chain} missing"));
+        rewrite = true;
+    } else {
+        let want_seen: Vec<Seen> = want_lines
+            .iter()
+            .map(|l| Seen {
+                norm: l.clone(),
+                raw: l,
+            })
+            .collect();
+        let observed_seen: Vec<Seen> = observed
+            .iter()
+            .zip(&seen.rules)
+            .map(|(n, raw)| Seen {
+                norm: n.clone(),
+                raw,
+            })
+            .collect();
+        let diffs = rule_differences(&want_seen, &observed_seen);
+        rewrite |= !diffs.is_empty();
+        reasons.extend(diffs);
     }
-    reasons.extend(rule_differences(&want_lines, &seen.rules));
-    let rules_wrong = !reasons.is_empty();
-    let canon = jump_line(chain);
-    let copies = seen.jumps.iter().filter(|j| **j == canon).count();
-    match copies {
-        0 => reasons.push("jump from POSTROUTING missing".to_string()),
-        1 => {}
-        n => reasons.push(format!("jump from POSTROUTING duplicated ({n} copies)")),
+    // Jumps: the first plain one stays where it is (its position decides
+    // what runs before and after us); every other jump goes.
+    let keep = seen.jumps.iter().position(|j| is_plain_jump(j, chain));
+    let mut delete = Vec::new();
+    let mut duplicates = 0;
+    for (i, j) in seen.jumps.iter().enumerate() {
+        if Some(i) == keep {
+            continue;
+        }
+        if is_plain_jump(j, chain) {
+            duplicates += 1;
+        } else {
+            reasons.push(format!("unexpected jump from POSTROUTING `{j}`"));
+        }
+        delete.push(j.clone());
     }
-    for j in seen.jumps.iter().filter(|j| **j != canon) {
-        reasons.push(format!("unexpected jump from POSTROUTING `{j}`"));
+    if duplicates > 0 {
+        reasons.push(format!(
+            "jump from POSTROUTING duplicated ({} copies)",
+            duplicates + 1
+        ));
+    }
+    let append = keep.is_none();
+    if append {
+        reasons.push("jump from POSTROUTING missing".to_string());
     }
     if reasons.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let rules = rules_wrong.then_some(want_lines.as_slice());
-    Some((
+    let restore = (rewrite || append || !delete.is_empty()).then(|| {
+        let rules = rewrite.then_some(want_lines.as_slice());
+        restore_apply(chain, rules, &delete, append)
+    });
+    // Rewritten rules carry our comment: the kernel marks them, no record.
+    let adopted = adopted.filter(|_| !rewrite);
+    Ok(Some((
         ChangeKind::Modify,
         reasons.join("; "),
-        op(rules, &seen.jumps),
-    ))
+        op(restore, adopted),
+    )))
 }
 
-/// The op removing our chain of `family` and every jump to it.
-pub fn remove_op(family: Family, chain: &str, seen: &IptFamily) -> NatOp {
+/// The op removing `chain` of `flavour`/`family` and every jump to it.
+pub fn remove_op(flavour: Flavour, family: Family, chain: &str, seen: &IptFamily) -> NatOp {
     NatOp::Iptables {
+        flavour,
         family,
         chain: chain.to_string(),
-        restore: restore_remove(chain, seen),
+        restore: Some(restore_remove(chain, &seen.jumps, seen.chain)),
+        adopted: None,
+        forget: true,
     }
+}
+
+/// What [`remove_op`] removes, printable (as `cleanup` reports it).
+pub fn removal_items(
+    flavour: Flavour,
+    family: Family,
+    chain: &str,
+    seen: &IptFamily,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if seen.chain {
+        out.push(chain_label(flavour, family, chain));
+    }
+    if !seen.jumps.is_empty() {
+        out.push(format!(
+            "{} jump(s) from {} POSTROUTING to {chain}",
+            seen.jumps.len(),
+            flavour.cli(family)
+        ));
+    }
+    out
 }
 
 // ------------------------------------------------------------------- I/O --
 
-/// The save/restore binaries per family. [`IptablesTools::system`] uses
-/// whatever flavour the distribution's `iptables` alternative points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IptablesTools {
-    pub save4: String,
-    pub restore4: String,
-    pub save6: String,
-    pub restore6: String,
+/// The legacy nat table of this thread's namespace exists (reading it with
+/// `iptables-legacy-save -t nat` would create it).
+fn legacy_nat_exists(family: Family) -> bool {
+    let file = match family {
+        Family::Ipv4 => "/proc/thread-self/net/ip_tables_names",
+        Family::Ipv6 => "/proc/thread-self/net/ip6_tables_names",
+    };
+    std::fs::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.trim() == "nat"))
 }
 
-impl IptablesTools {
-    fn with_infix(infix: &str) -> IptablesTools {
-        IptablesTools {
-            save4: format!("iptables{infix}-save"),
-            restore4: format!("iptables{infix}-restore"),
-            save6: format!("ip6tables{infix}-save"),
-            restore6: format!("ip6tables{infix}-restore"),
-        }
+/// Read the nat table of `flavour`/`family`. `Ok(None)`: the flavour's
+/// tools are not installed. `nft_has_nat`: whether nftables lists the
+/// table iptables-nft keeps its nat rules in (`None`: unknown).
+pub fn read_nat(
+    flavour: Flavour,
+    family: Family,
+    nft_has_nat: Option<bool>,
+) -> Result<Option<NatTable>, NatError> {
+    let save = flavour.save(family);
+    if exec::which(&save).is_none() {
+        return Ok(None);
     }
-
-    /// `iptables-save` & co. (Debian: iptables-nft unless switched).
-    pub fn system() -> IptablesTools {
-        Self::with_infix("")
+    let exists = match flavour {
+        Flavour::Legacy => legacy_nat_exists(family),
+        Flavour::Nft => nft_has_nat.unwrap_or(true),
+    };
+    if !exists {
+        return Ok(Some(NatTable::default()));
     }
-
-    /// `iptables-nft-save` & co.
-    pub fn nft() -> IptablesTools {
-        Self::with_infix("-nft")
-    }
-
-    /// `iptables-legacy-save` & co.
-    pub fn legacy() -> IptablesTools {
-        Self::with_infix("-legacy")
-    }
-
-    fn save(&self, family: Family) -> &str {
-        match family {
-            Family::Ipv4 => &self.save4,
-            Family::Ipv6 => &self.save6,
-        }
-    }
-
-    fn restore(&self, family: Family) -> &str {
-        match family {
-            Family::Ipv4 => &self.restore4,
-            Family::Ipv6 => &self.restore6,
-        }
-    }
+    let text = exec::run(&save, &["-t", "nat"], None, Package::Iptables)?.ok()?;
+    Ok(Some(parse_nat(&text)))
 }
 
-impl Default for IptablesTools {
-    fn default() -> Self {
-        Self::system()
-    }
+/// Run one restore input.
+pub fn restore(flavour: Flavour, family: Family, input: &str) -> Result<(), NatError> {
+    // -w: wait for the xtables lock (legacy flavour) instead of failing
+    // when kube-proxy or firewalld holds it.
+    exec::run(
+        &flavour.restore(family),
+        &["-w", "5", "--noflush"],
+        Some(input),
+        Package::Iptables,
+    )?
+    .ok()
+    .map(drop)
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct IptablesBackend {
-    pub tools: IptablesTools,
-}
-
-impl IptablesBackend {
-    pub fn new(tools: IptablesTools) -> IptablesBackend {
-        IptablesBackend { tools }
-    }
-
-    fn observe_family(&self, family: Family, chain: &str) -> FamilyObserved {
-        let ran = exec::run(
-            self.tools.save(family),
-            &["-t", "nat"],
-            None,
-            Package::Iptables,
-        )
-        .and_then(|r| r.ok());
-        match ran {
-            Ok(text) => {
-                let seen = parse_save(chain, &text);
-                if is_absent(&seen) {
-                    FamilyObserved::Absent
-                } else {
-                    FamilyObserved::Iptables(seen)
-                }
-            }
-            Err(e) => FamilyObserved::Unavailable {
-                reason: e.to_string(),
-            },
-        }
-    }
-
-    fn restore(&self, family: Family, input: &str) -> Result<(), NatError> {
-        // -w: wait for the xtables lock (legacy flavour) instead of failing
-        // when kube-proxy or firewalld holds it.
-        exec::run(
-            self.tools.restore(family),
-            &["-w", "5", "--noflush"],
-            Some(input),
-            Package::Iptables,
-        )?
-        .ok()
-        .map(drop)
+/// The flavour `iptables` itself is (the distribution's alternative).
+pub fn system_flavour() -> Option<Flavour> {
+    let ran = exec::run("iptables", &["-V"], None, Package::Iptables).ok()?;
+    let text = format!("{}{}", ran.stdout, ran.stderr);
+    if text.contains("(legacy)") {
+        Some(Flavour::Legacy)
+    } else if text.contains("(nf_tables)") {
+        Some(Flavour::Nft)
+    } else {
+        None
     }
 }
 
-impl NatBackend for IptablesBackend {
-    fn kind(&self) -> NatBackendKind {
-        NatBackendKind::Iptables
-    }
-
-    fn observe(&self, spec: &NatSpec) -> NatObserved {
-        NatObserved {
-            backend: Some(NatBackendKind::Iptables),
-            name: spec.iptables_chain.clone(),
-            ipv4: self.observe_family(Family::Ipv4, &spec.iptables_chain),
-            ipv6: self.observe_family(Family::Ipv6, &spec.iptables_chain),
-        }
-    }
-
-    fn apply(&self, op: &NatOp) -> Result<(), NatError> {
-        match op {
-            NatOp::Iptables {
-                family, restore, ..
-            } => self.restore(*family, restore),
-            NatOp::Nftables { .. } => Err(NatError::WrongBackend {
-                op: "nftables",
-                backend: "iptables",
-            }),
-        }
-    }
-
-    fn cleanup(&self, spec: &NatSpec) -> Result<Vec<String>, NatError> {
-        let chain = &spec.iptables_chain;
-        let mut removed = Vec::new();
-        let mut errors = Vec::new();
-        for family in [Family::Ipv4, Family::Ipv6] {
-            match self.observe_family(family, chain) {
-                FamilyObserved::Iptables(seen) => {
-                    match self.restore(family, &restore_remove(chain, &seen)) {
-                        Ok(()) => {
-                            if seen.chain {
-                                removed.push(chain_label(family, chain));
-                            }
-                            if !seen.jumps.is_empty() {
-                                removed.push(format!(
-                                    "{} jump(s) from {family} POSTROUTING to {chain}",
-                                    seen.jumps.len()
-                                ));
-                            }
-                        }
-                        Err(e) => errors.push(e),
-                    }
-                }
-                FamilyObserved::Unavailable { reason } => {
-                    // A family we were never configured for may simply be
-                    // unsupported here (no IPv6 nat); nothing of ours there.
-                    if super::rules::family_spec(spec, family).is_some() {
-                        errors.push(NatError::Unreadable { reason });
-                    }
-                }
-                FamilyObserved::Absent
-                | FamilyObserved::NotObserved
-                | FamilyObserved::Nftables(_) => {}
-            }
-        }
-        NatError::collect(errors).map(|()| removed)
-    }
-
-    fn check(&self, spec: &NatSpec) -> Result<(), NatError> {
-        let mut tools = Vec::new();
-        for family in [Family::Ipv4, Family::Ipv6] {
-            if super::rules::family_spec(spec, family).is_some() {
-                tools.push(self.tools.save(family));
-                tools.push(self.tools.restore(family));
-            }
-        }
-        exec::require(&tools, Package::Iptables)
-    }
+/// Fail unless the tools of `flavour` for `families` are installed.
+pub fn require(flavour: Flavour, families: &[Family]) -> Result<(), NatError> {
+    let tools: Vec<String> = families
+        .iter()
+        .flat_map(|f| [flavour.save(*f), flavour.restore(*f)])
+        .collect();
+    let tools: Vec<&str> = tools.iter().map(String::as_str).collect();
+    exec::require(&tools, Package::Iptables)
 }
 
 #[cfg(test)]
@@ -465,7 +767,7 @@ mod tests {
     }
 
     #[test]
-    fn parse_keeps_only_ours() {
+    fn parse_keeps_chains_rules_and_jumps_apart() {
         let save = r#"# Generated by iptables-save
 *filter
 :OURS - [0:0]
@@ -485,13 +787,51 @@ COMMIT
 -A OURS-2 -j RETURN
 COMMIT
 "#;
-        let seen = parse_save("OURS", save);
+        let t = parse_nat(save);
+        assert_eq!(t.chains, ["KUBE-POSTROUTING", "OURS", "OURS-2"]);
+        assert!(t.has_kube());
+        let seen = t.family_view("OURS", None);
         assert!(seen.chain);
         assert_eq!(seen.rules, ["-A OURS -s 198.18.1.0/24 -j RETURN"]);
         assert_eq!(
             seen.jumps,
             [r#"-A POSTROUTING -m comment --comment "netconverge masq" -j OURS"#]
         );
-        assert!(is_absent(&parse_save("NONE", save)));
+        assert_eq!(seen.jump_positions, [2]);
+        assert!(seen.ownership().is_some());
+        assert!(t.family_view("NONE", None).is_absent());
+        // OURS-2: no marker anywhere, not recorded: not ours
+        assert_eq!(t.family_view("OURS-2", None).ownership(), None);
+        let rec = ["-A OURS-2 -j RETURN".to_string()];
+        assert!(t.family_view("OURS-2", Some(&rec)).ownership().is_some());
+        // everything but OURS and the jump to it
+        assert_eq!(t.foreign_rules(&["OURS".to_string()]), 3);
+    }
+
+    #[test]
+    fn flannel_lines_parse_to_our_rules() {
+        let f = r#"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN"#;
+        let r = parse_line(Family::Ipv4, "FLANNEL-POSTRTG", f).unwrap();
+        assert_eq!(
+            r.mark,
+            Some(MarkMatch {
+                value: 0x4000,
+                mask: 0x4000
+            })
+        );
+        let f = r#"-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#;
+        let r = parse_line(Family::Ipv4, "FLANNEL-POSTRTG", f).unwrap();
+        assert_eq!(
+            rule_line("FLANNEL-POSTRTG", &r),
+            r#"-A FLANNEL-POSTRTG ! -s 198.18.0.0/16 -d 198.18.0.0/16 -m comment --comment "netconverge masq" -j MASQUERADE --random-fully"#
+        );
+        assert!(parse_line(Family::Ipv4, "C", "-A C -o eth0 -j MASQUERADE").is_none());
+        assert!(parse_line(Family::Ipv4, "C", "-A C -j DROP").is_none());
+        assert!(parse_line(Family::Ipv6, "C", "-A C -s 198.18.0.0/16 -j RETURN").is_none());
+        assert!(is_plain_jump(
+            r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#,
+            "FLANNEL-POSTRTG"
+        ));
+        assert!(!is_plain_jump("-A POSTROUTING -o lo -j X", "X"));
     }
 }

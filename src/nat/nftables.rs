@@ -1,28 +1,28 @@
 //! nftables backend: tables `ip <name>` / `ip6 <name>`, each with one base
-//! chain `postrouting` (type nat, hook postrouting, priority srcnat).
+//! chain `postrouting` (type nat, hook postrouting, priority srcnat),
+//! created with the comment [`TABLE_COMMENT`].
 //!
-//! Invariant: every write is one `nft -j -f -` batch (one kernel
-//! transaction) that recreates or flushes our chain *and* adds all its rules,
-//! so no packet or reader ever sees the chain without them; only tables
-//! named by the spec are ever listed or changed.
+//! Invariant: every write is one `nft -f -` script (one kernel
+//! transaction) that recreates or flushes our chain *and* adds all its
+//! rules, so no packet or reader ever sees the chain without them. A table
+//! is netconverge's only when it carries [`TABLE_COMMENT`] (or is an older
+//! netconverge's unmarked table holding nothing but our rules); a table of
+//! our name that is not ours, or objects in ours we did not create, are a
+//! conflict and never wiped unless `adopt = true`.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
-use nftables::expr::{
-    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
-};
-use nftables::schema::{self, Chain, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
-use nftables::stmt::{Match, NAT, NATFlag, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload};
+use nftables::schema::{self, Chain};
+use nftables::stmt::{NATFlag, Operator, Statement};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::diff::rule_differences;
 use super::exec::{self, Package};
-use super::rules::{AddrMatch, COMMENT, MarkMatch, Rule, Verdict};
-use super::{FamilyObserved, NatBackend, NatError, NatObserved, NatOp};
-use crate::model::{Family, NatBackendKind, NatSpec};
+use super::rules::{AddrMatch, COMMENT, MarkMatch, Rule, TABLE_COMMENT, Verdict};
+use super::{NatError, NatOp};
+use crate::model::Family;
 use crate::plan::ChangeKind;
 
 /// Our base chain in each of our tables.
@@ -30,35 +30,74 @@ pub const CHAIN: &str = "postrouting";
 /// `srcnat`: where NAT source rewriting hooks in postrouting.
 pub const PRIORITY: i32 = 100;
 
-/// What `nft -j list table <family> <name>` showed for one of our tables.
+/// Tables iptables-nft keeps its rules in (and kube-proxy's): never ours,
+/// never listed in full.
+pub const RESERVED: [&str; 6] = ["nat", "filter", "mangle", "raw", "security", "kube-proxy"];
+
+/// What `nft list table <family> <name>` showed for a table of our name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NftFamily {
+    /// The table carries [`TABLE_COMMENT`]: netconverge created it.
+    pub marker: bool,
     /// Properties of chain `postrouting` (`type nat hook postrouting
     /// priority 100; policy accept`), `None` when the chain is missing.
     pub chain: Option<String>,
     /// The table carries flags (`dormant` disables all its rules).
     pub table_flags: bool,
-    /// Objects in our table other than our chain and its rules.
+    /// Objects in the table other than our chain and its rules.
     pub foreign: Vec<String>,
     /// Rules of our chain in order, canonical text ([`rule_text`]).
     pub rules: Vec<String>,
 }
 
-pub fn nf_family(family: Family) -> NfFamily {
-    match family {
-        Family::Ipv4 => NfFamily::IP,
-        Family::Ipv6 => NfFamily::IP6,
+impl NftFamily {
+    /// An unmarked table that holds nothing but a `postrouting` chain of
+    /// rules carrying our rule comment: made by a netconverge from before
+    /// table markers.
+    pub fn made_by_older_netconverge(&self) -> bool {
+        let ours = format!("comment {COMMENT:?}");
+        !self.marker
+            && self.foreign.is_empty()
+            && self.chain.is_some()
+            && !self.rules.is_empty()
+            && self.rules.iter().all(|r| r.ends_with(&ours))
+    }
+
+    pub fn is_ours(&self) -> bool {
+        self.marker || self.made_by_older_netconverge()
+    }
+
+    /// Short description of the content, for conflicts.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.chain {
+            let first = self
+                .rules
+                .first()
+                .map(|r| format!(", the first `{r}`"))
+                .unwrap_or_default();
+            parts.push(format!(
+                "chain {CHAIN} `{c}` with {} rule(s){first}",
+                self.rules.len()
+            ));
+        }
+        parts.extend(self.foreign.iter().cloned());
+        if parts.is_empty() {
+            "nothing: an empty table".to_string()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
-fn family_word(family: Family) -> &'static str {
+pub fn family_word(family: Family) -> &'static str {
     match family {
         Family::Ipv4 => "ip",
         Family::Ipv6 => "ip6",
     }
 }
 
-/// Printable name of our table: `nftables table ip netconverge`.
+/// Printable name of a table: `nftables table ip netconverge`.
 pub fn table_label(family: Family, table: &str) -> String {
     format!("nftables table {} {table}", family_word(family))
 }
@@ -69,8 +108,9 @@ fn want_chain_text() -> String {
 
 // ------------------------------------------------------------- rendering --
 
-/// Canonical one-line form of a rule, nft syntax; what observed and desired
-/// rules are compared by, and what reasons print.
+/// Canonical one-line form of a rule, nft syntax: what observed and
+/// desired rules are compared by, what reasons print, and (with our
+/// comment) exactly what the scripts feed to `nft`.
 pub fn rule_text(family: Family, rule: &Rule, comment: Option<&str>) -> String {
     let mut parts = Vec::new();
     if let Some(m) = rule.mark {
@@ -93,150 +133,41 @@ pub fn rule_text(family: Family, rule: &Rule, comment: Option<&str>) -> String {
     parts.join(" ")
 }
 
-fn payload(family: Family, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(family_word(family)),
-            field: Cow::Borrowed(field),
-        },
-    )))
-}
-
-fn meta_mark() -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }))
-}
-
-/// Statements of one rule, in the order nft lists them back.
-pub fn rule_statements(family: Family, rule: &Rule) -> Vec<Statement<'static>> {
+/// One script that leaves exactly `rules` in our chain of a marked table.
+/// `recreate` replaces the whole table (needed to mark an unmarked one, when
+/// the chain's hook/priority/policy is wrong, the table is dormant, or
+/// adopted foreign objects live in it); otherwise the table and chain are
+/// kept and only the chain's rules are replaced.
+pub fn script_apply(family: Family, table: &str, rules: &[Rule], recreate: bool) -> String {
+    let t = format!("{} {table}", family_word(family));
     let mut out = Vec::new();
-    if let Some(m) = rule.mark {
-        let left = if m.mask == u32::MAX {
-            meta_mark()
-        } else {
-            Expression::BinaryOperation(Box::new(BinaryOperation::AND(
-                meta_mark(),
-                Expression::Number(m.mask),
-            )))
-        };
-        out.push(Statement::Match(Match {
-            left,
-            right: Expression::Number(m.value),
-            op: Operator::EQ,
-        }));
-    }
-    for (field, m) in [("saddr", rule.src), ("daddr", rule.dst)] {
-        if let Some(m) = m {
-            let net = m.net;
-            let right = Expression::Named(NamedExpression::Prefix(Prefix {
-                addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
-                len: u32::from(net.prefix_len()),
-            }));
-            out.push(Statement::Match(Match {
-                left: payload(family, field),
-                right,
-                op: if m.negated {
-                    Operator::NEQ
-                } else {
-                    Operator::EQ
-                },
-            }));
-        }
-    }
-    out.push(match rule.verdict {
-        Verdict::Return => Statement::Return(None),
-        Verdict::Masquerade { random_fully } => Statement::Masquerade(random_fully.then(|| NAT {
-            addr: None,
-            family: None,
-            port: None,
-            flags: Some(HashSet::from([NATFlag::FullyRandom])),
-        })),
-    });
-    out
-}
-
-fn table_obj(family: Family, table: &str) -> Table<'static> {
-    Table {
-        family: nf_family(family),
-        name: Cow::Owned(table.to_string()),
-        handle: None,
-    }
-}
-
-fn chain_obj(family: Family, table: &str) -> Chain<'static> {
-    Chain {
-        family: nf_family(family),
-        table: Cow::Owned(table.to_string()),
-        name: Cow::Borrowed(CHAIN),
-        _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(PRIORITY),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    }
-}
-
-fn cmd(c: NfCmd<'static>) -> NfObject<'static> {
-    NfObject::CmdObject(c)
-}
-
-/// One transaction that leaves exactly `rules` in our chain. `recreate`
-/// replaces the whole table (needed when the chain's hook/priority/policy is
-/// wrong, the table is dormant, or foreign objects live in it); otherwise the
-/// table and chain are kept and only the chain's rules are replaced.
-pub fn batch_apply(
-    family: Family,
-    table: &str,
-    rules: &[Rule],
-    recreate: bool,
-) -> Nftables<'static> {
-    // `add` of an existing table/chain is a no-op, so the same batch works
-    // whether or not they exist.
-    let mut objects = vec![cmd(NfCmd::Add(NfListObject::Table(table_obj(
-        family, table,
-    ))))];
+    // `add` of an existing table/chain is a no-op (the comment of an
+    // existing table is not changed), so the script works either way.
     if recreate {
-        objects.push(cmd(NfCmd::Delete(NfListObject::Table(table_obj(
-            family, table,
-        )))));
-        objects.push(cmd(NfCmd::Add(NfListObject::Table(table_obj(
-            family, table,
-        )))));
+        out.push(format!("add table {t}"));
+        out.push(format!("delete table {t}"));
     }
-    objects.push(cmd(NfCmd::Add(NfListObject::Chain(chain_obj(
-        family, table,
-    )))));
+    out.push(format!("add table {t} {{ comment {TABLE_COMMENT:?}; }}"));
+    out.push(format!(
+        "add chain {t} {CHAIN} {{ type nat hook postrouting priority {PRIORITY}; policy accept; }}"
+    ));
     if !recreate {
-        objects.push(cmd(NfCmd::Flush(FlushObject::Chain(Chain {
-            family: nf_family(family),
-            table: Cow::Owned(table.to_string()),
-            name: Cow::Borrowed(CHAIN),
-            ..Chain::default()
-        }))));
+        out.push(format!("flush chain {t} {CHAIN}"));
     }
     for rule in rules {
-        objects.push(cmd(NfCmd::Add(NfListObject::Rule(schema::Rule {
-            family: nf_family(family),
-            table: Cow::Owned(table.to_string()),
-            chain: Cow::Borrowed(CHAIN),
-            expr: Cow::Owned(rule_statements(family, rule)),
-            comment: Some(Cow::Borrowed(COMMENT)),
-            ..schema::Rule::default()
-        }))));
+        out.push(format!(
+            "add rule {t} {CHAIN} {}",
+            rule_text(family, rule, Some(COMMENT))
+        ));
     }
-    Nftables {
-        objects: Cow::Owned(objects),
-    }
+    out.join("\n") + "\n"
 }
 
-/// Delete our table; succeeds whether or not it exists (add-then-delete in
+/// Delete a table; succeeds whether or not it exists (add-then-delete in
 /// one transaction).
-pub fn batch_delete(family: Family, table: &str) -> Nftables<'static> {
-    Nftables {
-        objects: Cow::Owned(vec![
-            cmd(NfCmd::Add(NfListObject::Table(table_obj(family, table)))),
-            cmd(NfCmd::Delete(NfListObject::Table(table_obj(family, table)))),
-        ]),
-    }
+pub fn script_delete(family: Family, table: &str) -> String {
+    let t = format!("{} {table}", family_word(family));
+    format!("add table {t}\ndelete table {t}\n")
 }
 
 // --------------------------------------------------------------- parsing --
@@ -449,27 +380,79 @@ pub fn parse_table(family: Family, json: &str) -> Result<NftFamily, String> {
     Ok(out)
 }
 
+/// The comment of a table, from the text of `nft -t list table` (nft 1.0.6
+/// does not carry table comments in its JSON).
+pub fn parse_table_comment(text: &str) -> Option<String> {
+    let mut lines = text.lines();
+    lines.next()?.strip_prefix("table ")?;
+    let first = lines.find(|l| !l.trim().is_empty())?;
+    let quoted = first.strip_prefix("\tcomment ")?;
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    Some(inner.replace("\\\"", "\""))
+}
+
 // -------------------------------------------------------------- planning --
 
-/// The change (if any) that makes our table of `family` hold `want`.
+/// What the plan for one family's table is; `Err` is a conflict.
+pub type FamilyPlan = Result<Option<(ChangeKind, String, NatOp)>, String>;
+
+/// The change (if any) that makes table `table` of `family` hold `want`.
 /// `seen == None`: the table does not exist.
 pub fn plan_family(
     family: Family,
     table: &str,
     want: &[Rule],
     seen: Option<&NftFamily>,
-) -> Option<(ChangeKind, String, NatOp)> {
+    adopt: bool,
+) -> FamilyPlan {
     let op = |recreate: bool| NatOp::Nftables {
         family,
         table: table.to_string(),
-        batch: batch_apply(family, table, want, recreate),
+        script: script_apply(family, table, want, recreate),
     };
     let Some(seen) = seen else {
         let reason = format!("missing (chain {CHAIN} with {} rules)", want.len());
-        return Some((ChangeKind::Add, reason, op(false)));
+        return Ok(Some((ChangeKind::Add, reason, op(false))));
     };
+    let label = table_label(family, table);
     let mut reasons = Vec::new();
     let mut recreate = false;
+    if !seen.is_ours() {
+        if !adopt {
+            return Err(format!(
+                "conflict: {label} exists and was not created by netconverge (no comment \
+                 {TABLE_COMMENT:?}); it holds {}; it is left alone: delete or rename it, \
+                 choose another `[nat] table`, or set `[nat] adopt = true` to replace it",
+                seen.describe()
+            ));
+        }
+        reasons.push(format!(
+            "adopting (adopt = true) a table netconverge did not create: replacing {}",
+            seen.describe()
+        ));
+        recreate = true;
+    } else if !seen.marker {
+        reasons.push(format!(
+            "made by an older netconverge without the table comment {TABLE_COMMENT:?}: \
+             recreated with it"
+        ));
+        recreate = true;
+    }
+    if !seen.foreign.is_empty() && !recreate {
+        if !adopt {
+            return Err(format!(
+                "conflict: {label} is netconverge's but holds objects netconverge did not \
+                 create: {}; they are left alone: move them to a table of your own (or \
+                 delete them), or set `[nat] adopt = true` to drop them",
+                seen.foreign.join(", ")
+            ));
+        }
+        reasons.push(format!(
+            "adopt = true: dropping objects netconverge did not create: {}",
+            seen.foreign.join(", ")
+        ));
+        recreate = true;
+    }
     if seen.table_flags {
         reasons.push("table has flags set (dormant: its rules do nothing)".to_string());
         recreate = true;
@@ -483,10 +466,6 @@ pub fn plan_family(
         }
         Some(_) => {}
     }
-    for f in &seen.foreign {
-        reasons.push(format!("foreign {f} in our table"));
-        recreate = true;
-    }
     // A missing chain has no rules; listing each as missing adds nothing.
     if seen.chain.is_some() {
         let want_text: Vec<String> = want
@@ -496,132 +475,98 @@ pub fn plan_family(
         reasons.extend(rule_differences(&want_text, &seen.rules));
     }
     if reasons.is_empty() {
-        None
+        Ok(None)
     } else {
-        Some((ChangeKind::Modify, reasons.join("; "), op(recreate)))
+        Ok(Some((ChangeKind::Modify, reasons.join("; "), op(recreate))))
     }
 }
 
-/// The op removing our table of `family`.
+/// The op removing table `table` of `family`.
 pub fn remove_op(family: Family, table: &str) -> NatOp {
     NatOp::Nftables {
         family,
         table: table.to_string(),
-        batch: batch_delete(family, table),
+        script: script_delete(family, table),
     }
 }
 
 // ------------------------------------------------------------------- I/O --
 
-/// Runs `nft` (configurable for tests and odd installs).
-#[derive(Debug, Clone)]
-pub struct NftBackend {
-    pub nft: String,
+/// The `nft` binary (tests and odd installs may point elsewhere).
+const NFT: &str = "nft";
+
+pub fn installed() -> bool {
+    exec::which(NFT).is_some()
 }
 
-impl Default for NftBackend {
-    fn default() -> Self {
-        NftBackend {
-            nft: "nft".to_string(),
-        }
-    }
-}
-
-impl NftBackend {
-    fn observe_family(&self, family: Family, table: &str) -> FamilyObserved {
-        let args = ["-j", "list", "table", family_word(family), table];
-        let ran = match exec::run(&self.nft, &args, None, Package::Nftables) {
-            Ok(r) => r,
-            Err(e) => {
-                return FamilyObserved::Unavailable {
-                    reason: e.to_string(),
-                };
-            }
-        };
-        if !ran.success {
-            if ran.stderr.contains("No such file or directory") {
-                return FamilyObserved::Absent;
-            }
-            return FamilyObserved::Unavailable {
-                reason: ran.failed().to_string(),
-            };
-        }
-        match parse_table(family, &ran.stdout) {
-            Ok(t) => FamilyObserved::Nftables(t),
-            Err(detail) => FamilyObserved::Unavailable {
-                reason: NatError::Parse {
-                    command: ran.command,
-                    detail,
-                }
-                .to_string(),
-            },
-        }
-    }
-
-    fn run_batch(&self, batch: &Nftables<'_>) -> Result<(), NatError> {
-        let json = serde_json::to_string(batch).map_err(|e| NatError::Parse {
-            command: format!("{} -j -f -", self.nft),
-            detail: e.to_string(),
+/// Every table of the namespace: `(family word, name)`.
+pub fn list_tables() -> Result<Vec<(String, String)>, NatError> {
+    let ran = exec::run(NFT, &["-j", "list", "tables"], None, Package::Nftables)?;
+    let command = ran.command.clone();
+    let doc: Value = serde_json::from_str(&ran.ok()?).map_err(|e| NatError::Parse {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
+    let objects = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| NatError::Parse {
+            command,
+            detail: "no `nftables` array".to_string(),
         })?;
-        // Not nftables::helper::apply_ruleset: it lets nft's stderr go to
-        // ours, so its error would not say why the transaction failed.
-        exec::run(
-            &self.nft,
-            &["-j", "-f", "-"],
-            Some(&json),
-            Package::Nftables,
-        )?
+    Ok(objects
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter_map(|t| {
+            let family = t.get("family")?.as_str()?;
+            let name = t.get("name")?.as_str()?;
+            Some((family.to_string(), name.to_string()))
+        })
+        .collect())
+}
+
+/// Does table `word name` carry our marker?
+pub fn is_marked(word: &str, name: &str) -> Result<bool, NatError> {
+    let text = exec::run(
+        NFT,
+        &["-t", "list", "table", word, name],
+        None,
+        Package::Nftables,
+    )?
+    .ok()?;
+    Ok(parse_table_comment(&text).as_deref() == Some(TABLE_COMMENT))
+}
+
+/// Read table `table` of `family`; `None` when it does not exist.
+pub fn read_table(family: Family, table: &str) -> Result<Option<NftFamily>, NatError> {
+    let word = family_word(family);
+    let ran = exec::run(
+        NFT,
+        &["-j", "list", "table", word, table],
+        None,
+        Package::Nftables,
+    )?;
+    if !ran.success {
+        if ran.stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(ran.failed());
+    }
+    let mut seen = parse_table(family, &ran.stdout).map_err(|detail| NatError::Parse {
+        command: ran.command.clone(),
+        detail,
+    })?;
+    seen.marker = is_marked(word, table)?;
+    Ok(Some(seen))
+}
+
+/// Run one script (one transaction).
+pub fn run_script(script: &str) -> Result<(), NatError> {
+    exec::run(NFT, &["-f", "-"], Some(script), Package::Nftables)?
         .ok()
         .map(drop)
-    }
 }
 
-impl NatBackend for NftBackend {
-    fn kind(&self) -> NatBackendKind {
-        NatBackendKind::Nftables
-    }
-
-    fn observe(&self, spec: &NatSpec) -> NatObserved {
-        NatObserved {
-            backend: Some(NatBackendKind::Nftables),
-            name: spec.nft_table.clone(),
-            ipv4: self.observe_family(Family::Ipv4, &spec.nft_table),
-            ipv6: self.observe_family(Family::Ipv6, &spec.nft_table),
-        }
-    }
-
-    fn apply(&self, op: &NatOp) -> Result<(), NatError> {
-        match op {
-            NatOp::Nftables { batch, .. } => self.run_batch(batch),
-            NatOp::Iptables { .. } => Err(NatError::WrongBackend {
-                op: "iptables",
-                backend: "nftables",
-            }),
-        }
-    }
-
-    fn cleanup(&self, spec: &NatSpec) -> Result<Vec<String>, NatError> {
-        let mut removed = Vec::new();
-        let mut errors = Vec::new();
-        for family in [Family::Ipv4, Family::Ipv6] {
-            match self.observe_family(family, &spec.nft_table) {
-                FamilyObserved::Absent | FamilyObserved::NotObserved => {}
-                FamilyObserved::Unavailable { reason } => {
-                    errors.push(NatError::Unreadable { reason })
-                }
-                FamilyObserved::Nftables(_) | FamilyObserved::Iptables(_) => {
-                    match self.run_batch(&batch_delete(family, &spec.nft_table)) {
-                        Ok(()) => removed.push(table_label(family, &spec.nft_table)),
-                        Err(e) => errors.push(e),
-                    }
-                }
-            }
-        }
-        NatError::collect(errors).map(|()| removed)
-    }
-
-    fn check(&self, spec: &NatSpec) -> Result<(), NatError> {
-        let _ = spec;
-        exec::require(&[&self.nft], Package::Nftables)
-    }
+pub fn require() -> Result<(), NatError> {
+    exec::require(&[NFT], Package::Nftables)
 }

@@ -11,8 +11,13 @@ use serde::Serialize;
 
 use crate::model::{Family, NatFamily, NatSpec};
 
-/// Comment carried by every rule (and the iptables jump) netconverge owns.
+/// Comment carried by every rule (and the iptables jump) netconverge owns:
+/// the kernel-side marker of an iptables chain of ours.
 pub const COMMENT: &str = "netconverge masq";
+
+/// Comment (userdata) of every nftables table netconverge creates: the
+/// kernel-side marker that makes a table ours whatever its name.
+pub const TABLE_COMMENT: &str = "managed by netconverge";
 
 /// `[!] <net>`: an address match on the source or destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -201,6 +206,8 @@ mod tests {
             mark: (0x4000, 0x4000),
             nft_table: "netconverge".into(),
             iptables_chain: "NETCONVERGE-POSTRTG".into(),
+            iptables: crate::model::IptablesMode::Auto,
+            adopt: false,
         }
     }
 

@@ -30,6 +30,8 @@ fn spec(backend: NatBackendKind, ipv4: Option<NatFamily>, ipv6: Option<NatFamily
         mark: (0x4000, 0x4000),
         nft_table: "netconverge".into(),
         iptables_chain: "NETCONVERGE-POSTRTG".into(),
+        iptables: crate::model::IptablesMode::Auto,
+        adopt: false,
     }
 }
 
@@ -41,19 +43,37 @@ fn ipt_dual() -> NatSpec {
     spec(NatBackendKind::Iptables, Some(v4()), Some(v6()))
 }
 
-/// One line per batch command, compact JSON: readable and diffable.
+/// The transaction of an op, verbatim (scripts and restore input are text).
 fn batch_lines(op: &NatOp) -> String {
     match op {
-        NatOp::Nftables { batch, .. } => {
-            let v = serde_json::to_value(batch).unwrap();
-            v["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o.to_string() + "\n")
-                .collect()
+        NatOp::Nftables { script, .. } => script.clone(),
+        NatOp::Iptables {
+            restore,
+            adopted,
+            forget,
+            ..
+        } => {
+            let mut out = restore
+                .clone()
+                .unwrap_or_else(|| "(no kernel change)\n".into());
+            if let Some(r) = adopted {
+                out += &format!("(record adoption of {} rules)\n", r.len());
+            }
+            if *forget {
+                out += "(forget any adoption record)\n";
+            }
+            out
         }
-        NatOp::Iptables { restore, .. } => restore.clone(),
+        NatOp::Stale {
+            remove,
+            replaced_by,
+        } => {
+            let guard = match replaced_by {
+                Some(g) => format!("(only once {} is in sync)\n", g.family),
+                None => String::new(),
+            };
+            guard + &batch_lines(remove)
+        }
     }
 }
 
@@ -64,7 +84,9 @@ fn render_all(s: &NatSpec) -> String {
         let (op, texts): (NatOp, Vec<String>) = match s.backend {
             NatBackendKind::Nftables => {
                 let (_, _, op) =
-                    nftables::plan_family(fr.family, &s.nft_table, &fr.rules, None).unwrap();
+                    nftables::plan_family(fr.family, &s.nft_table, &fr.rules, None, false)
+                        .unwrap()
+                        .unwrap();
                 let texts = fr
                     .rules
                     .iter()
@@ -72,8 +94,16 @@ fn render_all(s: &NatSpec) -> String {
                 (op, texts.collect())
             }
             NatBackendKind::Iptables => {
-                let (_, _, op) =
-                    iptables::plan_family(fr.family, &s.iptables_chain, &fr.rules, None).unwrap();
+                let (_, _, op) = iptables::plan_family(
+                    Flavour::Nft,
+                    fr.family,
+                    &s.iptables_chain,
+                    &fr.rules,
+                    None,
+                    false,
+                )
+                .unwrap()
+                .unwrap();
                 let texts = fr
                     .rules
                     .iter()
@@ -91,27 +121,8 @@ fn render_all(s: &NatSpec) -> String {
     out
 }
 
-/// A transaction, short: nft rules as their canonical text (parsed back
-/// from the batch), other commands as JSON; iptables input verbatim.
 fn short_op(op: &NatOp) -> String {
-    let NatOp::Nftables { family, batch, .. } = op else {
-        return batch_lines(op);
-    };
-    let mut out = String::new();
-    for o in batch.objects.iter() {
-        use ::nftables::schema::{NfCmd, NfListObject, NfObject};
-        match o {
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(r))) => {
-                let rule = nftables::parse_rule(*family, &r.expr).unwrap();
-                out += &format!(
-                    "add rule: {}\n",
-                    nftables::rule_text(*family, &rule, r.comment.as_deref())
-                );
-            }
-            other => out += &format!("{}\n", serde_json::to_string(other).unwrap()),
-        }
-    }
-    out
+    batch_lines(op)
 }
 
 /// A plan as `--check` prints it, followed by each change's transaction.
@@ -132,6 +143,7 @@ fn want(s: &NatSpec, family: Family) -> Vec<Rule> {
 fn nft_seen(s: &NatSpec, family: Family) -> NftFamily {
     NftFamily {
         chain: Some("type nat hook postrouting priority 100; policy accept".into()),
+        marker: true,
         table_flags: false,
         foreign: vec![],
         rules: want(s, family)
@@ -149,6 +161,8 @@ fn ipt_seen(s: &NatSpec, family: Family) -> IptFamily {
             .map(|r| iptables::rule_line(&s.iptables_chain, r))
             .collect(),
         jumps: vec![iptables::jump_line(&s.iptables_chain)],
+        jump_positions: vec![1],
+        recorded: false,
     }
 }
 
@@ -161,8 +175,13 @@ fn observed(
     NatObserved {
         backend: Some(kind),
         name: name.into(),
+        iptables: (kind == NatBackendKind::Iptables).then(|| FlavourChoice {
+            flavour: Flavour::Nft,
+            reason: "auto: no nat rules on the host; `iptables` is iptables-nft".into(),
+        }),
         ipv4,
         ipv6,
+        found: vec![],
     }
 }
 
@@ -253,11 +272,8 @@ fn render_custom_mark() {
             let first = r.first().unwrap();
             out += &match backend {
                 NatBackendKind::Nftables => {
-                    let stmts =
-                        serde_json::to_string(&nftables::rule_statements(Family::Ipv4, first))
-                            .unwrap();
                     format!(
-                        "{}\n{stmts}\n",
+                        "{}\n",
                         nftables::rule_text(Family::Ipv4, first, Some(rules::COMMENT))
                     )
                 }
@@ -270,35 +286,15 @@ fn render_custom_mark() {
     insta::assert_snapshot!(out);
 }
 
-#[test]
-fn nft_statements_parse_back_to_the_same_rule() {
-    for s in [
-        nft_dual(),
-        NatSpec {
-            random_fully: false,
-            mark: (1, u32::MAX),
-            ..nft_dual()
-        },
-    ] {
-        for fr in rules::render(&s) {
-            for r in &fr.rules {
-                let stmts = nftables::rule_statements(fr.family, r);
-                // through JSON, as nft would hand them back
-                let json = serde_json::to_string(&stmts).unwrap();
-                let back: Vec<::nftables::stmt::Statement> = serde_json::from_str(&json).unwrap();
-                assert_eq!(nftables::parse_rule(fr.family, &back).as_ref(), Some(r));
-            }
-        }
-    }
-}
-
 /// Captured from `nft -j list table ip netconverge` (nft 1.0.6) after our
 /// install: single NAT flags come back as a string, host prefixes as plain
 /// addresses; both must parse to the rules we render.
 #[test]
 fn parses_real_nft_output() {
     let json = include_str!("testdata/nft-list-table-ip.json");
-    let seen = nftables::parse_table(Family::Ipv4, json).unwrap();
+    let mut seen = nftables::parse_table(Family::Ipv4, json).unwrap();
+    // the marker comes from the text listing (nft 1.0.6 JSON lacks it)
+    seen.marker = true;
     let s = spec(NatBackendKind::Nftables, Some(v4()), None);
     assert_eq!(seen, nft_seen(&s, Family::Ipv4));
     let mut host = s.clone();
@@ -307,10 +303,9 @@ fn parses_real_nft_output() {
         r#"{"prefix": {"addr": "198.18.1.0", "len": 24}}"#,
         r#""198.18.1.7""#,
     );
-    assert_eq!(
-        nftables::parse_table(Family::Ipv4, &json).unwrap(),
-        nft_seen(&host, Family::Ipv4)
-    );
+    let mut seen = nftables::parse_table(Family::Ipv4, &json).unwrap();
+    seen.marker = true;
+    assert_eq!(seen, nft_seen(&host, Family::Ipv4));
 }
 
 #[test]
@@ -381,10 +376,6 @@ fn plan_nft_drift() {
             edit(&|x| x.chain = Some("type nat hook postrouting priority 0; policy accept".into())),
         ),
         ("dormant", edit(&|x| x.table_flags = true)),
-        (
-            "foreign chain",
-            edit(&|x| x.foreign.push("chain `extra`".into())),
-        ),
         (
             "table deleted",
             nft_obs(good.clone()).tap(|o| o.ipv4 = FamilyObserved::Absent),
@@ -530,43 +521,248 @@ impl<T> Tap for T {
     }
 }
 
-#[test]
-fn missing_tool_blocks_the_family_with_the_package_to_install() {
-    let s = nft_dual();
-    let nft = NftBackend {
-        nft: "/nonexistent/nft".into(),
-    };
-    let p = plan(Some(&s), &nft.observe(&s));
-    assert!(p.changes.is_empty(), "{p}");
-    assert_eq!(p.blocked.len(), 2, "{p}");
-    assert!(p.to_string().contains("apt install nftables"), "{p}");
-    assert!(
-        nft.check(&s)
-            .unwrap_err()
-            .to_string()
-            .contains("pkgs.nftables")
-    );
-    // Cleanup cannot pretend it removed anything.
-    assert!(nft.cleanup(&s).is_err());
+fn flannel_lines(chain: &str, s: &NatSpec, family: Family) -> Vec<String> {
+    want(s, family)
+        .iter()
+        .map(|r| iptables::rule_line(chain, r).replace("netconverge masq", "flanneld masq"))
+        .collect()
+}
 
-    let ipt = IptablesBackend::new(IptablesTools {
-        restore6: "/nonexistent/ip6tables-restore".into(),
-        ..IptablesTools::system()
-    });
-    let v4_only = spec(NatBackendKind::Iptables, Some(v4()), None);
-    let dual = ipt_dual();
-    let err = ipt.check(&dual).unwrap_err().to_string();
-    assert!(
-        err.contains("/nonexistent/ip6tables-restore") && err.contains("apt install iptables"),
-        "{err}"
+/// Never take what isn't ours: every table/chain of our name that
+/// netconverge did not create is a conflict, unless `adopt = true`;
+/// flannel's chain, equal but for its comments, is adopted as it is.
+#[test]
+fn plan_ownership_and_adoption() {
+    let mut out = String::new();
+    let mut case = |name: &str, spec: &NatSpec, obs: &NatObserved| {
+        let p = plan(Some(spec), obs);
+        out += &format!("=== {name}\n{}\n", show(&p));
+        p
+    };
+    let n = spec(NatBackendKind::Nftables, Some(v4()), None);
+    let adopt_n = NatSpec {
+        adopt: true,
+        ..n.clone()
+    };
+    let good = nft_seen(&n, Family::Ipv4);
+    let users = NftFamily {
+        marker: false,
+        chain: Some("type filter hook postrouting priority 0; policy drop".into()),
+        rules: vec!["unrecognized [{\"drop\": null}]".into()],
+        foreign: vec!["set `blocklist`".into()],
+        table_flags: false,
+    };
+    let p = case(
+        "nft: a user's table of our name",
+        &n,
+        &nft_obs(users.clone()),
     );
-    // The IPv6 tools are only needed when IPv6 is configured (and the
-    // system ones are a test-machine given, so only assert the error path
-    // above and the family filter here).
-    let only6_missing = ipt
-        .check(&v4_only)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(!only6_missing.contains("ip6tables"), "{only6_missing}");
+    assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
+    let p = case("nft: the same with adopt = true", &adopt_n, &nft_obs(users));
+    assert_eq!(p.changes.len(), 1, "{p}");
+    let older = NftFamily {
+        marker: false,
+        ..good.clone()
+    };
+    assert!(older.made_by_older_netconverge());
+    let p = case(
+        "nft: unmarked, made by an older netconverge",
+        &n,
+        &nft_obs(older),
+    );
+    assert_eq!(p.changes.len(), 1, "{p}");
+    let with_set = NftFamily {
+        foreign: vec!["set `s`".into()],
+        ..good.clone()
+    };
+    let p = case("nft: ours, with a user's set in it", &n, &nft_obs(with_set));
+    assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
+    let other_family = observed(
+        NatBackendKind::Nftables,
+        "netconverge",
+        FamilyObserved::Nftables(good.clone()),
+        FamilyObserved::Nftables(NftFamily {
+            marker: false,
+            chain: None,
+            rules: vec![],
+            foreign: vec!["chain `mine`".into()],
+            table_flags: false,
+        }),
+    );
+    let p = case(
+        "nft: a user's table of our name in a family we do not configure",
+        &n,
+        &other_family,
+    );
+    assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
+
+    let i = spec(NatBackendKind::Iptables, Some(v4()), None);
+    let adopt_i = NatSpec {
+        adopt: true,
+        ..i.clone()
+    };
+    let users = IptFamily {
+        chain: true,
+        rules: vec!["-A NETCONVERGE-POSTRTG -o eth0 -j MASQUERADE".into()],
+        jumps: vec!["-A POSTROUTING -j NETCONVERGE-POSTRTG".into()],
+        jump_positions: vec![3],
+        recorded: false,
+    };
+    let p = case(
+        "iptables: a user's chain of our name",
+        &i,
+        &ipt_obs(users.clone()),
+    );
+    assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
+    let p = case(
+        "iptables: the same with adopt = true (jump kept)",
+        &adopt_i,
+        &ipt_obs(users),
+    );
+    assert_eq!(p.changes.len(), 1, "{p}");
+
+    let f = NatSpec {
+        iptables_chain: "FLANNEL-POSTRTG".into(),
+        ..i.clone()
+    };
+    let flannel = IptFamily {
+        chain: true,
+        rules: flannel_lines("FLANNEL-POSTRTG", &f, Family::Ipv4),
+        jumps: vec![
+            r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#.into(),
+        ],
+        jump_positions: vec![2],
+        recorded: false,
+    };
+    let mut obs = ipt_obs(flannel.clone());
+    obs.name = "FLANNEL-POSTRTG".into();
+    let p = case("iptables: flannel's chain, adopted as it is", &f, &obs);
+    assert_eq!(p.changes.len(), 1, "{p}");
+    let c = &p.changes[0];
+    let Op::Nat(NatOp::Iptables {
+        restore, adopted, ..
+    }) = &c.op
+    else {
+        panic!("{p}")
+    };
+    assert_eq!(restore, &None, "no kernel change: rules and jump stay");
+    assert_eq!(adopted.as_ref(), Some(&flannel.rules));
+    // once recorded: in sync, never "rule 1–6 edited"
+    let recorded = IptFamily {
+        recorded: true,
+        ..flannel.clone()
+    };
+    let mut obs = ipt_obs(recorded);
+    obs.name = "FLANNEL-POSTRTG".into();
+    assert!(plan(Some(&f), &obs).in_sync());
+    // flannel's chain with another node's subnets: a conflict
+    let stale = IptFamily {
+        rules: flannel
+            .rules
+            .iter()
+            .map(|r| r.replace("198.18.1.0/24", "198.18.7.0/24"))
+            .collect(),
+        ..flannel
+    };
+    let mut obs = ipt_obs(stale);
+    obs.name = "FLANNEL-POSTRTG".into();
+    let p = case("iptables: flannel's chain with other subnets", &f, &obs);
+    assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
+    insta::assert_snapshot!(out);
+}
+
+/// Always remove what was ours: leftovers at other places go in a stage
+/// after the install, guarded by the new place being in sync; a blocked
+/// new place keeps them.
+#[test]
+fn plan_leftovers_go_after_the_new_place() {
+    let n = nft_dual();
+    let i = ipt_dual();
+    let old_nft = |family| Found {
+        family,
+        place: Place::Nftables {
+            table: "netconverge".into(),
+        },
+        why: "table comment \"managed by netconverge\"".into(),
+        items: vec![nftables::table_label(family, "netconverge")],
+        removal: nftables::remove_op(family, "netconverge"),
+    };
+    let mut out = String::new();
+    // nftables → iptables: the new chains are added, the old tables go after
+    let mut obs = observed(
+        NatBackendKind::Iptables,
+        "NETCONVERGE-POSTRTG",
+        FamilyObserved::Absent,
+        FamilyObserved::Absent,
+    );
+    obs.found = vec![old_nft(Family::Ipv4), old_nft(Family::Ipv6)];
+    let p = plan(Some(&i), &obs);
+    out += &format!("=== backend switch nftables → iptables\n{}\n", show(&p));
+    let stages: Vec<_> = p.changes.iter().map(|c| (c.kind, c.op.stage())).collect();
+    use crate::plan::Stage;
+    assert_eq!(
+        stages,
+        [
+            (ChangeKind::Add, Stage::Nat),
+            (ChangeKind::Add, Stage::Nat),
+            (ChangeKind::Remove, Stage::NatStale),
+            (ChangeKind::Remove, Stage::NatStale)
+        ],
+        "{p}"
+    );
+    assert!(p.notes.iter().any(|n| n.contains("iptables-nft")), "{p}");
+    // [nat] removed: both go, no guard
+    let none = NatObserved {
+        found: vec![old_nft(Family::Ipv4)],
+        ..Default::default()
+    };
+    let p = plan(None, &none);
+    out += &format!("=== [nat] removed\n{}\n", show(&p));
+    assert_eq!(p.changes.len(), 1);
+    // renamed table, but the new name is a user's table: the old one stays
+    let renamed = NatSpec {
+        nft_table: "nc2".into(),
+        ..n.clone()
+    };
+    let mut obs = observed(
+        NatBackendKind::Nftables,
+        "nc2",
+        FamilyObserved::Nftables(NftFamily {
+            marker: false,
+            chain: None,
+            rules: vec![],
+            foreign: vec![],
+            table_flags: false,
+        }),
+        FamilyObserved::Absent,
+    );
+    obs.found = vec![old_nft(Family::Ipv4), old_nft(Family::Ipv6)];
+    let p = plan(Some(&renamed), &obs);
+    out += &format!("=== renamed onto a user's table\n{}\n", show(&p));
+    assert_eq!(p.blocked.len(), 2, "{p}");
+    assert_eq!(p.changes.len(), 2, "{p}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn config_keys_iptables_and_adopt_reach_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.toml");
+    std::fs::write(
+        &path,
+        "node_name = \"n\"\n[nat]\nbackend = \"iptables\"\niptables = \"legacy\"\nadopt = true\n\
+         chain = \"FLANNEL-POSTRTG\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
+    )
+    .unwrap();
+    let d = crate::config::load(&path).unwrap();
+    let n = d.nat.unwrap();
+    assert_eq!(n.iptables, crate::model::IptablesMode::Legacy);
+    assert!(n.adopt);
+    std::fs::write(
+        &path,
+        "node_name = \"n\"\n[nat]\niptables = \"both\"\nnetwork = \"198.18.0.0/16\"\nsubnet = \"198.18.1.0/24\"\n",
+    )
+    .unwrap();
+    let e = crate::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("n.toml:3:") && e.contains("auto"), "{e}");
 }

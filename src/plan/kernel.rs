@@ -1,12 +1,14 @@
 //! Planning of kernel objects: VXLAN devices, addresses, neighbours, FDB
 //! entries, nexthop objects and routes.
 //!
-//! Invariant: removals are only ever planned for objects netconverge owns —
-//! anything on a declared VXLAN device (except what the kernel itself
-//! maintains: non-global addresses, kernel/RA routes, non-permanent
-//! neighbours), routes and nexthop objects carrying netconverge's protocol
-//! marker. Every lookup is through an index built once, so a plan is
-//! O(n log n).
+//! Invariant: removals and replacements are only ever planned for objects
+//! netconverge owns — devices carrying its mark (ifalias, see
+//! [`crate::model::DEVICE_MARK`]) and on them global addresses, permanent
+//! neighbours and FDB entries; routes and nexthop objects carrying one of
+//! its route protocols (the current one or one from its record). A foreign
+//! object holding a declared place is a conflict (blocked), unless the file
+//! says `adopt = true` for it. Every lookup is through an index built once,
+//! so a plan is O(n log n).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -21,12 +23,144 @@ use crate::model::{
     RouteState, VxlanSpec,
 };
 
-/// Kernel route protocols netconverge never removes on owned devices:
-/// `kernel` (2, connected routes) and `ra` (9, router advertisements).
-const RTPROT_KERNEL: u8 = 2;
-const RTPROT_RA: u8 = 9;
+/// The name iproute2 gives a route protocol (`/etc/iproute2/rt_protos`),
+/// for conflict messages.
+fn proto_name(p: u8) -> String {
+    let name = match p {
+        0 => "unspec",
+        1 => "redirect",
+        2 => "kernel",
+        3 => "boot",
+        4 => "static",
+        8 => "gated",
+        9 => "ra",
+        10 => "mrt",
+        11 => "zebra",
+        12 => "bird",
+        13 => "dnrouted",
+        14 => "xorp",
+        15 => "ntk",
+        16 => "dhcp",
+        17 => "mrouted",
+        18 => "keepalived",
+        42 => "babel",
+        186 => "bgp",
+        187 => "isis",
+        188 => "ospf",
+        189 => "rip",
+        192 => "eigrp",
+        _ => return p.to_string(),
+    };
+    name.to_string()
+}
+
+/// A VXLAN device netconverge created: its mark, or (devices created before
+/// marks existed) the MAC it derives for that name when none is configured.
+fn ours(l: &LinkState, desired: &Desired) -> bool {
+    l.marked() || legacy_ours(l, desired)
+}
+
+fn legacy_ours(l: &LinkState, desired: &Desired) -> bool {
+    l.kind == "vxlan"
+        && desired.vxlan(&l.name).is_some_and(|v| {
+            v.mac.is_none()
+                && desired.mac_seed.is_some()
+                && l.mac.is_some()
+                && desired.vxlan_mac(v) == l.mac
+        })
+}
+
+/// Route protocols whose routes and nexthops are netconverge's.
+fn owned_protocols(desired: &Desired, observed: &Observed) -> BTreeSet<u8> {
+    let mut p = observed.past_protocols.clone();
+    p.insert(desired.engine.route_protocol);
+    p
+}
+
+/// A marked VXLAN device no declaration names that can become `v` by a
+/// rename: same VNI and port (the kernel refuses a second device with
+/// them, and a rename keeps every route through it).
+fn renames<'o>(desired: &Desired, observed: &'o Observed) -> Vec<(&'o str, String)> {
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    let mut out = Vec::new();
+    for v in &desired.vxlans {
+        if observed.links.contains_key(&v.name) {
+            continue;
+        }
+        let found = observed.links.values().find(|l| {
+            l.kind == "vxlan"
+                && l.marked()
+                && desired.vxlan(&l.name).is_none()
+                && !used.contains(l.name.as_str())
+                && l.vxlan.as_ref().is_some_and(|a| {
+                    a.vni == v.vni
+                        && a.port == v.port
+                        && a.local.map(|x| Family::of(&x)) == Some(v.family)
+                })
+        });
+        if let Some(l) = found {
+            used.insert(l.name.as_str());
+            out.push((l.name.as_str(), v.name.clone()));
+        }
+    }
+    out
+}
+
+/// `observed` as it will be after the renames: every object on a renamed
+/// device under its new name.
+fn renamed(observed: &Observed, renames: &[(&str, String)]) -> Observed {
+    let map: BTreeMap<&str, &str> = renames.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let fix = |d: &mut String| {
+        if let Some(n) = map.get(d.as_str()) {
+            *d = (*n).to_string();
+        }
+    };
+    let mut o = observed.clone();
+    o.links = std::mem::take(&mut o.links)
+        .into_values()
+        .map(|mut l| {
+            fix(&mut l.name);
+            (l.name.clone(), l)
+        })
+        .collect();
+    o.addresses.iter_mut().for_each(|a| fix(&mut a.dev));
+    o.routes.iter_mut().for_each(|r| {
+        if let Some(d) = r.dev.as_mut() {
+            fix(d);
+        }
+    });
+    o.nexthops.iter_mut().for_each(|n| {
+        if let Some(d) = n.dev.as_mut() {
+            fix(d);
+        }
+    });
+    o.neighbors.iter_mut().for_each(|n| fix(&mut n.dev));
+    o.fdb.iter_mut().for_each(|f| fix(&mut f.dev));
+    o
+}
+
 /// Minimum MTU of an IPv4 link.
 const MIN_MTU: u32 = 68;
+/// Minimum MTU of an IPv6 link (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// Whether any declared address, route or neighbour on `dev` is IPv6
+/// (peers are already expanded into routes and neighbours).
+fn carries_ipv6(desired: &Desired, dev: &str) -> bool {
+    let v6 = Family::Ipv6;
+    desired
+        .addresses
+        .iter()
+        .any(|a| a.dev == dev && Family::of_net(&a.cidr) == v6)
+        || desired
+            .routes
+            .iter()
+            .any(|r| r.dev.as_deref() == Some(dev) && Family::of_net(&r.dst) == v6)
+        || desired
+            .neighbors
+            .iter()
+            .any(|n| n.dev == dev && Family::of(&n.ip) == v6)
+}
 
 pub(super) struct KernelPlan {
     pub plan: Plan,
@@ -268,6 +402,14 @@ fn route_op_from_spec(r: &RouteSpec, protocol: u8) -> RouteOp {
     }
 }
 
+fn table_name(t: u32) -> String {
+    match t {
+        MAIN_TABLE => "main".to_string(),
+        253 => "default".to_string(),
+        t => t.to_string(),
+    }
+}
+
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
@@ -290,6 +432,14 @@ struct Planner<'a> {
     nh_ids: HashMap<NhKey<'a>, u32>,
     /// Owned nexthop ids that stay (in use, or under a route left alone).
     nh_keep: HashSet<u32>,
+    /// Route protocols whose routes and nexthops are ours.
+    protocols: BTreeSet<u8>,
+    /// Declared routes whose place a foreign route holds (blocked).
+    conflicts: HashSet<RouteKey>,
+    /// Local VTEP address of every declared device that is not blocked.
+    locals: BTreeMap<&'a str, IpAddr>,
+    /// Peers whose `vtep_ip` is this node's own (dev, subnet): blocked.
+    self_peers: BTreeSet<(&'a str, IpNet)>,
 }
 
 impl<'a> Planner<'a> {
@@ -335,6 +485,25 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Devices netconverge created that the file no longer declares (and
+    /// that no rename reuses): deleted last, with everything on them.
+    fn retire(&mut self) {
+        let observed = self.observed;
+        for l in observed.links.values() {
+            if l.kind == "vxlan" && l.marked() && self.desired.vxlan(&l.name).is_none() {
+                self.change(
+                    ChangeKind::Remove,
+                    format!("vxlan {}", l.name),
+                    "not declared (created by netconverge); deleted once what replaces it is in place"
+                        .to_string(),
+                    Op::RetireLink {
+                        name: l.name.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     fn vxlan(&mut self, v: &'a VxlanSpec) -> DevState {
         let object = format!("vxlan {}", v.name);
         let Some(under) = self.observed.links.get(&v.underlay) else {
@@ -377,10 +546,25 @@ impl<'a> Planner<'a> {
                     });
                     return DevState::Blocked;
                 }
+                // Validation refuses a declared MTU below IPv6's minimum;
+                // a derived one is only known here. The kernel would refuse
+                // (or drop) every IPv6 object on the device, every pass.
+                // Scanned only in this rare case.
+                if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
+                    self.blocked.push(Blocked {
+                        object,
+                        reason: format!(
+                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
+                            v.underlay,
+                            under.mtu,
+                            IPV6_MIN_MTU + v.family.vxlan_overhead()
+                        ),
+                    });
+                    return DevState::Blocked;
+                }
                 m
             }
         };
-        self.mtus.insert(v.name.clone(), mtu);
         let mac = self.desired.vxlan_mac(v);
         let create = Op::CreateVxlan(VxlanCreate {
             name: v.name.clone(),
@@ -395,6 +579,29 @@ impl<'a> Planner<'a> {
             gbp: v.gbp,
         });
         let Some(cur) = self.observed.links.get(&v.name) else {
+            // The kernel refuses a second device with this VNI and port;
+            // a foreign one holding them is a conflict, never removed.
+            let holder = self.observed.links.values().find(|l| {
+                l.kind == "vxlan"
+                    && !ours(l, self.desired)
+                    && l.vxlan.as_ref().is_some_and(|a| {
+                        a.vni == v.vni
+                            && a.port == v.port
+                            && a.local.map(|x| Family::of(&x)) == Some(v.family)
+                    })
+            });
+            if let Some(h) = holder {
+                self.blocked.push(Blocked {
+                    object,
+                    reason: format!(
+                        "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
+                        h.name, v.vni, v.port
+                    ),
+                });
+                return DevState::Blocked;
+            }
+            self.mtus.insert(v.name.clone(), mtu);
+            self.locals.insert(v.name.as_str(), local);
             let mut reason = format!(
                 "missing (vni {}, port {}, underlay {}, local {local}",
                 v.vni, v.port, v.underlay
@@ -417,17 +624,57 @@ impl<'a> Planner<'a> {
             });
             return DevState::Blocked;
         };
-        // Attributes the kernel refuses to change in place.
+        let adopting = !ours(cur, self.desired);
+        if adopting && !self.desired.adopt.vxlans.contains(&v.name) {
+            self.blocked.push(Blocked {
+                object,
+                reason: format!(
+                    "a vxlan device {} (vni {}, port {}) exists that netconverge did not create (no `{}` ifalias): it is left as it is, with everything on it — delete it, or set adopt = true on this [[vxlan]] to take it over",
+                    v.name,
+                    attrs.vni,
+                    attrs.port,
+                    crate::model::DEVICE_MARK
+                ),
+            });
+            return DevState::Blocked;
+        }
+        self.mtus.insert(v.name.clone(), mtu);
+        self.locals.insert(v.name.as_str(), local);
+        if !cur.marked() {
+            let reason = if adopting {
+                format!(
+                    "adopt (not created by netconverge; vni {}, port {}, local {})",
+                    attrs.vni,
+                    attrs.port,
+                    opt(attrs.local)
+                )
+            } else {
+                "mark as netconverge's (created by a version without device marks)".to_string()
+            };
+            self.change(
+                ChangeKind::Modify,
+                object.clone(),
+                reason,
+                Op::MarkLink {
+                    name: v.name.clone(),
+                },
+            );
+        }
+        // Attributes the kernel refuses to change in place (vni, port, gbp);
+        // local, underlay and learning it changes in place (Linux 6.18
+        // verified), so the device, its ifindex and every route stay.
         let mut immutable = Vec::new();
+        let mut in_place = Vec::new();
         if attrs.vni != v.vni {
             immutable.push(format!("vni {} → {}", attrs.vni, v.vni));
         }
         if attrs.port != v.port {
             immutable.push(format!("port {} → {}", attrs.port, v.port));
         }
-        if attrs.local != Some(local) {
-            immutable.push(format!("local {} → {local}", opt(attrs.local)));
-        }
+        let set_local = (attrs.local != Some(local)).then(|| {
+            in_place.push(format!("local {} → {local}", opt(attrs.local)));
+            local
+        });
         if attrs.underlay_index != Some(under.index) {
             let was = attrs
                 .underlay_index
@@ -436,21 +683,23 @@ impl<'a> Planner<'a> {
                     || opt(attrs.underlay_index.map(|i| format!("ifindex {i}"))),
                     |l| format!("{} (ifindex {})", l.name, l.index),
                 );
-            immutable.push(format!(
+            in_place.push(format!(
                 "underlay {was} → {} (ifindex {})",
                 v.underlay, under.index
             ));
         }
+        let set_underlay = (attrs.underlay_index != Some(under.index)).then(|| v.underlay.clone());
         if attrs.gbp != v.gbp {
             immutable.push(format!("gbp {} → {}", on_off(attrs.gbp), on_off(v.gbp)));
         }
-        if attrs.learning != v.learning {
-            immutable.push(format!(
+        let set_learning = (attrs.learning != v.learning).then(|| {
+            in_place.push(format!(
                 "learning {} → {}",
                 on_off(attrs.learning),
                 on_off(v.learning)
             ));
-        }
+            v.learning
+        });
         if !immutable.is_empty() {
             let why = immutable.join(", ");
             self.change(
@@ -463,6 +712,19 @@ impl<'a> Planner<'a> {
             );
             self.change(ChangeKind::Add, object, format!("recreate ({why})"), create);
             return DevState::Fresh;
+        }
+        if !in_place.is_empty() {
+            self.change(
+                ChangeKind::Modify,
+                object,
+                format!("{} (in place)", in_place.join(", ")),
+                Op::SetVxlan {
+                    name: v.name.clone(),
+                    local: set_local,
+                    underlay: set_underlay,
+                    learning: set_learning,
+                },
+            );
         }
         self.mutable(v, cur, mtu, mac);
         DevState::Present
@@ -496,6 +758,120 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Peers whose `vtep_ip` is this node's own local VTEP address (a
+    /// derived `local` makes this possible after validation): their FDB
+    /// entry would send the overlay's traffic back to this node.
+    fn self_peers(&mut self) {
+        let desired = self.desired;
+        for p in &desired.peers {
+            let Some(local) = self.locals.get(p.dev.as_str()) else {
+                continue;
+            };
+            if *local != p.vtep_ip {
+                continue;
+            }
+            self.self_peers.insert((p.dev.as_str(), p.subnet));
+            let underlay = desired.vxlan(&p.dev).map_or("?", |v| v.underlay.as_str());
+            self.blocked.push(Blocked {
+                object: format!("peer {} dev {}", p.subnet, p.dev),
+                reason: format!(
+                    "vtep_ip {} is this node's own underlay address (local of {} on {underlay}): remove this [[peer]] (a node is not its own peer) or fix its vtep_ip",
+                    p.vtep_ip, p.dev
+                ),
+            });
+        }
+    }
+
+    fn is_self_peer_route(&self, r: &RouteSpec) -> bool {
+        !self.self_peers.is_empty()
+            && r.via == Some(r.dst.network())
+            && r.dev
+                .as_deref()
+                .is_some_and(|d| self.self_peers.contains(&(d, r.dst)))
+    }
+
+    fn is_self_peer_object(
+        &self,
+        dev: &str,
+        pred: impl Fn(&crate::model::PeerSpec) -> bool,
+    ) -> bool {
+        !self.self_peers.is_empty()
+            && self
+                .desired
+                .peers
+                .iter()
+                .any(|p| p.dev == dev && self.self_peers.contains(&(dev, p.subnet)) && pred(p))
+    }
+
+    /// Declared routes whose (table, dst, metric) a route netconverge did
+    /// not create holds: blocked with the holder described, never replaced
+    /// — unless adopted. Runs before everything that plans routes, and
+    /// whatever state the route's device is in (even absent): the conflict
+    /// is there either way.
+    fn route_conflicts(&mut self) {
+        let (desired, observed) = (self.desired, self.observed);
+        if observed.routes.is_empty() {
+            return;
+        }
+        let foreign: HashMap<RouteKey, &RouteState> = observed
+            .routes
+            .iter()
+            .filter(|r| !self.protocols.contains(&r.protocol))
+            .filter(|r| {
+                // Routes on a device being recreated vanish with it.
+                !r.dev
+                    .as_deref()
+                    .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh))
+            })
+            .map(|r| (route_key_state(r), r))
+            .collect();
+        if foreign.is_empty() {
+            return;
+        }
+        for r in &desired.routes {
+            let key = route_key_spec(r);
+            let Some(holder) = foreign.get(&key) else {
+                continue;
+            };
+            if self.adopts(r, holder) {
+                continue;
+            }
+            self.conflicts.insert(key);
+            let what_to_do = if r.origin.starts_with("peer ") {
+                "set adopt = true on this [[peer]] (or on its [[vxlan]] for a route through that device) to take it over"
+            } else {
+                "set adopt = true on this [[route]] to take it over"
+            };
+            self.blocked.push(Blocked {
+                object: describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+                reason: format!(
+                    "conflict ({}): the place is held by {} proto {} table {}, not created by netconverge; it is never replaced or removed — delete it (ip route del {}{}), or {what_to_do}",
+                    r.origin,
+                    describe_route_state(holder),
+                    proto_name(holder.protocol),
+                    table_name(holder.table),
+                    holder.dst,
+                    if holder.table == MAIN_TABLE {
+                        String::new()
+                    } else {
+                        format!(" table {}", holder.table)
+                    },
+                ),
+            });
+        }
+    }
+
+    /// The file allows taking over the foreign route `holder` at `r`'s
+    /// place: the route itself is adopted, or the device both go through
+    /// (an adopted device brings its own routes, not other devices').
+    fn adopts(&self, r: &RouteSpec, holder: &RouteState) -> bool {
+        let adopt = &self.desired.adopt;
+        adopt.routes.contains(&(r.table, r.dst, r.metric))
+            || r.dev
+                .as_deref()
+                .is_some_and(|d| adopt.vxlans.contains(d) && holder.dev.as_deref() == Some(d))
+    }
+
     fn is_owned(&self, dev: &str) -> bool {
         self.devs.get(dev) == Some(&DevState::Present)
     }
@@ -523,23 +899,37 @@ impl<'a> Planner<'a> {
                     Op::AddAddress {
                         dev: a.dev.clone(),
                         cidr: a.cidr,
+                        protocol: desired.engine.route_protocol,
                     },
                 );
             }
         }
         let mut stale: Vec<Change> = Vec::new();
         for a in &observed.addresses {
-            if a.global && self.is_owned(&a.dev) && !want.contains(&(a.dev.as_str(), a.cidr)) {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("address {} dev {}", a.cidr, a.dev),
-                    reason: format!("not declared (owned device {})", a.dev),
-                    op: Op::DelAddress {
-                        dev: a.dev.clone(),
-                        cidr: a.cidr,
-                    },
-                });
+            if !a.global || want.contains(&(a.dev.as_str(), a.cidr)) {
+                continue;
             }
+            // Elsewhere (an underlay), only what carries our mark; not on a
+            // device of ours being retired (the address goes with it).
+            let reason = if self.is_owned(&a.dev) {
+                format!("not declared (owned device {})", a.dev)
+            } else if self.protocols.contains(&a.protocol)
+                && self.desired.vxlan(&a.dev).is_none()
+                && !observed.links.get(&a.dev).is_some_and(LinkState::marked)
+            {
+                format!("not declared (address protocol {})", a.protocol)
+            } else {
+                continue;
+            };
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: format!("address {} dev {}", a.cidr, a.dev),
+                reason,
+                op: Op::DelAddress {
+                    dev: a.dev.clone(),
+                    cidr: a.cidr,
+                },
+            });
         }
         self.push_sorted(stale);
     }
@@ -553,6 +943,11 @@ impl<'a> Planner<'a> {
             .collect();
         let mut want: HashSet<(&str, IpAddr)> = set_with_capacity(desired.neighbors.len());
         for n in &desired.neighbors {
+            if self.is_self_peer_object(&n.dev, |p| {
+                p.subnet.network() == n.ip && p.vtep_mac == n.mac
+            }) {
+                continue;
+            }
             want.insert((n.dev.as_str(), n.ip));
             if self.skip_if_blocked(&n.dev, "neighbor") {
                 continue;
@@ -610,6 +1005,9 @@ impl<'a> Planner<'a> {
             .collect();
         let mut want: HashSet<(&str, Mac, Option<IpAddr>)> = set_with_capacity(desired.fdb.len());
         for f in &desired.fdb {
+            if self.is_self_peer_object(&f.dev, |p| p.vtep_ip == f.dst && p.vtep_mac == f.mac) {
+                continue;
+            }
             want.insert((f.dev.as_str(), f.mac, Some(f.dst)));
             if self.skip_if_blocked(&f.dev, "fdb entry") {
                 continue;
@@ -689,7 +1087,10 @@ impl<'a> Planner<'a> {
             let Some(key) = NhKey::of_spec(r) else {
                 continue;
             };
-            if self.nh_ids.contains_key(&key) {
+            if self.nh_ids.contains_key(&key)
+                || self.conflicts.contains(&route_key_spec(r))
+                || self.is_self_peer_route(r)
+            {
                 continue;
             }
             let existing = owned.get(&key).copied();
@@ -739,13 +1140,21 @@ impl<'a> Planner<'a> {
                 .dev
                 .as_deref()
                 .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh));
-            if n.protocol != proto || self.nh_keep.contains(&n.id) || gone_with_dev {
+            if !self.protocols.contains(&n.protocol)
+                || self.nh_keep.contains(&n.id)
+                || gone_with_dev
+            {
                 continue;
             }
+            let reason = if n.protocol == proto {
+                format!("unused (nexthop protocol {proto})")
+            } else {
+                format!("old nexthop protocol {} (now {proto})", n.protocol)
+            };
             stale.push(Change {
                 kind: ChangeKind::Remove,
                 object: describe_nexthop(n.id, n.via, n.dev.as_deref(), n.onlink),
-                reason: format!("unused (nexthop protocol {proto})"),
+                reason,
                 op: Op::DelNexthop { id: n.id },
             });
         }
@@ -763,7 +1172,14 @@ impl<'a> Planner<'a> {
         let mut want: HashSet<RouteKey> = set_with_capacity(desired.routes.len());
         let mut unavailable = 0usize;
         for r in &desired.routes {
+            if self.is_self_peer_route(r) {
+                continue;
+            }
             want.insert(route_key_spec(r));
+            if self.conflicts.contains(&route_key_spec(r)) {
+                // Blocked (reported by `route_conflicts`); the holder stays.
+                continue;
+            }
             let blocked = r
                 .dev
                 .as_deref()
@@ -847,7 +1263,16 @@ impl<'a> Planner<'a> {
             if c.src != r.src {
                 diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
             }
-            if c.protocol != proto {
+            if !self.protocols.contains(&c.protocol) {
+                // Only reached when adopted (`route_conflicts`).
+                diffs.insert(
+                    0,
+                    format!(
+                        "adopt (created by proto {}, not netconverge)",
+                        proto_name(c.protocol)
+                    ),
+                );
+            } else if c.protocol != proto {
                 diffs.push(format!("proto {} → {proto}", c.protocol));
             }
             if !diffs.is_empty() {
@@ -875,20 +1300,16 @@ impl<'a> Planner<'a> {
             if want.contains(&route_key_state(r)) {
                 continue;
             }
-            let on_owned = r.dev.as_deref().is_some_and(|d| self.is_owned(d))
-                && r.protocol != RTPROT_KERNEL
-                && r.protocol != RTPROT_RA;
-            let marked = r.protocol == proto;
-            if !(on_owned || marked) {
+            // The strict rule: a route is ours only if it carries one of
+            // our protocols, also on a device we created (another daemon
+            // may route through it).
+            if !self.protocols.contains(&r.protocol) {
                 continue;
             }
-            let reason = if marked {
+            let reason = if r.protocol == proto {
                 format!("not declared (route protocol {proto})")
             } else {
-                format!(
-                    "not declared (owned device {})",
-                    r.dev.as_deref().unwrap_or("?")
-                )
+                format!("old route protocol {} (now {proto})", r.protocol)
             };
             stale.push(Change {
                 kind: ChangeKind::Remove,
@@ -970,6 +1391,30 @@ fn sort_by_stage(changes: &mut [Change]) {
 }
 
 pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan {
+    // A declared device missing under its name but present, ours, under an
+    // old name with the same VNI and port is renamed in place; the rest of
+    // the plan then sees it under its new name.
+    let renames = renames(desired, observed);
+    if renames.is_empty() {
+        return plan_view(desired, observed, Vec::new());
+    }
+    let view = renamed(observed, &renames);
+    let changes = renames
+        .into_iter()
+        .map(|(from, to)| Change {
+            kind: ChangeKind::Modify,
+            object: format!("vxlan {from}"),
+            reason: format!("rename to {to} (same vni and port; everything on it stays)"),
+            op: Op::RenameLink {
+                from: from.to_string(),
+                to,
+            },
+        })
+        .collect();
+    plan_view(desired, &view, changes)
+}
+
+fn plan_view(desired: &Desired, observed: &Observed, first: Vec<Change>) -> KernelPlan {
     // Upper bound of additions (removals may add more); untouched capacity
     // costs no memory.
     let bound = 3 * desired.vxlans.len()
@@ -977,10 +1422,12 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
         + desired.neighbors.len()
         + desired.fdb.len()
         + 2 * desired.routes.len();
+    let mut changes = first;
+    changes.reserve(bound);
     let mut p = Planner {
         desired,
         observed,
-        changes: Vec::with_capacity(bound),
+        changes,
         blocked: Vec::new(),
         devs: BTreeMap::new(),
         mtus: BTreeMap::new(),
@@ -988,9 +1435,16 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
         style: RouteStyle::Classic,
         nh_ids: HashMap::default(),
         nh_keep: HashSet::default(),
+        protocols: owned_protocols(desired, observed),
+        conflicts: HashSet::default(),
+        locals: BTreeMap::new(),
+        self_peers: BTreeSet::new(),
     };
     p.style = p.route_style();
     p.vxlans();
+    p.retire();
+    p.self_peers();
+    p.route_conflicts();
     p.addresses();
     p.neighbors();
     p.fdb();
@@ -1005,6 +1459,7 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
         plan: Plan {
             changes: p.changes,
             blocked: p.blocked,
+            notes: Vec::new(),
         },
         mtus: p.mtus,
     }
@@ -1012,46 +1467,82 @@ pub(super) fn plan_kernel(desired: &Desired, observed: &Observed) -> KernelPlan 
 
 pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
     let mut plan = Plan::default();
+    let protocols = owned_protocols(desired, observed);
     let proto = desired.engine.route_protocol;
     let mut removed: BTreeSet<&str> = BTreeSet::new();
-    for v in &desired.vxlans {
-        if let Some(l) = observed.links.get(&v.name)
-            && l.kind == "vxlan"
-        {
-            removed.insert(v.name.as_str());
+    for l in observed.links.values() {
+        if l.kind != "vxlan" {
+            continue;
+        }
+        if ours(l, desired) {
+            removed.insert(l.name.as_str());
             plan.changes.push(Change {
                 kind: ChangeKind::Remove,
-                object: format!("vxlan {}", v.name),
-                reason: "cleanup (owned device, with everything on it)".to_string(),
+                object: format!("vxlan {}", l.name),
+                reason: "cleanup (created by netconverge, with everything on it)".to_string(),
                 op: Op::DeleteLink {
-                    name: v.name.clone(),
+                    name: l.name.clone(),
                 },
+            });
+        } else if desired.vxlan(&l.name).is_some() {
+            plan.blocked.push(Blocked {
+                object: format!("vxlan {}", l.name),
+                reason: "not created by netconverge: left as it is".to_string(),
             });
         }
     }
+    let label = |p: u8| {
+        if p == proto {
+            format!("cleanup (route protocol {p})")
+        } else {
+            format!("cleanup (old route protocol {p})")
+        }
+    };
     let mut routes: Vec<Change> = observed
         .routes
         .iter()
-        .filter(|r| r.protocol == proto && !r.dev.as_deref().is_some_and(|d| removed.contains(d)))
+        .filter(|r| {
+            protocols.contains(&r.protocol)
+                && !r.dev.as_deref().is_some_and(|d| removed.contains(d))
+        })
         .map(|r| Change {
             kind: ChangeKind::Remove,
             object: describe_route_state(r),
-            reason: format!("cleanup (route protocol {proto})"),
+            reason: label(r.protocol),
             op: Op::DelRoute(r.clone()),
         })
         .collect();
     routes.sort_by(|a, b| a.object.cmp(&b.object));
     plan.changes.extend(routes);
+    let mut addresses: Vec<Change> = observed
+        .addresses
+        .iter()
+        .filter(|a| protocols.contains(&a.protocol) && !removed.contains(a.dev.as_str()))
+        .map(|a| Change {
+            kind: ChangeKind::Remove,
+            object: format!("address {} dev {}", a.cidr, a.dev),
+            reason: format!("cleanup (address protocol {})", a.protocol),
+            op: Op::DelAddress {
+                dev: a.dev.clone(),
+                cidr: a.cidr,
+            },
+        })
+        .collect();
+    addresses.sort_by(|a, b| a.object.cmp(&b.object));
+    plan.changes.extend(addresses);
     // Nexthops after the routes (deleting one deletes the routes using it);
     // those on removed devices go with them.
     let mut nexthops: Vec<Change> = observed
         .nexthops
         .iter()
-        .filter(|n| n.protocol == proto && !n.dev.as_deref().is_some_and(|d| removed.contains(d)))
+        .filter(|n| {
+            protocols.contains(&n.protocol)
+                && !n.dev.as_deref().is_some_and(|d| removed.contains(d))
+        })
         .map(|n| Change {
             kind: ChangeKind::Remove,
             object: describe_nexthop(n.id, n.via, n.dev.as_deref(), n.onlink),
-            reason: format!("cleanup (nexthop protocol {proto})"),
+            reason: label(n.protocol).replace("route protocol", "nexthop protocol"),
             op: Op::DelNexthop { id: n.id },
         })
         .collect();

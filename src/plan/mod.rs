@@ -51,15 +51,41 @@ pub enum Op {
     DeleteLink {
         name: String,
     },
+    /// Rename a device netconverge created (its ifindex, and so everything
+    /// on it and every route through it, stays).
+    RenameLink {
+        from: String,
+        to: String,
+    },
+    /// Delete a device netconverge created that the file no longer
+    /// declares, after the new state is in place.
+    RetireLink {
+        name: String,
+    },
+    /// Put netconverge's mark ([`crate::model::DEVICE_MARK`]) on a device
+    /// (adoption, or one created by a version without marks).
+    MarkLink {
+        name: String,
+    },
+    /// Change a VXLAN device's attributes the kernel accepts in place
+    /// (`ip link set NAME type vxlan local L dev U [no]learning`).
+    SetVxlan {
+        name: String,
+        local: Option<IpAddr>,
+        underlay: Option<String>,
+        learning: Option<bool>,
+    },
     SetLink {
         name: String,
         mtu: Option<u32>,
         mac: Option<Mac>,
         up: Option<bool>,
     },
+    /// Add an address marked with `protocol` (`IFA_PROTO`).
     AddAddress {
         dev: String,
         cidr: IpNet,
+        protocol: u8,
     },
     DelAddress {
         dev: String,
@@ -104,6 +130,8 @@ pub enum Op {
 /// and may run concurrently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Stage {
+    /// First: every later operation names devices by their new names.
+    RenameLinks,
     RemoveStale,
     DeleteLinks,
     CreateLinks,
@@ -120,7 +148,14 @@ pub enum Stage {
     /// After the routes moved off them: deleting a nexthop deletes every
     /// route still using it.
     PruneNexthops,
+    /// Devices no longer declared go last: their routes have moved to the
+    /// devices that replace them, so the overlay is never without routes.
+    RetireLinks,
     Nat,
+    /// After every NAT install/repair: netconverge's NAT objects at places
+    /// the file no longer names (old name, backend or flavour) go only once
+    /// the new place holds the rules.
+    NatStale,
     Lease,
 }
 
@@ -132,6 +167,9 @@ impl Op {
             | Op::DelFdb { .. }
             | Op::DelAddress { .. } => Stage::RemoveStale,
             Op::DeleteLink { .. } => Stage::DeleteLinks,
+            Op::RenameLink { .. } => Stage::RenameLinks,
+            Op::RetireLink { .. } => Stage::RetireLinks,
+            Op::MarkLink { .. } | Op::SetVxlan { .. } => Stage::SetLinks,
             Op::CreateVxlan(_) => Stage::CreateLinks,
             Op::SetLink { .. } => Stage::SetLinks,
             Op::AddAddress { .. } => Stage::Addresses,
@@ -139,6 +177,7 @@ impl Op {
             Op::SetNexthop(_) => Stage::Nexthops,
             Op::SetRoute(_) => Stage::Routes,
             Op::DelNexthop { .. } => Stage::PruneNexthops,
+            Op::Nat(n) if n.is_stale_removal() => Stage::NatStale,
             Op::Nat(_) => Stage::Nat,
             Op::Lease(_) => Stage::Lease,
         }
@@ -186,6 +225,10 @@ pub struct Blocked {
 pub struct Plan {
     pub changes: Vec<Change>,
     pub blocked: Vec<Blocked>,
+    /// Facts the diff states without being a change (e.g. which iptables
+    /// flavour NAT uses, and why); printed as `# ` lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -201,6 +244,7 @@ impl Plan {
     pub fn extend(&mut self, other: Plan) {
         self.changes.extend(other.changes);
         self.blocked.extend(other.blocked);
+        self.notes.extend(other.notes);
     }
 }
 
@@ -211,6 +255,9 @@ impl fmt::Display for Plan {
         }
         for b in &self.blocked {
             writeln!(f, "! {}: blocked: {}", b.object, b.reason)?;
+        }
+        for n in &self.notes {
+            writeln!(f, "# {n}")?;
         }
         Ok(())
     }
@@ -236,11 +283,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     out
 }
 
-/// Removal of everything netconverge owns in the kernel (for `cleanup`):
-/// declared VXLAN devices that exist as VXLAN (the kernel drops their
-/// addresses, neighbours, FDB entries and routes with them) and routes
-/// elsewhere that carry netconverge's protocol marker. NAT is removed by the
-/// NAT backend; the lease file is left for the pods that still read it.
+/// Removal of everything netconverge owns in the kernel (for `cleanup`),
+/// recognised without the file: VXLAN devices carrying its mark, whatever
+/// their name (the kernel drops their addresses, neighbours, FDB entries
+/// and routes with them), and routes and nexthops elsewhere that carry one
+/// of its route protocols (the current one and those in its record).
+/// Nothing foreign is ever in it. NAT is removed by the NAT backend; the
+/// lease file is left for the pods that still read it.
 pub fn cleanup_plan(desired: &Desired, observed: &Observed) -> Plan {
     kernel::cleanup(desired, observed)
 }

@@ -123,6 +123,7 @@ fn link(name: &str, index: u32, kind: &str, mtu: u32) -> LinkState {
         mac: Some(mac("02:aa:00:00:00:01")),
         up: true,
         vxlan: None,
+        alias: None,
     }
 }
 
@@ -136,6 +137,7 @@ fn host(addrs: &[&str]) -> Observed {
             dev: "eth0".into(),
             cidr: net(a),
             global: true,
+            protocol: 0,
         });
     }
     o
@@ -164,6 +166,7 @@ fn converged(d: &Desired, base: &Observed) -> Observed {
                     learning: v.learning,
                     gbp: v.gbp,
                 }),
+                alias: Some(DEVICE_MARK.into()),
             },
         );
     }
@@ -172,6 +175,7 @@ fn converged(d: &Desired, base: &Observed) -> Observed {
             dev: a.dev.clone(),
             cidr: a.cidr,
             global: true,
+            protocol: ROUTE_PROTOCOL,
         });
     }
     for n in &d.neighbors {
@@ -272,6 +276,7 @@ fn each_kind_of_drift() {
         dev: "flannel.1".into(),
         cidr: net("198.18.77.1/24"),
         global: true,
+        protocol: 0,
     });
     // neighbour with a wrong MAC, one deleted, one stale
     o.neighbors[0].mac = Some(mac("02:00:00:00:00:99"));
@@ -290,9 +295,9 @@ fn each_kind_of_drift() {
         dst: Some(ip("192.0.2.9")),
         permanent: true,
     });
-    // route edited (not onlink, boot proto), one deleted, one stale by hand
+    // route edited (not onlink), one deleted, one added by hand (proto
+    // static: not ours, left alone even on our device)
     o.routes[0].onlink = false;
-    o.routes[0].protocol = 3;
     o.routes.remove(1);
     o.routes.push(RouteState {
         table: MAIN_TABLE,
@@ -325,7 +330,7 @@ fn immutable_change_recreates_and_replays_dependents() {
 }
 
 #[test]
-fn underlay_recreated_new_ifindex_recreates_vxlan() {
+fn underlay_recreated_new_ifindex_changes_vxlan_in_place() {
     let d = ipv4_node();
     let mut o = converged(&d, &host(&["192.0.2.1/24"]));
     // NetworkManager rebuilt eth0: new ifindex; our (stale) device still points at 2
@@ -414,6 +419,7 @@ fn foreign_objects_are_untouched() {
         dev: "flannel.1".into(),
         cidr: net("fe80::1/64"),
         global: false,
+        protocol: 0,
     });
     // learned fdb entry on our device
     o.fdb.push(FdbState {
@@ -745,7 +751,9 @@ mod nexthops {
     fn recreated_vxlan_gets_its_nexthops_back_under_the_same_ids() {
         let d = node(NexthopMode::Auto);
         let mut o = converged_nh(&d, NH + 10);
-        o.links.get_mut("eth0").unwrap().index = 42;
+        // gbp cannot change in place
+        let l = o.links.get_mut("flannel.1").unwrap();
+        l.vxlan.as_mut().unwrap().gbp = true;
         let p = plan(&d, &o);
         insta::assert_snapshot!(p.to_string());
     }
@@ -811,4 +819,381 @@ mod nexthops {
             .count();
         assert_eq!(nexthops, 10_003);
     }
+}
+
+/// Ownership (issue 11): foreign objects are conflicts, never taken;
+/// everything netconverge created is recognised without the file.
+mod ownership {
+    use super::*;
+
+    fn foreign_route(dst: &str, via: &str, dev: &str, protocol: u8) -> RouteState {
+        RouteState {
+            table: MAIN_TABLE,
+            dst: net(dst),
+            via: Some(ip(via)),
+            dev: Some(dev.into()),
+            onlink: false,
+            src: None,
+            metric: None,
+            protocol,
+            nhid: None,
+        }
+    }
+
+    fn default_route(d: &mut Desired) {
+        d.routes.push(RouteSpec {
+            dst: net("0.0.0.0/0"),
+            via: Some(ip("192.0.2.254")),
+            dev: Some("eth0".into()),
+            onlink: false,
+            src: None,
+            metric: None,
+            table: MAIN_TABLE,
+            origin: "route #1".into(),
+        });
+    }
+
+    fn ops(p: &Plan) -> Vec<&Op> {
+        p.changes.iter().map(|c| &c.op).collect()
+    }
+
+    #[test]
+    fn foreign_routes_at_declared_places_are_conflicts() {
+        let mut d = ipv4_node();
+        default_route(&mut d);
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        // DHCP's default route, and a static route on peer 2's pod prefix
+        o.routes
+            .retain(|r| r.dst != net("0.0.0.0/0") && r.dst != net("198.18.2.0/24"));
+        o.routes
+            .push(foreign_route("0.0.0.0/0", "192.0.2.253", "eth0", 16));
+        o.routes
+            .push(foreign_route("198.18.2.0/24", "192.0.2.7", "eth0", 4));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.changes.is_empty(), "nothing replaced: {p}");
+        assert_eq!(p.blocked.len(), 2);
+        // and cleanup never names them
+        let c = cleanup_plan(&d, &o);
+        assert!(
+            c.changes
+                .iter()
+                .all(|c| !matches!(&c.op, Op::DelRoute(r) if r.protocol != ROUTE_PROTOCOL)),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn conflict_is_named_while_the_device_does_not_exist_yet() {
+        let d = ipv4_node();
+        // no underlay address yet: flannel.1 cannot be created
+        let mut o = host(&[]);
+        o.routes
+            .push(foreign_route("198.18.3.0/24", "192.0.2.7", "eth0", 3));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(
+            p.blocked
+                .iter()
+                .any(|b| b.object.starts_with("route 198.18.3.0/24")
+                    && b.reason.contains("proto boot")
+                    && b.reason.contains("dev eth0"))
+        );
+    }
+
+    #[test]
+    fn adopted_route_is_replaced_and_says_so() {
+        let mut d = ipv4_node();
+        default_route(&mut d);
+        d.adopt.routes.insert((MAIN_TABLE, net("0.0.0.0/0"), None));
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        o.routes.retain(|r| r.dst != net("0.0.0.0/0"));
+        o.routes
+            .push(foreign_route("0.0.0.0/0", "192.0.2.253", "eth0", 16));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty());
+    }
+
+    #[test]
+    fn adopting_the_vxlan_does_not_take_routes_on_other_devices_but_adopting_the_peer_does() {
+        let mut d = ipv4_node();
+        d.adopt.vxlans.insert("flannel.1".into());
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        o.routes.retain(|r| r.dst != net("198.18.2.0/24"));
+        o.routes
+            .push(foreign_route("198.18.2.0/24", "192.0.2.7", "eth0", 4));
+        let p = plan(&d, &o);
+        assert_eq!(p.blocked.len(), 1, "{p}");
+        d.adopt
+            .routes
+            .insert((MAIN_TABLE, net("198.18.2.0/24"), None));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty(), "{p}");
+    }
+
+    #[test]
+    fn undeclared_address_of_ours_on_an_underlay_is_removed_foreign_ones_stay() {
+        let d = ipv4_node();
+        let mut o = converged(&d, &host(&["192.0.2.1/24", "192.0.2.60/24"]));
+        o.addresses.push(AddressState {
+            dev: "eth0".into(),
+            cidr: net("192.0.2.50/24"),
+            global: true,
+            protocol: ROUTE_PROTOCOL,
+        });
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            ops(&p),
+            [&Op::DelAddress {
+                dev: "eth0".into(),
+                cidr: net("192.0.2.50/24")
+            }]
+        );
+    }
+
+    #[test]
+    fn vxlan_not_created_by_us_is_blocked_and_kept_with_its_address() {
+        let d = ipv4_node();
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        let l = o.links.get_mut("flannel.1").unwrap();
+        l.alias = None;
+        l.mac = Some(mac("02:aa:bb:cc:dd:ee"));
+        o.addresses.push(AddressState {
+            dev: "flannel.1".into(),
+            cidr: net("198.18.99.1/24"),
+            global: true,
+            protocol: 0,
+        });
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.changes.is_empty(), "{p}");
+        let c = cleanup_plan(&d, &o);
+        insta::assert_snapshot!("foreign_vxlan_cleanup", c.to_string());
+        assert!(
+            c.changes
+                .iter()
+                .all(|c| !matches!(c.op, Op::DeleteLink { .. }))
+        );
+    }
+
+    /// Migrating a flannel node: flannel.1 and its proto-boot peer routes
+    /// exist; `adopt = true` takes them over in place (no gap).
+    #[test]
+    fn adopting_flannel_device_and_its_boot_routes() {
+        let mut d = ipv4_node();
+        d.vxlans[0].mac = Some(mac("02:f1:a2:00:00:01"));
+        d.adopt.vxlans.insert("flannel.1".into());
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        o.links.get_mut("flannel.1").unwrap().alias = None;
+        for r in &mut o.routes {
+            r.protocol = 3;
+        }
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty(), "{p}");
+        assert!(
+            ops(&p)
+                .iter()
+                .all(|op| matches!(op, Op::MarkLink { .. } | Op::SetRoute(_))),
+            "only a mark and in-place replacements: {p}"
+        );
+    }
+
+    #[test]
+    fn device_of_an_older_version_is_recognised_by_its_derived_mac_and_marked() {
+        let d = ipv4_node();
+        let mut o = converged(&d, &host(&["192.0.2.1/24"]));
+        o.links.get_mut("flannel.1").unwrap().alias = None;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            ops(&p),
+            [&Op::MarkLink {
+                name: "flannel.1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn renamed_vxlan_same_vni_is_renamed_in_place() {
+        let old = ipv4_node();
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let mut d = old.clone();
+        rename(&mut d, "flannel.2");
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            p.changes.first().map(|c| &c.op),
+            Some(&Op::RenameLink {
+                from: "flannel.1".into(),
+                to: "flannel.2".into()
+            })
+        );
+        assert!(
+            ops(&p).iter().all(|op| !matches!(
+                op,
+                Op::DelRoute(_) | Op::DeleteLink { .. } | Op::RetireLink { .. }
+            )),
+            "{p}"
+        );
+    }
+
+    fn rename(d: &mut Desired, to: &str) {
+        d.vxlans[0].name = to.into();
+        for a in &mut d.addresses {
+            a.dev = to.into();
+        }
+        for n in &mut d.neighbors {
+            n.dev = to.into();
+        }
+        for f in &mut d.fdb {
+            f.dev = to.into();
+        }
+        for r in &mut d.routes {
+            r.dev = Some(to.into());
+        }
+        for p in &mut d.peers {
+            p.dev = to.into();
+        }
+    }
+
+    #[test]
+    fn renamed_vxlan_other_vni_moves_routes_before_the_old_device_goes() {
+        let old = ipv4_node();
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let mut d = old.clone();
+        rename(&mut d, "flannel.2");
+        d.vxlans[0].vni = 2;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let stages: Vec<Stage> = p.changes.iter().map(|c| c.op.stage()).collect();
+        assert_eq!(stages.last(), Some(&Stage::RetireLinks));
+        assert!(
+            !ops(&p).iter().any(|op| matches!(op, Op::DelRoute(_))),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn undeclared_device_of_ours_is_a_leftover_and_cleanup_removes_it_without_the_file() {
+        let old = ipv4_node();
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        // the edited file no longer has any [[vxlan]]
+        let d = Desired {
+            mac_seed: old.mac_seed.clone(),
+            ..Desired::default()
+        };
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let c = cleanup_plan(&d, &o);
+        insta::assert_snapshot!("edited_file_cleanup", c.to_string());
+        assert!(c.changes.iter().any(|c| c.op
+            == Op::DeleteLink {
+                name: "flannel.1".into()
+            }));
+    }
+
+    #[test]
+    fn protocol_change_sweeps_old_routes_and_nexthops_after_the_new_ones() {
+        let mut old = ipv4_node();
+        old.engine.nexthops = NexthopMode::Auto;
+        let mut o = converged(&old, &host(&["192.0.2.1/24"]));
+        o.nexthop_objects = true;
+        for (id, r) in (199_000_001..).zip(o.routes.iter_mut()) {
+            o.nexthops.push(NexthopState {
+                id,
+                via: r.via,
+                dev: r.dev.clone(),
+                onlink: true,
+                protocol: 199,
+            });
+            r.nhid = Some(id);
+        }
+        // an undeclared route of the old protocol elsewhere
+        let mut extra = foreign_route("203.0.113.0/24", "192.0.2.254", "eth0", 199);
+        extra.table = 100;
+        o.routes.push(extra);
+        o.past_protocols.insert(199);
+        let mut d = old.clone();
+        d.engine.route_protocol = 200;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let stages: Vec<Stage> = p.changes.iter().map(|c| c.op.stage()).collect();
+        let first_prune = stages.iter().position(|s| *s == Stage::PruneNexthops);
+        let last_route = stages.iter().rposition(|s| *s == Stage::Routes);
+        assert!(first_prune > last_route, "{p}");
+        let c = cleanup_plan(&d, &o);
+        insta::assert_snapshot!("protocol_change_cleanup", c.to_string());
+    }
+
+    #[test]
+    fn new_local_is_changed_in_place() {
+        let d = ipv4_node();
+        let mut o = converged(&d, &host(&["192.0.2.5/24"]));
+        let l = o.links.get_mut("flannel.1").unwrap();
+        l.vxlan.as_mut().unwrap().local = Some(ip("192.0.2.1"));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert_eq!(
+            ops(&p),
+            [&Op::SetVxlan {
+                name: "flannel.1".into(),
+                local: Some(ip("192.0.2.5")),
+                underlay: None,
+                learning: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn peer_with_this_nodes_own_vtep_is_blocked() {
+        let mut d = ipv4_node();
+        add_peer(
+            &mut d,
+            "flannel.1",
+            "198.18.4.0/24",
+            "192.0.2.1",
+            "02:00:00:00:00:04",
+        );
+        let p = plan(&d, &host(&["192.0.2.1/24"]));
+        insta::assert_snapshot!(p.to_string());
+        assert!(!p.to_string().contains("198.18.4.0 "), "{p}");
+        assert!(
+            p.blocked
+                .iter()
+                .any(|b| b.object == "peer 198.18.4.0/24 dev flannel.1")
+        );
+    }
+}
+
+#[test]
+fn derived_mtu_below_1280_blocks_a_device_with_ipv6_only() {
+    // underlay 1300 − 70 = 1230: the kernel would refuse the IPv6 address
+    // and drop the IPv6 routes every pass. Validation cannot see this.
+    let d = dual_node();
+    let mut o = host(&["192.0.2.1/24", "2001:db8::1/64"]);
+    o.links.insert("eth0".into(), link("eth0", 2, "veth", 1300));
+    let p = plan(&d, &o);
+    let b = p
+        .blocked
+        .iter()
+        .find(|b| b.object == "vxlan flannel-v6.1")
+        .unwrap_or_else(|| panic!("not blocked:\n{p}"));
+    assert!(
+        b.reason.contains("1230") && b.reason.contains("1280"),
+        "{b:?}"
+    );
+    assert!(p.changes.iter().all(|c| !c.object.contains("flannel-v6.1")));
+    // Control: the IPv4 device on the same underlay (1250) is created.
+    assert!(
+        p.changes.iter().any(|c| c.object == "vxlan flannel.1"),
+        "{p}"
+    );
+    // Control: 1350 − 70 = 1280 is enough.
+    o.links.insert("eth0".into(), link("eth0", 2, "veth", 1350));
+    let p = plan(&d, &o);
+    assert!(p.blocked.is_empty(), "{p}");
 }

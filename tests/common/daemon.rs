@@ -28,12 +28,15 @@ pub struct Daemon {
     /// `(message, probe result)` for every message, when started with a probe.
     probed: Arc<Mutex<Vec<(String, String)>>>,
     /// Fed by a thread that reads the notify socket continuously, as systemd
-    /// does: the kernel queues only a few datagrams, and a full queue would
-    /// block the daemon's sd_notify.
-    rx: Receiver<String>,
+    /// does: the kernel queues only a few datagrams, and behind a full queue
+    /// the daemon's messages wait (it never blocks on them: see the
+    /// stuck-socket test in tests/daemon.rs).
+    rx: Receiver<(String, Instant)>,
     pub log: PathBuf,
     /// Every notify message received so far, in order.
     pub messages: Vec<String>,
+    /// When each of [`Daemon::messages`] arrived (read at once by a thread).
+    pub arrivals: Vec<Instant>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,6 +93,7 @@ impl Daemon {
         .arg(config)
         .arg("run")
         .env("NOTIFY_SOCKET", &sock_path)
+        .env(super::STATE_DIR_ENV, super::state_dir(config))
         .env_remove("JOURNAL_STREAM")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -110,7 +114,7 @@ impl Daemon {
                     let seen = p(&msg);
                     probed_w.lock().unwrap().push((msg.clone(), seen));
                 }
-                if tx.send(msg).is_err() {
+                if tx.send((msg, Instant::now())).is_err() {
                     break;
                 }
             }
@@ -121,6 +125,7 @@ impl Daemon {
             rx,
             log,
             messages: Vec::new(),
+            arrivals: Vec::new(),
             _dir: dir,
         }
     }
@@ -151,8 +156,9 @@ impl Daemon {
                 self.logs()
             );
             match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(m) => {
+                Ok((m, at)) => {
                     self.messages.push(m.clone());
+                    self.arrivals.push(at);
                     if m.contains(needle) {
                         return m;
                     }
@@ -169,10 +175,26 @@ impl Daemon {
         }
     }
 
+    /// Collect every message arriving within `period` (the daemon must stay
+    /// up all along).
+    pub fn collect_for(&mut self, period: Duration) {
+        let end = Instant::now() + period;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if let Ok((m, at)) = self.rx.recv_timeout(left.min(Duration::from_millis(50))) {
+                self.messages.push(m);
+                self.arrivals.push(at);
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited ({status}):\n{}", self.logs());
+            }
+        }
+    }
+
     /// Collect what has arrived without blocking.
     pub fn drain(&mut self) {
-        while let Ok(m) = self.rx.try_recv() {
+        while let Ok((m, at)) = self.rx.try_recv() {
             self.messages.push(m);
+            self.arrivals.push(at);
         }
     }
 

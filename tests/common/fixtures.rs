@@ -145,6 +145,7 @@ impl NatRules {
 fn nft(word: &str, (pod, net, mcast): (&str, &str, &str)) -> String {
     format!(
         r#"table {word} netconverge {{
+	comment "managed by netconverge"
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
 		meta mark & 0x00004000 == 0x00004000 return comment "netconverge masq"

@@ -59,6 +59,18 @@ impl Stack {
     }
 }
 
+/// The environment variable that overrides `state_dir` (netconverge's record).
+pub const STATE_DIR_ENV: &str = "NETCONVERGE_STATE_DIR";
+
+/// The record directory of runs with `config`: next to it (every test has
+/// its own temp dir), so parallel tests never share a record.
+pub fn state_dir(config: &Path) -> std::path::PathBuf {
+    config
+        .parent()
+        .unwrap_or(Path::new("/nonexistent"))
+        .join("netconverge-state")
+}
+
 /// Whether this process runs with effective uid 0 (read from /proc, no libc).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -188,13 +200,18 @@ impl Netns {
             .find(|l| l["ifname"] == name)
     }
 
-    /// Run the netconverge binary inside the namespace.
+    /// Run the netconverge binary inside the namespace, with the record
+    /// kept next to the config ([`state_dir`]).
     pub fn netconverge(&self, config: &Path, args: &[&str]) -> Output {
         let bin = env!("CARGO_BIN_EXE_netconverge");
         let cfg = config.to_str().unwrap();
-        let mut full = vec![bin, "-c", cfg];
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str(), bin, "-c", cfg];
         full.extend_from_slice(args);
-        self.exec_output(&full)
+        Command::new(full[0])
+            .args(&full[1..])
+            .env(STATE_DIR_ENV, state_dir(config))
+            .output()
+            .expect("spawn ip netns exec")
     }
 
     /// Run the netconverge binary inside the namespace; panics (with all it
@@ -341,4 +358,39 @@ pub fn cpu_shared() -> RwLockReadGuard<'static, ()> {
 
 pub fn cpu_exclusive() -> RwLockWriteGuard<'static, ()> {
     CPU.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run `cmd` to completion with its output captured, but give up after
+/// `timeout`: the child is killed and the test fails (a command that must
+/// not block, e.g. on a FIFO or a second daemon that should have exited).
+#[track_caller]
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, e) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .spawn()
+        .expect("spawn");
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {timeout:?} (killed); stderr:\n{}",
+                std::fs::read_to_string(&e).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    }
 }

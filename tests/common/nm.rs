@@ -455,7 +455,15 @@ impl NmSandbox {
 
     /// Run the netconverge binary inside the sandbox with the bus address set.
     pub fn netconverge(&self, config: &Path, args: &[&str]) -> Output {
+        // The record next to the config (see `super::state_dir`).
+        let state = format!(
+            "{}={}",
+            super::STATE_DIR_ENV,
+            super::state_dir(config).display()
+        );
         let mut full = vec![
+            "env",
+            state.as_str(),
             env!("CARGO_BIN_EXE_netconverge"),
             "-c",
             config.to_str().unwrap(),

@@ -129,3 +129,46 @@ fn keep_lines(text: &str, keep: impl Fn(&str) -> bool) -> String {
         .map(|l| format!("{l}\n"))
         .collect()
 }
+
+/// flannel's masquerade layout for one family, as `iptables-restore
+/// --noflush` input (rules written from flannel-reference.md): its chain
+/// with six rules commented "flanneld masq", its jump appended to
+/// POSTROUTING, here between a kube-proxy jump before it and a user's
+/// MASQUERADE rule after it (so that a moved jump would show).
+pub fn flannel_layout(pod: &str, cluster: &str, multicast: &str) -> String {
+    let c = r#"-m comment --comment "flanneld masq""#;
+    format!(
+        "*nat
+:FLANNEL-POSTRTG - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A POSTROUTING {c} -j FLANNEL-POSTRTG
+-A POSTROUTING -o lo -j MASQUERADE
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN
+-A FLANNEL-POSTRTG -s {pod} -d {cluster} {c} -j RETURN
+-A FLANNEL-POSTRTG -s {cluster} -d {pod} {c} -j RETURN
+-A FLANNEL-POSTRTG ! -s {cluster} -d {pod} {c} -j RETURN
+-A FLANNEL-POSTRTG -s {cluster} ! -d {multicast} {c} -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {c} -j MASQUERADE --random-fully
+COMMIT
+"
+    )
+}
+
+/// Feed `input` to `<restore> --noflush` inside `ns`.
+pub fn ipt_restore(ns: &Netns, restore: &str, input: &str) {
+    let path = std::env::temp_dir().join(format!("nct-{}-{}.rules", std::process::id(), ns.name));
+    std::fs::write(&path, input).unwrap();
+    ns.exec(&[
+        "sh",
+        "-c",
+        &format!("{restore} -w --noflush < {}", path.display()),
+    ]);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// `<save> -t nat` without its timestamped comment lines.
+pub fn ipt_nat_save(ns: &Netns, save: &str) -> String {
+    keep_lines(&ns.exec(&[save, "-t", "nat"]), |l| !l.starts_with('#'))
+}
