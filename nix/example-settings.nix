@@ -30,7 +30,7 @@
       dev = "flannel.1";
       subnet = "198.18.2.0/24";
       vtep_ip = "192.0.2.12";
-      vtep_mac = "02:5e:10:00:00:02";
+      vtep_mac = "aa:c3:55:b1:c3:25";
     }
   ];
 

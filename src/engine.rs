@@ -57,7 +57,7 @@ pub async fn check(
     desired: &Desired,
 ) -> Result<Plan, EngineError> {
     let observed = observe_all(handle, desired).await?;
-    Ok(plan::plan(desired, &observed))
+    Ok(plan::plan(&desired.resolve_underlays(&observed), &observed))
 }
 
 /// Result of [`converge`].
@@ -126,7 +126,7 @@ pub async fn converge_keeping(
 ) -> Result<Outcome, EngineError> {
     let mut out = Outcome::default();
     let mut observed = observe_all(handle, desired).await?;
-    let mut current = plan::plan(desired, &observed);
+    let mut current = plan::plan(&desired.resolve_underlays(&observed), &observed);
     out.initial_changes = current.changes.len();
     let mut initial: Option<Plan> = None;
     while !current.is_empty() && out.rounds < max_rounds.max(1) {
@@ -150,7 +150,7 @@ pub async fn converge_keeping(
         }
         drop(std::mem::take(&mut observed));
         observed = observe_all(handle, desired).await?;
-        current = plan::plan(desired, &observed);
+        current = plan::plan(&desired.resolve_underlays(&observed), &observed);
     }
     out.initial = initial.unwrap_or_else(|| {
         let mut p = current.clone();

@@ -51,6 +51,10 @@ struct Cli {
         default_value = "/etc/netconverge/netconverge.toml"
     )]
     config: PathBuf,
+    /// This node's name in the file's [fleet] (default: NETCONVERGE_NODE,
+    /// then `node_name`, then the hostname).
+    #[arg(long, global = true, value_name = "NAME")]
+    node: Option<String>,
     /// Log format (text is journald-friendly when JOURNAL_STREAM is set).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -258,7 +262,7 @@ fn real_main() -> ExitCode {
     logging::init(cli.log_format, cli.verbose);
     // validate runs at NixOS build time: no machine-id there, and no MAC is needed
     let needs_seed = !matches!(cli.command, Command::Validate);
-    let desired = match load(&cli.config, needs_seed) {
+    let desired = match load(&cli.config, cli.node.as_deref(), needs_seed) {
         Ok(d) => d,
         Err(errors) => {
             out::eprint(&errors);
@@ -527,8 +531,9 @@ fn warn_nm_managed_blocking(desired: &Desired) {
 }
 
 /// Load and validate the file, then give derived MACs their seed.
-fn load(path: &Path, needs_seed: bool) -> Result<Desired, ConfigErrors> {
-    let mut desired = config::load(path)?;
+fn load(path: &Path, node: Option<&str>, needs_seed: bool) -> Result<Desired, ConfigErrors> {
+    let select = config::NodeSelect::from_system(node.map(str::to_string));
+    let mut desired = config::load_as(path, &select)?;
     if desired.mac_seed.is_none() {
         desired.mac_seed = machine_id();
     }
@@ -599,7 +604,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         },
         Command::Show { format } => match engine::observe_all(&handle, &desired).await {
             Ok(observed) => {
-                let doc = netconverge::show::show(&desired, &observed);
+                let doc = netconverge::show::show(&desired.resolve_underlays(&observed), &observed);
                 let text = match format {
                     ShowFormat::Json => {
                         serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())
@@ -620,7 +625,9 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         Command::Run => {
             drop(handle);
             let path = cli.config.clone();
-            let loader: netconverge::daemon::Loader = Box::new(move || load(&path, true));
+            let node = cli.node.clone();
+            let loader: netconverge::daemon::Loader =
+                Box::new(move || load(&path, node.as_deref(), true));
             // D-Bus lives in its own task; without a bus it only logs once
             let follower = (desired.daemon.networkmanager == NmMode::Auto)
                 .then(|| nm::spawn(nm::underlays(&desired)));

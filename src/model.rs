@@ -4,7 +4,8 @@
 //! already passed validation (the config layer is the only constructor in
 //! production code), so the planner never has to re-check it.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -174,6 +175,14 @@ pub struct Desired {
     pub lease: Option<LeaseSpec>,
     pub daemon: DaemonSpec,
     pub engine: EngineSpec,
+    /// VXLAN devices (by name) whose underlay is not known by name: it is
+    /// whichever interface holds the device's `local` address when
+    /// converging (a `[fleet]` node without `[fleet] underlay`: one file
+    /// for every host, whose interface names differ). Their `underlay` is a
+    /// placeholder that names no interface until
+    /// [`Desired::resolve_underlays`] replaces it.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub underlay_by_local: BTreeSet<String>,
     /// Where netconverge keeps its record of what it created that the
     /// kernel cannot mark (route protocols used). Empty: no record (tests
     /// that build a `Desired` by hand).
@@ -194,6 +203,36 @@ pub struct AdoptSpec {
 }
 
 impl Desired {
+    /// This state with every [`Desired::underlay_by_local`] device's
+    /// underlay set to the interface that holds its `local` address in
+    /// `observed` (the smallest name if several do: deterministic). A device
+    /// whose address is held by no interface keeps its placeholder, which
+    /// the planner reports as an absent underlay. Borrowed, at no cost,
+    /// when there is nothing to resolve.
+    pub fn resolve_underlays(&self, observed: &Observed) -> Cow<'_, Desired> {
+        if self.underlay_by_local.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let owned: BTreeSet<&str> = self.owned_devices().collect();
+        let mut out = self.clone();
+        for v in &mut out.vxlans {
+            if !self.underlay_by_local.contains(&v.name) {
+                continue;
+            }
+            let Some(local) = v.local else { continue };
+            if let Some(dev) = observed
+                .addresses
+                .iter()
+                .filter(|a| a.cidr.addr() == local && !owned.contains(a.dev.as_str()))
+                .map(|a| a.dev.as_str())
+                .min()
+            {
+                v.underlay = dev.to_string();
+            }
+        }
+        Cow::Owned(out)
+    }
+
     /// The MAC a VXLAN device must have: the configured one, else derived
     /// from the node seed. `None` when there is no seed (validate-only).
     pub fn vxlan_mac(&self, v: &VxlanSpec) -> Option<Mac> {

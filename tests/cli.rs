@@ -163,6 +163,33 @@ fn validate_warns_when_the_nat_backend_binary_is_missing() {
     );
 }
 
+/// One fleet file, checked for each of its nodes by name: `--node` beats
+/// NETCONVERGE_NODE, and a name the fleet lacks is a config error (exit 2)
+/// with its position and what to do.
+#[test]
+fn validate_fleet_for_each_node() {
+    let fleet = example("fleet/fleet.toml");
+    for node in ["node-a", "node-b", "node-c"] {
+        let (code, out, err) = run(&["-c", &fleet, "validate", "--node", node], &[]);
+        assert_eq!(code, 0, "{node}: {out}{err}");
+        assert!(out.contains(": ok"), "{out}");
+    }
+    // the flag wins over the environment, the environment over the hostname
+    let env = [("NETCONVERGE_NODE", "node-x")];
+    let (code, _, err) = run(&["-c", &fleet, "--node", "node-b", "validate"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["-c", &fleet, "validate"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("fleet.toml:18:1: error: this node, `node-x` (from NETCONVERGE_NODE), is not in the fleet"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["-c", &fleet, "validate", "--node", "node-d"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("(from --node), is not in the fleet"), "{err}");
+    assert!(err.contains("help: did you mean `node-a`?"), "{err}");
+}
+
 // ------------------------------------------------------------------ output --
 
 /// A pipe whose reader is already closed: every write to it is EPIPE.

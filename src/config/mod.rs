@@ -8,8 +8,11 @@
 //! (typed, spanned values; type errors and unknown keys) → [`validate`]
 //! (cross-object checks, then mapping into the model).
 
+mod fleet;
 mod schema;
 mod validate;
+
+pub use fleet::NodeSelect;
 
 #[cfg(test)]
 mod tests;
@@ -64,8 +67,14 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Parse and validate `source` (named `file` in messages).
+/// Parse and validate `source` (named `file` in messages). A `[fleet]` is
+/// expanded for the node its `node_name` names.
 pub fn parse(source: &str, file: &str) -> Result<Desired, ConfigErrors> {
+    parse_as(source, file, &NodeSelect::default())
+}
+
+/// [`parse`] for the node `node` selects out of a `[fleet]`.
+pub fn parse_as(source: &str, file: &str, node: &NodeSelect) -> Result<Desired, ConfigErrors> {
     let mut d = Diags::new(source);
     let mut root = match toml_span::parse(source) {
         Ok(v) => v,
@@ -74,13 +83,17 @@ pub fn parse(source: &str, file: &str) -> Result<Desired, ConfigErrors> {
             return Err(d.finish(file));
         }
     };
-    let raw = schema::read(&mut root, &mut d);
+    let mut raw = schema::read(&mut root, &mut d);
+    let underlay_by_local = fleet::expand(&mut raw, node, &mut d);
     validate::check(&raw, &mut d);
     if !d.is_empty() {
         return Err(d.finish(file));
     }
     match validate::build(&raw) {
-        Some(desired) => Ok(desired),
+        Some(mut desired) => {
+            desired.underlay_by_local = underlay_by_local;
+            Ok(desired)
+        }
         // Unreachable when every missing/invalid value was reported; kept as an
         // error instead of a panic so a schema bug can never crash the daemon.
         None => {
@@ -99,8 +112,14 @@ pub fn parse(source: &str, file: &str) -> Result<Desired, ConfigErrors> {
 /// symlink) and must not be read into memory.
 pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
-/// Read and validate a file.
+/// Read and validate a file; a `[fleet]` is expanded for this host
+/// (`NETCONVERGE_NODE`, `node_name`, the hostname: see [`NodeSelect`]).
 pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
+    load_as(path, &NodeSelect::from_system(None))
+}
+
+/// [`load`] for the node `node` selects (`--node` goes in `node.flag`).
+pub fn load_as(path: &Path, node: &NodeSelect) -> Result<Desired, ConfigErrors> {
     let name = path.display().to_string();
     let bytes = read_config(path).map_err(|(message, help)| {
         ConfigErrors(vec![ConfigError {
@@ -113,7 +132,7 @@ pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
     })?;
     let source = String::from_utf8(bytes)
         .map_err(|e| ConfigErrors(vec![utf8_error(&name, e.as_bytes(), e.utf8_error())]))?;
-    parse(&source, &name)
+    parse_as(&source, &name, node)
 }
 
 /// The file's bytes, or (message, help). Only a regular file (symlinks are

@@ -101,7 +101,7 @@ fn wrong_type(expected: &'static str, found: &ValueInner<'_>) -> ConvErr {
     }
 }
 
-fn type_name(v: &ValueInner<'_>) -> &'static str {
+pub(crate) fn type_name(v: &ValueInner<'_>) -> &'static str {
     match v {
         ValueInner::String(_) => "a string",
         ValueInner::Integer(_) => "an integer",
@@ -125,7 +125,7 @@ pub(crate) struct Section<'de> {
 }
 
 impl<'de> Section<'de> {
-    fn new(
+    pub(crate) fn new(
         label: impl Into<String>,
         header: Span,
         table: Table<'de>,
@@ -273,8 +273,13 @@ impl<'de> Section<'de> {
         }
     }
 
+    /// Removes `key` as written, for readers of nested tables ([[fleet.node]]).
+    pub(crate) fn take(&mut self, key: &str) -> Option<Value<'de>> {
+        self.table.remove(key)
+    }
+
     /// Reports every key nobody asked for.
-    fn finish(self, d: &mut Diags<'_>) {
+    pub(crate) fn finish(self, d: &mut Diags<'_>) {
         for (key, _) in self.table {
             let name = key.name.as_ref();
             // Top-level keys written after a [table] header land in that table.
@@ -463,7 +468,7 @@ pub(crate) fn net(s: &str) -> Result<IpNet, Bad> {
 }
 
 /// A network of one family, for keys split by family (`network`/`ipv6_network`).
-fn family_net(s: &str, fam: Family, key: &str, other_key: &str) -> Result<IpNet, Bad> {
+pub(crate) fn family_net(s: &str, fam: Family, key: &str, other_key: &str) -> Result<IpNet, Bad> {
     let n = net(s)?;
     if Family::of_net(&n) != fam {
         return Err(bad(
@@ -776,6 +781,8 @@ pub(crate) struct Raw {
     pub(crate) peers: Vec<RawPeer>,
     pub(crate) nat: Option<RawNat>,
     pub(crate) lease: Option<RawLease>,
+    /// `[fleet]`, expanded into the fields above by [`super::fleet::expand`].
+    pub(crate) fleet: Option<super::fleet::RawFleet>,
     pub(crate) daemon: DaemonSpec,
     pub(crate) engine: EngineSpec,
     /// `false` when [daemon]/[engine] had an error (their fields are then defaults).
@@ -784,7 +791,7 @@ pub(crate) struct Raw {
 
 // ------------------------------------------------------------------ keys --
 
-type Keys = &'static [(&'static str, &'static str)];
+pub(crate) type Keys = &'static [(&'static str, &'static str)];
 
 const TOP_KEYS: Keys = &[
     ("node_name", "node_name = \"node-a\""),
@@ -797,6 +804,7 @@ const TOP_KEYS: Keys = &[
     ("peer", "[[peer]]"),
     ("nat", "[nat]"),
     ("lease", "[lease]"),
+    ("fleet", "[fleet]"),
     ("daemon", "[daemon]"),
     ("engine", "[engine]"),
 ];
@@ -931,6 +939,8 @@ pub(crate) fn read(root: &mut Value<'_>, d: &mut Diags<'_>) -> Raw {
     }
     raw.nat = single(&mut top, d, "nat", NAT_KEYS).map(|s| read_nat(s, d));
     raw.lease = single(&mut top, d, "lease", LEASE_KEYS).map(|s| read_lease(s, d));
+    raw.fleet =
+        single(&mut top, d, "fleet", super::fleet::FLEET_KEYS).map(|s| super::fleet::read(s, d));
     if let Some(s) = single(&mut top, d, "daemon", DAEMON_KEYS) {
         let before = d.len();
         raw.daemon = read_daemon(s, d);
