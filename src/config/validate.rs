@@ -165,16 +165,17 @@ fn pod_subnet(raw: &Raw, f: Family) -> Option<(IpNet, String)> {
         .map(|s| (s.v, format!("[nat] `{key}`")))
 }
 
-/// Runs every semantic check; problems go to `d`.
-pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
+/// Runs every semantic check; problems go to `d`. `allow_empty`: a file
+/// that declares nothing is fine (for `cleanup`).
+pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>, allow_empty: bool) {
     // Only when nothing else is wrong: a misspelt `[[vxaln]]` already has
     // its own error with a suggestion.
-    if declares_nothing(raw) && d.is_empty() {
+    if !allow_empty && declares_nothing(raw) && d.is_empty() {
         d.error(
             Span::new(0, 0),
             "the configuration declares nothing: no [[vxlan]], [[address]], [[route]], [[neighbor]], [[fdb]], [[peer]], [nat] or [lease]",
             "an empty or truncated file would remove everything netconverge owns, so it is refused; \
-             restore the file, or run `netconverge cleanup` with the last good config to remove it all on purpose",
+             restore the file, or run `netconverge cleanup` (with this file, or the last good one) to remove it all on purpose",
         );
         return;
     }
