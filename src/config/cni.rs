@@ -165,8 +165,10 @@ pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
     let broken = [&c.v4, &c.v6]
         .iter()
         .any(|f| matches!(f.network, Field::Invalid) || matches!(f.subnet, Field::Invalid));
+    // A fleet gives the families once it expands; its own errors say why not.
     if plugin == Some(CniPlugin::Bridge)
         && !broken
+        && raw.fleet.is_none()
         && family(raw, c, Family::Ipv4).is_none()
         && family(raw, c, Family::Ipv6).is_none()
     {
