@@ -267,6 +267,20 @@ fn pods_made_by_the_real_cni_plugins_reach_each_other_over_the_overlay() {
         poll(LONG, || ping(&pods[0], &b)).unwrap();
         poll(LONG, || ping(&pods[1], &a)).unwrap();
     }
+    // Control: without node-a's peer route (netconverge's) pod-b is out of
+    // reach; converging restores it.
+    let b4 = pod_ip(&results[1], false);
+    nodes[0].ip(&["route", "del", "198.18.2.0/24"]);
+    assert!(
+        ping(&pods[0], &b4).is_err(),
+        "reachable without the overlay route"
+    );
+    nodes[0].netconverge_exits(
+        &config(dirs[0].path()),
+        &["--node", "node-a", "converge"],
+        0,
+    );
+    poll(LONG, || ping(&pods[0], &b4)).unwrap();
     // ... and it went through the overlay: node-a's VXLAN device counted it.
     let stats = nodes[0].ip_list(&["-s", "link", "show", "flannel.1"]);
     assert!(
