@@ -348,6 +348,14 @@ fn conflist_drift_is_reported_and_repaired_and_a_directory_blocks_only_it() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
     check(0);
 
+    // Another config file that sorts first would win in containerd: noted.
+    let other = path.with_file_name("05-other.conflist");
+    std::fs::write(&other, "{}").unwrap();
+    let out = check(0);
+    assert!(out.contains("05-other.conflist sorts before it"), "{out}");
+    std::fs::remove_file(&other).unwrap();
+    assert!(!check(0).contains("sorts before it"));
+
     // A directory at the path (a bind mount of a missing file): blocked,
     // the rest converges (the device comes back), exit 1.
     std::fs::remove_file(&path).unwrap();
