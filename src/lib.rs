@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod bulk;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod engine;

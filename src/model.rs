@@ -173,6 +173,8 @@ pub struct Desired {
     pub peers: Vec<PeerSpec>,
     pub nat: Option<NatSpec>,
     pub lease: Option<LeaseSpec>,
+    /// The CNI conflist netconverge writes (`[cni]`).
+    pub cni: Option<CniSpec>,
     pub daemon: DaemonSpec,
     pub engine: EngineSpec,
     /// VXLAN devices (by name) whose underlay is not known by name: it is
@@ -203,6 +205,16 @@ pub struct AdoptSpec {
 }
 
 impl Desired {
+    /// Every file netconverge writes as declared state (the lease, the CNI
+    /// conflist): the daemon watches each of them for drift.
+    pub fn written_files(&self) -> Vec<PathBuf> {
+        self.lease
+            .iter()
+            .map(|l| l.path.clone())
+            .chain(self.cni.iter().map(|c| c.path.clone()))
+            .collect()
+    }
+
     /// This state with every [`Desired::underlay_by_local`] device's
     /// underlay set to the interface that holds its `local` address in
     /// `observed` (the smallest name if several do: deterministic). A device
@@ -398,6 +410,41 @@ pub struct LeaseSpec {
     pub state_dir: PathBuf,
 }
 
+// -------------------------------------------------------------------- cni --
+
+/// Which conflist `[cni]` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniPlugin {
+    /// bridge + host-local + portmap with what flannel's CNI plugin would
+    /// derive from subnet.env: no flannel binary needed.
+    Bridge,
+    /// flannel's delegating conflist (the flannel CNI plugin reads the lease).
+    Flannel,
+}
+
+/// The CNI network configuration list netconverge owns (declared state,
+/// like the lease file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CniSpec {
+    pub path: PathBuf,
+    pub plugin: CniPlugin,
+    /// The network name (host-local keeps its allocations under it).
+    pub name: String,
+    pub bridge: String,
+    /// `None`: the MTU of the VXLAN device of the first family (IPv4 first).
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub ip_masq: bool,
+    pub portmap: bool,
+    pub bandwidth: bool,
+    pub ipv4: Option<LeaseFamily>,
+    pub ipv6: Option<LeaseFamily>,
+    /// The flannel plugin's `subnetFile` (the `[lease]` path); `None`: its
+    /// default `/run/flannel/subnet.env`.
+    pub subnet_file: Option<PathBuf>,
+}
+
 // ----------------------------------------------------------------- daemon --
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -583,6 +630,7 @@ pub struct Observed {
     pub fdb: Vec<FdbState>,
     pub nat: crate::nat::NatObserved,
     pub lease: crate::lease::LeaseObserved,
+    pub cni: crate::cni::CniObserved,
     /// Route protocols netconverge used before (from its record in
     /// `state_dir`): routes and nexthops carrying them are its own too.
     pub past_protocols: std::collections::BTreeSet<u8>,

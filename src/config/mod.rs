@@ -8,6 +8,7 @@
 //! (typed, spanned values; type errors and unknown keys) → [`validate`]
 //! (cross-object checks, then mapping into the model).
 
+mod cni;
 mod fleet;
 mod schema;
 mod validate;

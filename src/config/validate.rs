@@ -186,6 +186,7 @@ pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>, allow_empty: bool) {
     fdb(raw, &devs, d);
     peers(raw, &devs, d);
     lease(raw, d);
+    super::cni::check(raw, d);
     nat(raw, d);
     ipv6_mtu(raw, &devs, d);
 }
@@ -201,6 +202,7 @@ fn declares_nothing(raw: &Raw) -> bool {
         && raw.peers.is_empty()
         && raw.nat.is_none()
         && raw.lease.is_none()
+        && raw.cni.is_none()
 }
 
 /// A declared MTU below 1280 where IPv6 is declared: the kernel would refuse
@@ -799,7 +801,7 @@ fn lease(raw: &Raw, d: &mut Diags<'_>) {
 }
 
 /// One family of [lease] as written: both keys or neither, subnet in network.
-fn family_pair(d: &mut Diags<'_>, section: &str, fam: &RawFamily, nk: &str, sk: &str) {
+pub(crate) fn family_pair(d: &mut Diags<'_>, section: &str, fam: &RawFamily, nk: &str, sk: &str) {
     match (&fam.network, &fam.subnet) {
         (Field::Given(n), Field::Absent) => d.error(
             n.span,
@@ -1079,5 +1081,6 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             state_dir: l.state_dir.as_ref()?.v.clone(),
         });
     }
+    out.cni = super::cni::build(raw)?;
     Some(out)
 }
