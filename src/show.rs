@@ -10,10 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::model::{Desired, Mac, Observed};
-
-const RTPROT_KERNEL: u8 = 2;
-const RTPROT_RA: u8 = 9;
+use crate::model::{Desired, Mac, Observed, RTPROT_KERNEL, RTPROT_RA};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowVxlan {

@@ -14,8 +14,9 @@ use toml_span::Span;
 use super::Diags;
 use super::schema::{Field, Raw, RawFamily, RawPeer, RawVxlan, Sp, fam_name, fam_of, family_keys};
 use crate::model::{
-    AddressSpec, Desired, Family, FdbSpec, LeaseFamily, LeaseMode, LeaseSpec, MAIN_TABLE, Mac,
-    NatFamily, NatSpec, NeighborSpec, PeerSpec, RouteSpec, VxlanSpec,
+    AddressSpec, Desired, Family, FdbSpec, IPV6_DEFAULT_METRIC, LeaseFamily, LeaseMode, LeaseSpec,
+    MAIN_TABLE, Mac, NatFamily, NatSpec, NeighborSpec, PeerSpec, RouteSpec, VxlanSpec,
+    effective_metric,
 };
 
 const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
@@ -23,23 +24,6 @@ const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
 fn fam_of_net(n: &IpNet) -> &'static str {
     fam_name(Family::of_net(n))
 }
-
-fn peer_origin(subnet: &IpNet) -> String {
-    format!("peer {subnet}")
-}
-
-/// The kernel's default metric when none is given: routes differing only in
-/// "unset" vs. the default are the same route.
-fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
-    match (dst, metric) {
-        (IpNet::V4(_), m) => m.unwrap_or(0),
-        (IpNet::V6(_), m) => normal_metric6(m).unwrap_or(IPV6_DEFAULT_METRIC),
-    }
-}
-
-/// The metric the kernel gives an IPv6 route that asks for none or for 0
-/// (`IP6_RT_PRIO_USER`).
-const IPV6_DEFAULT_METRIC: u32 = 1024;
 
 /// An IPv6 route with `metric = 0` is stored by the kernel with 1024, so it
 /// is declared as 1024: comparing against 0 would re-add it every pass.
@@ -1015,8 +999,7 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             origin: format!("fdb #{}", i + 1),
         });
     }
-    // flannel's three objects per remote node, in its order: neighbour,
-    // FDB, then the onlink route (the planner keeps stage order).
+    // Each remote node becomes flannel's three objects (`PeerSpec::expand`).
     for p in &raw.peers {
         let peer = PeerSpec {
             dev: p.dev.as_ref()?.v.clone(),
@@ -1024,33 +1007,10 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             vtep_ip: p.vtep_ip.as_ref()?.v,
             vtep_mac: p.vtep_mac.as_ref()?.v,
         };
-        let origin = peer_origin(&peer.subnet);
-        out.neighbors.push(NeighborSpec {
-            dev: peer.dev.clone(),
-            ip: peer.subnet.network(),
-            mac: peer.vtep_mac,
-            origin: origin.clone(),
-        });
-        out.fdb.push(FdbSpec {
-            dev: peer.dev.clone(),
-            mac: peer.vtep_mac,
-            dst: peer.vtep_ip,
-            origin: origin.clone(),
-        });
-        out.routes.push(RouteSpec {
-            dst: peer.subnet,
-            via: Some(peer.subnet.network()),
-            dev: Some(peer.dev.clone()),
-            onlink: true,
-            src: None,
-            metric: None,
-            table: MAIN_TABLE,
-            origin,
-        });
         if p.adopt.as_ref().is_some_and(|a| a.v) {
             out.adopt.routes.insert((MAIN_TABLE, peer.subnet, None));
         }
-        out.peers.push(peer);
+        out.add_peer(peer);
     }
     if let Some(n) = &raw.nat {
         out.nat = Some(NatSpec {

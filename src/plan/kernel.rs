@@ -18,8 +18,8 @@ use ipnet::IpNet;
 
 use super::{Blocked, Change, ChangeKind, NexthopOp, Op, Plan, RouteOp, Stage, VxlanCreate};
 use crate::model::{
-    Desired, Family, LinkState, MAIN_TABLE, Mac, NexthopMode, NexthopState, Observed, RouteSpec,
-    RouteState, VxlanSpec,
+    Desired, Family, LinkState, MAIN_TABLE, Mac, NexthopMode, NexthopState, Observed,
+    RTPROT_KERNEL, RTPROT_RA, RouteSpec, RouteState, VxlanSpec, effective_metric,
 };
 
 /// The name iproute2 gives a route protocol (`/etc/iproute2/rt_protos`),
@@ -28,11 +28,11 @@ fn proto_name(p: u8) -> String {
     let name = match p {
         0 => "unspec",
         1 => "redirect",
-        2 => "kernel",
+        RTPROT_KERNEL => "kernel",
         3 => "boot",
         4 => "static",
         8 => "gated",
-        9 => "ra",
+        RTPROT_RA => "ra",
         10 => "mrt",
         11 => "zebra",
         12 => "bird",
@@ -289,15 +289,6 @@ fn describe_nexthop(id: u32, via: Option<IpAddr>, dev: Option<&str>, onlink: boo
         s.push_str(" onlink");
     }
     s
-}
-
-/// Default metric the kernel gives a route without RTA_PRIORITY.
-fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
-    match (metric, dst) {
-        (Some(m), _) => m,
-        (None, IpNet::V4(_)) => 0,
-        (None, IpNet::V6(_)) => 1024,
-    }
 }
 
 type RouteKey = (u32, IpNet, u32);
