@@ -18,8 +18,9 @@ use ipnet::IpNet;
 
 use super::{Blocked, Change, ChangeKind, NexthopOp, Op, Plan, RouteOp, Stage, VxlanCreate};
 use crate::model::{
-    Desired, Family, LinkState, MAIN_TABLE, Mac, NexthopMode, NexthopState, Observed,
-    RTPROT_KERNEL, RTPROT_RA, RouteSpec, RouteState, VxlanSpec, effective_metric,
+    AddressState, Desired, Family, FdbState, LinkState, MAIN_TABLE, Mac, NeighborState,
+    NexthopMode, NexthopState, Observed, RTPROT_KERNEL, RTPROT_RA, RouteSpec, RouteState,
+    VxlanSpec, effective_metric,
 };
 
 /// The name iproute2 gives a route protocol (`/etc/iproute2/rt_protos`),
@@ -199,6 +200,84 @@ enum DevState {
     Fresh,
     /// Cannot be converged now.
     Blocked,
+}
+
+/// An observed object on a device that [`Planner::sweep`] may remove.
+trait Swept {
+    /// A kind of object netconverge creates: global addresses, permanent
+    /// neighbours and FDB entries (the kernel's own dynamic ones are not).
+    fn of_managed_kind(&self) -> bool;
+    fn dev(&self) -> &str;
+    /// The protocol mark the kernel keeps on the object, if the kind has
+    /// one (`IFA_PROTO` on addresses): ours marks it ours on any device.
+    fn protocol(&self) -> Option<u8> {
+        None
+    }
+    fn object(&self) -> String;
+    fn delete(&self) -> Op;
+}
+
+impl Swept for AddressState {
+    fn of_managed_kind(&self) -> bool {
+        self.global
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn protocol(&self) -> Option<u8> {
+        Some(self.protocol)
+    }
+    fn object(&self) -> String {
+        format!("address {} dev {}", self.cidr, self.dev)
+    }
+    fn delete(&self) -> Op {
+        Op::DelAddress {
+            dev: self.dev.clone(),
+            cidr: self.cidr,
+        }
+    }
+}
+
+impl Swept for NeighborState {
+    fn of_managed_kind(&self) -> bool {
+        self.permanent
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn object(&self) -> String {
+        format!(
+            "neighbor {} dev {} lladdr {}",
+            self.ip,
+            self.dev,
+            opt(self.mac)
+        )
+    }
+    fn delete(&self) -> Op {
+        Op::DelNeighbor {
+            dev: self.dev.clone(),
+            ip: self.ip,
+        }
+    }
+}
+
+impl Swept for FdbState {
+    fn of_managed_kind(&self) -> bool {
+        self.permanent
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn object(&self) -> String {
+        format!("fdb {} dev {} dst {}", self.mac, self.dev, opt(self.dst))
+    }
+    fn delete(&self) -> Op {
+        Op::DelFdb {
+            dev: self.dev.clone(),
+            mac: self.mac,
+            dst: self.dst,
+        }
+    }
 }
 
 /// FxHash (the `rustc-hash` crate): the planner's keys come from the local
@@ -852,34 +931,9 @@ impl<'a> Planner<'a> {
                 );
             }
         }
-        let mut stale: Vec<Change> = Vec::new();
-        for a in &observed.addresses {
-            if !a.global || want.contains(&(a.dev.as_str(), a.cidr)) {
-                continue;
-            }
-            // Elsewhere (an underlay), only what carries our mark; not on a
-            // device of ours being retired (the address goes with it).
-            let reason = if self.is_owned(&a.dev) {
-                format!("not declared (owned device {})", a.dev)
-            } else if self.protocols.contains(&a.protocol)
-                && self.desired.vxlan(&a.dev).is_none()
-                && !observed.links.get(&a.dev).is_some_and(LinkState::marked)
-            {
-                format!("not declared (address protocol {})", a.protocol)
-            } else {
-                continue;
-            };
-            stale.push(Change {
-                kind: ChangeKind::Remove,
-                object: format!("address {} dev {}", a.cidr, a.dev),
-                reason,
-                op: Op::DelAddress {
-                    dev: a.dev.clone(),
-                    cidr: a.cidr,
-                },
-            });
-        }
-        self.push_sorted(stale);
+        self.sweep(&observed.addresses, |a| {
+            want.contains(&(a.dev.as_str(), a.cidr))
+        });
     }
 
     fn neighbors(&mut self) {
@@ -927,21 +981,9 @@ impl<'a> Planner<'a> {
                 },
             );
         }
-        let mut stale = Vec::new();
-        for n in &observed.neighbors {
-            if n.permanent && self.is_owned(&n.dev) && !want.contains(&(n.dev.as_str(), n.ip)) {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, opt(n.mac)),
-                    reason: format!("not declared (owned device {})", n.dev),
-                    op: Op::DelNeighbor {
-                        dev: n.dev.clone(),
-                        ip: n.ip,
-                    },
-                });
-            }
-        }
-        self.push_sorted(stale);
+        self.sweep(&observed.neighbors, |n| {
+            want.contains(&(n.dev.as_str(), n.ip))
+        });
     }
 
     fn fdb(&mut self) {
@@ -974,25 +1016,48 @@ impl<'a> Planner<'a> {
                 );
             }
         }
+        self.sweep(&observed.fdb, |f| {
+            want.contains(&(f.dev.as_str(), f.mac, f.dst))
+        });
+    }
+
+    /// The one sweep for stale objects on devices (addresses, neighbours,
+    /// FDB entries): every observed object of a kind netconverge creates
+    /// that is not `declared` and that is ours — on a device we own, or (an
+    /// address) marked with one of our protocols elsewhere — is removed.
+    /// One rule for all three, so ownership cannot drift between them.
+    fn sweep<T: Swept>(&mut self, observed: &[T], declared: impl Fn(&T) -> bool) {
         let mut stale = Vec::new();
-        for f in &observed.fdb {
-            if f.permanent
-                && self.is_owned(&f.dev)
-                && !want.contains(&(f.dev.as_str(), f.mac, f.dst))
-            {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("fdb {} dev {} dst {}", f.mac, f.dev, opt(f.dst)),
-                    reason: format!("not declared (owned device {})", f.dev),
-                    op: Op::DelFdb {
-                        dev: f.dev.clone(),
-                        mac: f.mac,
-                        dst: f.dst,
-                    },
-                });
+        for o in observed {
+            if !o.of_managed_kind() || declared(o) {
+                continue;
             }
+            let Some(reason) = self.stale_reason(o) else {
+                continue;
+            };
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: o.object(),
+                reason,
+                op: o.delete(),
+            });
         }
         self.push_sorted(stale);
+    }
+
+    /// Why an undeclared object is ours to remove, or `None` if it is not.
+    fn stale_reason<T: Swept>(&self, o: &T) -> Option<String> {
+        let dev = o.dev();
+        if self.is_owned(dev) {
+            return Some(format!("not declared (owned device {dev})"));
+        }
+        // Elsewhere (an underlay), only what carries our mark; not on a
+        // device of ours being retired (the object goes with it).
+        let p = o.protocol()?;
+        (self.protocols.contains(&p)
+            && self.desired.vxlan(dev).is_none()
+            && !self.observed.links.get(dev).is_some_and(LinkState::marked))
+        .then(|| format!("not declared (address protocol {p})"))
     }
 
     /// How routes with a gateway are installed, from `[engine] nexthops`
