@@ -202,6 +202,15 @@ enum DevState {
     Blocked,
 }
 
+/// How an existing VXLAN device's attributes differ from its declaration.
+struct VxlanDiff {
+    /// Changes the kernel refuses in place: the device is recreated.
+    immutable: Vec<String>,
+    /// Changes made in place by `op`.
+    in_place: Vec<String>,
+    op: Op,
+}
+
 /// An observed object on a device that [`Planner::sweep`] may remove.
 trait Swept {
     /// A kind of object netconverge creates: global addresses, permanent
@@ -531,69 +540,17 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Plan one declared VXLAN device: blocked if it has no place (underlay,
+    /// local address, MTU) or a foreign device holds it; else created, or
+    /// adopted/marked and changed (recreated only for attributes the kernel
+    /// cannot change in place).
     fn vxlan(&mut self, v: &'a VxlanSpec) -> DevState {
         let object = format!("vxlan {}", v.name);
-        let Some(under) = self.observed.links.get(&v.underlay) else {
-            self.blocked.push(Blocked {
-                object,
-                reason: format!("underlay {} absent", v.underlay),
-            });
+        let Some((under, local, mtu)) = self.vxlan_place(v, &object) else {
             return DevState::Blocked;
-        };
-        let Some(local) = v
-            .local
-            .or_else(|| self.observed.first_global_addr(&v.underlay, v.family))
-        else {
-            self.blocked.push(Blocked {
-                object,
-                reason: format!(
-                    "underlay {} has no global {} address{}",
-                    v.underlay,
-                    v.family,
-                    if v.family == Family::Ipv6 {
-                        " (IPv4-only host?)"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-            return DevState::Blocked;
-        };
-        let mtu = match v.mtu {
-            Some(m) => m,
-            None => {
-                let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
-                if m < MIN_MTU {
-                    self.blocked.push(Blocked {
-                        object,
-                        reason: format!(
-                            "underlay {} MTU {} leaves no room for VXLAN overhead",
-                            v.underlay, under.mtu
-                        ),
-                    });
-                    return DevState::Blocked;
-                }
-                // Validation refuses a declared MTU below IPv6's minimum;
-                // a derived one is only known here. The kernel would refuse
-                // (or drop) every IPv6 object on the device, every pass.
-                // Scanned only in this rare case.
-                if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
-                    self.blocked.push(Blocked {
-                        object,
-                        reason: format!(
-                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
-                            v.underlay,
-                            under.mtu,
-                            IPV6_MIN_MTU + v.family.vxlan_overhead()
-                        ),
-                    });
-                    return DevState::Blocked;
-                }
-                m
-            }
         };
         let mac = self.desired.vxlan_mac(v);
-        let create = Op::CreateVxlan(VxlanCreate {
+        let create = VxlanCreate {
             name: v.name.clone(),
             vni: v.vni,
             port: v.port,
@@ -604,69 +561,192 @@ impl<'a> Planner<'a> {
             mtu,
             learning: v.learning,
             gbp: v.gbp,
-        });
-        let Some(cur) = self.observed.links.get(&v.name) else {
-            // The kernel refuses a second device with this VNI and port;
-            // a foreign one holding them is a conflict, never removed.
-            let holder = self.observed.links.values().find(|l| {
-                l.kind == "vxlan"
-                    && !ours(l, self.desired)
-                    && l.vxlan.as_ref().is_some_and(|a| {
-                        a.vni == v.vni
-                            && a.port == v.port
-                            && a.local.map(|x| Family::of(&x)) == Some(v.family)
-                    })
-            });
-            if let Some(h) = holder {
-                self.blocked.push(Blocked {
-                    object,
-                    reason: format!(
-                        "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
-                        h.name, v.vni, v.port
-                    ),
-                });
-                return DevState::Blocked;
-            }
-            self.mtus.insert(v.name.clone(), mtu);
-            self.locals.insert(v.name.as_str(), local);
-            let mut reason = format!(
-                "missing (vni {}, port {}, underlay {}, local {local}",
-                v.vni, v.port, v.underlay
-            );
-            if let Some(m) = mac {
-                let _ = write!(reason, ", mac {m}");
-            }
-            let _ = write!(reason, ", mtu {mtu})");
-            self.change(ChangeKind::Add, object, reason, create);
-            return DevState::Fresh;
         };
-        let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
-            self.blocked.push(Blocked {
+        let Some(cur) = self.observed.links.get(&v.name) else {
+            return self.vxlan_missing(v, object, create);
+        };
+        let Some(attrs) = self.vxlan_claim(v, &object, cur) else {
+            return DevState::Blocked;
+        };
+        self.mtus.insert(v.name.clone(), mtu);
+        self.locals.insert(v.name.as_str(), local);
+        let diff = self.vxlan_diff(v, attrs, under, local);
+        if !diff.immutable.is_empty() {
+            let why = diff.immutable.join(", ");
+            self.change(
+                ChangeKind::Remove,
+                object.clone(),
+                format!("{why}: immutable, recreating"),
+                Op::DeleteLink {
+                    name: v.name.clone(),
+                },
+            );
+            self.change(
+                ChangeKind::Add,
                 object,
-                reason: format!(
+                format!("recreate ({why})"),
+                Op::CreateVxlan(create),
+            );
+            return DevState::Fresh;
+        }
+        if !diff.in_place.is_empty() {
+            self.change(
+                ChangeKind::Modify,
+                object,
+                format!("{} (in place)", diff.in_place.join(", ")),
+                diff.op,
+            );
+        }
+        self.mutable(v, cur, mtu, mac);
+        DevState::Present
+    }
+
+    fn block(&mut self, object: &str, reason: String) {
+        self.blocked.push(Blocked {
+            object: object.to_string(),
+            reason,
+        });
+    }
+
+    /// Where the device goes: its underlay, local VTEP address and MTU —
+    /// or `None` (reported as blocked) when the host offers no place yet.
+    fn vxlan_place(&mut self, v: &VxlanSpec, object: &str) -> Option<(&'a LinkState, IpAddr, u32)> {
+        let observed = self.observed;
+        let Some(under) = observed.links.get(&v.underlay) else {
+            self.block(object, format!("underlay {} absent", v.underlay));
+            return None;
+        };
+        let Some(local) = v
+            .local
+            .or_else(|| observed.first_global_addr(&v.underlay, v.family))
+        else {
+            self.block(
+                object,
+                format!(
+                    "underlay {} has no global {} address{}",
+                    v.underlay,
+                    v.family,
+                    if v.family == Family::Ipv6 {
+                        " (IPv4-only host?)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            return None;
+        };
+        let mtu = match v.mtu {
+            Some(m) => m,
+            None => self.derived_mtu(v, under, object)?,
+        };
+        Some((under, local, mtu))
+    }
+
+    /// The MTU of a device declared without one: the underlay's minus the
+    /// VXLAN overhead, unless that leaves too little (blocked).
+    fn derived_mtu(&mut self, v: &VxlanSpec, under: &LinkState, object: &str) -> Option<u32> {
+        let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
+        if m < MIN_MTU {
+            self.block(
+                object,
+                format!(
+                    "underlay {} MTU {} leaves no room for VXLAN overhead",
+                    v.underlay, under.mtu
+                ),
+            );
+            return None;
+        }
+        // Validation refuses a declared MTU below IPv6's minimum;
+        // a derived one is only known here. The kernel would refuse
+        // (or drop) every IPv6 object on the device, every pass.
+        // Scanned only in this rare case.
+        if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
+            self.block(
+                object,
+                format!(
+                    "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
+                    v.underlay,
+                    under.mtu,
+                    IPV6_MIN_MTU + v.family.vxlan_overhead()
+                ),
+            );
+            return None;
+        }
+        Some(m)
+    }
+
+    /// A declared device the kernel does not have: created, unless a
+    /// foreign device holds its VNI and port (the kernel refuses a second
+    /// device with them; the holder is a conflict, never removed).
+    fn vxlan_missing(&mut self, v: &'a VxlanSpec, object: String, create: VxlanCreate) -> DevState {
+        let holder = self.observed.links.values().find(|l| {
+            l.kind == "vxlan"
+                && !ours(l, self.desired)
+                && l.vxlan.as_ref().is_some_and(|a| {
+                    a.vni == v.vni
+                        && a.port == v.port
+                        && a.local.map(|x| Family::of(&x)) == Some(v.family)
+                })
+        });
+        if let Some(h) = holder {
+            self.block(
+                &object,
+                format!(
+                    "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
+                    h.name, v.vni, v.port
+                ),
+            );
+            return DevState::Blocked;
+        }
+        let (local, mtu) = (create.local, create.mtu);
+        self.mtus.insert(v.name.clone(), mtu);
+        self.locals.insert(v.name.as_str(), local);
+        let mut reason = format!(
+            "missing (vni {}, port {}, underlay {}, local {local}",
+            v.vni, v.port, v.underlay
+        );
+        if let Some(m) = create.mac {
+            let _ = write!(reason, ", mac {m}");
+        }
+        let _ = write!(reason, ", mtu {mtu})");
+        self.change(ChangeKind::Add, object, reason, Op::CreateVxlan(create));
+        DevState::Fresh
+    }
+
+    /// An existing device under the declared name: its VXLAN attributes if
+    /// it is ours (or adopted, then marked), else `None` (blocked: a
+    /// non-VXLAN device, or a foreign VXLAN the file does not adopt).
+    fn vxlan_claim(
+        &mut self,
+        v: &VxlanSpec,
+        object: &str,
+        cur: &'a LinkState,
+    ) -> Option<&'a crate::model::VxlanAttrs> {
+        let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
+            self.block(
+                object,
+                format!(
                     "a {} device named {} exists; netconverge never removes devices it does not own — rename or delete it",
                     if cur.kind.is_empty() { "non-VXLAN" } else { cur.kind.as_str() },
                     v.name
                 ),
-            });
-            return DevState::Blocked;
+            );
+            return None;
         };
         let adopting = !ours(cur, self.desired);
         if adopting && !self.desired.adopt.vxlans.contains(&v.name) {
-            self.blocked.push(Blocked {
+            self.block(
                 object,
-                reason: format!(
+                format!(
                     "a vxlan device {} (vni {}, port {}) exists that netconverge did not create (no `{}` ifalias): it is left as it is, with everything on it — delete it, or set adopt = true on this [[vxlan]] to take it over",
                     v.name,
                     attrs.vni,
                     attrs.port,
                     crate::model::DEVICE_MARK
                 ),
-            });
-            return DevState::Blocked;
+            );
+            return None;
         }
-        self.mtus.insert(v.name.clone(), mtu);
-        self.locals.insert(v.name.as_str(), local);
         if !cur.marked() {
             let reason = if adopting {
                 format!(
@@ -680,16 +760,27 @@ impl<'a> Planner<'a> {
             };
             self.change(
                 ChangeKind::Modify,
-                object.clone(),
+                object.to_string(),
                 reason,
                 Op::MarkLink {
                     name: v.name.clone(),
                 },
             );
         }
-        // Attributes the kernel refuses to change in place (vni, port, gbp);
-        // local, underlay and learning it changes in place (Linux 6.18
-        // verified), so the device, its ifindex and every route stay.
+        Some(attrs)
+    }
+
+    /// How the device's VXLAN attributes differ from the declaration.
+    /// Attributes the kernel refuses to change in place (vni, port, gbp);
+    /// local, underlay and learning it changes in place (Linux 6.18
+    /// verified), so the device, its ifindex and every route stay.
+    fn vxlan_diff(
+        &self,
+        v: &VxlanSpec,
+        attrs: &crate::model::VxlanAttrs,
+        under: &LinkState,
+        local: IpAddr,
+    ) -> VxlanDiff {
         let mut immutable = Vec::new();
         let mut in_place = Vec::new();
         if attrs.vni != v.vni {
@@ -727,34 +818,16 @@ impl<'a> Planner<'a> {
             ));
             v.learning
         });
-        if !immutable.is_empty() {
-            let why = immutable.join(", ");
-            self.change(
-                ChangeKind::Remove,
-                object.clone(),
-                format!("{why}: immutable, recreating"),
-                Op::DeleteLink {
-                    name: v.name.clone(),
-                },
-            );
-            self.change(ChangeKind::Add, object, format!("recreate ({why})"), create);
-            return DevState::Fresh;
+        VxlanDiff {
+            immutable,
+            in_place,
+            op: Op::SetVxlan {
+                name: v.name.clone(),
+                local: set_local,
+                underlay: set_underlay,
+                learning: set_learning,
+            },
         }
-        if !in_place.is_empty() {
-            self.change(
-                ChangeKind::Modify,
-                object,
-                format!("{} (in place)", in_place.join(", ")),
-                Op::SetVxlan {
-                    name: v.name.clone(),
-                    local: set_local,
-                    underlay: set_underlay,
-                    learning: set_learning,
-                },
-            );
-        }
-        self.mutable(v, cur, mtu, mac);
-        DevState::Present
     }
 
     fn mutable(&mut self, v: &VxlanSpec, cur: &LinkState, mtu: u32, mac: Option<Mac>) {
