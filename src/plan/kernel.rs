@@ -1249,7 +1249,6 @@ impl<'a> Planner<'a> {
 
     fn routes(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
-        let proto = desired.engine.route_protocol;
         let have: HashMap<RouteKey, &RouteState> = observed
             .routes
             .iter()
@@ -1266,123 +1265,149 @@ impl<'a> Planner<'a> {
                 // Blocked (reported by `route_conflicts`); the holder stays.
                 continue;
             }
-            let blocked = r
-                .dev
-                .as_deref()
-                .is_some_and(|d| self.skip_if_blocked(d, "route"));
-            let key = NhKey::of_spec(r);
-            let nhid = match (self.style, key) {
-                (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
-                    Some(id) => Some(*id),
-                    None => {
-                        // No free id left (reported once, below).
-                        unavailable += 1;
-                        continue;
-                    }
-                },
-                (RouteStyle::Unavailable, Some(_)) if !blocked => {
-                    unavailable += 1;
-                    continue;
-                }
-                _ => None,
-            };
-            let fresh = r
-                .dev
-                .as_deref()
-                .is_some_and(|d| self.dev_state(d) == DevState::Fresh);
-            let cur = if fresh {
-                None
-            } else {
-                have.get(&route_key_spec(r)).copied()
-            };
-            if blocked {
-                // Left as it is, and so is the nexthop it uses.
-                if let Some(id) = cur.and_then(|c| c.nhid) {
-                    self.nh_keep.insert(id);
-                }
-                continue;
-            }
-            let describe = || {
-                let mut s =
-                    describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
-                if let Some(id) = nhid {
-                    let _ = write!(s, " nhid {id}");
-                }
-                s
-            };
-            let op = || {
-                let mut op = route_op_from_spec(r, proto);
-                op.nhid = nhid;
-                Op::SetRoute(op)
-            };
-            let Some(c) = cur else {
-                self.change(ChangeKind::Add, describe(), missing(&r.origin), op());
-                continue;
-            };
-            let mut diffs = Vec::new();
-            if c.nhid != nhid {
-                diffs.push(format!("nhid {} → {}", opt(c.nhid), opt(nhid)));
-            }
-            // Through our nexthop, gateway/device/onlink are the nexthop's
-            // (planned on its own); compared only for classic routes.
-            if nhid.is_none() {
-                if c.via != r.via {
-                    diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
-                }
-                // A route without `dev` lets the kernel pick the device; only a
-                // declared device is compared.
-                if r.dev.is_some() && c.dev != r.dev {
-                    diffs.push(format!(
-                        "dev {} → {}",
-                        opt(c.dev.as_deref()),
-                        opt(r.dev.as_deref())
-                    ));
-                }
-                if c.onlink != r.onlink {
-                    diffs.push(format!(
-                        "onlink {} → {}",
-                        on_off(c.onlink),
-                        on_off(r.onlink)
-                    ));
-                }
-            }
-            if c.src != r.src {
-                diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
-            }
-            if !self.protocols.contains(&c.protocol) {
-                // Only reached when adopted (`route_conflicts`).
-                diffs.insert(
-                    0,
-                    format!(
-                        "adopt (created by proto {}, not netconverge)",
-                        proto_name(c.protocol)
-                    ),
-                );
-            } else if c.protocol != proto {
-                diffs.push(format!("proto {} → {proto}", c.protocol));
-            }
-            if !diffs.is_empty() {
-                self.change(ChangeKind::Modify, describe(), diffs.join(", "), op());
+            if !self.route(r, &have) {
+                unavailable += 1;
             }
         }
-        if unavailable > 0 {
-            let reason = if self.style == RouteStyle::Unavailable {
-                "[engine] nexthops = \"on\", but this kernel has no nexthop objects (Linux ≥ 5.3 has them): set nexthops = \"auto\" to fall back to classic routes".to_string()
-            } else {
-                let (first, last) = nexthop_id_range(proto);
-                format!("no free nexthop id left in {first}–{last}")
-            };
-            self.blocked.push(Blocked {
-                object: if unavailable == 1 {
-                    "1 route with a gateway".to_string()
-                } else {
-                    format!("{unavailable} routes with a gateway")
-                },
-                reason,
-            });
+        self.report_unavailable(unavailable);
+        self.stale_routes(&want);
+    }
+
+    /// Plan one declared route against the kernel's route at its place.
+    /// `false`: it needs a nexthop object that cannot be had (no free id,
+    /// or a kernel without them), counted for one summary line.
+    fn route(&mut self, r: &'a RouteSpec, have: &HashMap<RouteKey, &RouteState>) -> bool {
+        let proto = self.desired.engine.route_protocol;
+        let blocked = r
+            .dev
+            .as_deref()
+            .is_some_and(|d| self.skip_if_blocked(d, "route"));
+        let nhid = match (self.style, NhKey::of_spec(r)) {
+            (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
+                Some(id) => Some(*id),
+                // No free id left.
+                None => return false,
+            },
+            (RouteStyle::Unavailable, Some(_)) if !blocked => return false,
+            _ => None,
+        };
+        let fresh = r
+            .dev
+            .as_deref()
+            .is_some_and(|d| self.dev_state(d) == DevState::Fresh);
+        let cur = if fresh {
+            None
+        } else {
+            have.get(&route_key_spec(r)).copied()
+        };
+        if blocked {
+            // Left as it is, and so is the nexthop it uses.
+            if let Some(id) = cur.and_then(|c| c.nhid) {
+                self.nh_keep.insert(id);
+            }
+            return true;
         }
+        // Built only for a change: an in-sync route costs no formatting.
+        let describe = || {
+            let mut s =
+                describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
+            if let Some(id) = nhid {
+                let _ = write!(s, " nhid {id}");
+            }
+            s
+        };
+        let op = || {
+            let mut op = route_op_from_spec(r, proto);
+            op.nhid = nhid;
+            Op::SetRoute(op)
+        };
+        let Some(c) = cur else {
+            self.change(ChangeKind::Add, describe(), missing(&r.origin), op());
+            return true;
+        };
+        let diffs = self.route_diffs(r, c, nhid);
+        if !diffs.is_empty() {
+            self.change(ChangeKind::Modify, describe(), diffs.join(", "), op());
+        }
+        true
+    }
+
+    /// How the kernel's route `c` at `r`'s place differs from `r` (to be
+    /// installed through nexthop `nhid`, if any).
+    fn route_diffs(&self, r: &RouteSpec, c: &RouteState, nhid: Option<u32>) -> Vec<String> {
+        let proto = self.desired.engine.route_protocol;
+        let mut diffs = Vec::new();
+        if c.nhid != nhid {
+            diffs.push(format!("nhid {} → {}", opt(c.nhid), opt(nhid)));
+        }
+        // Through our nexthop, gateway/device/onlink are the nexthop's
+        // (planned on its own); compared only for classic routes.
+        if nhid.is_none() {
+            if c.via != r.via {
+                diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
+            }
+            // A route without `dev` lets the kernel pick the device; only a
+            // declared device is compared.
+            if r.dev.is_some() && c.dev != r.dev {
+                diffs.push(format!(
+                    "dev {} → {}",
+                    opt(c.dev.as_deref()),
+                    opt(r.dev.as_deref())
+                ));
+            }
+            if c.onlink != r.onlink {
+                diffs.push(format!(
+                    "onlink {} → {}",
+                    on_off(c.onlink),
+                    on_off(r.onlink)
+                ));
+            }
+        }
+        if c.src != r.src {
+            diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
+        }
+        if !self.protocols.contains(&c.protocol) {
+            // Only reached when adopted (`route_conflicts`).
+            diffs.insert(
+                0,
+                format!(
+                    "adopt (created by proto {}, not netconverge)",
+                    proto_name(c.protocol)
+                ),
+            );
+        } else if c.protocol != proto {
+            diffs.push(format!("proto {} → {proto}", c.protocol));
+        }
+        diffs
+    }
+
+    /// One blocked line for every route with a gateway that could not get
+    /// a nexthop object.
+    fn report_unavailable(&mut self, unavailable: usize) {
+        if unavailable == 0 {
+            return;
+        }
+        let reason = if self.style == RouteStyle::Unavailable {
+            "[engine] nexthops = \"on\", but this kernel has no nexthop objects (Linux ≥ 5.3 has them): set nexthops = \"auto\" to fall back to classic routes".to_string()
+        } else {
+            let (first, last) = nexthop_id_range(self.desired.engine.route_protocol);
+            format!("no free nexthop id left in {first}–{last}")
+        };
+        self.blocked.push(Blocked {
+            object: if unavailable == 1 {
+                "1 route with a gateway".to_string()
+            } else {
+                format!("{unavailable} routes with a gateway")
+            },
+            reason,
+        });
+    }
+
+    /// Our routes no declaration `want`s: removed.
+    fn stale_routes(&mut self, want: &HashSet<RouteKey>) {
+        let proto = self.desired.engine.route_protocol;
         let mut stale = Vec::new();
-        for r in &observed.routes {
+        for r in &self.observed.routes {
             if want.contains(&route_key_state(r)) {
                 continue;
             }
