@@ -629,8 +629,19 @@ fn own_mac(raw: &Raw, v: &RawVxlan) -> Option<Mac> {
     v.mac.is_absent().then(|| Mac::derive(&seed.v, &name.v))
 }
 
+/// What each [[peer]] is checked against, built once for all of them.
+struct PeerIndex<'r> {
+    /// Every [[address]] on a device, as the network it covers.
+    addrs: HashMap<&'r str, NetIndex<Span>>,
+    /// This node's own pod subnet per family, and where it comes from.
+    own: Vec<(Family, IpNet, String)>,
+    /// The subnets of the peers checked so far.
+    others: NetIndex<Span>,
+    /// The VTEP MAC of every peer checked so far, per device.
+    macs: HashMap<(&'r str, Mac), (&'r RawPeer, Span)>,
+}
+
 fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    // Every [[address]] on a device, as the network it covers.
     let mut addrs: HashMap<&str, NetIndex<Span>> = HashMap::new();
     for a in &raw.addresses {
         if let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) {
@@ -640,114 +651,138 @@ fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
                 .insert(cidr.v.trunc(), cidr.span);
         }
     }
-    let own: Vec<(Family, IpNet, String)> = FAMILIES
-        .iter()
-        .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
-        .collect();
-    let mut others: NetIndex<Span> = NetIndex::new();
-    let mut macs: HashMap<(&str, Mac), (&RawPeer, Span)> = HashMap::new();
-
+    let mut ix = PeerIndex {
+        addrs,
+        own: FAMILIES
+            .iter()
+            .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
+            .collect(),
+        others: NetIndex::new(),
+        macs: HashMap::new(),
+    };
     for p in &raw.peers {
         let v = p
             .dev
             .as_ref()
             .and_then(|dev| vxlan_dev(devs, dev, "[[peer]]", d));
-        if let (Some(v), Some(ip)) = (v, &p.vtep_ip) {
-            if let Some(fam) = &v.family {
-                if Family::of(&ip.v) != fam.v {
-                    family_mismatch(d, ip, "vtep_ip", v, fam.v);
-                }
-            }
-            if v.local.given().is_some_and(|l| l.v == ip.v) {
-                d.error(
-                    ip.span,
-                    format!("`vtep_ip` {} is this node's own `local` address", ip.v),
-                    "a peer is another node: use that node's underlay address",
-                );
-            }
+        if let Some(v) = v {
+            peer_vtep(raw, v, p, d);
         }
-        if let (Some(v), Some(mac)) = (v, &p.vtep_mac) {
-            if own_mac(raw, v) == Some(mac.v) {
-                d.error(
-                    mac.span,
-                    format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
-                    "a peer is another node: use that node's VTEP MAC",
-                );
-            }
+        peer_mac_unique(p, &mut ix, d);
+        if let Some(subnet) = &p.subnet {
+            peer_subnet(p, subnet, &mut ix, d);
         }
-        if let (Some(dev), Some(mac)) = (&p.dev, &p.vtep_mac) {
-            match macs.get(&(dev.v.as_str(), mac.v)) {
-                Some((first, at)) => {
-                    let other = first
-                        .subnet
-                        .as_ref()
-                        .map_or(String::new(), |s| s.v.to_string());
-                    d.error(
-                        mac.span,
-                        format!(
-                            "VTEP MAC {} on `{}` is already used by peer {other} (line {})",
-                            mac.v,
-                            dev.v,
-                            d.line(*at)
-                        ),
-                        "each node's VTEP has its own MAC: check which peer has the wrong one",
-                    );
-                }
-                None => {
-                    macs.insert((&dev.v, mac.v), (p, mac.span));
-                }
-            }
-        }
+    }
+}
 
-        let Some(subnet) = &p.subnet else { continue };
-        for (f, n, from) in &own {
-            if Family::of_net(&subnet.v) == *f && (n.contains(&subnet.v) || subnet.v.contains(n)) {
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} overlaps this node's own pod subnet {n} ({from})",
-                        subnet.v
-                    ),
-                    "a peer is another node: use that node's pod subnet",
-                );
+/// The peer's VTEP is another node's: its address has the device's family
+/// and is not this node's `local`, its MAC is not this node's.
+fn peer_vtep(raw: &Raw, v: &RawVxlan, p: &RawPeer, d: &mut Diags<'_>) {
+    if let Some(ip) = &p.vtep_ip {
+        if let Some(fam) = &v.family {
+            if Family::of(&ip.v) != fam.v {
+                family_mismatch(d, ip, "vtep_ip", v, fam.v);
             }
         }
-        if let Some(dev) = &p.dev {
-            if let Some((n, at)) = addrs
-                .get(dev.v.as_str())
-                .and_then(|ix| ix.find_overlap(&subnet.v))
-            {
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} overlaps address {n} on `{}` (line {})",
-                        subnet.v,
-                        dev.v,
-                        d.line(*at)
-                    ),
-                    "this node's own address is not a peer's: use the peer's pod subnet",
-                );
-            }
+        if v.local.given().is_some_and(|l| l.v == ip.v) {
+            d.error(
+                ip.span,
+                format!("`vtep_ip` {} is this node's own `local` address", ip.v),
+                "a peer is another node: use that node's underlay address",
+            );
         }
-        match others.find_overlap(&subnet.v) {
-            Some((n, at)) => {
-                let how = if n == subnet.v {
-                    "is the same as".to_string()
-                } else {
-                    "overlaps".to_string()
-                };
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} {how} peer subnet {n} (line {})",
-                        subnet.v,
-                        d.line(*at)
-                    ),
-                    "each node has its own pod subnet: remove the duplicate peer or fix its subnet",
-                );
-            }
-            None => others.insert(subnet.v, subnet.span),
+    }
+    if let Some(mac) = &p.vtep_mac {
+        if own_mac(raw, v) == Some(mac.v) {
+            d.error(
+                mac.span,
+                format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
+                "a peer is another node: use that node's VTEP MAC",
+            );
         }
+    }
+}
+
+/// Each node's VTEP has its own MAC: a second peer with it on the same
+/// device is reported with the first one's line.
+fn peer_mac_unique<'r>(p: &'r RawPeer, ix: &mut PeerIndex<'r>, d: &mut Diags<'_>) {
+    let (Some(dev), Some(mac)) = (&p.dev, &p.vtep_mac) else {
+        return;
+    };
+    match ix.macs.get(&(dev.v.as_str(), mac.v)) {
+        Some((first, at)) => {
+            let other = first
+                .subnet
+                .as_ref()
+                .map_or(String::new(), |s| s.v.to_string());
+            d.error(
+                mac.span,
+                format!(
+                    "VTEP MAC {} on `{}` is already used by peer {other} (line {})",
+                    mac.v,
+                    dev.v,
+                    d.line(*at)
+                ),
+                "each node's VTEP has its own MAC: check which peer has the wrong one",
+            );
+        }
+        None => {
+            ix.macs.insert((&dev.v, mac.v), (p, mac.span));
+        }
+    }
+}
+
+/// The peer's pod subnet is its own: it overlaps neither this node's pod
+/// subnet, nor an address on its device, nor another peer's subnet.
+fn peer_subnet(p: &RawPeer, subnet: &Sp<IpNet>, ix: &mut PeerIndex<'_>, d: &mut Diags<'_>) {
+    for (f, n, from) in &ix.own {
+        if Family::of_net(&subnet.v) == *f && (n.contains(&subnet.v) || subnet.v.contains(n)) {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} overlaps this node's own pod subnet {n} ({from})",
+                    subnet.v
+                ),
+                "a peer is another node: use that node's pod subnet",
+            );
+        }
+    }
+    if let Some(dev) = &p.dev {
+        if let Some((n, at)) = ix
+            .addrs
+            .get(dev.v.as_str())
+            .and_then(|a| a.find_overlap(&subnet.v))
+        {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} overlaps address {n} on `{}` (line {})",
+                    subnet.v,
+                    dev.v,
+                    d.line(*at)
+                ),
+                "this node's own address is not a peer's: use the peer's pod subnet",
+            );
+        }
+    }
+    match ix.others.find_overlap(&subnet.v) {
+        Some((n, at)) => {
+            let how = if n == subnet.v {
+                "is the same as".to_string()
+            } else {
+                "overlaps".to_string()
+            };
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} {how} peer subnet {n} (line {})",
+                    subnet.v,
+                    d.line(*at)
+                ),
+                "each node has its own pod subnet: remove the duplicate peer or fix its subnet",
+            );
+        }
+        None => ix.others.insert(subnet.v, subnet.span),
     }
 }
 
