@@ -972,6 +972,19 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         ),
         ..Desired::default()
     };
+    // One step per section. Explicit objects come before the peers' (the
+    // planner keeps declaration order within a stage); NAT before the
+    // lease, whose ipmasq defaults to NAT's masquerade.
+    build_vxlans(raw, &mut out)?;
+    build_objects(raw, &mut out)?;
+    build_peers(raw, &mut out)?;
+    build_nat(raw, &mut out)?;
+    build_lease(raw, &mut out)?;
+    Some(out)
+}
+
+/// The [[vxlan]] devices, and those adopted.
+fn build_vxlans(raw: &Raw, out: &mut Desired) -> Option<()> {
     for v in &raw.vxlans {
         out.vxlans.push(VxlanSpec {
             name: v.name.as_ref()?.v.clone(),
@@ -989,6 +1002,12 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             out.adopt.vxlans.insert(v.name.as_ref()?.v.clone());
         }
     }
+    Some(())
+}
+
+/// The explicit [[address]], [[route]], [[neighbor]] and [[fdb]] objects,
+/// each with its origin (`route #3`) for reasons and messages.
+fn build_objects(raw: &Raw, out: &mut Desired) -> Option<()> {
     for (i, a) in raw.addresses.iter().enumerate() {
         out.addresses.push(AddressSpec {
             dev: a.dev.as_ref()?.v.clone(),
@@ -1034,6 +1053,11 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             origin: format!("fdb #{}", i + 1),
         });
     }
+    Some(())
+}
+
+/// The [[peer]]s, and their routes adopted.
+fn build_peers(raw: &Raw, out: &mut Desired) -> Option<()> {
     // Each remote node becomes flannel's three objects (`PeerSpec::expand`).
     for p in &raw.peers {
         let peer = PeerSpec {
@@ -1047,6 +1071,10 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         }
         out.add_peer(peer);
     }
+    Some(())
+}
+
+fn build_nat(raw: &Raw, out: &mut Desired) -> Option<()> {
     if let Some(n) = &raw.nat {
         out.nat = Some(NatSpec {
             backend: n.backend.as_ref()?.v,
@@ -1061,6 +1089,11 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             adopt: n.adopt.as_ref()?.v,
         });
     }
+    Some(())
+}
+
+/// The [lease]; `ipmasq` defaults to whether [nat] masquerades.
+fn build_lease(raw: &Raw, out: &mut Desired) -> Option<()> {
     if let Some(l) = &raw.lease {
         let nat_masq = out.nat.as_ref().is_some_and(|n| n.masquerade);
         out.lease = Some(LeaseSpec {
@@ -1073,5 +1106,5 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             state_dir: l.state_dir.as_ref()?.v.clone(),
         });
     }
-    Some(out)
+    Some(())
 }
