@@ -786,32 +786,8 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
         };
         // Before the hand-written ones: a clash is then reported at the
         // hand-written entry, and the fleet's devices come first.
-        raw.vxlans.insert(
-            vxlan_at,
-            RawVxlan {
-                name: Some(dev.clone()),
-                vni: Some(vni.clone()),
-                port: Some(port.clone()),
-                underlay: Some(underlay),
-                family: Some(Sp {
-                    v: fam,
-                    span: addr.span,
-                }),
-                family_explicit: true,
-                local: Field::Given(addr.clone()),
-                mac: me.mac.clone(),
-                adopt: None,
-                mtu: Field::Absent,
-                learning: Some(Sp {
-                    v: false,
-                    span: fleet.header,
-                }),
-                gbp: Some(Sp {
-                    v: false,
-                    span: fleet.header,
-                }),
-            },
-        );
+        let v = node_vxlan(&fleet, me, fam, dev, addr, (&vni, &port), underlay);
+        raw.vxlans.insert(vxlan_at, v);
         vxlan_at += 1;
         // flannel's VTEP address: the subnet's network address as a host.
         let full = match fam {
@@ -827,46 +803,103 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
                 }),
             });
         }
-        let (nk, sk) = family_keys(fam);
-        let l = raw.lease.get_or_insert_with(|| default_lease(fleet.header));
-        let lf = family_mut(&mut l.v4, &mut l.v6, fam);
-        fill(
-            &mut lf.network,
-            net,
-            "[lease]",
-            nk,
-            "the fleet's network",
-            d,
-        );
-        fill(
-            &mut lf.subnet,
-            subnet,
-            "[lease]",
-            sk,
-            "this node's fleet subnet",
-            d,
-        );
-        if let Some(n) = raw.nat.as_mut() {
-            // Unset [nat] values come from [lease] (now filled); set ones must agree.
-            let nf = family_mut(&mut n.v4, &mut n.v6, fam);
-            if nf.network.given().is_some() {
-                fill(&mut nf.network, net, "[nat]", nk, "the fleet's network", d);
-            }
-            if nf.subnet.given().is_some() {
-                fill(
-                    &mut nf.subnet,
-                    subnet,
-                    "[nat]",
-                    sk,
-                    "this node's fleet subnet",
-                    d,
-                );
-            }
+        fill_lease_and_nat(raw, fleet.header, fam, net, subnet, d);
+    }
+    let mut peers = fleet_peers(&fleet, &my_name.v);
+    // Before the hand-written ones, like the devices.
+    peers.append(&mut raw.peers);
+    raw.peers = peers;
+    by_local
+}
+
+/// This node's VXLAN device of family `fam`, as if written in the file.
+fn node_vxlan(
+    fleet: &RawFleet,
+    me: &RawNode,
+    fam: Family,
+    dev: &Sp<String>,
+    addr: &Sp<IpAddr>,
+    (vni, port): (&Sp<u32>, &Sp<u16>),
+    underlay: Sp<String>,
+) -> RawVxlan {
+    RawVxlan {
+        name: Some(dev.clone()),
+        vni: Some(vni.clone()),
+        port: Some(port.clone()),
+        underlay: Some(underlay),
+        family: Some(Sp {
+            v: fam,
+            span: addr.span,
+        }),
+        family_explicit: true,
+        local: Field::Given(addr.clone()),
+        mac: me.mac.clone(),
+        adopt: None,
+        mtu: Field::Absent,
+        learning: Some(Sp {
+            v: false,
+            span: fleet.header,
+        }),
+        gbp: Some(Sp {
+            v: false,
+            span: fleet.header,
+        }),
+    }
+}
+
+/// The node's fleet network and subnet of `fam` fill the [lease] (created
+/// if absent) and the unset [nat] values; set ones must agree.
+fn fill_lease_and_nat(
+    raw: &mut Raw,
+    header: Span,
+    fam: Family,
+    net: &Sp<IpNet>,
+    subnet: &Sp<IpNet>,
+    d: &mut Diags<'_>,
+) {
+    let (nk, sk) = family_keys(fam);
+    let l = raw.lease.get_or_insert_with(|| default_lease(header));
+    let lf = family_mut(&mut l.v4, &mut l.v6, fam);
+    fill(
+        &mut lf.network,
+        net,
+        "[lease]",
+        nk,
+        "the fleet's network",
+        d,
+    );
+    fill(
+        &mut lf.subnet,
+        subnet,
+        "[lease]",
+        sk,
+        "this node's fleet subnet",
+        d,
+    );
+    if let Some(n) = raw.nat.as_mut() {
+        // Unset [nat] values come from [lease] (now filled); set ones must agree.
+        let nf = family_mut(&mut n.v4, &mut n.v6, fam);
+        if nf.network.given().is_some() {
+            fill(&mut nf.network, net, "[nat]", nk, "the fleet's network", d);
+        }
+        if nf.subnet.given().is_some() {
+            fill(
+                &mut nf.subnet,
+                subnet,
+                "[nat]",
+                sk,
+                "this node's fleet subnet",
+                d,
+            );
         }
     }
+}
+
+/// Every other node of the fleet as a [[peer]] per family it runs.
+fn fleet_peers(fleet: &RawFleet, my_name: &str) -> Vec<RawPeer> {
     let mut peers = Vec::with_capacity(2 * fleet.nodes.len());
     for n in &fleet.nodes {
-        if n.name() == my_name.v {
+        if n.name() == my_name {
             continue;
         }
         for (fam, _) in fleet.families() {
@@ -886,10 +919,7 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
             });
         }
     }
-    // Before the hand-written ones, like the devices.
-    peers.append(&mut raw.peers);
-    raw.peers = peers;
-    by_local
+    peers
 }
 
 #[cfg(test)]
