@@ -264,6 +264,8 @@ impl fmt::Display for Plan {
 }
 
 mod kernel;
+// A model of the kernel for property tests (tests/properties.rs).
+pub mod simulate;
 #[cfg(test)]
 mod tests;
 
