@@ -13,6 +13,12 @@
 //!
 //! NAT and the lease are not generated (`desired.nat`/`lease` are `None`):
 //! the model does not simulate their rendered rule sets and files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -22,7 +28,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use netconverge::model::{
-    AddressSpec, AddressState, DEVICE_MARK, Desired, EngineSpec, FdbSpec, FdbState, Family,
+    AddressSpec, AddressState, DEVICE_MARK, Desired, EngineSpec, Family, FdbSpec, FdbState,
     LinkState, MAIN_TABLE, Mac, NeighborSpec, NeighborState, NexthopMode, NexthopState, Observed,
     PeerSpec, RouteSpec, RouteState, VxlanAttrs, VxlanSpec,
 };
@@ -34,6 +40,7 @@ const PROTO: u8 = 199;
 const OLD_PROTO: u8 = 198;
 const V4: &str = "flannel.1";
 const V6: &str = "flannel-v6.1";
+const V4_OLD: &str = "flannel.2";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -74,6 +81,14 @@ struct DesiredGen {
     nexthops: NexthopMode,
     /// Protocol 198 is in the record (routes carrying it are ours).
     past: bool,
+    /// The IPv4 device is called `flannel.2` (a rename between files).
+    v4_renamed: bool,
+}
+
+impl DesiredGen {
+    fn v4_name(&self) -> &'static str {
+        if self.v4_renamed { V4_OLD } else { V4 }
+    }
 }
 
 fn vx_gen() -> impl Strategy<Value = VxGen> {
@@ -99,8 +114,13 @@ fn desired_gen() -> impl Strategy<Value = DesiredGen> {
         proptest::option::weighted(0.8, vx_gen()),
         proptest::option::weighted(0.5, vx_gen()),
         proptest::collection::vec(
-            (0..ROUTES, any::<bool>(), proptest::bool::weighted(0.2))
-                .prop_map(|(which, metric, adopt)| RouteGen { which, metric, adopt }),
+            (0..ROUTES, any::<bool>(), proptest::bool::weighted(0.2)).prop_map(
+                |(which, metric, adopt)| RouteGen {
+                    which,
+                    metric,
+                    adopt,
+                },
+            ),
             0..=2,
         ),
         prop_oneof![
@@ -109,13 +129,15 @@ fn desired_gen() -> impl Strategy<Value = DesiredGen> {
             Just(NexthopMode::On)
         ],
         any::<bool>(),
+        proptest::bool::weighted(0.2),
     )
-        .prop_map(|(v4, v6, routes, nexthops, past)| DesiredGen {
+        .prop_map(|(v4, v6, routes, nexthops, past, v4_renamed)| DesiredGen {
             v4,
             v6,
             routes,
             nexthops,
             past,
+            v4_renamed,
         })
 }
 
@@ -123,7 +145,7 @@ const ROUTES: usize = 5;
 
 /// (dst, via, dev, table) of the declarable `[[route]]`s; `dev` `None`
 /// lets the kernel pick. `flannel.1` routes fall back to eth1 without it.
-fn route_menu(i: usize, has_v4: bool) -> (IpNet, Option<IpAddr>, Option<String>, u32) {
+fn route_menu(i: usize, v4: Option<&str>) -> (IpNet, Option<IpAddr>, Option<String>, u32) {
     match i {
         0 => (
             net("0.0.0.0/0"),
@@ -131,11 +153,16 @@ fn route_menu(i: usize, has_v4: bool) -> (IpNet, Option<IpAddr>, Option<String>,
             Some("eth0".into()),
             MAIN_TABLE,
         ),
-        1 => (net("198.19.0.0/16"), Some(ip("192.0.2.254")), None, MAIN_TABLE),
+        1 => (
+            net("198.19.0.0/16"),
+            Some(ip("192.0.2.254")),
+            None,
+            MAIN_TABLE,
+        ),
         2 => (
             net("198.18.100.0/24"),
             None,
-            Some(if has_v4 { V4 } else { "eth1" }.into()),
+            Some(v4.unwrap_or("eth1").into()),
             MAIN_TABLE,
         ),
         3 => (
@@ -165,7 +192,7 @@ fn build_desired(g: &DesiredGen) -> Desired {
         ..Desired::default()
     };
     for (family, name, spec) in [
-        (Family::Ipv4, V4, &g.v4),
+        (Family::Ipv4, g.v4_name(), &g.v4),
         (Family::Ipv6, V6, &g.v6),
     ] {
         let Some(s) = spec else { continue };
@@ -244,7 +271,7 @@ fn build_desired(g: &DesiredGen) -> Desired {
     }
     let mut keys = BTreeSet::new();
     for (i, r) in g.routes.iter().enumerate() {
-        let (dst, via, dev, table) = route_menu(r.which, g.v4.is_some());
+        let (dst, via, dev, table) = route_menu(r.which, g.v4.as_ref().map(|_| g.v4_name()));
         let metric = r.metric.then_some(100);
         // Validation refuses two routes at one place.
         if !keys.insert((table, dst, metric)) {
@@ -407,7 +434,8 @@ fn host(g: &ObservedGen, past: bool) -> Observed {
     let eth0_mtu = if g.eth0_mtu_low { 1300 } else { 1500 };
     o.links
         .insert("eth0".into(), link("eth0", 2, "veth", eth0_mtu, 2));
-    o.links.insert("eth1".into(), link("eth1", 3, "veth", 1500, 3));
+    o.links
+        .insert("eth1".into(), link("eth1", 3, "veth", 1500, 3));
     o.addresses.push(address("eth0", "192.0.2.1/24", 0));
     if !g.eth0_no_v6 {
         o.addresses.push(address("eth0", "2001:db8::1/64", 0));
@@ -441,7 +469,11 @@ fn pick<T>(v: &[T], i: usize) -> Option<&T> {
 
 fn perturb(o: &mut Observed, p: &Perturb) {
     let link_name = |o: &Observed, i: usize| -> Option<String> {
-        let names: Vec<&String> = o.links.keys().filter(|n| n.starts_with("flannel")).collect();
+        let names: Vec<&String> = o
+            .links
+            .keys()
+            .filter(|n| n.starts_with("flannel"))
+            .collect();
         pick(&names, i).map(|n| (*n).clone())
     };
     match p {
@@ -463,7 +495,13 @@ fn perturb(o: &mut Observed, p: &Perturb) {
         }
         Perturb::DelNeighbor(i) => {
             if let Some(n) = pick(&o.neighbors, *i).cloned() {
-                apply_to(o, &Op::DelNeighbor { dev: n.dev, ip: n.ip });
+                apply_to(
+                    o,
+                    &Op::DelNeighbor {
+                        dev: n.dev,
+                        ip: n.ip,
+                    },
+                );
             }
         }
         Perturb::DelFdb(i) => {
@@ -590,7 +628,7 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
             apply_to(o, &Op::SetRoute(r));
         }
         Foreign::RouteAtDeclared(which, metric, proto) => {
-            let (dst, _, _, table) = route_menu(*which, true);
+            let (dst, _, _, table) = route_menu(*which, Some(V4));
             let mut r = foreign_route(dst, metric.then_some(100), "eth0", *proto);
             r.table = table;
             apply_to(o, &Op::SetRoute(r));
@@ -607,7 +645,8 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
         Foreign::Bridge => {
             if !o.links.contains_key("br0") {
                 let i = next_index(o);
-                o.links.insert("br0".into(), link("br0", i, "bridge", 1500, 9));
+                o.links
+                    .insert("br0".into(), link("br0", i, "bridge", 1500, 9));
                 o.addresses.push(address("br0", "198.18.50.1/24", 0));
                 o.neighbors.push(NeighborState {
                     dev: "br0".into(),
@@ -630,7 +669,18 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
                 _ => V6,
             };
             let vni = if *vni_alt { 2 } else { 1 };
-            let local = if *v6 { ip("2001:db8::1") } else { ip("192.0.2.1") };
+            // A device under a declared name has the declared family: a
+            // family change is a known bug (`family_change_recreates`).
+            let v6 = match name {
+                V4 => false,
+                V6 => true,
+                _ => *v6,
+            };
+            let local = if v6 {
+                ip("2001:db8::1")
+            } else {
+                ip("192.0.2.1")
+            };
             let family = Family::of(&local);
             let taken = o.links.values().any(|l| {
                 l.vxlan.as_ref().is_some_and(|a| {
@@ -651,7 +701,11 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
                 gbp: false,
             });
             o.links.insert(name.into(), l);
-            let cidr = if *v6 { "fd00:77::1/64" } else { "198.18.77.1/24" };
+            let cidr = if v6 {
+                "fd00:77::1/64"
+            } else {
+                "198.18.77.1/24"
+            };
             o.addresses.push(address(name, cidr, 0));
             o.fdb.push(FdbState {
                 dev: name.into(),
@@ -785,11 +839,9 @@ fn foreign_set(d: &Desired, o: &Observed, p: &Plan) -> ForeignSet {
     let off_ours = |dev: &str| !owned.contains(dev);
     let untouched_dev = |dev: Option<&String>| dev.is_none_or(|d| !moved.contains(d.as_str()));
     let adopted = |r: &RouteState| {
-        d.adopt
-            .routes
-            .iter()
-            .any(|(t, dst, m)| *t == r.table && *dst == r.dst && metric(dst, *m) == metric(dst, r.metric))
-            || r.dev.as_ref().is_some_and(|x| d.adopt.vxlans.contains(x))
+        d.adopt.routes.iter().any(|(t, dst, m)| {
+            *t == r.table && *dst == r.dst && metric(dst, *m) == metric(dst, r.metric)
+        }) || r.dev.as_ref().is_some_and(|x| d.adopt.vxlans.contains(x))
     };
     ForeignSet {
         links: o
@@ -814,7 +866,9 @@ fn foreign_set(d: &Desired, o: &Observed, p: &Plan) -> ForeignSet {
         routes: o
             .routes
             .iter()
-            .filter(|r| !protos.contains(&r.protocol) && !adopted(r) && untouched_dev(r.dev.as_ref()))
+            .filter(|r| {
+                !protos.contains(&r.protocol) && !adopted(r) && untouched_dev(r.dev.as_ref())
+            })
             .cloned()
             .collect(),
         nexthops: o
@@ -829,22 +883,47 @@ fn foreign_set(d: &Desired, o: &Observed, p: &Plan) -> ForeignSet {
 /// Every object of `set` is in `o`, byte for byte.
 fn assert_all_present(set: &ForeignSet, o: &Observed, what: &str) -> Result<(), TestCaseError> {
     for l in &set.links {
-        prop_assert_eq!(o.links.get(&l.name), Some(l), "{}: foreign link changed", what);
+        prop_assert_eq!(
+            o.links.get(&l.name),
+            Some(l),
+            "{}: foreign link changed",
+            what
+        );
     }
     for a in &set.addresses {
-        prop_assert!(o.addresses.contains(a), "{}: foreign address gone: {:?}", what, a);
+        prop_assert!(
+            o.addresses.contains(a),
+            "{}: foreign address gone: {:?}",
+            what,
+            a
+        );
     }
     for n in &set.neighbors {
-        prop_assert!(o.neighbors.contains(n), "{}: foreign neighbor gone: {:?}", what, n);
+        prop_assert!(
+            o.neighbors.contains(n),
+            "{}: foreign neighbor gone: {:?}",
+            what,
+            n
+        );
     }
     for f in &set.fdb {
         prop_assert!(o.fdb.contains(f), "{}: foreign fdb gone: {:?}", what, f);
     }
     for r in &set.routes {
-        prop_assert!(o.routes.contains(r), "{}: foreign route gone or changed: {:?}", what, r);
+        prop_assert!(
+            o.routes.contains(r),
+            "{}: foreign route gone or changed: {:?}",
+            what,
+            r
+        );
     }
     for n in &set.nexthops {
-        prop_assert!(o.nexthops.contains(n), "{}: foreign nexthop gone: {:?}", what, n);
+        prop_assert!(
+            o.nexthops.contains(n),
+            "{}: foreign nexthop gone: {:?}",
+            what,
+            n
+        );
     }
     Ok(())
 }
@@ -905,8 +984,7 @@ fn assert_nothing_ours(d: &Desired, o: &Observed) -> Result<(), TestCaseError> {
     let protos = owned_protocols(o);
     for l in o.links.values() {
         let legacy = l.kind == "vxlan"
-            && d
-                .vxlan(&l.name)
+            && d.vxlan(&l.name)
                 .is_some_and(|v| v.mac.is_none() && d.vxlan_mac(v) == l.mac);
         prop_assert!(!l.marked() && !legacy, "cleanup left device {}", l.name);
     }
@@ -914,10 +992,18 @@ fn assert_nothing_ours(d: &Desired, o: &Observed) -> Result<(), TestCaseError> {
         prop_assert!(!protos.contains(&r.protocol), "cleanup left route {:?}", r);
     }
     for n in &o.nexthops {
-        prop_assert!(!protos.contains(&n.protocol), "cleanup left nexthop {:?}", n);
+        prop_assert!(
+            !protos.contains(&n.protocol),
+            "cleanup left nexthop {:?}",
+            n
+        );
     }
     for a in &o.addresses {
-        prop_assert!(!protos.contains(&a.protocol), "cleanup left address {:?}", a);
+        prop_assert!(
+            !protos.contains(&a.protocol),
+            "cleanup left address {:?}",
+            a
+        );
     }
     Ok(())
 }
@@ -933,7 +1019,7 @@ fn config() -> ProptestConfig {
     let base = ProptestConfig::default();
     let rng_seed = match std::env::var("PROPTEST_RNG_SEED") {
         Ok(_) => base.rng_seed,
-        Err(_) => proptest::test_runner::RngSeed::Fixed(0x6e65_7463_6f6e_76),
+        Err(_) => proptest::test_runner::RngSeed::Fixed(0x006e_6574_636f_6e76),
     };
     let cases = match std::env::var("PROPTEST_CASES") {
         Ok(_) => base.cases,
@@ -958,7 +1044,7 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
-        prop_assume!(!hits_last_address_bug(&o, &p) && !hits_recreate_holder_bug(&o, &p));
+        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         let again = plan(&d, &after);
         prop_assert!(
@@ -977,7 +1063,7 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
-        prop_assume!(!hits_last_address_bug(&o, &p) && !hits_recreate_holder_bug(&o, &p));
+        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         assert_all_present(&foreign_set(&d, &o, &p), &after, &format!("plan\n{p}"))?;
     }
@@ -1007,7 +1093,7 @@ proptest! {
         let d = build_desired(&dg);
         for o in [build_observed(&og, &d, dg.past), converge(&d, build_observed(&og, &d, dg.past))] {
             let c = cleanup_plan(&d, &o);
-            prop_assume!(!hits_last_address_bug(&o, &c));
+            prop_assume!(known_bug(&d, &o, &c).is_none());
             let after = simulate(&o, &c);
             assert_nothing_ours(&d, &after)?;
             assert_all_present(&foreign_set(&d, &o, &c), &after, &format!("cleanup\n{c}"))?;
@@ -1037,6 +1123,7 @@ fn controls_the_checks_can_fail() {
         routes: Vec::new(),
         nexthops: NexthopMode::Off,
         past: false,
+        v4_renamed: false,
     };
     let d = build_desired(&dg);
     let og = ObservedGen {
@@ -1057,20 +1144,29 @@ fn controls_the_checks_can_fail() {
     assert!(!plan(&d, &lost).changes.is_empty());
     // A foreign route replaced by one of ours is detected as changed.
     let mut with_foreign = o.clone();
-    add_foreign(&mut with_foreign, &Foreign::RouteAtPeer(false, 2, 16, false));
+    add_foreign(
+        &mut with_foreign,
+        &Foreign::RouteAtPeer(false, 2, 16, false),
+    );
     let set = foreign_set(&d, &with_foreign, &Plan::default());
     assert_eq!(set.routes.len(), 1);
     let mut taken = with_foreign.clone();
     for r in &mut taken.routes {
         r.protocol = PROTO;
     }
-    let mut runner = proptest::test_runner::TestRunner::default();
+    let mut runner = proptest::test_runner::TestRunner::new(config());
     let caught = runner.run(&Just(()), |()| assert_all_present(&set, &taken, "control"));
-    assert!(caught.is_err(), "a taken-over foreign route must be reported");
+    assert!(
+        caught.is_err(),
+        "a taken-over foreign route must be reported"
+    );
     // The marked device is ours, the underlay is not.
     let owned = owned_devices(&d, &o);
     assert!(owned.contains(V4) && !owned.contains("eth0"));
-    assert_eq!(o.links.get(V4).and_then(|l| l.alias.as_deref()), Some(DEVICE_MARK));
+    assert_eq!(
+        o.links.get(V4).and_then(|l| l.alias.as_deref()),
+        Some(DEVICE_MARK)
+    );
 }
 
 /// Whether applying `p` to `o` hits the known planner bug below: a
@@ -1090,6 +1186,81 @@ fn hits_last_address_bug(o: &Observed, p: &Plan) -> bool {
     false
 }
 
+/// The known planner bug `p` hits in `o`, if any (each has an
+/// `#[ignore]`d test below). The properties skip those cases (proptest
+/// counts them as rejects) so that they keep looking for other bugs.
+fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
+    if hits_last_address_bug(o, p) {
+        Some("address_change_keeps_peer_routes")
+    } else if hits_recreate_holder_bug(o, p) {
+        Some("recreate_checks_foreign_vni_holder")
+    } else if hits_family_in_place_bug(o, p) {
+        Some("family_change_recreates")
+    } else if hits_local_being_removed_bug(p) {
+        Some("local_is_not_an_address_being_removed")
+    } else if hits_retired_holder_bug(d, o, p) {
+        Some("conflict_through_a_retired_device")
+    } else {
+        None
+    }
+}
+
+/// Fifth known bug: a declared place held by a foreign route through a
+/// device the same plan retires (the kernel drops the holder with it).
+fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
+    let retired: BTreeSet<&str> = p
+        .changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::RetireLink { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    o.routes.iter().any(|r| {
+        r.dev.as_deref().is_some_and(|x| retired.contains(x))
+            && !owned_protocols(o).contains(&r.protocol)
+            && d.routes.iter().any(|w| {
+                w.table == r.table
+                    && w.dst == r.dst
+                    && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
+            })
+    })
+}
+
+/// Third known bug: a local of another family planned "in place".
+fn hits_family_in_place_bug(o: &Observed, p: &Plan) -> bool {
+    p.changes.iter().any(|c| match &c.op {
+        Op::SetVxlan {
+            name,
+            local: Some(l),
+            ..
+        } => o
+            .links
+            .get(name)
+            .and_then(|x| x.vxlan.as_ref())
+            .and_then(|a| a.local)
+            .is_some_and(|cur| Family::of(&cur) != Family::of(l)),
+        _ => false,
+    })
+}
+
+/// Fourth known bug: a derived local that the same plan removes.
+fn hits_local_being_removed_bug(p: &Plan) -> bool {
+    let removed: BTreeSet<IpAddr> = p
+        .changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::DelAddress { cidr, .. } => Some(cidr.addr()),
+            _ => None,
+        })
+        .collect();
+    p.changes.iter().any(|c| match &c.op {
+        Op::CreateVxlan(v) => removed.contains(&v.local),
+        Op::SetVxlan { local: Some(l), .. } => removed.contains(l),
+        _ => false,
+    })
+}
+
 /// Whether `p` hits the second known planner bug below: a device of ours
 /// is deleted to be recreated with a VNI that an unmarked VXLAN device
 /// holds, so the create fails (EEXIST). Skipped like the one above.
@@ -1102,10 +1273,11 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
             .changes
             .iter()
             .any(|x| matches!(&x.op, Op::DeleteLink { name } if *name == v.name));
+        // The holder: not ours (never removed), or ours but retired only
+        // after the create (`recreate_waits_for_the_retired_holder`).
         recreated
             && o.links.values().any(|l| {
                 l.name != v.name
-                    && !l.marked()
                     && l.vxlan.as_ref().is_some_and(|a| {
                         a.vni == v.vni
                             && a.port == v.port
@@ -1145,6 +1317,7 @@ fn recreate_checks_foreign_vni_holder() {
         routes: Vec::new(),
         nexthops: NexthopMode::Off,
         past: false,
+        v4_renamed: false,
     };
     // Now vni 1, which the unmarked vxlan "vx-foreign" holds.
     let dg = DesiredGen {
@@ -1212,6 +1385,7 @@ fn address_change_keeps_peer_routes() {
         routes: Vec::new(),
         nexthops: NexthopMode::Off,
         past: false,
+        v4_renamed: false,
     };
     vx.addr_alt = false;
     let dg = DesiredGen {
@@ -1229,6 +1403,322 @@ fn address_change_keeps_peer_routes() {
         foreign: Vec::new(),
     };
     let o = build_observed(&og, &d, false);
+    let p = plan(&d, &o);
+    let after = simulate(&o, &p);
+    let again = plan(&d, &after);
+    assert!(
+        again.changes.is_empty(),
+        "first plan:\n{p}\nsecond plan:\n{again}"
+    );
+}
+
+/// Planner bug (found by `one_pass_converges`, through an adopted device):
+/// a `[[vxlan]]` whose `family` changes (ipv4 → ipv6, same name and VNI:
+/// moving flannel.1 to an IPv6 underlay) is planned as an in-place
+/// `SetVxlan` of `local`, which the kernel refuses ("New local address
+/// family does not match old", EINVAL, verified on Linux 6.18 with
+/// `ip link set vxa type vxlan local 2001:db8::1` on an IPv4 device). Every
+/// pass plans and fails the same change; the device never converges.
+/// Expected: a family change is immutable (recreate), like vni/port/gbp.
+#[test]
+#[ignore = "planner bug: a VXLAN's local family change is planned in place; the kernel refuses it, never converges"]
+fn family_change_recreates() {
+    let vx = VxGen {
+        vni_alt: false,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: BTreeSet::new(),
+    };
+    let dg = DesiredGen {
+        v4: Some(vx),
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Off,
+        past: false,
+        v4_renamed: false,
+    };
+    let prior = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 1,
+        prior: dg.clone(),
+        perturb: Vec::new(),
+        foreign: Vec::new(),
+    };
+    let o = build_observed(&og, &prior, false);
+    // The same device, now on eth0's IPv6 address.
+    let mut d = prior.clone();
+    for v in &mut d.vxlans {
+        v.family = Family::Ipv6;
+    }
+    let p = plan(&d, &o);
+    let after = simulate(&o, &p);
+    let again = plan(&d, &after);
+    assert!(
+        again.changes.is_empty(),
+        "first plan:\n{p}\nsecond plan:\n{again}"
+    );
+}
+
+/// Planner bug (found by `one_pass_converges`): a VXLAN device without
+/// `local` takes its underlay's first global address of its family — even
+/// when that address is one of netconverge's (address protocol 199, no
+/// longer declared) that the same plan removes as stale. The device is
+/// created (or changed) with a local address the host no longer has; the
+/// next pass blocks it ("underlay eth0 has no global ipv4 address") or
+/// moves it again. Expected: the derived local skips addresses the plan
+/// removes.
+#[test]
+#[ignore = "planner bug: a derived local may be an address the same plan removes as stale"]
+fn local_is_not_an_address_being_removed() {
+    let dg = DesiredGen {
+        v4: Some(VxGen {
+            vni_alt: false,
+            underlay_alt: false,
+            local_explicit: false,
+            learning: false,
+            gbp: false,
+            mtu_explicit: false,
+            adopt: false,
+            addr_alt: false,
+            peers: BTreeSet::new(),
+        }),
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Off,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 0,
+        prior: dg.clone(),
+        perturb: Vec::new(),
+        foreign: Vec::new(),
+    };
+    let mut o = build_observed(&og, &d, false);
+    // eth0 holds only an address netconverge once added (an `[[address]]
+    // dev = "eth0"` the file no longer has), first in kernel order.
+    o.addresses.retain(|a| a.dev != "eth0");
+    add_foreign(&mut o, &Foreign::UnderlayAddress(true));
+    o.addresses.push(address("eth0", "192.0.2.1/24", 0));
+    let p = plan(&d, &o);
+    assert!(
+        !p.changes.iter().any(|c| matches!(&c.op,
+            Op::CreateVxlan(v) if v.local == ip("192.0.2.77"))),
+        "the device is created on the address this plan removes:\n{p}"
+    );
+}
+
+/// The generators reach the states the properties are about: a sample of
+/// 256 cases has plans with changes, blocked objects, conflicts with
+/// foreign routes, removals, recreations, renames, nexthops and adoption,
+/// and few cases skipped as known bugs. (A generator that stopped producing
+/// them would make the properties pass vacuously.)
+#[test]
+fn generators_cover_the_interesting_states() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    let strategy = case();
+    let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut count = |k: &'static str, yes: bool| {
+        if yes {
+            *seen.entry(k).or_insert(0) += 1;
+        }
+    };
+    for _ in 0..256 {
+        let (dg, og, _) = strategy.new_tree(&mut runner).unwrap().current();
+        let d = build_desired(&dg);
+        let o = build_observed(&og, &d, dg.past);
+        let p = plan(&d, &o);
+        let has = |f: &dyn Fn(&Op) -> bool| p.changes.iter().any(|c| f(&c.op));
+        count("changes", !p.changes.is_empty());
+        count("in sync", p.in_sync());
+        count("blocked", !p.blocked.is_empty());
+        count(
+            "conflict",
+            p.blocked.iter().any(|b| b.reason.starts_with("conflict")),
+        );
+        count(
+            "foreign route",
+            o.routes.iter().any(|r| r.protocol != PROTO),
+        );
+        count("delete", has(&|op| matches!(op, Op::DeleteLink { .. })));
+        count("retire", has(&|op| matches!(op, Op::RetireLink { .. })));
+        count("rename", has(&|op| matches!(op, Op::RenameLink { .. })));
+        count("set vxlan", has(&|op| matches!(op, Op::SetVxlan { .. })));
+        count("mark", has(&|op| matches!(op, Op::MarkLink { .. })));
+        count("nexthop", has(&|op| matches!(op, Op::SetNexthop(_))));
+        count(
+            "del nexthop",
+            has(&|op| matches!(op, Op::DelNexthop { .. })),
+        );
+        count("del route", has(&|op| matches!(op, Op::DelRoute(_))));
+        count(
+            "del address",
+            has(&|op| matches!(op, Op::DelAddress { .. })),
+        );
+        count("known bug", known_bug(&d, &o, &p).is_some());
+    }
+    eprintln!("{seen:#?}");
+    for k in [
+        "changes",
+        "in sync",
+        "blocked",
+        "conflict",
+        "foreign route",
+        "delete",
+        "retire",
+        "rename",
+        "set vxlan",
+        "mark",
+        "nexthop",
+        "del nexthop",
+        "del route",
+        "del address",
+    ] {
+        assert!(
+            seen.get(k).copied().unwrap_or(0) >= 3,
+            "only {:?} cases with {k}",
+            seen.get(k)
+        );
+    }
+    assert!(seen.get("known bug").copied().unwrap_or(0) < 64, "{seen:?}");
+}
+
+/// Planner bug (found by `one_pass_converges`): a declared route's place
+/// held by a foreign route (an operator's `ip route replace ... proto
+/// static`) through a netconverge device that the same plan retires (the
+/// file renamed the device and changed its VNI: no rename, a retirement)
+/// is reported as a conflict — "never replaced or removed — delete it" —
+/// although the kernel drops the holder with the retired device at the end
+/// of the same pass; the route is only added in the next pass.
+/// `route_conflicts` already skips holders on devices being recreated
+/// (`DevState::Fresh`), not on retired ones.
+#[test]
+#[ignore = "planner bug: a foreign route on a device the plan retires is a conflict; it vanishes with the device, converges a pass later"]
+fn conflict_through_a_retired_device() {
+    let vx = VxGen {
+        vni_alt: false,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: [2u8].into_iter().collect(),
+    };
+    let prior = DesiredGen {
+        v4: Some(vx.clone()),
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Off,
+        past: false,
+        v4_renamed: false,
+    };
+    // flannel.1 (vni 1) becomes flannel.2 with vni 2.
+    let dg = DesiredGen {
+        v4: Some(VxGen {
+            vni_alt: true,
+            ..vx
+        }),
+        v4_renamed: true,
+        ..prior.clone()
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 2,
+        prior,
+        // The peer route through flannel.1, replaced with proto static.
+        perturb: vec![Perturb::RouteForeign(0)],
+        foreign: Vec::new(),
+    };
+    let o = build_observed(&og, &d, false);
+    assert!(o.routes.iter().any(|r| r.protocol == 4), "{o:#?}");
+    let p = plan(&d, &o);
+    let after = simulate(&o, &p);
+    let again = plan(&d, &after);
+    assert!(
+        again.changes.is_empty(),
+        "first plan:\n{p}\nsecond plan:\n{again}"
+    );
+}
+
+/// Planner bug (found by `one_pass_converges`), the same shape as
+/// `recreate_checks_foreign_vni_holder` with our own device as the holder:
+/// the file had flannel.1 (vni 2) and flannel.2 (vni 1), now only
+/// flannel.1 with vni 1. flannel.1 is deleted and recreated in stages
+/// DeleteLinks/CreateLinks, but flannel.2, which holds vni 1, is retired
+/// only in the last stage (RetireLinks), so the create fails with EEXIST
+/// and the overlay has no flannel.1 until the next pass. Expected: a
+/// retired device that holds the (VNI, port, family) of a device being
+/// created goes before the create (or the create waits for it).
+#[test]
+#[ignore = "planner bug: a recreated device's new VNI is still held by our device that is retired only after the create (EEXIST)"]
+fn recreate_waits_for_the_retired_holder() {
+    let vx = VxGen {
+        vni_alt: true,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: BTreeSet::new(),
+    };
+    let dg = DesiredGen {
+        v4: Some(VxGen {
+            vni_alt: false,
+            ..vx.clone()
+        }),
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Off,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let host_gen = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 0,
+        prior: dg.clone(),
+        perturb: Vec::new(),
+        foreign: Vec::new(),
+    };
+    // flannel.2 with vni 1, then flannel.1 with vni 2, both ours.
+    let old2 = build_desired(&DesiredGen {
+        v4: Some(VxGen {
+            vni_alt: false,
+            ..vx.clone()
+        }),
+        v4_renamed: true,
+        ..dg.clone()
+    });
+    let old1 = build_desired(&DesiredGen {
+        v4: Some(vx),
+        ..dg.clone()
+    });
+    let mut both = old2.clone();
+    both.vxlans.extend(old1.vxlans.iter().cloned());
+    let o = converge(&both, build_observed(&host_gen, &d, false));
+    assert_eq!(o.links.values().filter(|l| l.marked()).count(), 2, "{o:#?}");
     let p = plan(&d, &o);
     let after = simulate(&o, &p);
     let again = plan(&d, &after);

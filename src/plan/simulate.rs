@@ -36,6 +36,8 @@
 //! - An IPv6 address cannot be added on a device with MTU below 1280, and
 //!   lowering the MTU below 1280 removes the device's IPv6 addresses and
 //!   routes (`addrconf_ifdown`).
+//! - `ip link set type vxlan local L`: refused when L's family is not the
+//!   device's (the local family is fixed at creation).
 //! - Nexthop objects: `add` with a taken id fails (netconverge sends
 //!   NLM_F_EXCL), as does one on an absent or down device.
 //! - FDB: one destination per unicast MAC on a device (netconverge sends
@@ -50,7 +52,7 @@ use ipnet::IpNet;
 
 use super::{Op, Plan, VxlanCreate};
 use crate::model::{
-    AddressState, DEVICE_MARK, FdbState, Family, LinkState, NeighborState, NexthopState, Observed,
+    AddressState, DEVICE_MARK, Family, FdbState, LinkState, NeighborState, NexthopState, Observed,
     RouteState, VxlanAttrs,
 };
 
@@ -84,9 +86,7 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
             underlay,
             learning,
         } => {
-            let under_index = underlay
-                .as_ref()
-                .map(|u| o.links.get(u).map(|l| l.index));
+            let under_index = underlay.as_ref().map(|u| o.links.get(u).map(|l| l.index));
             // An absent underlay: the kernel refuses the whole changelink.
             if under_index == Some(None) {
                 return;
@@ -94,6 +94,12 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
             let Some(attrs) = o.links.get_mut(name).and_then(|l| l.vxlan.as_mut()) else {
                 return;
             };
+            // "New local address family does not match old" (EINVAL,
+            // verified on Linux 6.18): the family is fixed at creation.
+            let family = |a: &Option<IpAddr>| a.map(|x| Family::of(&x));
+            if local.is_some() && attrs.local.is_some() && family(local) != family(&attrs.local) {
+                return;
+            }
             if let Some(l) = local {
                 attrs.local = Some(*l);
             }
@@ -151,8 +157,7 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
                 return;
             }
             if mac.is_zero() || mac.is_multicast() {
-                if o
-                    .fdb
+                if o.fdb
                     .iter()
                     .any(|f| f.dev == *dev && f.mac == *mac && f.dst == Some(*dst))
                 {
@@ -254,7 +259,10 @@ fn create_vxlan(o: &mut Observed, v: &VxlanCreate) {
             // Without a configured/derived MAC the kernel picks a random
             // one; any fixed value stands for it (the planner then does not
             // compare MACs).
-            mac: Some(v.mac.unwrap_or(crate::model::Mac([0x02, 0, 0, 0, 0xee, 0xee]))),
+            mac: Some(
+                v.mac
+                    .unwrap_or(crate::model::Mac([0x02, 0, 0, 0, 0xee, 0xee])),
+            ),
             up: true,
             vxlan: Some(VxlanAttrs {
                 vni: v.vni,
