@@ -1727,3 +1727,180 @@ fn recreate_waits_for_the_retired_holder() {
         "first plan:\n{p}\nsecond plan:\n{again}"
     );
 }
+
+// ------------------------------------------------------ the model itself --
+
+fn model_host() -> Observed {
+    host(
+        &ObservedGen {
+            nexthop_objects: true,
+            eth0_mtu_low: false,
+            eth0_no_v6: false,
+            prior_kind: 0,
+            prior: DesiredGen {
+                v4: None,
+                v6: None,
+                routes: Vec::new(),
+                nexthops: NexthopMode::Auto,
+                past: false,
+                v4_renamed: false,
+            },
+            perturb: Vec::new(),
+            foreign: Vec::new(),
+        },
+        false,
+    )
+}
+
+/// A converged node with one IPv4 and one IPv6 peer, each through a
+/// nexthop object, plus a foreign classic route through flannel.1.
+fn model_node() -> (Desired, Observed) {
+    let vx = VxGen {
+        vni_alt: false,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: [2u8].into_iter().collect(),
+    };
+    let d = build_desired(&DesiredGen {
+        v4: Some(vx.clone()),
+        v6: Some(vx),
+        routes: Vec::new(),
+        nexthops: NexthopMode::Auto,
+        past: false,
+        v4_renamed: false,
+    });
+    let mut o = converge(&d, model_host());
+    add_foreign(&mut o, &Foreign::RouteAtDeclared(2, false, 4));
+    (d, o)
+}
+
+#[test]
+fn model_deleting_a_device_takes_everything_on_it() {
+    let (d, o) = model_node();
+    assert_eq!(o.nexthops.len(), 2, "{o:#?}");
+    assert!(o.routes.iter().any(|r| r.nhid.is_some()));
+    let mut s = o.clone();
+    apply_to(&mut s, &Op::DeleteLink { name: V4.into() });
+    assert!(!s.links.contains_key(V4));
+    assert!(s.addresses.iter().all(|a| a.dev != V4));
+    assert!(s.neighbors.iter().all(|n| n.dev != V4));
+    assert!(s.fdb.iter().all(|f| f.dev != V4));
+    assert!(s.nexthops.iter().all(|n| n.dev.as_deref() == Some(V6)));
+    assert_eq!(s.nexthops.len(), 1);
+    assert!(s.routes.iter().all(|r| r.dev.as_deref() != Some(V4)));
+    // The IPv6 device keeps its objects.
+    assert!(s.routes.iter().any(|r| r.dev.as_deref() == Some(V6)));
+    assert!(s.fdb.iter().any(|f| f.dev == V6));
+    // Recreated: a new ifindex.
+    let old = o.links.get(V4).unwrap().index;
+    let p = plan(&d, &s);
+    let s2 = simulate(&s, &p);
+    let new = s2.links.get(V4).unwrap().index;
+    assert!(new > old, "{old} → {new}");
+}
+
+#[test]
+fn model_nexthop_deletion_takes_its_routes_and_the_last_ipv4_address_classic_ones() {
+    let (_, o) = model_node();
+    let id = o
+        .nexthops
+        .iter()
+        .find(|n| n.dev.as_deref() == Some(V4))
+        .unwrap()
+        .id;
+    let mut s = o.clone();
+    apply_to(&mut s, &Op::DelNexthop { id });
+    assert!(s.routes.iter().all(|r| r.nhid != Some(id)));
+    assert_eq!(s.routes.len(), o.routes.len() - 1);
+    // Classic IPv4 routes through flannel.1 (the foreign one) go with its
+    // last IPv4 address; the one through the nexthop object stays.
+    let mut s = o.clone();
+    let a = s.addresses.iter().find(|a| a.dev == V4).unwrap().clone();
+    apply_to(
+        &mut s,
+        &Op::DelAddress {
+            dev: a.dev,
+            cidr: a.cidr,
+        },
+    );
+    assert!(
+        s.routes
+            .iter()
+            .filter(|r| r.dev.as_deref() == Some(V4))
+            .all(|r| r.nhid.is_some())
+    );
+    assert!(s.routes.iter().any(|r| r.nhid == Some(id)));
+}
+
+#[test]
+fn model_metrics_renames_and_refusals() {
+    let (d, o) = model_node();
+    // IPv6 routes carry metric 1024 when added without one.
+    let v6 = o
+        .routes
+        .iter()
+        .find(|r| r.dst == peer_subnet(Family::Ipv6, 2));
+    assert_eq!(v6.map(|r| r.metric), Some(Some(1024)));
+    let v4 = o
+        .routes
+        .iter()
+        .find(|r| r.dst == peer_subnet(Family::Ipv4, 2));
+    assert_eq!(v4.map(|r| r.metric), Some(None));
+    // A rename moves everything, ifindex kept.
+    let mut s = o.clone();
+    apply_to(
+        &mut s,
+        &Op::RenameLink {
+            from: V4.into(),
+            to: "flannel.9".into(),
+        },
+    );
+    assert_eq!(
+        s.links.get("flannel.9").map(|l| l.index),
+        o.links.get(V4).map(|l| l.index)
+    );
+    assert!(s.routes.iter().all(|r| r.dev.as_deref() != Some(V4)));
+    assert!(s.nexthops.iter().all(|n| n.dev.as_deref() != Some(V4)));
+    assert!(
+        s.nexthops
+            .iter()
+            .any(|n| n.dev.as_deref() == Some("flannel.9"))
+    );
+    // A taken nexthop id, a second device with the same VNI and port, and
+    // a local of another family are refused: nothing changes.
+    let mut s = o.clone();
+    let n = o.nexthops.first().unwrap();
+    apply_to(
+        &mut s,
+        &Op::SetNexthop(netconverge::plan::NexthopOp {
+            id: n.id,
+            via: ip("192.0.2.99"),
+            dev: "eth0".into(),
+            onlink: false,
+            protocol: PROTO,
+        }),
+    );
+    let p = plan(&d, &model_host());
+    for c in &p.changes {
+        if let Op::CreateVxlan(v) = &c.op {
+            let mut v = v.clone();
+            v.name = "other".into();
+            apply_to(&mut s, &Op::CreateVxlan(v));
+        }
+    }
+    apply_to(
+        &mut s,
+        &Op::SetVxlan {
+            name: V4.into(),
+            local: Some(ip("2001:db8::1")),
+            underlay: None,
+            learning: None,
+        },
+    );
+    assert_eq!(s, o);
+}
