@@ -344,6 +344,9 @@ struct ObservedGen {
     /// 0: empty host; 1: converged to the desired file; 2: to another.
     prior_kind: u8,
     prior: DesiredGen,
+    /// The other file used route protocol 198 (`[engine] route_protocol`
+    /// changed since; ours only if the record has it: `past`).
+    prior_old_proto: bool,
     perturb: Vec<Perturb>,
     foreign: Vec<Foreign>,
 }
@@ -367,7 +370,14 @@ fn perturb_gen() -> impl Strategy<Value = Perturb> {
 }
 
 fn foreign_gen() -> impl Strategy<Value = Foreign> {
-    let proto = prop_oneof![Just(3u8), Just(4u8), Just(16u8), Just(42u8)];
+    // 198: an old protocol of ours when the record has it.
+    let proto = prop_oneof![
+        Just(3u8),
+        Just(4u8),
+        Just(16u8),
+        Just(42u8),
+        Just(OLD_PROTO)
+    ];
     (0u8..9, any::<[bool; 3]>(), 2u8..=5, 0usize..ROUTES, proto).prop_map(
         |(k, b, n, which, proto)| match k {
             0 => Foreign::RouteAtPeer(b[0], n, proto, b[1]),
@@ -388,18 +398,22 @@ fn observed_gen() -> impl Strategy<Value = ObservedGen> {
         any::<[bool; 3]>(),
         0u8..3,
         desired_gen(),
+        proptest::bool::weighted(0.25),
         proptest::collection::vec(perturb_gen(), 0..=3),
         proptest::collection::vec(foreign_gen(), 0..=3),
     )
-        .prop_map(|(b, prior_kind, prior, perturb, foreign)| ObservedGen {
-            nexthop_objects: b[0],
-            eth0_mtu_low: b[1],
-            eth0_no_v6: b[2],
-            prior_kind,
-            prior,
-            perturb,
-            foreign,
-        })
+        .prop_map(
+            |(b, prior_kind, prior, prior_old_proto, perturb, foreign)| ObservedGen {
+                nexthop_objects: b[0],
+                eth0_mtu_low: b[1],
+                eth0_no_v6: b[2],
+                prior_kind,
+                prior,
+                prior_old_proto,
+                perturb,
+                foreign,
+            },
+        )
 }
 
 fn link(name: &str, index: u32, kind: &str, mtu: u32, last: u8) -> LinkState {
@@ -760,7 +774,13 @@ fn build_observed(g: &ObservedGen, desired: &Desired, past: bool) -> Observed {
     match g.prior_kind {
         0 => {}
         1 => o = converge(desired, o),
-        _ => o = converge(&build_desired(&g.prior), o),
+        _ => {
+            let mut prior = build_desired(&g.prior);
+            if g.prior_old_proto {
+                prior.engine.route_protocol = OLD_PROTO;
+            }
+            o = converge(&prior, o);
+        }
     }
     for p in &g.perturb {
         perturb(&mut o, p);
@@ -1132,6 +1152,7 @@ fn controls_the_checks_can_fail() {
         eth0_no_v6: false,
         prior_kind: 1,
         prior: dg.clone(),
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: Vec::new(),
     };
@@ -1334,6 +1355,7 @@ fn recreate_checks_foreign_vni_holder() {
         eth0_no_v6: false,
         prior_kind: 2,
         prior,
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: vec![Foreign::Vxlan(0, false, false)],
     };
@@ -1403,6 +1425,7 @@ fn address_change_keeps_peer_routes() {
         eth0_no_v6: false,
         prior_kind: 2,
         prior,
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: Vec::new(),
     };
@@ -1453,6 +1476,7 @@ fn family_change_recreates() {
         eth0_no_v6: false,
         prior_kind: 1,
         prior: dg.clone(),
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: Vec::new(),
     };
@@ -1507,6 +1531,7 @@ fn local_is_not_an_address_being_removed() {
         eth0_no_v6: false,
         prior_kind: 0,
         prior: dg.clone(),
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: Vec::new(),
     };
@@ -1572,6 +1597,10 @@ fn generators_cover_the_interesting_states() {
             "del address",
             has(&|op| matches!(op, Op::DelAddress { .. })),
         );
+        count(
+            "old protocol",
+            p.changes.iter().any(|c| c.reason.starts_with("old ")),
+        );
         count("known bug", known_bug(&d, &o, &p).is_some());
     }
     eprintln!("{seen:#?}");
@@ -1590,6 +1619,7 @@ fn generators_cover_the_interesting_states() {
         "del nexthop",
         "del route",
         "del address",
+        "old protocol",
     ] {
         assert!(
             seen.get(k).copied().unwrap_or(0) >= 3,
@@ -1648,6 +1678,7 @@ fn conflict_through_a_retired_device() {
         prior_kind: 2,
         prior,
         // The peer route through flannel.1, replaced with proto static.
+        prior_old_proto: false,
         perturb: vec![Perturb::RouteForeign(0)],
         foreign: Vec::new(),
     };
@@ -1703,6 +1734,7 @@ fn recreate_waits_for_the_retired_holder() {
         eth0_no_v6: false,
         prior_kind: 0,
         prior: dg.clone(),
+        prior_old_proto: false,
         perturb: Vec::new(),
         foreign: Vec::new(),
     };
@@ -1749,6 +1781,7 @@ fn model_host() -> Observed {
                 past: false,
                 v4_renamed: false,
             },
+            prior_old_proto: false,
             perturb: Vec::new(),
             foreign: Vec::new(),
         },
