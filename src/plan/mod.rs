@@ -268,6 +268,8 @@ impl fmt::Display for Plan {
 
 pub mod cni;
 mod kernel;
+// A model of the kernel for property tests (tests/properties.rs).
+pub mod simulate;
 #[cfg(test)]
 mod tests;
 
