@@ -99,10 +99,11 @@ impl FileWatch {
         armed
     }
 
-    /// Wait for a change that concerns a watched file. Pending forever while
-    /// nothing is armed. A vanished directory disarms its watch (re-armed
-    /// after the pass that recreates it) and counts as a change.
-    pub async fn changed(&mut self) {
+    /// Wait for a change that concerns a watched file; returns its path.
+    /// Pending forever while nothing is armed. A vanished directory disarms
+    /// its watch (re-armed after the pass that recreates it) and counts as a
+    /// change (of the directory).
+    pub async fn changed(&mut self) -> PathBuf {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 return std::future::pending().await;
@@ -116,12 +117,12 @@ impl FileWatch {
                     debug!("file watch failed: {e}; re-arming after the next pass");
                     self.stream = None;
                     self.armed.clear();
-                    return;
+                    return PathBuf::new();
                 }
                 None => {
                     self.stream = None;
                     self.armed.clear();
-                    return;
+                    return PathBuf::new();
                 }
             };
             if ev
@@ -130,21 +131,23 @@ impl FileWatch {
             {
                 // Gone (or moved away: stop following it there). The
                 // IGNORED that follows a DELETE_SELF finds nothing armed.
-                if self.armed.remove(&ev.wd).is_some() {
+                if let Some(dir) = self.armed.remove(&ev.wd) {
                     if ev.mask.contains(EventMask::MOVE_SELF) {
                         let _ = stream.watches().remove(ev.wd);
                     }
-                    return;
+                    return dir;
                 }
                 continue;
             }
+            let Some(dir) = self.armed.get(&ev.wd) else {
+                continue;
+            };
             let ours = self
-                .armed
-                .get(&ev.wd)
-                .and_then(|dir| self.dirs.get(dir))
+                .dirs
+                .get(dir)
                 .is_some_and(|names| ev.name.as_deref().is_some_and(|n| names.contains(n)));
-            if ours {
-                return;
+            if let (true, Some(name)) = (ours, ev.name) {
+                return dir.join(name);
             }
         }
     }
@@ -160,6 +163,14 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(ms), w.changed())
                 .await
                 .is_ok()
+        })
+    }
+
+    fn next_change(w: &mut FileWatch, rt: &tokio::runtime::Runtime) -> PathBuf {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), w.changed())
+                .await
+                .unwrap()
         })
     }
 
@@ -182,12 +193,12 @@ mod tests {
         std::fs::write(a.join("other"), "x").unwrap();
         assert!(!changed_within(&mut w, &rt, 200));
         std::fs::write(a.join("subnet.env"), "x").unwrap();
-        assert!(changed_within(&mut w, &rt, 2000));
+        assert_eq!(next_change(&mut w, &rt), a.join("subnet.env"));
         // b appears: armed at the next arm, and watched
         std::fs::create_dir(&b).unwrap();
         assert!(rt.block_on(async { w.arm() }));
         std::fs::write(b.join("10-x.conflist"), "{}").unwrap();
-        assert!(changed_within(&mut w, &rt, 2000));
+        assert_eq!(next_change(&mut w, &rt), b.join("10-x.conflist"));
         // a vanishes: a change, then re-armed once recreated
         std::fs::remove_dir_all(&a).unwrap();
         assert!(changed_within(&mut w, &rt, 2000));

@@ -255,7 +255,8 @@ mod tests {
         let mut a = AddressMessage::default();
         a.header.index = index;
         a.header.scope = scope;
-        a.attributes.push(AddressAttribute::Address(ip.parse().unwrap()));
+        a.attributes
+            .push(AddressAttribute::Address(ip.parse().unwrap()));
         RouteNetlinkMessage::NewAddress(a)
     }
 

@@ -302,7 +302,7 @@ enum Event {
     Netlink(Option<Monitored>),
     Nexthop(Option<NexthopMonitored>),
     Nat(NatEvent),
-    FileChanged,
+    FileChanged(std::path::PathBuf),
     Nm(Option<Hint>),
     /// The reconciler's deadline passed (no pass running).
     Due,
@@ -485,7 +485,7 @@ impl Daemon {
             msg = src.monitor.next() => Event::Netlink(msg),
             msg = next_nexthop(&mut src.nexthop) => Event::Nexthop(msg),
             ev = src.nat.changed() => Event::Nat(ev),
-            () = src.files.changed() => Event::FileChanged,
+            path = src.files.changed() => Event::FileChanged(path),
             hint = next_hint(&mut src.nm) => Event::Nm(hint),
             _ = tokio::time::sleep_until(deadline), if self.running.is_none() => Event::Due,
         }
@@ -504,8 +504,12 @@ impl Daemon {
             Event::Netlink(msg) => self.on_netlink(msg).await?,
             Event::Nexthop(msg) => self.on_nexthop(msg).await,
             Event::Nat(ev) => self.on_nat(ev),
-            Event::FileChanged => {
-                debug!("written file changed on disk: converging");
+            Event::FileChanged(path) => {
+                if self.desired.lease.as_ref().is_some_and(|l| l.path == path) {
+                    debug!("lease file changed on disk: converging");
+                } else {
+                    debug!("{} changed on disk: converging", path.display());
+                }
                 self.relevant_events += 1;
                 self.rec.on_event(Instant::now());
             }
