@@ -194,11 +194,14 @@ mod tests {
         assert!(!changed_within(&mut w, &rt, 200));
         std::fs::write(a.join("subnet.env"), "x").unwrap();
         assert_eq!(next_change(&mut w, &rt), a.join("subnet.env"));
+        // (CREATE, then CLOSE_WRITE: the daemon coalesces them)
+        while changed_within(&mut w, &rt, 200) {}
         // b appears: armed at the next arm, and watched
         std::fs::create_dir(&b).unwrap();
         assert!(rt.block_on(async { w.arm() }));
         std::fs::write(b.join("10-x.conflist"), "{}").unwrap();
         assert_eq!(next_change(&mut w, &rt), b.join("10-x.conflist"));
+        while changed_within(&mut w, &rt, 200) {}
         // a vanishes: a change, then re-armed once recreated
         std::fs::remove_dir_all(&a).unwrap();
         assert!(changed_within(&mut w, &rt, 2000));
