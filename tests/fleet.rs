@@ -564,8 +564,13 @@ fn an_underlay_found_by_address_is_followed_from_its_first_event() {
         .find(|l| l.contains("pass #") && l.contains("vxlan flannel.1"))
         .unwrap_or_else(|| panic!("no pass created flannel.1:\n{logs}"));
     assert!(created.contains("(kernel events)"), "{created}\n{logs}");
-    // the resolved underlay is followed: its MTU change is an event
+    // the resolved underlay is followed: its MTU change is an event (once
+    // the pass after arming the lease watch has found everything in sync,
+    // nothing else is due for an hour)
     assert_eq!(link["mtu"], 1450, "{link}");
+    eventually("a pass in sync after READY", LONG, || {
+        d.logs().contains(": in sync (")
+    });
     ns.ip(&["link", "set", "eth-late", "mtu", "1400"]);
     eventually(
         "flannel.1 follows its underlay's MTU",
