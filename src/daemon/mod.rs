@@ -6,6 +6,14 @@
 //! signals) only decide *when* a pass runs, through the sans-IO
 //! [`reconciler::Reconciler`]. On stop nothing is removed or flushed.
 //!
+//! Shape: a `Daemon` struct holds the state between events;
+//! `Daemon::next_event` waits on every source at once and each source has
+//! one handler (`on_netlink`, `on_nexthop`, `on_nat`, `on_hint`, `on_reload`,
+//! `on_watchdog_tick`, …); `Daemon::run_pass` starts a due pass and
+//! `Daemon::on_pass_done` takes its result. After every pass the sources
+//! learn from its observation (ifindexes, underlays found by address, our
+//! nexthop ids, the NAT flavour, the written files' directories).
+//!
 //! Invariant: the loop never waits on anything but its `select!`. A pass is
 //! a future polled by that loop (so signals, watchdog pings and events are
 //! served while it runs), bounded by a timeout derived from the watchdog

@@ -1023,6 +1023,40 @@ mod tests {
     }
 
     #[test]
+    fn an_underlay_found_by_address_is_followed_once_resolved() {
+        let vxlan = |name: &str, underlay: &str| crate::model::VxlanSpec {
+            name: name.into(),
+            vni: 1,
+            port: 8472,
+            underlay: underlay.into(),
+            family: crate::model::Family::Ipv4,
+            local: Some("192.0.2.11".parse().unwrap()),
+            mac: None,
+            mtu: None,
+            learning: false,
+            gbp: false,
+        };
+        let d = Desired {
+            vxlans: vec![
+                vxlan("flannel.1", "(interface with 192.0.2.11)"),
+                vxlan("legacy.7", "eth9"),
+            ],
+            underlay_by_local: ["flannel.1".to_string()].into(),
+            ..Desired::default()
+        };
+        // the placeholder is never followed
+        assert_eq!(underlays(&d), ["eth9".to_string()].into());
+        let mut r = d.clone();
+        if let Some(v) = r.vxlans.first_mut() {
+            v.underlay = "eth-a".into();
+        }
+        assert_eq!(
+            resolved_underlays(&d, &r),
+            ["eth-a".to_string(), "eth9".to_string()].into()
+        );
+    }
+
+    #[test]
     fn reconfigure_follows_the_mode() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
