@@ -225,8 +225,8 @@ struct Member {
     v6: String,
     /// VTEP addresses (the subnets' network addresses).
     vtep: [String; 2],
-    /// A pod address on this node (on `cni0`, a veth standing in for
-    /// flannel's bridge): inside its subnet, not the VTEP.
+    /// The address of a pod on this node (in a namespace of its own behind
+    /// the node's `cni0` bridge).
     pod: [String; 2],
 }
 
@@ -270,9 +270,12 @@ fn fleet_text(members: &[&Member], stack: Stack, lease_dir: &Path) -> String {
 }
 
 /// A node namespace on the switch: its underlay (named its own way) with
-/// its addresses, and a pod address on `cni0`.
-fn join(switch: &Netns, m: &Member, i: usize, stack: Stack) -> Netns {
+/// its addresses; and a pod namespace behind the node's `cni0` bridge
+/// (gateway: the subnet's first address, as flannel's CNI sets it up), the
+/// node forwarding for it.
+fn join(switch: &Netns, m: &Member, i: usize, stack: Stack) -> (Netns, Netns) {
     let ns = Netns::new(&format!("fl{i}"));
+    let pod = Netns::new(&format!("flpod{i}"));
     let leg = format!("swp{i}");
     switch.ip(&[
         "link",
@@ -288,21 +291,31 @@ fn join(switch: &Netns, m: &Member, i: usize, stack: Stack) -> Netns {
     ]);
     switch.ip(&["link", "set", &leg, "master", "br0", "up"]);
     ns.ip(&["link", "set", &m.underlay, "up"]);
-    ns.ip(&[
-        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0-p",
-    ]);
+    ns.ip(&["link", "add", "cni0", "type", "bridge"]);
     ns.ip(&["link", "set", "cni0", "up"]);
-    ns.ip(&["link", "set", "cni0-p", "up"]);
+    ns.ip(&[
+        "link", "add", "vethpod", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ]);
+    ns.ip(&["link", "set", "vethpod", "master", "cni0", "up"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
     if stack.v4() {
         ns.ip(&["addr", "add", &format!("{}/24", m.v4), "dev", &m.underlay]);
-        ns.ip(&["addr", "add", &format!("{}/32", m.pod[0]), "dev", "cni0"]);
+        let gw = format!("198.18.{i}.1");
+        ns.ip(&["addr", "add", &format!("{gw}/24"), "dev", "cni0"]);
+        pod.ip(&["addr", "add", &format!("{}/24", m.pod[0]), "dev", "eth0"]);
+        pod.ip(&["route", "add", "default", "via", &gw]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     }
     if stack.v6() {
-        let (u, p) = (format!("{}/64", m.v6), format!("{}/128", m.pod[1]));
+        let (u, gw) = (format!("{}/64", m.v6), format!("fd00:42:0:{i}::1"));
         ns.ip(&["addr", "add", &u, "dev", &m.underlay, "nodad"]);
-        ns.ip(&["addr", "add", &p, "dev", "cni0", "nodad"]);
+        ns.ip(&["addr", "add", &format!("{gw}/64"), "dev", "cni0", "nodad"]);
+        let p = format!("{}/64", m.pod[1]);
+        pod.ip(&["addr", "add", &p, "dev", "eth0", "nodad"]);
+        pod.ip(&["-6", "route", "add", "default", "via", &gw]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
-    ns
+    (ns, pod)
 }
 
 /// `netconverge run --node NAME` in `ns` on `cfg`, with `own` (its private
@@ -343,12 +356,13 @@ fn families(stack: Stack) -> Vec<(usize, &'static str)> {
 }
 
 /// Every node of `members` has every other's FDB entry (derived MAC → its
-/// underlay address) and reaches its VTEP and pod addresses.
-fn check_mesh(members: &[(&Member, &Netns)], stack: Stack) {
-    for (m, ns) in members {
+/// underlay address) and reaches its VTEP address, and every pod reaches
+/// every other node's pod.
+fn check_mesh(members: &[(&Member, &Netns, &Netns)], stack: Stack) {
+    for (m, ns, pod) in members {
         for (fam, dev) in families(stack) {
             let fdb = ns.bridge_list(&["fdb", "show", "dev", dev]);
-            for (o, _) in members.iter().filter(|(o, _)| o.name != m.name) {
+            for (o, _, _) in members.iter().filter(|(o, _, _)| o.name != m.name) {
                 let mac = Mac::derive(&o.name, dev).to_string();
                 let dst = if fam == 0 { &o.v4 } else { &o.v6 };
                 assert!(
@@ -357,8 +371,8 @@ fn check_mesh(members: &[(&Member, &Netns)], stack: Stack) {
                     "{} has no fdb {mac} → {dst} on {dev}: {fdb:?}",
                     m.name
                 );
-                for to in [&o.vtep[fam], &o.pod[fam]] {
-                    let out = ns.exec_output(&["ping", "-n", "-c", "1", "-W", "5", to]);
+                for (from, to) in [(ns, &o.vtep[fam]), (pod, &o.pod[fam])] {
+                    let out = from.exec_output(&["ping", "-n", "-c", "1", "-W", "5", to]);
                     assert_eq!(
                         code(&out),
                         0,
@@ -415,11 +429,11 @@ fn grow_and_shrink(stack: Stack) {
     switch.ip(&["link", "add", "br0", "type", "bridge"]);
     switch.ip(&["link", "set", "br0", "up"]);
     let members: Vec<Member> = (1..=4).map(member).collect();
-    let nss: Vec<Netns> = members
+    let (nss, pods): (Vec<Netns>, Vec<Netns>) = members
         .iter()
         .zip(1..)
         .map(|(m, i)| join(&switch, m, i, stack))
-        .collect();
+        .unzip();
     let shared = tempfile::tempdir().unwrap();
     let lease_dir = shared.path().join("lease");
     std::fs::create_dir(&lease_dir).unwrap();
@@ -437,10 +451,12 @@ fn grow_and_shrink(stack: Stack) {
         "fleet.toml",
         &fleet_text(&all[..3], stack, &lease_dir),
     );
-    // control: without netconverge, no VTEP is reachable
+    // control: without netconverge, no VTEP and no other pod is reachable
     let (_, first) = families(stack)[0];
     let fam = usize::from(first != "flannel.1");
     let out = nss[0].exec_output(&["ping", "-n", "-c", "1", "-W", "1", &members[1].vtep[fam]]);
+    assert_ne!(code(&out), 0, "{}", stdout_stderr(&out));
+    let out = pods[0].exec_output(&["ping", "-n", "-c", "1", "-W", "1", &members[1].pod[fam]]);
     assert_ne!(code(&out), 0, "{}", stdout_stderr(&out));
 
     let mut ds: Vec<Daemon> = (0..3)
@@ -454,8 +470,10 @@ fn grow_and_shrink(stack: Stack) {
         let lease = std::fs::read_to_string(owns[0].join("subnet.env")).unwrap();
         assert!(lease.contains("FLANNEL_SUBNET=198.18.1.1/24"), "{lease}");
     }
-    let pairs = |idx: &[usize]| -> Vec<(&Member, &Netns)> {
-        idx.iter().map(|&i| (&members[i], &nss[i])).collect()
+    let pairs = |idx: &[usize]| -> Vec<(&Member, &Netns, &Netns)> {
+        idx.iter()
+            .map(|&i| (&members[i], &nss[i], &pods[i]))
+            .collect()
     };
     check_mesh(&pairs(&[0, 1, 2]), stack);
     // node-4 is not known yet (positive control for the grow below)
