@@ -141,10 +141,7 @@ fn monitor_connection() -> Result<futures::channel::mpsc::UnboundedReceiver<Moni
     ];
     let (mut conn, _handle, messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(DaemonError::Netlink)?;
-    let size = std::env::var("NETCONVERGE_MONITOR_RCVBUF")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(MONITOR_RCVBUF);
+    let size = monitor_rcvbuf();
     if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(size) {
         warn!("cannot size the netlink notification buffer to {size} bytes: {e}");
     }
