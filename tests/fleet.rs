@@ -16,6 +16,12 @@
 //!
 //! The nodes share this host's filesystem, so each config is the example
 //! plus a `[lease]` with a path of its own (the fleet part is identical).
+//!
+//! Then the same with daemons: four nodes (and a pod namespace each), every
+//! one running `netconverge run --node NAME` on ONE file; a node added to
+//! the file + SIGHUP reaches every node, a node removed + SIGHUP leaves
+//! nothing behind (IPv4, IPv6, dual-stack); and a node whose underlay (found
+//! by address) gets its address only after the daemon started.
 
 mod common;
 
