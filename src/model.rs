@@ -267,12 +267,6 @@ impl Desired {
         Cow::Owned(out)
     }
 
-    /// Every file the engine writes (the lease file), for the daemon to
-    /// watch: no netlink event announces one deleted or edited by hand.
-    pub fn written_files(&self) -> Vec<PathBuf> {
-        self.lease.iter().map(|l| l.path.clone()).collect()
-    }
-
     /// The MAC a VXLAN device must have: the configured one, else derived
     /// from the node seed. `None` when there is no seed (validate-only).
     pub fn vxlan_mac(&self, v: &VxlanSpec) -> Option<Mac> {

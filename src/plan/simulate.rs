@@ -205,7 +205,7 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
             }
         }
         // Not modelled: see the module docs.
-        Op::Nat(_) | Op::Lease(_) => {}
+        Op::Nat(_) | Op::Lease(_) | Op::Cni(_) => {}
     }
 }
 
