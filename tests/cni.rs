@@ -372,3 +372,42 @@ fn conflist_drift_is_reported_and_repaired_and_a_directory_blocks_only_it() {
     );
     assert!(path.is_dir());
 }
+
+/// The conflist raises no netlink event when someone deletes or edits it:
+/// the daemon's watch on the files it writes repairs it at once. The resync
+/// is an hour away, so only the watch can explain a prompt restore.
+#[test]
+fn daemon_repairs_a_deleted_or_edited_conflist_from_the_file_watch() {
+    common::require_root();
+    let ns = Netns::new("cni-watch");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-p",
+    ]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    ns.ip(&["addr", "add", "2001:db8::11/64", "dev", "eth0", "nodad"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[daemon]\nresync_secs = 3600\n");
+    std::fs::write(&cfg, text).unwrap();
+    let path = conflist_path(dir.path());
+    let mut d = common::daemon::Daemon::start(&ns, &cfg, &[("NETCONVERGE_NODE", "node-a")]);
+    d.wait_notify("READY=1", LONG);
+    let good = std::fs::read_to_string(&path).unwrap();
+    let restored = || std::fs::read_to_string(&path).ok().as_deref() == Some(good.as_str());
+    std::fs::remove_file(&path).unwrap();
+    common::daemon::eventually("deleted conflist restored", LONG, restored);
+    std::fs::write(&path, good.replace("\"cni0\"", "\"br9\"")).unwrap();
+    common::daemon::eventually("edited conflist restored", LONG, restored);
+    let logs = d.logs();
+    assert!(
+        logs.contains(&format!("{} changed on disk", path.display())),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("(periodic resync)"),
+        "no resync may have done it: {logs}"
+    );
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+}
