@@ -287,7 +287,8 @@ fn kernel_commands_print_to_a_full_disk_or_a_closed_pipe_without_panicking() {
     let in_ns = |args: &[&str]| {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &ns.name, BIN, "-c", cfg])
-            .args(args);
+            .args(args)
+            .env(common::STATE_DIR_ENV, ns.state_dir());
         c
     };
     // before converging: --check has drift (exit 1) to print
@@ -346,6 +347,7 @@ fn daemon_keeps_running_with_a_broken_log_stream(full: bool) {
         .args(["netns", "exec", &ns.name, BIN, "-vv", "-c"])
         .arg(&cfg)
         .arg("run")
+        .env(common::STATE_DIR_ENV, ns.state_dir())
         .env_remove("NOTIFY_SOCKET")
         .env_remove("JOURNAL_STREAM")
         .env_remove("RUST_LOG")

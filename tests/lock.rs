@@ -43,7 +43,8 @@ fn nc(ns: &Netns, cfg: &Path, args: &[&str]) -> Output {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &ns.name, BIN, "-c"])
         .arg(cfg)
-        .args(args);
+        .args(args)
+        .env(common::STATE_DIR_ENV, ns.state_dir());
     output_within(&mut c, LONG)
 }
 
