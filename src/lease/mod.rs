@@ -45,18 +45,14 @@ use std::io::{self, Read as _};
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 pub use file::{
     KEY_IPMASQ, KEY_IPV6_NETWORK, KEY_IPV6_SUBNET, KEY_MTU, KEY_NETWORK, KEY_SUBNET, LeaseFile,
     LeaseFileFamily, LeaseParseError, first_usable, parse, render,
 };
 
+pub use crate::model::lease::{BACKUP_FILE_NAME, FileContent, LeaseObserved, LeaseOp};
 use crate::model::{LeaseMode, LeaseSpec};
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
-
-/// File name of the guard-mode backup inside `state_dir`.
-pub const BACKUP_FILE_NAME: &str = "subnet.env";
 
 /// Mode of a created directory holding the live file (the CNI plugin reads it).
 pub const LIVE_DIR_MODE: u32 = 0o755;
@@ -71,44 +67,6 @@ const IPV6_MIN_MTU: u32 = 1280;
 /// Where the guard-mode backup of `spec` lives.
 pub fn backup_path(spec: &LeaseSpec) -> PathBuf {
     spec.state_dir.join(BACKUP_FILE_NAME)
-}
-
-/// One file as found on disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", content = "detail", rename_all = "snake_case")]
-pub enum FileContent {
-    #[default]
-    Missing,
-    Text(String),
-    /// A regular file that cannot be a lease file (not UTF-8, too large); why.
-    /// Replacing it is safe.
-    Unusable(String),
-    /// A symbolic link: not followed, its target never read.
-    Symlink,
-    /// Not a regular file (`a directory`, `a FIFO`, `a device`, …): never
-    /// opened for reading, and not replaced.
-    NotAFile(String),
-    /// The path cannot be read (e.g. a parent is not a directory); why.
-    Unreadable(String),
-}
-
-/// The lease file (and guard-mode backup) as found on disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LeaseObserved {
-    pub live: FileContent,
-    /// Guard mode only; always [`FileContent::Missing`] in write mode.
-    pub backup: FileContent,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum LeaseOp {
-    /// Atomically replace the live file (write mode, or a guard-mode
-    /// restore); its directory is created 0755 if missing.
-    Write { path: PathBuf, contents: String },
-    /// Atomically replace the guard-mode backup with a validated copy of the
-    /// live file; `state_dir` is created 0700 if missing.
-    Backup { path: PathBuf, contents: String },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,67 +9,15 @@
 //! one with our name, is never changed unless `adopt = true`.
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::diff::rule_differences;
 use super::exec::{self, Package};
 use super::rules::{AddrMatch, COMMENT, MarkMatch, Rule, Verdict};
 use super::{NatError, NatOp};
 use crate::model::Family;
+pub use crate::model::nat::{Flavour, IptFamily, chain_label};
 use crate::plan::ChangeKind;
-
-/// The two implementations of the iptables command set. Their rules live
-/// in different kernel tables and are invisible to each other's tools.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Flavour {
-    /// iptables-nft: rules in nftables tables `ip nat` / `ip6 nat`.
-    Nft,
-    /// iptables-legacy: the x_tables `nat` table.
-    Legacy,
-}
-
-impl Flavour {
-    pub const ALL: [Flavour; 2] = [Flavour::Nft, Flavour::Legacy];
-
-    pub fn word(self) -> &'static str {
-        match self {
-            Flavour::Nft => "nft",
-            Flavour::Legacy => "legacy",
-        }
-    }
-
-    /// `iptables-nft`, `ip6tables-legacy`, …
-    pub fn cli(self, family: Family) -> String {
-        format!("{}-{}", base(family), self.word())
-    }
-
-    pub fn save(self, family: Family) -> String {
-        format!("{}-save", self.cli(family))
-    }
-
-    pub fn restore(self, family: Family) -> String {
-        format!("{}-restore", self.cli(family))
-    }
-}
-
-impl std::fmt::Display for Flavour {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "iptables-{}", self.word())
-    }
-}
-
-fn base(family: Family) -> &'static str {
-    match family {
-        Family::Ipv4 => "iptables",
-        Family::Ipv6 => "ip6tables",
-    }
-}
-
-/// Printable name of a chain: `iptables-nft chain NETCONVERGE-POSTRTG`.
-pub fn chain_label(flavour: Flavour, family: Family, chain: &str) -> String {
-    format!("{} chain {chain}", flavour.cli(family))
-}
 
 const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
 
@@ -168,21 +116,6 @@ impl NatTable {
     pub fn has_kube(&self) -> bool {
         self.chains.iter().any(|c| c.starts_with("KUBE-"))
     }
-}
-
-/// What one flavour's nat table holds at our chain's name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct IptFamily {
-    /// The chain is declared in the nat table.
-    pub chain: bool,
-    /// Rules of the chain, as `iptables-save` prints them (`-A CHAIN …`).
-    pub rules: Vec<String>,
-    /// POSTROUTING rules whose target is the chain.
-    pub jumps: Vec<String>,
-    /// Their positions in POSTROUTING (1-based), same order.
-    pub jump_positions: Vec<usize>,
-    /// The adoption record names this chain with exactly these rules.
-    pub recorded: bool,
 }
 
 impl IptFamily {

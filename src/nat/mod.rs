@@ -27,33 +27,15 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
-
 use crate::model::{Family, IptablesMode, NatBackendKind, NatSpec};
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
-pub use flavour::FlavourChoice;
-pub use iptables::{Flavour, IptFamily, NatTable};
-pub use nftables::NftFamily;
+pub use crate::model::nat::{
+    FamilyObserved, Flavour, FlavourChoice, Found, Guard, IptFamily, NatObserved, NatOp, NftFamily,
+    Place,
+};
+pub use iptables::NatTable;
 pub use rules::{COMMENT, TABLE_COMMENT};
-
-/// What was found for one family at the place the file names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum FamilyObserved {
-    /// Not looked at (no NAT configuration).
-    #[default]
-    NotObserved,
-    /// The backend could not be read (tool missing, permission, parse error).
-    Unavailable { reason: String },
-    /// Nothing exists there.
-    Absent,
-    /// A table of our name exists (ours or not: see [`NftFamily::is_ours`]).
-    Nftables(NftFamily),
-    /// A chain of our name and/or a jump to it exists (see
-    /// [`IptFamily::ownership`]).
-    Iptables(IptFamily),
-}
 
 impl FamilyObserved {
     fn is_present(&self) -> bool {
@@ -70,110 +52,6 @@ impl FamilyObserved {
             FamilyObserved::Iptables(c) => c.ownership().is_some(),
             _ => false,
         }
-    }
-}
-
-/// Where one family's rules can live.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum Place {
-    Nftables { table: String },
-    Iptables { flavour: Flavour, chain: String },
-}
-
-impl Place {
-    /// `nftables table ip netconverge`, `iptables-legacy chain X`.
-    pub fn label(&self, family: Family) -> String {
-        match self {
-            Place::Nftables { table } => nftables::table_label(family, table),
-            Place::Iptables { flavour, chain } => iptables::chain_label(*flavour, family, chain),
-        }
-    }
-}
-
-/// A NAT object of netconverge's at a place the file does not name (an
-/// old table/chain name, the other backend or iptables flavour, a family
-/// no longer configured): removed once the new place is in place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Found {
-    pub family: Family,
-    pub place: Place,
-    /// What makes it netconverge's (its kernel marker, or the record).
-    pub why: String,
-    /// What removing it removes, printable.
-    pub items: Vec<String>,
-    #[serde(skip)]
-    pub removal: NatOp,
-}
-
-/// What the NAT backends found on the system.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NatObserved {
-    /// Backend the file names; `None` without `[nat]`.
-    pub backend: Option<NatBackendKind>,
-    /// nftables table or iptables chain name the file names.
-    pub name: String,
-    /// The iptables flavour in use and why (iptables backend only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iptables: Option<FlavourChoice>,
-    pub ipv4: FamilyObserved,
-    pub ipv6: FamilyObserved,
-    /// netconverge's objects elsewhere (leftovers of earlier files).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub found: Vec<Found>,
-}
-
-impl NatObserved {
-    pub fn family(&self, family: Family) -> &FamilyObserved {
-        match family {
-            Family::Ipv4 => &self.ipv4,
-            Family::Ipv6 => &self.ipv6,
-        }
-    }
-}
-
-/// The place a removal may only happen after: `spec`'s `family` in sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Guard {
-    pub spec: NatSpec,
-    pub family: Family,
-}
-
-/// One atomic NAT transaction, fully rendered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum NatOp {
-    /// One `nft -f -` script.
-    Nftables {
-        family: Family,
-        table: String,
-        script: String,
-    },
-    /// One `ip[6]tables-<flavour>-restore --noflush` input (`None`: no
-    /// kernel change), recording an adoption first / forgetting it after.
-    Iptables {
-        flavour: Flavour,
-        family: Family,
-        chain: String,
-        restore: Option<String>,
-        /// Record the chain as adopted with these rules (before the restore).
-        adopted: Option<Vec<String>>,
-        /// Forget an adoption of the chain (after the restore).
-        forget: bool,
-    },
-    /// Remove something of ours at a place the file no longer names; with
-    /// `replaced_by`, only once that family is in sync at its new place
-    /// (checked right before), so masquerade never lapses.
-    Stale {
-        remove: Box<NatOp>,
-        replaced_by: Option<Box<Guard>>,
-    },
-}
-
-impl NatOp {
-    /// Runs after every install/repair (its own plan stage).
-    pub fn is_stale_removal(&self) -> bool {
-        matches!(self, NatOp::Stale { .. })
     }
 }
 

@@ -15,7 +15,6 @@ use std::collections::HashSet;
 use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload};
 use nftables::schema::{self, Chain};
 use nftables::stmt::{NATFlag, Operator, Statement};
-use serde::Serialize;
 use serde_json::Value;
 
 use super::diff::rule_differences;
@@ -23,6 +22,7 @@ use super::exec::{self, Package};
 use super::rules::{AddrMatch, COMMENT, MarkMatch, Rule, TABLE_COMMENT, Verdict};
 use super::{NatError, NatOp};
 use crate::model::Family;
+pub use crate::model::nat::{NftFamily, family_word, table_label};
 use crate::plan::ChangeKind;
 
 /// Our base chain in each of our tables.
@@ -33,23 +33,6 @@ pub const PRIORITY: i32 = 100;
 /// Tables iptables-nft keeps its rules in (and kube-proxy's): never ours,
 /// never listed in full.
 pub const RESERVED: [&str; 6] = ["nat", "filter", "mangle", "raw", "security", "kube-proxy"];
-
-/// What `nft list table <family> <name>` showed for a table of our name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NftFamily {
-    /// The table carries [`TABLE_COMMENT`]: netconverge created it.
-    pub marker: bool,
-    /// Properties of chain `postrouting` (`type nat hook postrouting
-    /// priority 100; policy accept`), `None` when the chain is missing.
-    pub chain: Option<String>,
-    /// The table carries flags (`dormant` disables all its rules).
-    pub table_flags: bool,
-    /// Objects in the table other than our chain and its rules.
-    pub foreign: Vec<String>,
-    /// Rules of our chain in order, canonical text ([`rule_text`]).
-    pub rules: Vec<String>,
-}
-
 impl NftFamily {
     /// An unmarked table that holds nothing but a `postrouting` chain of
     /// rules carrying our rule comment: made by a netconverge from before
@@ -88,18 +71,6 @@ impl NftFamily {
             parts.join(", ")
         }
     }
-}
-
-pub fn family_word(family: Family) -> &'static str {
-    match family {
-        Family::Ipv4 => "ip",
-        Family::Ipv6 => "ip6",
-    }
-}
-
-/// Printable name of a table: `nftables table ip netconverge`.
-pub fn table_label(family: Family, table: &str) -> String {
-    format!("nftables table {} {table}", family_word(family))
 }
 
 fn want_chain_text() -> String {
