@@ -4,10 +4,16 @@
 
 use std::path::PathBuf;
 
+use super::LeaseSpec;
+
 use serde::Serialize;
 
 /// File name of the guard-mode backup inside `state_dir`.
 pub const BACKUP_FILE_NAME: &str = "subnet.env";
+
+/// How [`FileContent::NotAFile`] names a directory (the plan adds a hint for
+/// it: a container bind mount of a missing file creates one).
+pub const DIRECTORY: &str = "a directory";
 
 /// One file as found on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -45,4 +51,9 @@ pub enum LeaseOp {
     /// Atomically replace the guard-mode backup with a validated copy of the
     /// live file; `state_dir` is created 0700 if missing.
     Backup { path: PathBuf, contents: String },
+}
+
+/// Where the guard-mode backup of `spec` lives.
+pub fn backup_path(spec: &LeaseSpec) -> PathBuf {
+    spec.state_dir.join(BACKUP_FILE_NAME)
 }

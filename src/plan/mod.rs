@@ -122,8 +122,8 @@ pub enum Op {
     /// Add or replace a route.
     SetRoute(RouteOp),
     DelRoute(RouteOp),
-    Nat(crate::nat::NatOp),
-    Lease(crate::lease::LeaseOp),
+    Nat(crate::model::nat::NatOp),
+    Lease(crate::model::lease::LeaseOp),
 }
 
 /// The order in which operations run; within a stage they are independent
@@ -264,6 +264,8 @@ impl fmt::Display for Plan {
 }
 
 mod kernel;
+pub mod lease;
+pub mod nat;
 #[cfg(test)]
 mod tests;
 
@@ -274,8 +276,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let kernel = kernel::plan_kernel(desired, observed);
     let lease_mtu = kernel.lease_mtu(desired);
     let mut out = kernel.plan;
-    out.extend(crate::nat::plan(desired.nat.as_ref(), &observed.nat));
-    out.extend(crate::lease::plan(
+    out.extend(nat::plan(desired.nat.as_ref(), &observed.nat));
+    out.extend(lease::plan(
         desired.lease.as_ref(),
         lease_mtu,
         &observed.lease,
