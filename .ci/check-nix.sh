@@ -181,13 +181,15 @@ check_parity() {
 
 # --- 4. example configs -----------------------------------------------------
 check_configs() {
-    local name n=0 bad=0
+    local name node n=0 bad=0
     mkdir -p "$work/toml"
     for name in $(jq -r '.toml | keys[]' "$work/module.json"); do
         jq -r --arg n "$name" '.toml[$n]' "$work/module.json" >"$work/toml/$name.toml"
         n=$((n + 1))
         if [[ -n $bin ]]; then
-            if ! "$bin" --config "$work/toml/$name.toml" validate >"$work/toml/$name.out" 2>&1; then
+            # A fleet host's file is validated as that node (`--node NAME`).
+            node=$(jq -r --arg n "$name" '.nodes[$n] // empty' "$work/module.json")
+            if ! "$bin" ${node:+--node "$node"} --config "$work/toml/$name.toml" validate >"$work/toml/$name.out" 2>&1; then
                 echo "FAIL config: netconverge validate rejects the $name example:"
                 sed 's/^/       /' "$work/toml/$name.out"
                 bad=1
@@ -262,11 +264,13 @@ MUTATIONS=(
     'nix/package.nix%s/cargoTestFlags = \[ "--lib" \];/cargoTestFlags = [ ];/%eval-module%root-needing tests would run in the sandbox'
     'nix/package.nix%s#--replace-fail /bin/kill#--replace-fail /usr/bin/pkill#%eval-module%substituteInPlace pattern missing from the unit'
     'nix/package.nix%s#(fs.maybeMissing ../tests)#../.#%eval-module%package src is the whole repository'
-    'examples/nixos/k3s-node.nix%s/"--flannel-backend=none"/"--flannel-backend=vxlan"/%eval-module%example keeps k3s flannel'
+    'examples/nixos/fleet.nix%s/"--flannel-backend=none"/"--flannel-backend=vxlan"/%eval-module%example keeps k3s flannel'
+    'examples/nixos/fleet-cluster.nix%s/name = "node-c";/name = "node-x";/%eval-module%a fleet host whose name is not in the fleet%is not a node of fleet-cluster.nix'
+    'examples/nixos/fleet-cluster.nix%s#subnet = "198.18.3.0/24";#subnet = "198.18.2.0/24";#%config%two fleet nodes with one pod subnet (netconverge validate --node)%is the same as subnet'
     'flake.nix%s/nixosModules.default = .\/nix\/module.nix;/nixosModules.default = .\/nix\/package.nix;/%eval-flake%wrong module in the flake'
     'nix/default.nix%s/^{$/{ {/%parse%syntax error'
     # The real type system and module semantics:
-    'examples/nixos/k3s-node.nix%s/vni = 1;/vni = null;/%eval-module%a wrongly typed settings value (null is no TOML value)%is not of type .TOML value.'
+    'examples/nixos/fleet-cluster.nix%s/vni = 1;/vni = null;/%eval-module%a wrongly typed settings value (null is no TOML value)%is not of type .TOML value.'
     'examples/nixos/guard-mode.nix%s/role = "server";/role = "master";/%eval-module%a k3s role NixOS does not know%is not of type .one of "server", "agent".'
     'nix/module.nix%0,/type = lib.types.bool;/s//type = lib.types.str;/%eval-module%checkConfig declared as a string: its default true is mistyped%is not of type .string.'
     'nix/module.nix%s/Type = "notify-reload";/Type = "notfy-reload";/%eval-module%a unit Type systemd does not know%is not of type .attribute set of \(systemd option\).'

@@ -14,10 +14,13 @@ cargo build --release --locked --quiet
 bin=$PWD/target/release/netconverge
 # the example has no node_name: give the derived VTEP MAC a fixed seed
 seed=$(mktemp)
-trap 'rm -f "$seed"' EXIT
+# netconverge's record of what it created goes to a throwaway state dir,
+# not the host's /var/lib/netconverge
+state=$(mktemp -d)
+trap 'rm -rf "$seed" "$state"' EXIT
 echo 0123456789abcdef0123456789abcdef > "$seed"
 
-NC_BIN=$bin NC_CFG=$PWD/$cfg NETCONVERGE_MACHINE_ID_FILE=$seed \
+NC_BIN=$bin NC_CFG=$PWD/$cfg NETCONVERGE_MACHINE_ID_FILE=$seed NETCONVERGE_STATE_DIR=$state \
 unshare --net --mount --propagation private bash -euc '
   mount -t tmpfs netconverge-try /run
   ip link set lo up

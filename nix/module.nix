@@ -33,10 +33,30 @@ let
   ready = (cfg.settings.daemon or { }).ready or "converged";
   natBackend = (cfg.settings.nat or { }).backend or "nftables";
   useIptables = natBackend == "iptables";
+  # [cni]: netconverge writes the conflist; its directory must be writable.
+  cniSettings = cfg.settings.cni or null;
+  cniDir =
+    if cniSettings == null then
+      null
+    else
+      dirOf (cniSettings.path or "/etc/cni/net.d/10-netconverge.conflist");
+  # A fleet node is named by its host name unless the settings say otherwise
+  # (the fleet attrset itself is shared by every host).
+  effectiveSettings =
+    cfg.settings
+    // lib.optionalAttrs (
+      cfg.settings ? fleet && !(cfg.settings ? node_name) && config.networking.hostName != ""
+    ) { node_name = config.networking.hostName; };
   # Devices netconverge owns: NetworkManager must leave them alone.
-  vxlanNames = lib.catAttrs "name" (cfg.settings.vxlan or [ ]);
+  fleetSettings = cfg.settings.fleet or null;
+  vxlanNames =
+    lib.catAttrs "name" (cfg.settings.vxlan or [ ])
+    ++ lib.optionals (fleetSettings != null) (
+      lib.optional (fleetSettings ? network) (fleetSettings.device or "flannel.1")
+      ++ lib.optional (fleetSettings ? ipv6_network) (fleetSettings.ipv6_device or "flannel-v6.1")
+    );
 
-  generatedConfig = settingsFormat.generate "netconverge.toml" cfg.settings;
+  generatedConfig = settingsFormat.generate "netconverge.toml" effectiveSettings;
 
   # Like nginx's and prometheus' checks: a config the binary rejects fails
   # the system build instead of the service at boot. `validate` reads only
@@ -72,6 +92,12 @@ in
         netconverge configuration, rendered to TOML (see `man netconverge`
         for every key). Ignored when `configFile` is set. The generated file
         is checked with `netconverge validate` at build time.
+
+        `settings.fleet` carries the whole cluster (one attrset shared by
+        every host, e.g. from the flake); each host picks itself out of it
+        by `node_name`, which defaults to `networking.hostName` when a fleet
+        is set. With `settings.cni` the conflist's directory (default
+        /etc/cni/net.d) is made writable for the service.
       '';
       # Every section (vxlan, address, peer, nat, lease, daemon), shown in the
       # option docs verbatim; the CI evaluates and renders the same file.
@@ -174,7 +200,9 @@ in
               [ "+${pkgs.coreutils}/bin/mkdir -p ${leaseDir}" ]
               # /run/netconverge: the one-writer-per-namespace lock
               ++ [ "+${pkgs.coreutils}/bin/mkdir -p /run/netconverge" ]
-              ++ lib.optional useIptables "+${pkgs.coreutils}/bin/touch /run/xtables.lock";
+              ++ lib.optional useIptables "+${pkgs.coreutils}/bin/touch /run/xtables.lock"
+              # /etc/cni/net.d: read-only inside (ProtectSystem=strict) unless listed
+              ++ lib.optional (cniDir != null) "+${pkgs.coreutils}/bin/mkdir -p ${cniDir}";
             # SIGTERM: STOPPING=1, exit, kernel state and NAT rules stay.
             KillMode = "mixed";
             TimeoutStopSec = "20s";
@@ -204,7 +232,9 @@ in
               # accept_ra=0 on our own devices, the only sysctl we write;
               # ProtectKernelTunables keeps the rest of /proc/sys read-only.
               "-/proc/sys/net/ipv6/conf"
-            ] ++ lib.optional useIptables "/run/xtables.lock";
+            ]
+            ++ lib.optional useIptables "/run/xtables.lock"
+            ++ lib.optional (cniDir != null) cniDir;
             ProtectKernelTunables = true;
             ProtectHome = true;
             PrivateTmp = true;

@@ -347,6 +347,7 @@ fn is_bulk(op: &Op) -> bool {
             | Op::SetVxlan { .. }
             | Op::Nat(_)
             | Op::Lease(_)
+            | Op::Cni(_)
     )
 }
 
@@ -538,6 +539,7 @@ async fn execute(handle: &Handle, links: &HashMap<String, u32>, op: &Op) -> Resu
         }
         // One small file, synchronous and quick: on this thread.
         Op::Lease(l) => crate::lease::apply(l).map_err(|e| OpError::lease(&e)),
+        Op::Cni(c) => crate::cni::apply(c).map_err(|e| OpError::lease(&e)),
         // Object kinds go in bulk (`is_bulk`); one alone still works.
         other => {
             let req = bulk_request(links, other)?;
@@ -685,7 +687,8 @@ fn bulk_request(links: &HashMap<String, u32>, op: &Op) -> Result<BulkRequest, Op
         | Op::MarkLink { .. }
         | Op::SetVxlan { .. }
         | Op::Nat(_)
-        | Op::Lease(_) => Err(OpError::Invalid(
+        | Op::Lease(_)
+        | Op::Cni(_) => Err(OpError::Invalid(
             "not an object operation for the bulk socket".into(),
         )),
     }

@@ -38,16 +38,19 @@ pub async fn observe_all(
     let mut observed = observe::observe_owning(handle, desired, &past).await?;
     let nat = desired.nat.clone();
     let lease = desired.lease.clone();
-    let (nat, lease) = tokio::task::spawn_blocking(move || {
+    let cni = desired.cni.clone();
+    let (nat, lease, cni) = tokio::task::spawn_blocking(move || {
         (
             crate::nat::observe(nat.as_ref()),
             crate::lease::observe(lease.as_ref()),
+            crate::cni::observe(cni.as_ref()),
         )
     })
     .await
     .map_err(|e| EngineError::Task(e.to_string()))?;
     observed.nat = nat.map_err(ObserveError::from)?;
     observed.lease = lease.map_err(ObserveError::from)?;
+    observed.cni = cni.map_err(ObserveError::from)?;
     Ok(observed)
 }
 

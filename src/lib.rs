@@ -2,11 +2,13 @@
 //! FDB/neighbour entries, NAT masquerade, flannel subnet lease) exactly as
 //! declared in one TOML file.
 //!
-//! Layering (only `apply`, `nat` backends, `lease` writing and `daemon` touch
-//! the system): `config` → `model` → `observe` → `plan` → `apply`, glued by
-//! `engine`.
+//! Layering (only `apply`, `nat` backends, `lease`/`cni` writing and `daemon`
+//! touch the system), one way, no cycles (kept by `tests/architecture.rs`):
+//! `config` → `model` → `plan` → {`observe`, `apply`, `nat`, `lease`, `cni`,
+//! `netlink`, `record`} → `engine` → `daemon` → the binary.
 
 pub mod apply;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -262,7 +262,12 @@ fn real_main() -> ExitCode {
     logging::init(cli.log_format, cli.verbose);
     // validate runs at NixOS build time: no machine-id there, and no MAC is needed
     let needs_seed = !matches!(cli.command, Command::Validate);
-    let desired = match load(&cli.config, cli.node.as_deref(), needs_seed) {
+    let purpose = if matches!(cli.command, Command::Cleanup { .. }) {
+        config::Purpose::Cleanup
+    } else {
+        config::Purpose::Converge
+    };
+    let desired = match load(&cli.config, cli.node.as_deref(), needs_seed, purpose) {
         Ok(d) => d,
         Err(errors) => {
             out::eprint(&errors);
@@ -531,9 +536,14 @@ fn warn_nm_managed_blocking(desired: &Desired) {
 }
 
 /// Load and validate the file, then give derived MACs their seed.
-fn load(path: &Path, node: Option<&str>, needs_seed: bool) -> Result<Desired, ConfigErrors> {
+fn load(
+    path: &Path,
+    node: Option<&str>,
+    needs_seed: bool,
+    purpose: config::Purpose,
+) -> Result<Desired, ConfigErrors> {
     let select = config::NodeSelect::from_system(node.map(str::to_string));
-    let mut desired = config::load_as(path, &select)?;
+    let mut desired = config::load_for(path, &select, purpose)?;
     if desired.mac_seed.is_none() {
         desired.mac_seed = machine_id();
     }
@@ -627,7 +637,7 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             let path = cli.config.clone();
             let node = cli.node.clone();
             let loader: netconverge::daemon::Loader =
-                Box::new(move || load(&path, node.as_deref(), true));
+                Box::new(move || load(&path, node.as_deref(), true, config::Purpose::Converge));
             // D-Bus lives in its own task; without a bus it only logs once
             let follower = (desired.daemon.networkmanager == NmMode::Auto)
                 .then(|| nm::spawn(nm::underlays(&desired)));

@@ -10,10 +10,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::model::{Desired, Mac, Observed};
-
-const RTPROT_KERNEL: u8 = 2;
-const RTPROT_RA: u8 = 9;
+use crate::model::{
+    AddressState, Desired, FdbState, Mac, NeighborState, Observed, RTPROT_KERNEL, RTPROT_RA,
+    RouteState,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowVxlan {
@@ -114,8 +114,43 @@ pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
 
 fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
     let declared: BTreeSet<&str> = desired.owned_devices().collect();
-    let underlays: BTreeSet<&str> = desired.vxlans.iter().map(|v| v.underlay.as_str()).collect();
-    let vxlan = desired
+    let on_declared = |dev: &str| declared.contains(dev);
+    ShowDoc {
+        vxlan: vxlans(desired, observed),
+        underlay: underlays(desired, observed),
+        address: observed
+            .addresses
+            .iter()
+            .filter(|a| on_declared(&a.dev) && a.global)
+            .map(ShowAddress::from)
+            .collect(),
+        neighbor: observed
+            .neighbors
+            .iter()
+            .filter(|n| on_declared(&n.dev))
+            .map(ShowNeighbor::from)
+            .collect(),
+        fdb: observed
+            .fdb
+            .iter()
+            .filter(|f| on_declared(&f.dev))
+            .map(ShowFdb::from)
+            .collect(),
+        route: observed
+            .routes
+            .iter()
+            // connected and RA routes are the kernel's, not managed state
+            .filter(|r| r.protocol != RTPROT_KERNEL && r.protocol != RTPROT_RA)
+            .map(ShowRoute::from)
+            .collect(),
+        nat: serde_json::to_value(&observed.nat).unwrap_or(serde_json::Value::Null),
+        lease: serde_json::to_value(&observed.lease).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The declared VXLAN devices the kernel has, in declaration order.
+fn vxlans(desired: &Desired, observed: &Observed) -> Vec<ShowVxlan> {
+    desired
         .vxlans
         .iter()
         .filter_map(|v| observed.links.get(&v.name))
@@ -138,8 +173,13 @@ fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
                 gbp: a.is_some_and(|a| a.gbp),
             }
         })
-        .collect();
-    let underlay = underlays
+        .collect()
+}
+
+/// The underlays the declared devices name, with their global addresses.
+fn underlays(desired: &Desired, observed: &Observed) -> Vec<ShowUnderlay> {
+    let names: BTreeSet<&str> = desired.vxlans.iter().map(|v| v.underlay.as_str()).collect();
+    names
         .iter()
         .filter_map(|u| observed.links.get(*u))
         .map(|l| ShowUnderlay {
@@ -155,61 +195,55 @@ fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
                 .map(|a| a.cidr)
                 .collect(),
         })
-        .collect();
-    let on_declared = |dev: &str| declared.contains(dev);
-    ShowDoc {
-        vxlan,
-        underlay,
-        address: observed
-            .addresses
-            .iter()
-            .filter(|a| on_declared(&a.dev) && a.global)
-            .map(|a| ShowAddress {
-                dev: a.dev.clone(),
-                cidr: a.cidr,
-            })
-            .collect(),
-        neighbor: observed
-            .neighbors
-            .iter()
-            .filter(|n| on_declared(&n.dev))
-            .map(|n| ShowNeighbor {
-                dev: n.dev.clone(),
-                ip: n.ip,
-                mac: n.mac,
-                permanent: n.permanent,
-            })
-            .collect(),
-        fdb: observed
-            .fdb
-            .iter()
-            .filter(|f| on_declared(&f.dev))
-            .map(|f| ShowFdb {
-                dev: f.dev.clone(),
-                mac: f.mac,
-                dst: f.dst,
-                permanent: f.permanent,
-            })
-            .collect(),
-        route: observed
-            .routes
-            .iter()
-            // connected and RA routes are the kernel's, not managed state
-            .filter(|r| r.protocol != RTPROT_KERNEL && r.protocol != RTPROT_RA)
-            .map(|r| ShowRoute {
-                dst: r.dst,
-                via: r.via,
-                dev: r.dev.clone(),
-                onlink: r.onlink,
-                src: r.src,
-                metric: r.metric,
-                table: r.table,
-                protocol: r.protocol,
-                nhid: r.nhid,
-            })
-            .collect(),
-        nat: serde_json::to_value(&observed.nat).unwrap_or(serde_json::Value::Null),
-        lease: serde_json::to_value(&observed.lease).unwrap_or(serde_json::Value::Null),
+        .collect()
+}
+
+// Observed objects in the config file's vocabulary.
+
+impl From<&AddressState> for ShowAddress {
+    fn from(a: &AddressState) -> Self {
+        ShowAddress {
+            dev: a.dev.clone(),
+            cidr: a.cidr,
+        }
+    }
+}
+
+impl From<&NeighborState> for ShowNeighbor {
+    fn from(n: &NeighborState) -> Self {
+        ShowNeighbor {
+            dev: n.dev.clone(),
+            ip: n.ip,
+            mac: n.mac,
+            permanent: n.permanent,
+        }
+    }
+}
+
+impl From<&FdbState> for ShowFdb {
+    fn from(f: &FdbState) -> Self {
+        ShowFdb {
+            dev: f.dev.clone(),
+            mac: f.mac,
+            dst: f.dst,
+            permanent: f.permanent,
+        }
+    }
+}
+
+impl From<&RouteState> for ShowRoute {
+    fn from(r: &RouteState) -> Self {
+        ShowRoute {
+            dst: r.dst,
+            via: r.via,
+            dev: r.dev.clone(),
+            onlink: r.onlink,
+            src: r.src,
+            metric: r.metric,
+            table: r.table,
+            protocol: r.protocol,
+            nhid: r.nhid,
+        }
     }
 }
 

@@ -33,35 +33,37 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("lease", &["model", "plan"]),
     // The kernel record is written atomically with the lease file's writer.
     ("record", &["model", "plan", "lease"]),
+    // The conflist is read and written like the lease file.
+    ("cni", &["model", "plan", "lease"]),
     (
         "observe",
-        &["model", "plan", "nat", "lease", "netlink", "record"],
+        &["model", "plan", "nat", "lease", "cni", "netlink", "record"],
     ),
     (
         "apply",
         &[
-            "model", "plan", "nat", "lease", "netlink", "record", "observe",
+            "model", "plan", "nat", "lease", "cni", "netlink", "record", "observe",
         ],
     ),
     (
         "engine",
         &[
-            "config", "model", "plan", "observe", "apply", "nat", "lease", "netlink", "record",
-            "logging",
+            "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
+            "record", "logging",
         ],
     ),
     (
         "daemon",
         &[
-            "config", "model", "plan", "observe", "apply", "nat", "lease", "netlink", "record",
-            "engine", "logging",
+            "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
+            "record", "engine", "logging",
         ],
     ),
     (
         "main",
         &[
-            "config", "model", "plan", "observe", "apply", "nat", "lease", "netlink", "record",
-            "engine", "daemon", "logging", "show",
+            "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
+            "record", "engine", "daemon", "logging", "show",
         ],
     ),
 ];

@@ -15,8 +15,8 @@ use common::Netns;
 use ipnet::IpNet;
 use netconverge::engine::{self, Outcome};
 use netconverge::model::{
-    AddressSpec, Desired, Family, FdbSpec, MAIN_TABLE, Mac, NeighborSpec, NexthopMode, Observed,
-    RouteSpec, VxlanSpec,
+    AddressSpec, Desired, Family, MAIN_TABLE, Mac, NexthopMode, Observed, PeerSpec, RouteSpec,
+    VxlanSpec,
 };
 use netconverge::plan::{Op, Plan};
 use netconverge::{apply, netlink, observe, plan};
@@ -53,32 +53,14 @@ fn vxlan(name: &str, family: Family) -> VxlanSpec {
 }
 
 fn peer(d: &mut Desired, dev: &str, subnet: &str, vtep: &str, i: u8) {
-    let subnet: IpNet = subnet.parse().unwrap();
-    let mac = Mac([0x02, 0x42, 0, 0, dev.len() as u8, i]);
-    let origin = format!("peer {subnet}");
-    let gw = subnet.network();
-    d.neighbors.push(NeighborSpec {
+    let peer = PeerSpec {
         dev: dev.into(),
-        ip: gw,
-        mac,
-        origin: origin.clone(),
-    });
-    d.fdb.push(FdbSpec {
-        dev: dev.into(),
-        mac,
-        dst: vtep.parse().unwrap(),
-        origin: origin.clone(),
-    });
-    d.routes.push(RouteSpec {
-        dst: subnet,
-        via: Some(gw),
-        dev: Some(dev.into()),
-        onlink: true,
-        src: None,
-        metric: None,
-        table: MAIN_TABLE,
-        origin,
-    });
+        subnet: subnet.parse().unwrap(),
+        vtep_ip: vtep.parse().unwrap(),
+        vtep_mac: Mac([0x02, 0x42, 0, 0, dev.len() as u8, i]),
+    };
+    // Objects only: these tests never declared the peers themselves.
+    d.add_peer_objects(peer.expand());
 }
 
 /// An IPv4 overlay with peers 2..=`last` (and an IPv6 one with two peers

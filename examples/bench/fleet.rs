@@ -11,8 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netconverge::model::{
-    AddressSpec, Desired, EngineSpec, Family, FdbSpec, MAIN_TABLE, Mac, NeighborSpec, NexthopMode,
-    PeerSpec, RouteSpec, VxlanSpec,
+    AddressSpec, Desired, EngineSpec, Family, Mac, NexthopMode, PeerSpec, ROUTE_PROTOCOL, VxlanSpec,
 };
 
 pub const UNDERLAY: &str = "nc-ul0";
@@ -111,31 +110,7 @@ pub fn desired(n: u32, dual: bool, nexthops: NexthopMode) -> Desired {
         });
     }
     for p in peers(n, dual) {
-        let origin = format!("peer {}", p.subnet);
-        let gw = p.subnet.network();
-        d.neighbors.push(NeighborSpec {
-            dev: p.dev.into(),
-            ip: gw,
-            mac: p.vtep_mac,
-            origin: origin.clone(),
-        });
-        d.fdb.push(FdbSpec {
-            dev: p.dev.into(),
-            mac: p.vtep_mac,
-            dst: p.vtep_ip,
-            origin: origin.clone(),
-        });
-        d.routes.push(RouteSpec {
-            dst: p.subnet,
-            via: Some(gw),
-            dev: Some(p.dev.into()),
-            onlink: true,
-            src: None,
-            metric: None,
-            table: MAIN_TABLE,
-            origin,
-        });
-        d.peers.push(PeerSpec {
+        d.add_peer(PeerSpec {
             dev: p.dev.into(),
             subnet: p.subnet,
             vtep_ip: p.vtep_ip,
@@ -218,8 +193,7 @@ pub fn iproute2_batches(n: u32, dual: bool, nexthops: bool) -> (String, String) 
 /// nexthop objects (ids from 199000001) when `nexthops`.
 pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
     use netconverge::model::{
-        AddressState, FdbState, LinkState, NeighborState, NexthopState, Observed, RouteState,
-        VxlanAttrs,
+        AddressState, FdbState, LinkState, NeighborState, NexthopState, Observed, VxlanAttrs,
     };
     let mut o = Observed {
         nexthop_objects: nexthops,
@@ -273,30 +247,11 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
             },
         );
     }
-    for a in &d.addresses {
-        o.addresses.push(AddressState {
-            dev: a.dev.clone(),
-            cidr: a.cidr,
-            global: true,
-            protocol: netconverge::model::ROUTE_PROTOCOL,
-        });
-    }
-    for n in &d.neighbors {
-        o.neighbors.push(NeighborState {
-            dev: n.dev.clone(),
-            ip: n.ip,
-            mac: Some(n.mac),
-            permanent: true,
-        });
-    }
-    for f in &d.fdb {
-        o.fdb.push(FdbState {
-            dev: f.dev.clone(),
-            mac: f.mac,
-            dst: Some(f.dst),
-            permanent: true,
-        });
-    }
+    o.addresses
+        .extend(d.addresses.iter().map(|a| a.state(ROUTE_PROTOCOL)));
+    o.neighbors
+        .extend(d.neighbors.iter().map(NeighborState::from));
+    o.fdb.extend(d.fdb.iter().map(FdbState::from));
     for (i, r) in d.routes.iter().enumerate() {
         let nhid = nexthops.then_some(199_000_001 + i as u32);
         if let (Some(id), Some(via)) = (nhid, r.via) {
@@ -305,24 +260,10 @@ pub fn converged(d: &Desired, nexthops: bool) -> netconverge::model::Observed {
                 via: Some(via),
                 dev: r.dev.clone(),
                 onlink: r.onlink,
-                protocol: 199,
+                protocol: ROUTE_PROTOCOL,
             });
         }
-        o.routes.push(RouteState {
-            table: r.table,
-            dst: r.dst,
-            via: r.via,
-            dev: r.dev.clone(),
-            onlink: r.onlink,
-            src: r.src,
-            metric: if r.dst.addr().is_ipv6() {
-                Some(1024)
-            } else {
-                None
-            },
-            protocol: 199,
-            nhid,
-        });
+        o.routes.push(r.state(ROUTE_PROTOCOL, nhid));
     }
     o
 }

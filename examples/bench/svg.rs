@@ -38,26 +38,7 @@ fn label(v: f64) -> String {
 
 /// A chart of `series` with logarithmic axes.
 pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
-    let all = || series.iter().flat_map(|s| s.points.iter());
-    let fold = |f: fn(&(f64, f64)) -> f64, min: bool| {
-        all()
-            .map(f)
-            .filter(|v| *v > 0.0)
-            .fold(if min { f64::MAX } else { 0.0 }, |a, b| {
-                if min { a.min(b) } else { a.max(b) }
-            })
-    };
-    let (x0, x1) = decades(
-        fold(|p| p.0, true).min(10.0),
-        fold(|p| p.0, false).max(100.0),
-    );
-    let (y0, y1) = decades(fold(|p| p.1, true).min(1.0), fold(|p| p.1, false).max(10.0));
-    let (x1, y1) = (x1.max(x0 + 1), y1.max(y0 + 1));
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let sx = |x: f64| LEFT + (x.log10() - f64::from(x0)) / f64::from(x1 - x0) * pw;
-    let sy = |y: f64| TOP + ph - (y.log10() - f64::from(y0)) / f64::from(y1 - y0) * ph;
-
+    let f = Frame::fit(series);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -67,16 +48,71 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
     let _ = writeln!(
         s,
         r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{title}</text>"#,
-        LEFT + pw / 2.0
+        LEFT + f.pw / 2.0
     );
-    // grid and ticks: each decade, with 2 and 5 as minor lines
-    for d in x0..=x1 {
+    x_grid(&mut s, &f);
+    y_grid(&mut s, &f);
+    axes(&mut s, &f, x_label, y_label);
+    lines(&mut s, &f, series);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The plot area: whole decades on both axes covering every point, and
+/// the mapping of values to pixels.
+struct Frame {
+    x0: i32,
+    x1: i32,
+    y0: i32,
+    y1: i32,
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    fn fit(series: &[Series]) -> Frame {
+        let all = || series.iter().flat_map(|s| s.points.iter());
+        let fold = |f: fn(&(f64, f64)) -> f64, min: bool| {
+            all()
+                .map(f)
+                .filter(|v| *v > 0.0)
+                .fold(if min { f64::MAX } else { 0.0 }, |a, b| {
+                    if min { a.min(b) } else { a.max(b) }
+                })
+        };
+        let (x0, x1) = decades(
+            fold(|p| p.0, true).min(10.0),
+            fold(|p| p.0, false).max(100.0),
+        );
+        let (y0, y1) = decades(fold(|p| p.1, true).min(1.0), fold(|p| p.1, false).max(10.0));
+        Frame {
+            x0,
+            x1: x1.max(x0 + 1),
+            y0,
+            y1: y1.max(y0 + 1),
+            pw: W - LEFT - RIGHT,
+            ph: H - TOP - BOTTOM,
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x.log10() - f64::from(self.x0)) / f64::from(self.x1 - self.x0) * self.pw
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        TOP + self.ph - (y.log10() - f64::from(self.y0)) / f64::from(self.y1 - self.y0) * self.ph
+    }
+}
+
+/// Vertical grid lines and x ticks: each decade, with 2 and 5 as minor lines.
+fn x_grid(s: &mut String, f: &Frame) {
+    for d in f.x0..=f.x1 {
         for m in [1.0, 2.0, 5.0] {
             let v = m * 10f64.powi(d);
-            if d == x1 && m > 1.0 {
+            if d == f.x1 && m > 1.0 {
                 continue;
             }
-            let x = sx(v);
+            let x = f.sx(v);
             let (stroke, w) = if m == 1.0 {
                 ("#bbb", 1.0)
             } else {
@@ -85,25 +121,29 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             let _ = writeln!(
                 s,
                 r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="{stroke}" stroke-width="{w}"/>"#,
-                TOP + ph
+                TOP + f.ph
             );
             if m == 1.0 {
                 let _ = writeln!(
                     s,
                     r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                    TOP + ph + 16.0,
+                    TOP + f.ph + 16.0,
                     label(v)
                 );
             }
         }
     }
-    for d in y0..=y1 {
+}
+
+/// Horizontal grid lines and y ticks, as [`x_grid`].
+fn y_grid(s: &mut String, f: &Frame) {
+    for d in f.y0..=f.y1 {
         for m in [1.0, 2.0, 5.0] {
             let v = m * 10f64.powi(d);
-            if d == y1 && m > 1.0 {
+            if d == f.y1 && m > 1.0 {
                 continue;
             }
-            let y = sy(v);
+            let y = f.sy(v);
             let (stroke, w) = if m == 1.0 {
                 ("#bbb", 1.0)
             } else {
@@ -112,7 +152,7 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             let _ = writeln!(
                 s,
                 r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{stroke}" stroke-width="{w}"/>"#,
-                LEFT + pw
+                LEFT + f.pw
             );
             if m == 1.0 {
                 let _ = writeln!(
@@ -125,22 +165,31 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             }
         }
     }
+}
+
+/// The plot's border and the axis labels.
+fn axes(s: &mut String, f: &Frame, x_label: &str, y_label: &str) {
     let _ = writeln!(
         s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#333"/>"##,
+        f.pw, f.ph
     );
     let _ = writeln!(
         s,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x_label}</text>"#,
-        LEFT + pw / 2.0,
+        LEFT + f.pw / 2.0,
         H - 12.0
     );
     let _ = writeln!(
         s,
         r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">{y_label}</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0
+        TOP + f.ph / 2.0,
+        TOP + f.ph / 2.0
     );
+}
+
+/// Each series as a line with its points, and its legend entry.
+fn lines(s: &mut String, f: &Frame, series: &[Series]) {
     for (i, ser) in series.iter().enumerate() {
         let color = COLORS.get(i % COLORS.len()).copied().unwrap_or("#000");
         let dash = if ser.dashed {
@@ -152,7 +201,7 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             .points
             .iter()
             .filter(|(x, y)| *x > 0.0 && *y > 0.0)
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .map(|(x, y)| format!("{:.1},{:.1}", f.sx(*x), f.sy(*y)))
             .collect();
         let _ = writeln!(
             s,
@@ -163,13 +212,13 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{}: N={x} {y:.1}</title></circle>"#,
-                sx(*x),
-                sy(*y),
+                f.sx(*x),
+                f.sy(*y),
                 ser.name
             );
         }
         let ly = TOP + 10.0 + 20.0 * i as f64;
-        let lx = LEFT + pw + 15.0;
+        let lx = LEFT + f.pw + 15.0;
         let _ = writeln!(
             s,
             r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"{dash}/>"#,
@@ -183,6 +232,4 @@ pub fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> St
             ser.name
         );
     }
-    s.push_str("</svg>\n");
-    s
 }

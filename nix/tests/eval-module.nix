@@ -123,15 +123,16 @@ let
   # so the same stand-in store path), and the JSON json2toml would read.
   generatedFor = r: (pkgs.formats.toml { }).generate "netconverge.toml" r.cfg.settings;
   generatorInput = r: builtins.fromJSON (generatedFor r).value;
+  generatorInput' = file: builtins.fromJSON file.value;
 
   exampleSettings = import ../example-settings.nix;
 
   # The NixOS examples are evaluated as they are used: as modules of a
   # system, importing nix/module.nix themselves.
-  loadExample =
-    file:
+  loadModules =
+    mods:
     let
-      ev = evalNixos [ file ];
+      ev = evalNixos mods;
     in
     {
       inherit ev;
@@ -139,7 +140,24 @@ let
       cfg = ev.config.services.netconverge;
       imported = elem (toString moduleFile) ev.options.services.netconverge.enable.declarations;
     };
+  loadExample = file: loadModules [ file ];
   k3sNode = loadExample ../../examples/nixos/k3s-node.nix;
+  # The fleet example on each of its hosts: only the host name differs.
+  fleetNames = [
+    "node-a"
+    "node-b"
+    "node-c"
+  ];
+  fleetNodes = lib.genAttrs fleetNames (
+    name:
+    loadModules [
+      ../../examples/nixos/fleet.nix
+      { networking.hostName = name; }
+    ]
+  );
+  # What the module must generate for a fleet host: its settings plus
+  # node_name = networking.hostName.
+  fleetGenerated = r: (pkgs.formats.toml { }).generate "netconverge.toml" (r.cfg.settings // { node_name = r.config.networking.hostName; });
   guard = loadExample ../../examples/nixos/guard-mode.nix;
 
   fullUser = {
@@ -605,18 +623,37 @@ let
     }
     # ---- the examples -------------------------------------------------------
     {
-      name = "examples/nixos/k3s-node.nix: imports the module, k3s with --flannel-backend=none, netconverge owns overlay+NAT+lease(write)";
+      name = "examples/nixos/k3s-node.nix: node-a of the fleet example, k3s server with --flannel-backend=none, netconverge owns overlay+NAT+lease+CNI from settings.fleet";
       ok =
         k3sNode.imported
         && k3sNode.config.services.k3s.enable
         && elem "--flannel-backend=none" k3sNode.config.services.k3s.extraFlags
         && k3sNode.cfg.enable
-        && k3sNode.cfg.settings ? vxlan
+        && k3sNode.cfg.settings ? fleet
         && k3sNode.cfg.settings ? nat
-        && k3sNode.cfg.settings.lease.mode == "write"
+        && k3sNode.cfg.settings ? cni
         && k3sNode.config.systemd.services.k3s.requires == [ "netconverge.service" ]
         && k3sNode.config.networking.networkmanager.unmanaged == [ "interface-name:flannel.1" ]
         && k3sNode.failedAssertions == [ ];
+    }
+    {
+      name = "examples/nixos/fleet.nix on node-a/b/c: one fleet attrset, node_name = networking.hostName in each generated file, /etc/cni/net.d writable, agents without --flannel-backend";
+      ok = all (
+        name:
+        let
+          r = fleetNodes.${name};
+          sc = r.config.systemd.services.netconverge.serviceConfig;
+        in
+        r.cfg.settings.fleet == fleetNodes.node-a.cfg.settings.fleet
+        && !(r.cfg.settings ? node_name)
+        && contains "--config ${fleetGenerated r} validate" r.cfg.configFile.buildCommand
+        && (generatorInput' (fleetGenerated r)).node_name == name
+        && elem "/etc/cni/net.d" sc.ReadWritePaths
+        && r.config.networking.networkmanager.unmanaged == [ "interface-name:flannel.1" ]
+        && (r.config.services.k3s.role == "server") == (name == "node-a")
+        && (any (f: contains "flannel-backend" f) r.config.services.k3s.extraFlags) == (name == "node-a")
+        && r.failedAssertions == [ ]
+      ) fleetNames;
     }
     {
       name = "examples/nixos/guard-mode.nix: k3s keeps its flannel, netconverge only guards subnet.env (preserve)";
@@ -637,6 +674,12 @@ let
         k3sNode
         guard
       ];
+    }
+    {
+      name = "fleet host files round-trip through TOML";
+      ok = all (r: builtins.fromTOML (toTOML (generatorInput' (fleetGenerated r))) == generatorInput' (fleetGenerated r)) (
+        lib.attrValues fleetNodes
+      );
     }
   ];
 
@@ -659,7 +702,12 @@ else
     };
     toml = {
       "example-settings" = toTOML (generatorInput full);
-      "k3s-node" = toTOML (generatorInput k3sNode);
+      "k3s-node" = toTOML (generatorInput' (fleetGenerated k3sNode));
       "guard-mode" = toTOML (generatorInput guard);
-    };
+    }
+    // lib.mapAttrs' (
+      name: r: lib.nameValuePair "fleet-${name}" (toTOML (generatorInput' (fleetGenerated r)))
+    ) fleetNodes;
+    # Which node each rendered file is validated as (`validate --node`).
+    nodes = lib.mapAttrs' (name: _: lib.nameValuePair "fleet-${name}" name) fleetNodes;
   }

@@ -167,6 +167,10 @@ in
       default = [ ];
     };
 
+    networking.hostName = mkOption {
+      type = types.str;
+      default = "nixos";
+    };
     networking.networkmanager.enable = lib.mkEnableOption "NetworkManager";
     networking.networkmanager.unmanaged = mkOption {
       type = types.listOf types.str;
@@ -188,6 +192,14 @@ in
         "agent"
       ];
       default = "server";
+    };
+    services.k3s.serverAddr = mkOption {
+      type = types.str;
+      default = "";
+    };
+    services.k3s.tokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
     };
     services.k3s.extraFlags = mkOption {
       type = types.either types.str (types.listOf types.str);

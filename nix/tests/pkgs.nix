@@ -131,6 +131,7 @@ lib.fix (
     };
   }
   // lib.genAttrs [
+    "cni-plugins"
     "coreutils"
     "installShellFiles"
     "iptables"

@@ -369,6 +369,24 @@ fn overlaps(mut blocks: Vec<Block<'_>>, d: &mut Diags<'_>) {
 
 /// Cluster-wide checks; every problem goes to `d`.
 fn check(f: &RawFleet, d: &mut Diags<'_>) {
+    check_fleet_keys(f, d);
+    let mut ix = NodeIndex {
+        names: HashMap::with_capacity(f.nodes.len()),
+        addrs: HashMap::with_capacity(f.nodes.len()),
+        macs: HashMap::with_capacity(f.nodes.len()),
+        blocks: [Vec::new(), Vec::new()],
+    };
+    for n in &f.nodes {
+        check_node(f, n, &mut ix, d);
+    }
+    for list in ix.blocks {
+        overlaps(list, d);
+    }
+}
+
+/// The [fleet] table's own keys: a network, distinct devices per family,
+/// an underlay that is not one of them.
+fn check_fleet_keys(f: &RawFleet, d: &mut Diags<'_>) {
     if f.network.is_absent() && f.ipv6_network.is_absent() {
         d.error(
             f.header,
@@ -397,157 +415,189 @@ fn check(f: &RawFleet, d: &mut Diags<'_>) {
             );
         }
     }
+}
 
-    let mut names: HashMap<&str, Span> = HashMap::with_capacity(f.nodes.len());
-    let mut addrs: HashMap<IpAddr, (&str, Span)> = HashMap::with_capacity(f.nodes.len());
-    let mut macs: HashMap<(&str, Mac), (&str, Span)> = HashMap::with_capacity(f.nodes.len());
-    let mut blocks: [Vec<Block<'_>>; 2] = [Vec::new(), Vec::new()];
-    for n in &f.nodes {
-        if let Some(name) = &n.name {
-            match names.get(name.v.as_str()) {
-                Some(first) => d.error(
-                    name.span,
-                    format!("duplicate [[fleet.node]] name `{}`", name.v),
-                    format!(
-                        "first declared at line {}; each node needs a name of its own",
-                        d.line(*first)
-                    ),
+/// What each [[fleet.node]] must not share with another, built up over the
+/// nodes in file order (a clash is reported at the later one).
+struct NodeIndex<'f> {
+    names: HashMap<&'f str, Span>,
+    addrs: HashMap<IpAddr, (&'f str, Span)>,
+    macs: HashMap<(&'f str, Mac), (&'f str, Span)>,
+    /// Pod subnets per family (IPv4, IPv6), for the overlap sweep.
+    blocks: [Vec<Block<'f>>; 2],
+}
+
+fn check_node<'f>(f: &'f RawFleet, n: &'f RawNode, ix: &mut NodeIndex<'f>, d: &mut Diags<'_>) {
+    if let Some(name) = &n.name {
+        match ix.names.get(name.v.as_str()) {
+            Some(first) => d.error(
+                name.span,
+                format!("duplicate [[fleet.node]] name `{}`", name.v),
+                format!(
+                    "first declared at line {}; each node needs a name of its own",
+                    d.line(*first)
                 ),
-                None => {
-                    names.insert(&name.v, name.span);
-                }
+            ),
+            None => {
+                ix.names.insert(&name.v, name.span);
             }
         }
-        // One device for both families is reported above: check its MAC once.
-        let mut mac_devs: Vec<&str> = Vec::with_capacity(2);
-        for (i, fam) in FAMILIES.into_iter().enumerate() {
-            let (nk, sk) = family_keys(fam);
-            let ak = addr_keys(fam);
-            let addr = n.address(fam);
-            let sub = n.subnet(fam);
-            match f.network(fam) {
-                Field::Given(net) => {
-                    for (key, absent, what) in [
-                        (ak, addr.is_absent(), "underlay address"),
-                        (sk, sub.is_absent(), "pod subnet"),
-                    ] {
-                        if absent {
-                            d.error(
-                                n.header,
-                                format!("node `{}` has no `{key}`", n.name()),
-                                format!(
-                                    "the fleet runs {} (`{nk}` = {}): add its {} {what}, like `{}`",
-                                    fam_name(fam),
-                                    net.v,
-                                    fam_name(fam),
-                                    NODE_KEYS
-                                        .iter()
-                                        .find(|(k, _)| *k == key)
-                                        .map_or("", |(_, e)| *e)
-                                ),
-                            );
-                        }
-                    }
-                    if let Some(s) = sub.given() {
-                        if net.v.contains(&s.v) {
-                            let (start, end) = bounds(&s.v);
-                            if let Some(list) = blocks.get_mut(i) {
-                                list.push(Block {
-                                    start,
-                                    end,
-                                    net: s.v,
-                                    span: s.span,
-                                    node: n.name(),
-                                });
-                            }
-                        } else {
-                            d.error(
-                                s.span,
-                                format!(
-                                    "subnet {} of node `{}` is outside the fleet's `{nk}` {}",
-                                    s.v,
-                                    n.name(),
-                                    net.v
-                                ),
-                                format!(
-                                    "every pod subnet is part of the cluster network: pick a free subnet inside {}",
-                                    net.v
-                                ),
-                            );
-                        }
-                    }
-                    if let Some((dev, mac)) = f
-                        .device(fam)
-                        .filter(|dev| !mac_devs.contains(&dev.v.as_str()))
-                        .and_then(|dev| vtep_mac(n, &dev.v).map(|m| (dev, m)))
-                    {
-                        mac_devs.push(&dev.v);
-                        let explicit = n.mac.given().is_some();
-                        match macs.get(&(dev.v.as_str(), mac.v)) {
-                            Some((other, at)) => d.error(
-                                mac.span,
-                                format!(
-                                    "VTEP MAC {} of node `{}` on `{}` is also node `{other}`'s (line {})",
-                                    mac.v,
-                                    n.name(),
-                                    dev.v,
-                                    d.line(*at)
-                                ),
-                                if explicit {
-                                    "each node's VTEP has its own MAC: remove `mac` to derive it from the node's name".to_string()
-                                } else {
-                                    "set a distinct `mac` on one of the two nodes".to_string()
-                                },
-                            ),
-                            None => {
-                                macs.insert((&dev.v, mac.v), (n.name(), mac.span));
-                            }
-                        }
-                    }
-                }
-                Field::Absent => {
-                    for (key, given) in [
-                        (ak, addr.given().map(|x| x.span)),
-                        (sk, sub.given().map(|x| x.span)),
-                    ] {
-                        if let Some(span) = given {
-                            d.error(
-                                span,
-                                format!(
-                                    "node `{}` has `{key}` but [fleet] has no `{nk}`",
-                                    n.name()
-                                ),
-                                format!(
-                                    "add `{nk}` to [fleet] to run {} on the overlay, or remove `{key}`",
-                                    fam_name(fam)
-                                ),
-                            );
-                        }
-                    }
-                }
-                Field::Invalid => {}
+    }
+    // One device for both families is reported above: check its MAC once.
+    let mut mac_devs: Vec<&str> = Vec::with_capacity(2);
+    for (i, fam) in FAMILIES.into_iter().enumerate() {
+        let addr = n.address(fam);
+        match f.network(fam) {
+            Field::Given(net) => {
+                node_in_network(n, fam, net, i, ix, d);
+                node_mac(f, n, fam, &mut mac_devs, ix, d);
             }
-            if let Some(a) = addr.given() {
-                match addrs.get(&a.v) {
-                    Some((other, at)) => d.error(
-                        a.span,
-                        format!(
-                            "address {} of node `{}` is also node `{other}`'s (line {})",
-                            a.v,
-                            n.name(),
-                            d.line(*at)
-                        ),
-                        "each node has an underlay address of its own",
+            Field::Absent => node_without_network(n, fam, d),
+            Field::Invalid => {}
+        }
+        if let Some(a) = addr.given() {
+            match ix.addrs.get(&a.v) {
+                Some((other, at)) => d.error(
+                    a.span,
+                    format!(
+                        "address {} of node `{}` is also node `{other}`'s (line {})",
+                        a.v,
+                        n.name(),
+                        d.line(*at)
                     ),
-                    None => {
-                        addrs.insert(a.v, (n.name(), a.span));
-                    }
+                    "each node has an underlay address of its own",
+                ),
+                None => {
+                    ix.addrs.insert(a.v, (n.name(), a.span));
                 }
             }
         }
     }
-    for list in blocks {
-        overlaps(list, d);
+}
+
+/// A node in a fleet running `fam` (on `net`): it has both keys of the
+/// family, and its pod subnet lies inside `net` (then swept for overlaps
+/// as family `i`'s block).
+fn node_in_network<'f>(
+    n: &'f RawNode,
+    fam: Family,
+    net: &Sp<IpNet>,
+    i: usize,
+    ix: &mut NodeIndex<'f>,
+    d: &mut Diags<'_>,
+) {
+    let (nk, sk) = family_keys(fam);
+    let ak = addr_keys(fam);
+    let (addr, sub) = (n.address(fam), n.subnet(fam));
+    for (key, absent, what) in [
+        (ak, addr.is_absent(), "underlay address"),
+        (sk, sub.is_absent(), "pod subnet"),
+    ] {
+        if absent {
+            d.error(
+                n.header,
+                format!("node `{}` has no `{key}`", n.name()),
+                format!(
+                    "the fleet runs {} (`{nk}` = {}): add its {} {what}, like `{}`",
+                    fam_name(fam),
+                    net.v,
+                    fam_name(fam),
+                    NODE_KEYS
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or("", |(_, e)| *e)
+                ),
+            );
+        }
+    }
+    let Some(s) = sub.given() else { return };
+    if net.v.contains(&s.v) {
+        let (start, end) = bounds(&s.v);
+        if let Some(list) = ix.blocks.get_mut(i) {
+            list.push(Block {
+                start,
+                end,
+                net: s.v,
+                span: s.span,
+                node: n.name(),
+            });
+        }
+    } else {
+        d.error(
+            s.span,
+            format!(
+                "subnet {} of node `{}` is outside the fleet's `{nk}` {}",
+                s.v,
+                n.name(),
+                net.v
+            ),
+            format!(
+                "every pod subnet is part of the cluster network: pick a free subnet inside {}",
+                net.v
+            ),
+        );
+    }
+}
+
+/// The node's VTEP MAC on the family's device is its own (once per device:
+/// `mac_devs` holds the devices already checked for this node).
+fn node_mac<'f>(
+    f: &'f RawFleet,
+    n: &'f RawNode,
+    fam: Family,
+    mac_devs: &mut Vec<&'f str>,
+    ix: &mut NodeIndex<'f>,
+    d: &mut Diags<'_>,
+) {
+    let Some((dev, mac)) = f
+        .device(fam)
+        .filter(|dev| !mac_devs.contains(&dev.v.as_str()))
+        .and_then(|dev| vtep_mac(n, &dev.v).map(|m| (dev, m)))
+    else {
+        return;
+    };
+    mac_devs.push(&dev.v);
+    let explicit = n.mac.given().is_some();
+    match ix.macs.get(&(dev.v.as_str(), mac.v)) {
+        Some((other, at)) => d.error(
+            mac.span,
+            format!(
+                "VTEP MAC {} of node `{}` on `{}` is also node `{other}`'s (line {})",
+                mac.v,
+                n.name(),
+                dev.v,
+                d.line(*at)
+            ),
+            if explicit {
+                "each node's VTEP has its own MAC: remove `mac` to derive it from the node's name"
+                    .to_string()
+            } else {
+                "set a distinct `mac` on one of the two nodes".to_string()
+            },
+        ),
+        None => {
+            ix.macs.insert((&dev.v, mac.v), (n.name(), mac.span));
+        }
+    }
+}
+
+/// A node giving keys of a family the fleet does not run.
+fn node_without_network(n: &RawNode, fam: Family, d: &mut Diags<'_>) {
+    let (nk, sk) = family_keys(fam);
+    for (key, given) in [
+        (addr_keys(fam), n.address(fam).given().map(|x| x.span)),
+        (sk, n.subnet(fam).given().map(|x| x.span)),
+    ] {
+        if let Some(span) = given {
+            d.error(
+                span,
+                format!("node `{}` has `{key}` but [fleet] has no `{nk}`", n.name()),
+                format!(
+                    "add `{nk}` to [fleet] to run {} on the overlay, or remove `{key}`",
+                    fam_name(fam)
+                ),
+            );
+        }
     }
 }
 
@@ -736,32 +786,8 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
         };
         // Before the hand-written ones: a clash is then reported at the
         // hand-written entry, and the fleet's devices come first.
-        raw.vxlans.insert(
-            vxlan_at,
-            RawVxlan {
-                name: Some(dev.clone()),
-                vni: Some(vni.clone()),
-                port: Some(port.clone()),
-                underlay: Some(underlay),
-                family: Some(Sp {
-                    v: fam,
-                    span: addr.span,
-                }),
-                family_explicit: true,
-                local: Field::Given(addr.clone()),
-                mac: me.mac.clone(),
-                adopt: None,
-                mtu: Field::Absent,
-                learning: Some(Sp {
-                    v: false,
-                    span: fleet.header,
-                }),
-                gbp: Some(Sp {
-                    v: false,
-                    span: fleet.header,
-                }),
-            },
-        );
+        let v = node_vxlan(&fleet, me, fam, dev, addr, (&vni, &port), underlay);
+        raw.vxlans.insert(vxlan_at, v);
         vxlan_at += 1;
         // flannel's VTEP address: the subnet's network address as a host.
         let full = match fam {
@@ -777,46 +803,103 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
                 }),
             });
         }
-        let (nk, sk) = family_keys(fam);
-        let l = raw.lease.get_or_insert_with(|| default_lease(fleet.header));
-        let lf = family_mut(&mut l.v4, &mut l.v6, fam);
-        fill(
-            &mut lf.network,
-            net,
-            "[lease]",
-            nk,
-            "the fleet's network",
-            d,
-        );
-        fill(
-            &mut lf.subnet,
-            subnet,
-            "[lease]",
-            sk,
-            "this node's fleet subnet",
-            d,
-        );
-        if let Some(n) = raw.nat.as_mut() {
-            // Unset [nat] values come from [lease] (now filled); set ones must agree.
-            let nf = family_mut(&mut n.v4, &mut n.v6, fam);
-            if nf.network.given().is_some() {
-                fill(&mut nf.network, net, "[nat]", nk, "the fleet's network", d);
-            }
-            if nf.subnet.given().is_some() {
-                fill(
-                    &mut nf.subnet,
-                    subnet,
-                    "[nat]",
-                    sk,
-                    "this node's fleet subnet",
-                    d,
-                );
-            }
+        fill_lease_and_nat(raw, fleet.header, fam, net, subnet, d);
+    }
+    let mut peers = fleet_peers(&fleet, &my_name.v);
+    // Before the hand-written ones, like the devices.
+    peers.append(&mut raw.peers);
+    raw.peers = peers;
+    by_local
+}
+
+/// This node's VXLAN device of family `fam`, as if written in the file.
+fn node_vxlan(
+    fleet: &RawFleet,
+    me: &RawNode,
+    fam: Family,
+    dev: &Sp<String>,
+    addr: &Sp<IpAddr>,
+    (vni, port): (&Sp<u32>, &Sp<u16>),
+    underlay: Sp<String>,
+) -> RawVxlan {
+    RawVxlan {
+        name: Some(dev.clone()),
+        vni: Some(vni.clone()),
+        port: Some(port.clone()),
+        underlay: Some(underlay),
+        family: Some(Sp {
+            v: fam,
+            span: addr.span,
+        }),
+        family_explicit: true,
+        local: Field::Given(addr.clone()),
+        mac: me.mac.clone(),
+        adopt: None,
+        mtu: Field::Absent,
+        learning: Some(Sp {
+            v: false,
+            span: fleet.header,
+        }),
+        gbp: Some(Sp {
+            v: false,
+            span: fleet.header,
+        }),
+    }
+}
+
+/// The node's fleet network and subnet of `fam` fill the [lease] (created
+/// if absent) and the unset [nat] values; set ones must agree.
+fn fill_lease_and_nat(
+    raw: &mut Raw,
+    header: Span,
+    fam: Family,
+    net: &Sp<IpNet>,
+    subnet: &Sp<IpNet>,
+    d: &mut Diags<'_>,
+) {
+    let (nk, sk) = family_keys(fam);
+    let l = raw.lease.get_or_insert_with(|| default_lease(header));
+    let lf = family_mut(&mut l.v4, &mut l.v6, fam);
+    fill(
+        &mut lf.network,
+        net,
+        "[lease]",
+        nk,
+        "the fleet's network",
+        d,
+    );
+    fill(
+        &mut lf.subnet,
+        subnet,
+        "[lease]",
+        sk,
+        "this node's fleet subnet",
+        d,
+    );
+    if let Some(n) = raw.nat.as_mut() {
+        // Unset [nat] values come from [lease] (now filled); set ones must agree.
+        let nf = family_mut(&mut n.v4, &mut n.v6, fam);
+        if nf.network.given().is_some() {
+            fill(&mut nf.network, net, "[nat]", nk, "the fleet's network", d);
+        }
+        if nf.subnet.given().is_some() {
+            fill(
+                &mut nf.subnet,
+                subnet,
+                "[nat]",
+                sk,
+                "this node's fleet subnet",
+                d,
+            );
         }
     }
+}
+
+/// Every other node of the fleet as a [[peer]] per family it runs.
+fn fleet_peers(fleet: &RawFleet, my_name: &str) -> Vec<RawPeer> {
     let mut peers = Vec::with_capacity(2 * fleet.nodes.len());
     for n in &fleet.nodes {
-        if n.name() == my_name.v {
+        if n.name() == my_name {
             continue;
         }
         for (fam, _) in fleet.families() {
@@ -836,10 +919,7 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
             });
         }
     }
-    // Before the hand-written ones, like the devices.
-    peers.append(&mut raw.peers);
-    raw.peers = peers;
-    by_local
+    peers
 }
 
 #[cfg(test)]
@@ -944,11 +1024,18 @@ backend = "nftables"
     #[test]
     fn shipped_examples_carry_node_bs_derived_mac() {
         let mac = Mac::derive("node-b", DEFAULT_DEVICE).to_string();
+        // examples/nixos/{k3s-node,fleet,fleet-cluster}.nix use the fleet:
+        // no MAC is written there at all.
         for f in [
             "examples/nixos/k3s-node.nix",
-            "nix/example-settings.nix",
-            "docs/packaging.md",
+            "examples/nixos/fleet.nix",
+            "examples/nixos/fleet-cluster.nix",
         ] {
+            let text =
+                std::fs::read_to_string(format!("{}/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            assert!(!text.split('"').any(|w| w.parse::<Mac>().is_ok()), "{f}");
+        }
+        for f in ["nix/example-settings.nix", "docs/packaging.md"] {
             let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             let macs: Vec<&str> = text

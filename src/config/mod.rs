@@ -8,6 +8,7 @@
 //! (typed, spanned values; type errors and unknown keys) → [`validate`]
 //! (cross-object checks, then mapping into the model).
 
+mod cni;
 mod fleet;
 mod schema;
 mod validate;
@@ -73,8 +74,32 @@ pub fn parse(source: &str, file: &str) -> Result<Desired, ConfigErrors> {
     parse_as(source, file, &NodeSelect::default())
 }
 
+/// What a configuration is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    /// Converge to it (converge, run, reload, validate): a file that
+    /// declares nothing is refused, since converging it would remove every
+    /// owned object.
+    #[default]
+    Converge,
+    /// `cleanup`: removes everything netconverge owns anyway, so a file
+    /// that declares nothing (only its settings: `state_dir`, `[engine]`)
+    /// is what it is for.
+    Cleanup,
+}
+
 /// [`parse`] for the node `node` selects out of a `[fleet]`.
 pub fn parse_as(source: &str, file: &str, node: &NodeSelect) -> Result<Desired, ConfigErrors> {
+    parse_for(source, file, node, Purpose::Converge)
+}
+
+/// [`parse_as`] for `purpose`.
+pub fn parse_for(
+    source: &str,
+    file: &str,
+    node: &NodeSelect,
+    purpose: Purpose,
+) -> Result<Desired, ConfigErrors> {
     let mut d = Diags::new(source);
     let mut root = match toml_span::parse(source) {
         Ok(v) => v,
@@ -85,7 +110,7 @@ pub fn parse_as(source: &str, file: &str, node: &NodeSelect) -> Result<Desired, 
     };
     let mut raw = schema::read(&mut root, &mut d);
     let underlay_by_local = fleet::expand(&mut raw, node, &mut d);
-    validate::check(&raw, &mut d);
+    validate::check(&raw, &mut d, purpose == Purpose::Cleanup);
     if !d.is_empty() {
         return Err(d.finish(file));
     }
@@ -120,6 +145,11 @@ pub fn load(path: &Path) -> Result<Desired, ConfigErrors> {
 
 /// [`load`] for the node `node` selects (`--node` goes in `node.flag`).
 pub fn load_as(path: &Path, node: &NodeSelect) -> Result<Desired, ConfigErrors> {
+    load_for(path, node, Purpose::Converge)
+}
+
+/// [`load_as`] for `purpose`.
+pub fn load_for(path: &Path, node: &NodeSelect, purpose: Purpose) -> Result<Desired, ConfigErrors> {
     let name = path.display().to_string();
     let bytes = read_config(path).map_err(|(message, help)| {
         ConfigErrors(vec![ConfigError {
@@ -132,7 +162,7 @@ pub fn load_as(path: &Path, node: &NodeSelect) -> Result<Desired, ConfigErrors> 
     })?;
     let source = String::from_utf8(bytes)
         .map_err(|e| ConfigErrors(vec![utf8_error(&name, e.as_bytes(), e.utf8_error())]))?;
-    parse_as(&source, &name, node)
+    parse_for(&source, &name, node, purpose)
 }
 
 /// The file's bytes, or (message, help). Only a regular file (symlinks are

@@ -527,7 +527,7 @@ pub(crate) fn abs_path(s: &str) -> Result<PathBuf, Bad> {
     Ok(PathBuf::from(s))
 }
 
-fn file_path(s: &str) -> Result<PathBuf, Bad> {
+pub(crate) fn file_path(s: &str) -> Result<PathBuf, Bad> {
     let p = abs_path(s)?;
     // `/.` and `/..` name a directory too: the atomic write needs a file
     // name to put its temp file next to.
@@ -781,6 +781,7 @@ pub(crate) struct Raw {
     pub(crate) peers: Vec<RawPeer>,
     pub(crate) nat: Option<RawNat>,
     pub(crate) lease: Option<RawLease>,
+    pub(crate) cni: Option<super::cni::RawCni>,
     /// `[fleet]`, expanded into the fields above by [`super::fleet::expand`].
     pub(crate) fleet: Option<super::fleet::RawFleet>,
     pub(crate) daemon: DaemonSpec,
@@ -804,6 +805,7 @@ const TOP_KEYS: Keys = &[
     ("peer", "[[peer]]"),
     ("nat", "[nat]"),
     ("lease", "[lease]"),
+    ("cni", "[cni]"),
     ("fleet", "[fleet]"),
     ("daemon", "[daemon]"),
     ("engine", "[engine]"),
@@ -939,6 +941,7 @@ pub(crate) fn read(root: &mut Value<'_>, d: &mut Diags<'_>) -> Raw {
     }
     raw.nat = single(&mut top, d, "nat", NAT_KEYS).map(|s| read_nat(s, d));
     raw.lease = single(&mut top, d, "lease", LEASE_KEYS).map(|s| read_lease(s, d));
+    raw.cni = single(&mut top, d, "cni", super::cni::CNI_KEYS).map(|s| super::cni::read(s, d));
     raw.fleet =
         single(&mut top, d, "fleet", super::fleet::FLEET_KEYS).map(|s| super::fleet::read(s, d));
     if let Some(s) = single(&mut top, d, "daemon", DAEMON_KEYS) {
@@ -1254,7 +1257,7 @@ fn read_peer(mut s: Section<'_>, d: &mut Diags<'_>) -> RawPeer {
     }
 }
 
-fn read_families(s: &mut Section<'_>, d: &mut Diags<'_>) -> (RawFamily, RawFamily) {
+pub(crate) fn read_families(s: &mut Section<'_>, d: &mut Diags<'_>) -> (RawFamily, RawFamily) {
     let v4 = RawFamily {
         network: s.parsed(d, "network", |x| {
             family_net(x, Family::Ipv4, "network", "ipv6_network")

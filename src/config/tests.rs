@@ -1125,6 +1125,19 @@ fn a_file_that_declares_nothing_is_refused() {
     );
     let e = parse("\n\n", "f.toml").unwrap_err();
     assert_eq!((e.0.len(), e.0[0].line, e.0[0].col), (1, 1, 1));
+    // `cleanup` removes everything netconverge owns anyway: it takes such a
+    // file (and its settings), and still reports real errors.
+    let cleanup = |src: &str| {
+        super::parse_for(
+            src,
+            "f.toml",
+            &super::NodeSelect::default(),
+            super::Purpose::Cleanup,
+        )
+    };
+    let d = cleanup("state_dir = \"/var/lib/nc-test\"\n").unwrap();
+    assert_eq!(d.state_dir, std::path::PathBuf::from("/var/lib/nc-test"));
+    assert!(cleanup("state_dir = 1\n").is_err());
     // Any one declaration is enough (controls).
     ok(BASE);
     ok("[lease]\nmode = \"preserve\"\n");

@@ -14,8 +14,9 @@ use toml_span::Span;
 use super::Diags;
 use super::schema::{Field, Raw, RawFamily, RawPeer, RawVxlan, Sp, fam_name, fam_of, family_keys};
 use crate::model::{
-    AddressSpec, Desired, Family, FdbSpec, LeaseFamily, LeaseMode, LeaseSpec, MAIN_TABLE, Mac,
-    NatFamily, NatSpec, NeighborSpec, PeerSpec, RouteSpec, VxlanSpec,
+    AddressSpec, Desired, Family, FdbSpec, IPV6_DEFAULT_METRIC, LeaseFamily, LeaseMode, LeaseSpec,
+    MAIN_TABLE, Mac, NatFamily, NatSpec, NeighborSpec, PeerSpec, RouteSpec, VxlanSpec,
+    effective_metric,
 };
 
 const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
@@ -23,23 +24,6 @@ const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
 fn fam_of_net(n: &IpNet) -> &'static str {
     fam_name(Family::of_net(n))
 }
-
-fn peer_origin(subnet: &IpNet) -> String {
-    format!("peer {subnet}")
-}
-
-/// The kernel's default metric when none is given: routes differing only in
-/// "unset" vs. the default are the same route.
-fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
-    match (dst, metric) {
-        (IpNet::V4(_), m) => m.unwrap_or(0),
-        (IpNet::V6(_), m) => normal_metric6(m).unwrap_or(IPV6_DEFAULT_METRIC),
-    }
-}
-
-/// The metric the kernel gives an IPv6 route that asks for none or for 0
-/// (`IP6_RT_PRIO_USER`).
-const IPV6_DEFAULT_METRIC: u32 = 1024;
 
 /// An IPv6 route with `metric = 0` is stored by the kernel with 1024, so it
 /// is declared as 1024: comparing against 0 would re-add it every pass.
@@ -165,16 +149,17 @@ fn pod_subnet(raw: &Raw, f: Family) -> Option<(IpNet, String)> {
         .map(|s| (s.v, format!("[nat] `{key}`")))
 }
 
-/// Runs every semantic check; problems go to `d`.
-pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
+/// Runs every semantic check; problems go to `d`. `allow_empty`: a file
+/// that declares nothing is fine (for `cleanup`).
+pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>, allow_empty: bool) {
     // Only when nothing else is wrong: a misspelt `[[vxaln]]` already has
     // its own error with a suggestion.
-    if declares_nothing(raw) && d.is_empty() {
+    if !allow_empty && declares_nothing(raw) && d.is_empty() {
         d.error(
             Span::new(0, 0),
             "the configuration declares nothing: no [[vxlan]], [[address]], [[route]], [[neighbor]], [[fdb]], [[peer]], [nat] or [lease]",
             "an empty or truncated file would remove everything netconverge owns, so it is refused; \
-             restore the file, or run `netconverge cleanup` with the last good config to remove it all on purpose",
+             restore the file, or run `netconverge cleanup` (with this file, or the last good one) to remove it all on purpose",
         );
         return;
     }
@@ -185,6 +170,7 @@ pub(crate) fn check(raw: &Raw, d: &mut Diags<'_>) {
     fdb(raw, &devs, d);
     peers(raw, &devs, d);
     lease(raw, d);
+    super::cni::check(raw, d);
     nat(raw, d);
     ipv6_mtu(raw, &devs, d);
 }
@@ -200,6 +186,7 @@ fn declares_nothing(raw: &Raw) -> bool {
         && raw.peers.is_empty()
         && raw.nat.is_none()
         && raw.lease.is_none()
+        && raw.cni.is_none()
 }
 
 /// A declared MTU below 1280 where IPv6 is declared: the kernel would refuse
@@ -645,8 +632,19 @@ fn own_mac(raw: &Raw, v: &RawVxlan) -> Option<Mac> {
     v.mac.is_absent().then(|| Mac::derive(&seed.v, &name.v))
 }
 
+/// What each [[peer]] is checked against, built once for all of them.
+struct PeerIndex<'r> {
+    /// Every [[address]] on a device, as the network it covers.
+    addrs: HashMap<&'r str, NetIndex<Span>>,
+    /// This node's own pod subnet per family, and where it comes from.
+    own: Vec<(Family, IpNet, String)>,
+    /// The subnets of the peers checked so far.
+    others: NetIndex<Span>,
+    /// The VTEP MAC of every peer checked so far, per device.
+    macs: HashMap<(&'r str, Mac), (&'r RawPeer, Span)>,
+}
+
 fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    // Every [[address]] on a device, as the network it covers.
     let mut addrs: HashMap<&str, NetIndex<Span>> = HashMap::new();
     for a in &raw.addresses {
         if let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) {
@@ -656,114 +654,138 @@ fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
                 .insert(cidr.v.trunc(), cidr.span);
         }
     }
-    let own: Vec<(Family, IpNet, String)> = FAMILIES
-        .iter()
-        .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
-        .collect();
-    let mut others: NetIndex<Span> = NetIndex::new();
-    let mut macs: HashMap<(&str, Mac), (&RawPeer, Span)> = HashMap::new();
-
+    let mut ix = PeerIndex {
+        addrs,
+        own: FAMILIES
+            .iter()
+            .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
+            .collect(),
+        others: NetIndex::new(),
+        macs: HashMap::new(),
+    };
     for p in &raw.peers {
         let v = p
             .dev
             .as_ref()
             .and_then(|dev| vxlan_dev(devs, dev, "[[peer]]", d));
-        if let (Some(v), Some(ip)) = (v, &p.vtep_ip) {
-            if let Some(fam) = &v.family {
-                if Family::of(&ip.v) != fam.v {
-                    family_mismatch(d, ip, "vtep_ip", v, fam.v);
-                }
-            }
-            if v.local.given().is_some_and(|l| l.v == ip.v) {
-                d.error(
-                    ip.span,
-                    format!("`vtep_ip` {} is this node's own `local` address", ip.v),
-                    "a peer is another node: use that node's underlay address",
-                );
-            }
+        if let Some(v) = v {
+            peer_vtep(raw, v, p, d);
         }
-        if let (Some(v), Some(mac)) = (v, &p.vtep_mac) {
-            if own_mac(raw, v) == Some(mac.v) {
-                d.error(
-                    mac.span,
-                    format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
-                    "a peer is another node: use that node's VTEP MAC",
-                );
-            }
+        peer_mac_unique(p, &mut ix, d);
+        if let Some(subnet) = &p.subnet {
+            peer_subnet(p, subnet, &mut ix, d);
         }
-        if let (Some(dev), Some(mac)) = (&p.dev, &p.vtep_mac) {
-            match macs.get(&(dev.v.as_str(), mac.v)) {
-                Some((first, at)) => {
-                    let other = first
-                        .subnet
-                        .as_ref()
-                        .map_or(String::new(), |s| s.v.to_string());
-                    d.error(
-                        mac.span,
-                        format!(
-                            "VTEP MAC {} on `{}` is already used by peer {other} (line {})",
-                            mac.v,
-                            dev.v,
-                            d.line(*at)
-                        ),
-                        "each node's VTEP has its own MAC: check which peer has the wrong one",
-                    );
-                }
-                None => {
-                    macs.insert((&dev.v, mac.v), (p, mac.span));
-                }
-            }
-        }
+    }
+}
 
-        let Some(subnet) = &p.subnet else { continue };
-        for (f, n, from) in &own {
-            if Family::of_net(&subnet.v) == *f && (n.contains(&subnet.v) || subnet.v.contains(n)) {
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} overlaps this node's own pod subnet {n} ({from})",
-                        subnet.v
-                    ),
-                    "a peer is another node: use that node's pod subnet",
-                );
+/// The peer's VTEP is another node's: its address has the device's family
+/// and is not this node's `local`, its MAC is not this node's.
+fn peer_vtep(raw: &Raw, v: &RawVxlan, p: &RawPeer, d: &mut Diags<'_>) {
+    if let Some(ip) = &p.vtep_ip {
+        if let Some(fam) = &v.family {
+            if Family::of(&ip.v) != fam.v {
+                family_mismatch(d, ip, "vtep_ip", v, fam.v);
             }
         }
-        if let Some(dev) = &p.dev {
-            if let Some((n, at)) = addrs
-                .get(dev.v.as_str())
-                .and_then(|ix| ix.find_overlap(&subnet.v))
-            {
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} overlaps address {n} on `{}` (line {})",
-                        subnet.v,
-                        dev.v,
-                        d.line(*at)
-                    ),
-                    "this node's own address is not a peer's: use the peer's pod subnet",
-                );
-            }
+        if v.local.given().is_some_and(|l| l.v == ip.v) {
+            d.error(
+                ip.span,
+                format!("`vtep_ip` {} is this node's own `local` address", ip.v),
+                "a peer is another node: use that node's underlay address",
+            );
         }
-        match others.find_overlap(&subnet.v) {
-            Some((n, at)) => {
-                let how = if n == subnet.v {
-                    "is the same as".to_string()
-                } else {
-                    "overlaps".to_string()
-                };
-                d.error(
-                    subnet.span,
-                    format!(
-                        "peer subnet {} {how} peer subnet {n} (line {})",
-                        subnet.v,
-                        d.line(*at)
-                    ),
-                    "each node has its own pod subnet: remove the duplicate peer or fix its subnet",
-                );
-            }
-            None => others.insert(subnet.v, subnet.span),
+    }
+    if let Some(mac) = &p.vtep_mac {
+        if own_mac(raw, v) == Some(mac.v) {
+            d.error(
+                mac.span,
+                format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
+                "a peer is another node: use that node's VTEP MAC",
+            );
         }
+    }
+}
+
+/// Each node's VTEP has its own MAC: a second peer with it on the same
+/// device is reported with the first one's line.
+fn peer_mac_unique<'r>(p: &'r RawPeer, ix: &mut PeerIndex<'r>, d: &mut Diags<'_>) {
+    let (Some(dev), Some(mac)) = (&p.dev, &p.vtep_mac) else {
+        return;
+    };
+    match ix.macs.get(&(dev.v.as_str(), mac.v)) {
+        Some((first, at)) => {
+            let other = first
+                .subnet
+                .as_ref()
+                .map_or(String::new(), |s| s.v.to_string());
+            d.error(
+                mac.span,
+                format!(
+                    "VTEP MAC {} on `{}` is already used by peer {other} (line {})",
+                    mac.v,
+                    dev.v,
+                    d.line(*at)
+                ),
+                "each node's VTEP has its own MAC: check which peer has the wrong one",
+            );
+        }
+        None => {
+            ix.macs.insert((&dev.v, mac.v), (p, mac.span));
+        }
+    }
+}
+
+/// The peer's pod subnet is its own: it overlaps neither this node's pod
+/// subnet, nor an address on its device, nor another peer's subnet.
+fn peer_subnet(p: &RawPeer, subnet: &Sp<IpNet>, ix: &mut PeerIndex<'_>, d: &mut Diags<'_>) {
+    for (f, n, from) in &ix.own {
+        if Family::of_net(&subnet.v) == *f && (n.contains(&subnet.v) || subnet.v.contains(n)) {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} overlaps this node's own pod subnet {n} ({from})",
+                    subnet.v
+                ),
+                "a peer is another node: use that node's pod subnet",
+            );
+        }
+    }
+    if let Some(dev) = &p.dev {
+        if let Some((n, at)) = ix
+            .addrs
+            .get(dev.v.as_str())
+            .and_then(|a| a.find_overlap(&subnet.v))
+        {
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} overlaps address {n} on `{}` (line {})",
+                    subnet.v,
+                    dev.v,
+                    d.line(*at)
+                ),
+                "this node's own address is not a peer's: use the peer's pod subnet",
+            );
+        }
+    }
+    match ix.others.find_overlap(&subnet.v) {
+        Some((n, at)) => {
+            let how = if n == subnet.v {
+                "is the same as".to_string()
+            } else {
+                "overlaps".to_string()
+            };
+            d.error(
+                subnet.span,
+                format!(
+                    "peer subnet {} {how} peer subnet {n} (line {})",
+                    subnet.v,
+                    d.line(*at)
+                ),
+                "each node has its own pod subnet: remove the duplicate peer or fix its subnet",
+            );
+        }
+        None => ix.others.insert(subnet.v, subnet.span),
     }
 }
 
@@ -800,7 +822,7 @@ fn lease(raw: &Raw, d: &mut Diags<'_>) {
 }
 
 /// One family of [lease] as written: both keys or neither, subnet in network.
-fn family_pair(d: &mut Diags<'_>, section: &str, fam: &RawFamily, nk: &str, sk: &str) {
+pub(crate) fn family_pair(d: &mut Diags<'_>, section: &str, fam: &RawFamily, nk: &str, sk: &str) {
     match (&fam.network, &fam.subnet) {
         (Field::Given(n), Field::Absent) => d.error(
             n.span,
@@ -955,6 +977,20 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         ),
         ..Desired::default()
     };
+    // One step per section. Explicit objects come before the peers' (the
+    // planner keeps declaration order within a stage); NAT before the
+    // lease, whose ipmasq defaults to NAT's masquerade.
+    build_vxlans(raw, &mut out)?;
+    build_objects(raw, &mut out)?;
+    build_peers(raw, &mut out)?;
+    build_nat(raw, &mut out)?;
+    build_lease(raw, &mut out)?;
+    out.cni = super::cni::build(raw)?;
+    Some(out)
+}
+
+/// The [[vxlan]] devices, and those adopted.
+fn build_vxlans(raw: &Raw, out: &mut Desired) -> Option<()> {
     for v in &raw.vxlans {
         out.vxlans.push(VxlanSpec {
             name: v.name.as_ref()?.v.clone(),
@@ -972,6 +1008,12 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             out.adopt.vxlans.insert(v.name.as_ref()?.v.clone());
         }
     }
+    Some(())
+}
+
+/// The explicit [[address]], [[route]], [[neighbor]] and [[fdb]] objects,
+/// each with its origin (`route #3`) for reasons and messages.
+fn build_objects(raw: &Raw, out: &mut Desired) -> Option<()> {
     for (i, a) in raw.addresses.iter().enumerate() {
         out.addresses.push(AddressSpec {
             dev: a.dev.as_ref()?.v.clone(),
@@ -1017,8 +1059,12 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             origin: format!("fdb #{}", i + 1),
         });
     }
-    // flannel's three objects per remote node, in its order: neighbour,
-    // FDB, then the onlink route (the planner keeps stage order).
+    Some(())
+}
+
+/// The [[peer]]s, and their routes adopted.
+fn build_peers(raw: &Raw, out: &mut Desired) -> Option<()> {
+    // Each remote node becomes flannel's three objects (`PeerSpec::expand`).
     for p in &raw.peers {
         let peer = PeerSpec {
             dev: p.dev.as_ref()?.v.clone(),
@@ -1026,34 +1072,15 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             vtep_ip: p.vtep_ip.as_ref()?.v,
             vtep_mac: p.vtep_mac.as_ref()?.v,
         };
-        let origin = peer_origin(&peer.subnet);
-        out.neighbors.push(NeighborSpec {
-            dev: peer.dev.clone(),
-            ip: peer.subnet.network(),
-            mac: peer.vtep_mac,
-            origin: origin.clone(),
-        });
-        out.fdb.push(FdbSpec {
-            dev: peer.dev.clone(),
-            mac: peer.vtep_mac,
-            dst: peer.vtep_ip,
-            origin: origin.clone(),
-        });
-        out.routes.push(RouteSpec {
-            dst: peer.subnet,
-            via: Some(peer.subnet.network()),
-            dev: Some(peer.dev.clone()),
-            onlink: true,
-            src: None,
-            metric: None,
-            table: MAIN_TABLE,
-            origin,
-        });
         if p.adopt.as_ref().is_some_and(|a| a.v) {
             out.adopt.routes.insert((MAIN_TABLE, peer.subnet, None));
         }
-        out.peers.push(peer);
+        out.add_peer(peer);
     }
+    Some(())
+}
+
+fn build_nat(raw: &Raw, out: &mut Desired) -> Option<()> {
     if let Some(n) = &raw.nat {
         out.nat = Some(NatSpec {
             backend: n.backend.as_ref()?.v,
@@ -1068,6 +1095,11 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             adopt: n.adopt.as_ref()?.v,
         });
     }
+    Some(())
+}
+
+/// The [lease]; `ipmasq` defaults to whether [nat] masquerades.
+fn build_lease(raw: &Raw, out: &mut Desired) -> Option<()> {
     if let Some(l) = &raw.lease {
         let nat_masq = out.nat.as_ref().is_some_and(|n| n.masquerade);
         out.lease = Some(LeaseSpec {
@@ -1080,5 +1112,5 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
             state_dir: l.state_dir.as_ref()?.v.clone(),
         });
     }
-    Some(out)
+    Some(())
 }

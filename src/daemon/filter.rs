@@ -1,7 +1,10 @@
 //! Which netlink notifications concern the desired state.
 //!
 //! Invariant: a notification is relevant only if it touches a declared VXLAN
-//! device, an underlay (or any device the desired state places objects on),
+//! device, an underlay (or any device the desired state places objects on;
+//! an underlay found by address is followed under the name the last pass
+//! resolved, and a global address equal to such a device's `local` is
+//! relevant wherever it appears: it is how that underlay is found),
 //! a route or nexthop object carrying our protocol marker (or a nexthop id
 //! we own), or a declared route destination. A node with hundreds of pod
 //! veths churning triggers no converge pass.
@@ -11,7 +14,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::AddressScope;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -26,8 +29,13 @@ const RTPROT_RA: u8 = 9;
 
 #[derive(Debug, Default)]
 pub struct Interest {
-    /// Every device name the desired state depends on.
+    /// Every device name the desired state names itself (no placeholder of
+    /// an underlay found by address).
+    declared: BTreeSet<String>,
+    /// `declared` plus the underlays found by address in the last pass.
     names: BTreeSet<String>,
+    /// The `local` addresses of devices whose underlay is found by address.
+    by_local: HashSet<IpAddr>,
     /// Declared VXLAN devices (their whole content is ours).
     managed: BTreeSet<String>,
     /// Current ifindex → name for the names above.
@@ -42,15 +50,23 @@ pub struct Interest {
 impl Interest {
     pub fn new(desired: &Desired) -> Interest {
         let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut by_local = HashSet::new();
         for v in &desired.vxlans {
             names.insert(v.name.clone());
-            names.insert(v.underlay.clone());
+            if desired.underlay_by_local.contains(&v.name) {
+                // a placeholder: no interface has that name
+                by_local.extend(v.local);
+            } else {
+                names.insert(v.underlay.clone());
+            }
         }
         names.extend(desired.addresses.iter().map(|a| a.dev.clone()));
         names.extend(desired.neighbors.iter().map(|n| n.dev.clone()));
         names.extend(desired.routes.iter().filter_map(|r| r.dev.clone()));
         Interest {
+            declared: names.clone(),
             names,
+            by_local,
             managed: desired.vxlans.iter().map(|v| v.name.clone()).collect(),
             index: HashMap::new(),
             proto: desired.engine.route_protocol,
@@ -58,6 +74,16 @@ impl Interest {
             neighbor_ips: desired.neighbors.iter().map(|n| n.ip).collect(),
             nexthop_ids: HashSet::new(),
         }
+    }
+
+    /// Follow the underlays `resolved` (the desired state with every
+    /// underlay found by address resolved by the last pass, see
+    /// [`Desired::resolve_underlays`]) names: their link and address events
+    /// become relevant. Call before [`Interest::learn_links`].
+    pub fn learn_underlays(&mut self, resolved: &Desired) {
+        let mut names = self.declared.clone();
+        names.extend(resolved.vxlans.iter().map(|v| v.underlay.clone()));
+        self.names = names;
     }
 
     /// Refresh the ids of our nexthop objects (after every pass).
@@ -123,13 +149,27 @@ impl Interest {
             // Link-local addresses (and their DAD completing) are the kernel's
             // business; the engine only ever uses or manages global ones.
             RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                a.header.scope == AddressScope::Universe && self.index.contains_key(&a.header.index)
+                a.header.scope == AddressScope::Universe
+                    && (self.index.contains_key(&a.header.index) || self.holds_by_local(a))
             }
             RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => self.route(r),
             RouteNetlinkMessage::NewNeighbour(n) => self.neighbour(n, false),
             RouteNetlinkMessage::DelNeighbour(n) => self.neighbour(n, true),
             _ => false,
         }
+    }
+
+    /// Does this address event carry the `local` of a device whose underlay
+    /// is found by address (DHCP giving the underlay its address at boot,
+    /// the address moving to another interface)?
+    fn holds_by_local(&self, a: &AddressMessage) -> bool {
+        !self.by_local.is_empty()
+            && a.attributes.iter().any(|at| match at {
+                AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => {
+                    self.by_local.contains(ip)
+                }
+                _ => false,
+            })
     }
 
     fn link(&mut self, l: &LinkMessage, deleted: bool) -> bool {
@@ -210,6 +250,64 @@ impl Interest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn address(index: u32, ip: &str, scope: AddressScope) -> RouteNetlinkMessage {
+        let mut a = AddressMessage::default();
+        a.header.index = index;
+        a.header.scope = scope;
+        a.attributes
+            .push(AddressAttribute::Address(ip.parse().unwrap()));
+        RouteNetlinkMessage::NewAddress(a)
+    }
+
+    fn link(index: u32, name: &str) -> RouteNetlinkMessage {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes.push(LinkAttribute::IfName(name.into()));
+        RouteNetlinkMessage::NewLink(l)
+    }
+
+    fn by_local() -> Desired {
+        Desired {
+            vxlans: vec![crate::model::VxlanSpec {
+                name: "flannel.1".into(),
+                vni: 1,
+                port: 8472,
+                underlay: "(interface with 192.0.2.11)".into(),
+                family: crate::model::Family::Ipv4,
+                local: Some("192.0.2.11".parse().unwrap()),
+                mac: None,
+                mtu: None,
+                learning: false,
+                gbp: false,
+            }],
+            underlay_by_local: ["flannel.1".to_string()].into(),
+            ..Desired::default()
+        }
+    }
+
+    #[test]
+    fn an_underlay_found_by_address_is_followed_once_resolved() {
+        let d = by_local();
+        let mut i = Interest::new(&d);
+        // before any pass: the address appearing anywhere is the sign
+        assert!(i.relevant(&address(7, "192.0.2.11", AddressScope::Universe)));
+        assert!(!i.relevant(&address(7, "192.0.2.12", AddressScope::Universe)));
+        assert!(!i.relevant(&address(7, "192.0.2.11", AddressScope::Link)));
+        assert!(!i.relevant(&link(7, "eth-a")), "eth-a is not known yet");
+        // a pass found it on eth-a: its link and address events count
+        let mut resolved = d.clone();
+        if let Some(v) = resolved.vxlans.first_mut() {
+            v.underlay = "eth-a".into();
+        }
+        i.learn_underlays(&resolved);
+        assert!(i.relevant(&link(7, "eth-a")));
+        assert!(i.relevant(&address(7, "192.0.2.99", AddressScope::Universe)));
+        // and a later pass that no longer finds it there stops following it
+        i.learn_underlays(&d);
+        i.learn_links(&BTreeMap::new());
+        assert!(!i.relevant(&link(8, "eth-a")));
+    }
 
     #[test]
     fn nexthop_events_are_ours_by_marker_or_by_id() {

@@ -6,13 +6,21 @@
 //! signals) only decide *when* a pass runs, through the sans-IO
 //! [`reconciler::Reconciler`]. On stop nothing is removed or flushed.
 //!
+//! Shape: a `Daemon` struct holds the state between events;
+//! `Daemon::next_event` waits on every source at once and each source has
+//! one handler (`on_netlink`, `on_nexthop`, `on_nat`, `on_hint`, `on_reload`,
+//! `on_watchdog_tick`, …); `Daemon::run_pass` starts a due pass and
+//! `Daemon::on_pass_done` takes its result. After every pass the sources
+//! learn from its observation (ifindexes, underlays found by address, our
+//! nexthop ids, the NAT flavour, the written files' directories).
+//!
 //! Invariant: the loop never waits on anything but its `select!`. A pass is
 //! a future polled by that loop (so signals, watchdog pings and events are
 //! served while it runs), bounded by a timeout derived from the watchdog
 //! interval; systemd notifications never block ([`notify`]).
 
+pub mod filewatch;
 pub mod filter;
-pub mod leasewatch;
 pub mod natwatch;
 pub mod nm;
 pub mod notify;
@@ -35,6 +43,7 @@ use crate::config::ConfigErrors;
 use crate::engine::{self, EngineError, Outcome};
 use crate::model::{Desired, LeaseMode};
 use crate::plan::Blocked;
+use filewatch::FileWatch;
 use filter::Interest;
 use natwatch::{NatEvent, NatWatch};
 use notify::Notifier;
@@ -132,10 +141,7 @@ fn monitor_connection() -> Result<futures::channel::mpsc::UnboundedReceiver<Moni
     ];
     let (mut conn, _handle, messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(DaemonError::Netlink)?;
-    let size = std::env::var("NETCONVERGE_MONITOR_RCVBUF")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(MONITOR_RCVBUF);
+    let size = monitor_rcvbuf();
     if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(size) {
         warn!("cannot size the netlink notification buffer to {size} bytes: {e}");
     }
@@ -278,313 +284,539 @@ fn monitor_rcvbuf() -> usize {
 pub async fn run(
     desired: Desired,
     loader: Loader,
-    mut nm: Option<nm::Watcher>,
+    nm: Option<nm::Watcher>,
 ) -> Result<(), DaemonError> {
-    // Subscribe before the first dump, so no change between dump and
-    // subscription can be missed.
-    let mut monitor = monitor_connection()?;
-    let mut nexthop_events = nexthop_monitor();
-    let mut nat_watch = NatWatch::new(desired.nat.as_ref(), monitor_rcvbuf());
-    let handle = crate::netlink::connect().map_err(DaemonError::Connect)?;
-
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-
-    let mut notifier = Notifier::from_env();
-    let mut notify_retry_at: Option<tokio::time::Instant> = None;
-    let watchdog = notify::watchdog_interval();
-    let timeout = pass_timeout(watchdog);
-    let mut budget = timeout;
-    let ping = watchdog.map(ping_interval);
-    let mut wd_tick = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
-    wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    if let (Some(w), Some(p)) = (watchdog, ping) {
-        info!(
-            "watchdog every {} ms: pinging every {} ms, passes time out after {} ms",
-            w.as_millis(),
-            p.as_millis(),
-            timeout.as_millis()
-        );
-    }
-
-    let mut desired = Arc::new(desired);
-    let mut interest = Interest::new(&desired);
-    let lease_path = |d: &Desired| d.lease.as_ref().map(|l| l.path.clone());
-    let mut lease_watch = leasewatch::LeaseWatch::new(lease_path(&desired).as_deref());
-    let mut rec = Reconciler::new(&desired.daemon, Instant::now());
-    let mut note: Option<String> = None;
-    let mut relevant_events: u64 = 0;
-    let mut last_status = String::new();
-    let mut running: Option<Running> = None;
-    let ignore_netlink = std::env::var_os(TEST_IGNORE_NETLINK_ENV).is_some();
-    if ignore_netlink {
-        warn!("{TEST_IGNORE_NETLINK_ENV} is set: ignoring every netlink notification (test-only)");
-    }
-    info!(
-        "netconverge {} running: {} device(s), {} peer(s)",
-        env!("CARGO_PKG_VERSION"),
-        desired.vxlans.len(),
-        desired.peers.len()
-    );
-    notifier.status("starting: first converge pass");
-
+    let mut d = Daemon::new(desired, loader, nm)?;
     loop {
-        let deadline = tokio::time::Instant::from_std(rec.poll_timeout());
-        // A retry deadline that survives loop turns: a stream of events
-        // must not keep postponing it.
-        if !notifier.pending() {
-            notify_retry_at = None;
-        } else if notify_retry_at.is_none() {
-            notify_retry_at = Some(tokio::time::Instant::now() + notifier.retry_delay());
+        match d.next_event().await {
+            Event::Stop => break,
+            ev => d.handle(ev).await?,
+        }
+    }
+    d.stop().await;
+    Ok(())
+}
+
+/// What woke the loop: one variant per event source.
+enum Event {
+    Stop,
+    WatchdogTick,
+    NotifyRetry,
+    Reload,
+    PassDone(Box<PassOutput>),
+    Netlink(Option<Monitored>),
+    Nexthop(Option<NexthopMonitored>),
+    Nat(NatEvent),
+    FileChanged(std::path::PathBuf),
+    Nm(Option<Hint>),
+    /// The reconciler's deadline passed (no pass running).
+    Due,
+}
+
+/// The event sources, each polled by [`Daemon::next_event`].
+struct Sources {
+    monitor: futures::channel::mpsc::UnboundedReceiver<Monitored>,
+    nexthop: Option<futures::channel::mpsc::UnboundedReceiver<NexthopMonitored>>,
+    nat: NatWatch,
+    files: FileWatch,
+    nm: Option<nm::Watcher>,
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    wd_tick: tokio::time::Interval,
+}
+
+/// systemd's view of us: notifications, watchdog, the status line.
+struct Systemd {
+    notifier: Notifier,
+    /// A retry deadline that survives loop turns: a stream of events must
+    /// not keep postponing it.
+    retry_at: Option<tokio::time::Instant>,
+    watchdog: Option<Duration>,
+    ping: Option<Duration>,
+    last_status: String,
+}
+
+impl Systemd {
+    fn status(&mut self, status: String) {
+        // only changes: STATUS= is a display, not a heartbeat
+        if status != self.last_status {
+            self.notifier.status(&status);
+            self.last_status = status;
+        }
+    }
+}
+
+/// The daemon between two events: the state every handler works on.
+struct Daemon {
+    src: Sources,
+    sd: Systemd,
+    loader: Loader,
+    handle: crate::netlink::Handle,
+    desired: Arc<Desired>,
+    interest: Interest,
+    rec: Reconciler,
+    /// An explanation appended to STATUS= (NetworkManager, a failed reload).
+    note: Option<String>,
+    relevant_events: u64,
+    running: Option<Running>,
+    /// The pass timeout without a timed-out predecessor.
+    timeout: Duration,
+    /// The next pass's budget.
+    budget: Duration,
+    ignore_netlink: bool,
+}
+
+async fn next_pass(running: &mut Option<Running>) -> PassOutput {
+    match running.as_mut() {
+        Some(p) => (&mut p.fut).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_nexthop(
+    m: &mut Option<futures::channel::mpsc::UnboundedReceiver<NexthopMonitored>>,
+) -> Option<NexthopMonitored> {
+    match m.as_mut() {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_hint(nm: &mut Option<nm::Watcher>) -> Option<Hint> {
+    match nm.as_mut() {
+        Some(w) => w.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    fn new(
+        desired: Desired,
+        loader: Loader,
+        nm: Option<nm::Watcher>,
+    ) -> Result<Daemon, DaemonError> {
+        // Subscribe before the first dump, so no change between dump and
+        // subscription can be missed.
+        let monitor = monitor_connection()?;
+        let nexthop = nexthop_monitor();
+        let nat = NatWatch::new(desired.nat.as_ref(), monitor_rcvbuf());
+        let handle = crate::netlink::connect().map_err(DaemonError::Connect)?;
+        let sig = |k| signal(k).map_err(DaemonError::Signal);
+        let (hup, term, int) = (
+            sig(SignalKind::hangup())?,
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+        );
+        let watchdog = notify::watchdog_interval();
+        let timeout = pass_timeout(watchdog);
+        let ping = watchdog.map(ping_interval);
+        let mut wd_tick = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
+        wd_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let (Some(w), Some(p)) = (watchdog, ping) {
+            info!(
+                "watchdog every {} ms: pinging every {} ms, passes time out after {} ms",
+                w.as_millis(),
+                p.as_millis(),
+                timeout.as_millis()
+            );
+        }
+        let ignore_netlink = std::env::var_os(TEST_IGNORE_NETLINK_ENV).is_some();
+        if ignore_netlink {
+            warn!(
+                "{TEST_IGNORE_NETLINK_ENV} is set: ignoring every netlink notification (test-only)"
+            );
+        }
+        info!(
+            "netconverge {} running: {} device(s), {} peer(s)",
+            env!("CARGO_PKG_VERSION"),
+            desired.vxlans.len(),
+            desired.peers.len()
+        );
+        let mut notifier = Notifier::from_env();
+        notifier.status("starting: first converge pass");
+        Ok(Daemon {
+            src: Sources {
+                monitor,
+                nexthop,
+                nat,
+                files: FileWatch::new(&desired.written_files()),
+                nm,
+                hup,
+                term,
+                int,
+                wd_tick,
+            },
+            sd: Systemd {
+                notifier,
+                retry_at: None,
+                watchdog,
+                ping,
+                last_status: String::new(),
+            },
+            loader,
+            handle,
+            interest: Interest::new(&desired),
+            rec: Reconciler::new(&desired.daemon, Instant::now()),
+            desired: Arc::new(desired),
+            note: None,
+            relevant_events: 0,
+            running: None,
+            timeout,
+            budget: timeout,
+            ignore_netlink,
+        })
+    }
+
+    /// Wait for the next event, in priority order (stopping first).
+    async fn next_event(&mut self) -> Event {
+        let deadline = tokio::time::Instant::from_std(self.rec.poll_timeout());
+        let sd = &mut self.sd;
+        if !sd.notifier.pending() {
+            sd.retry_at = None;
+        } else if sd.retry_at.is_none() {
+            sd.retry_at = Some(tokio::time::Instant::now() + sd.notifier.retry_delay());
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let src = &mut self.src;
         tokio::select! {
             biased;
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = wd_tick.tick(), if watchdog.is_some() => {
-                // Sent from the loop itself, which is polling the pass: a
-                // wedged loop stops pinging and systemd restarts us. A pass
-                // past its timeout (which should have fired) is no proof of
-                // life either.
-                let alive = running
-                    .as_ref()
-                    .is_none_or(|p| p.started.elapsed() < p.budget + ping.unwrap_or_default());
-                if alive {
-                    notifier.watchdog();
+            _ = src.term.recv() => Event::Stop,
+            _ = src.int.recv() => Event::Stop,
+            _ = src.wd_tick.tick(), if sd.watchdog.is_some() => Event::WatchdogTick,
+            _ = tokio::time::sleep_until(sd.retry_at.unwrap_or(far)), if sd.retry_at.is_some() => Event::NotifyRetry,
+            _ = src.hup.recv() => Event::Reload,
+            result = next_pass(&mut self.running) => Event::PassDone(Box::new(result)),
+            msg = src.monitor.next() => Event::Netlink(msg),
+            msg = next_nexthop(&mut src.nexthop) => Event::Nexthop(msg),
+            ev = src.nat.changed() => Event::Nat(ev),
+            path = src.files.changed() => Event::FileChanged(path),
+            hint = next_hint(&mut src.nm) => Event::Nm(hint),
+            _ = tokio::time::sleep_until(deadline), if self.running.is_none() => Event::Due,
+        }
+    }
+
+    async fn handle(&mut self, ev: Event) -> Result<(), DaemonError> {
+        match ev {
+            Event::Stop => {}
+            Event::WatchdogTick => self.on_watchdog_tick(),
+            Event::NotifyRetry => {
+                self.sd.retry_at = None;
+                self.sd.notifier.retry();
+            }
+            Event::Reload => self.on_reload(),
+            Event::PassDone(result) => self.on_pass_done(*result),
+            Event::Netlink(msg) => self.on_netlink(msg).await?,
+            Event::Nexthop(msg) => self.on_nexthop(msg).await,
+            Event::Nat(ev) => self.on_nat(ev),
+            Event::FileChanged(path) => {
+                if self.desired.lease.as_ref().is_some_and(|l| l.path == path) {
+                    debug!("lease file changed on disk: converging");
                 } else {
-                    warn!("pass overran its timeout: not pinging the watchdog");
+                    debug!("{} changed on disk: converging", path.display());
                 }
+                self.relevant_events += 1;
+                self.rec.on_event(Instant::now());
             }
-            _ = tokio::time::sleep_until(notify_retry_at.unwrap_or(far)), if notify_retry_at.is_some() => {
-                notify_retry_at = None;
-                notifier.retry();
+            Event::Nm(hint) => self.on_hint(hint),
+            Event::Due => self.run_pass(),
+        }
+        Ok(())
+    }
+
+    /// Sent from the loop itself, which is polling the pass: a wedged loop
+    /// stops pinging and systemd restarts us. A pass past its timeout
+    /// (which should have fired) is no proof of life either.
+    fn on_watchdog_tick(&mut self) {
+        let ping = self.sd.ping.unwrap_or_default();
+        let alive = self
+            .running
+            .as_ref()
+            .is_none_or(|p| p.started.elapsed() < p.budget + ping);
+        if alive {
+            self.sd.notifier.watchdog();
+        } else {
+            warn!("pass overran its timeout: not pinging the watchdog");
+        }
+    }
+
+    /// SIGHUP: re-read the file; a valid one replaces the desired state (and
+    /// every source that depends on it), an invalid one is reported and the
+    /// previous state kept.
+    fn on_reload(&mut self) {
+        let mut msg = "RELOADING=1".to_string();
+        if let Ok(mono) = NotifyState::monotonic_usec_now() {
+            msg = format!("{msg}\n{mono}");
+        }
+        self.sd.notifier.must(&msg);
+        match (self.loader)() {
+            Ok(new) => {
+                info!("reload: configuration valid, converging to it");
+                if let Some(p) = self.running.take() {
+                    // its result would describe the old configuration
+                    info!("reload: abandoning pass #{} in flight", p.n);
+                }
+                self.interest = Interest::new(&new);
+                self.src.files = FileWatch::new(&new.written_files());
+                if new.nat != self.desired.nat {
+                    self.src.nat = NatWatch::new(new.nat.as_ref(), monitor_rcvbuf());
+                }
+                self.rec.reconfigure(&new.daemon, Instant::now());
+                self.src.nm = nm::reconfigure(self.src.nm.take(), &new);
+                self.desired = Arc::new(new);
+                self.note = None;
             }
-            _ = hup.recv() => {
-                let mut msg = "RELOADING=1".to_string();
-                if let Ok(mono) = NotifyState::monotonic_usec_now() {
-                    msg = format!("{msg}\n{mono}");
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!("reload rejected: {e}");
                 }
-                notifier.must(&msg);
-                match loader() {
-                    Ok(new) => {
-                        info!("reload: configuration valid, converging to it");
-                        if let Some(p) = running.take() {
-                            // its result would describe the old configuration
-                            info!("reload: abandoning pass #{} in flight", p.n);
-                        }
-                        interest = Interest::new(&new);
-                        lease_watch = leasewatch::LeaseWatch::new(lease_path(&new).as_deref());
-                        if new.nat != desired.nat {
-                            nat_watch = NatWatch::new(new.nat.as_ref(), monitor_rcvbuf());
-                        }
-                        rec.reconfigure(&new.daemon, Instant::now());
-                        nm = nm::reconfigure(nm.take(), &new);
-                        desired = Arc::new(new);
-                        note = None;
-                    }
-                    Err(errors) => {
-                        for e in &errors.0 {
-                            error!("reload rejected: {e}");
-                        }
-                        let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
-                        let first = first.lines().next().unwrap_or_default().to_string();
-                        let n = format!("reload failed ({} error(s)), running previous config: {first}", errors.0.len());
-                        notifier.must("READY=1");
-                        notifier.status(&n);
-                        last_status = n.clone();
-                        note = Some(n);
-                    }
-                }
-            }
-            result = async {
-                match running.as_mut() {
-                    Some(p) => (&mut p.fut).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Some(p) = running.take() else { continue };
-                let (n, trigger) = (p.n, p.trigger);
-                budget = if result.is_err() {
-                    next_budget(p.budget, timeout)
-                } else {
-                    timeout
-                };
-                let took = p.started.elapsed();
-                let pass = match result {
-                    Ok(Ok(outcome)) => {
-                        log_pass(n, trigger, &outcome, took);
-                        interest.learn_links(&outcome.observed.links);
-                        if lease_watch.arm() {
-                            // unwatched until now: look once more
-                            rec.on_event(Instant::now());
-                        }
-                        interest.learn_nexthops(&outcome.observed.nexthops);
-                        nat_watch.learn(&outcome.observed.nat);
-                        if outcome.converged() {
-                            // the explanation of a vanished device is history now
-                            if note.as_deref().is_some_and(|n| n.contains("NetworkManager")) {
-                                note = None;
-                            }
-                        }
-                        let status = status_line(&desired, &outcome, note.as_deref());
-                        // only changes: STATUS= is a display, not a heartbeat
-                        if status != last_status {
-                            notifier.status(&status);
-                            last_status = status;
-                        }
-                        let waiting = outcome
-                            .remaining
-                            .blocked
-                            .iter()
-                            .filter(|b| waits_for_flannel(&desired, b))
-                            .count();
-                        PassResult {
-                            remaining: outcome.remaining.changes.len(),
-                            blocked: outcome.remaining.blocked.len(),
-                            waiting_for_dependents: waiting,
-                            error: false,
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        error!(pass = n, "pass #{n} ({trigger}) failed: {e}");
-                        let status = format!("error: {e}");
-                        notifier.status(&status);
-                        last_status = status;
-                        PassResult { error: true, ..PassResult::default() }
-                    }
-                    Err(_) => {
-                        error!(
-                            pass = n,
-                            "pass #{n} ({trigger}) timed out after {} ms; what it applied stays, the retry continues (within {} ms)",
-                            p.budget.as_millis(),
-                            budget.as_millis()
-                        );
-                        let status = "error: converge pass timed out".to_string();
-                        notifier.status(&status);
-                        last_status = status;
-                        PassResult { error: true, ..PassResult::default() }
-                    }
-                };
-                for action in rec.on_pass_done(Instant::now(), pass) {
-                    match action {
-                        Notify::Ready => {
-                            info!("ready after pass #{n}");
-                            notifier.must("READY=1");
-                        }
-                    }
-                }
-            }
-            msg = monitor.next() => match msg {
-                Some((m, _)) => match m.payload {
-                    NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.relevant(&inner) => {
-                        relevant_events += 1;
-                        tracing::trace!("relevant: {}", Interest::describe(&inner));
-                        rec.on_event(Instant::now());
-                    }
-                    NetlinkPayload::Overrun(_) => {
-                        warn!("netlink notification overrun (ENOBUFS): discarding cached view, full resync");
-                        rec.on_urgent(Instant::now());
-                    }
-                    _ => {}
-                },
-                None => {
-                    warn!("netlink notification socket closed: resubscribing and resyncing");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    monitor = monitor_connection()?;
-                    rec.on_urgent(Instant::now());
-                }
-            },
-            msg = async { match nexthop_events.as_mut() { Some(m) => m.next().await, None => std::future::pending().await } } => match msg {
-                Some((m, _)) => match m.payload {
-                    NetlinkPayload::InnerMessage(inner) if !ignore_netlink && interest.nexthop(inner.message()) => {
-                        relevant_events += 1;
-                        rec.on_event(Instant::now());
-                    }
-                    NetlinkPayload::Overrun(_) => {
-                        warn!("nexthop notification overrun (ENOBUFS): full resync");
-                        rec.on_urgent(Instant::now());
-                    }
-                    _ => {}
-                },
-                None => {
-                    warn!("nexthop notification socket closed: resubscribing and resyncing");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    nexthop_events = nexthop_monitor();
-                    rec.on_urgent(Instant::now());
-                }
-            },
-            ev = nat_watch.changed() => match ev {
-                NatEvent::Changed if !ignore_netlink => {
-                    debug!("NAT rules changed: converging");
-                    relevant_events += 1;
-                    rec.on_event(Instant::now());
-                }
-                NatEvent::Changed => {}
-                NatEvent::Overrun => {
-                    warn!("nf_tables notification overrun (ENOBUFS): full resync");
-                    rec.on_urgent(Instant::now());
-                }
-            },
-            () = lease_watch.changed() => {
-                debug!("lease file changed on disk: converging");
-                relevant_events += 1;
-                rec.on_event(Instant::now());
-            }
-            hint = async { match nm.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => match hint {
-                Some(Hint::Activated(dev)) => {
-                    info!("NetworkManager activated {dev}: converging now");
-                    rec.on_urgent(Instant::now());
-                }
-                Some(Hint::Deactivated(dev)) => {
-                    info!("underlay {dev} deactivated by NetworkManager");
-                    note = Some(format!("underlay {dev} deactivated by NetworkManager"));
-                    rec.on_event(Instant::now());
-                }
-                Some(Hint::NmUp) => { info!("NetworkManager appeared on the bus"); rec.on_event(Instant::now()); }
-                Some(Hint::NmDown) => info!("NetworkManager left the bus; continuing with netlink alone"),
-                None => nm = None,
-            },
-            _ = tokio::time::sleep_until(deadline), if running.is_none() => {
-                let Some(trigger) = rec.poll(Instant::now()) else { continue };
-                let n = rec.passes() + 1;
-                debug!(pass = n, %trigger, "pass #{n} starting");
-                let (h, d) = (handle.clone(), desired.clone());
-                running = Some(Running {
-                    n,
-                    trigger,
-                    started: Instant::now(),
-                    budget,
-                    fut: Box::pin(async move {
-                        tokio::time::timeout(budget, engine::converge_keeping(&h, &d, 3, DETAIL)).await
-                    }),
-                });
+                let first = errors.0.first().map(|e| e.to_string()).unwrap_or_default();
+                let first = first.lines().next().unwrap_or_default().to_string();
+                let n = format!(
+                    "reload failed ({} error(s)), running previous config: {first}",
+                    errors.0.len()
+                );
+                self.sd.notifier.must("READY=1");
+                self.sd.notifier.status(&n);
+                self.sd.last_status = n.clone();
+                self.note = Some(n);
             }
         }
     }
-    if let Some(p) = running.take() {
-        // Nothing is rolled back: every write is atomic on its own (NAT
-        // transactions, lease file renames, netlink requests).
-        info!("stopping during pass #{}: abandoning it", p.n);
+
+    /// Start the pass the reconciler says is due. It is a future the loop
+    /// polls ([`Daemon::next_event`]), so every source is served while it
+    /// runs; [`Daemon::on_pass_done`] takes its result.
+    fn run_pass(&mut self) {
+        let Some(trigger) = self.rec.poll(Instant::now()) else {
+            return;
+        };
+        let n = self.rec.passes() + 1;
+        debug!(pass = n, %trigger, "pass #{n} starting");
+        let (h, d, budget) = (self.handle.clone(), self.desired.clone(), self.budget);
+        self.running = Some(Running {
+            n,
+            trigger,
+            started: Instant::now(),
+            budget,
+            fut: Box::pin(async move {
+                tokio::time::timeout(budget, engine::converge_keeping(&h, &d, 3, DETAIL)).await
+            }),
+        });
     }
-    info!(
-        "stopping after {} pass(es), {relevant_events} relevant event(s); kernel state and NAT rules stay in place",
-        rec.passes()
-    );
-    notifier.must("STOPPING=1");
-    let end = Instant::now() + STOP_NOTIFY_GRACE;
-    while notifier.pending() && Instant::now() < end {
-        tokio::time::sleep(notifier.retry_delay().min(Duration::from_millis(50))).await;
-        notifier.retry();
+
+    fn on_pass_done(&mut self, result: PassOutput) {
+        let Some(p) = self.running.take() else { return };
+        let (n, trigger) = (p.n, p.trigger);
+        self.budget = if result.is_err() {
+            next_budget(p.budget, self.timeout)
+        } else {
+            self.timeout
+        };
+        let took = p.started.elapsed();
+        let pass = match result {
+            Ok(Ok(outcome)) => {
+                log_pass(n, trigger, &outcome, took);
+                self.learn(&outcome);
+                self.pass_status(&outcome)
+            }
+            Ok(Err(e)) => {
+                error!(pass = n, "pass #{n} ({trigger}) failed: {e}");
+                self.sd.notifier.status(&format!("error: {e}"));
+                self.sd.last_status = format!("error: {e}");
+                PassResult {
+                    error: true,
+                    ..PassResult::default()
+                }
+            }
+            Err(_) => {
+                error!(
+                    pass = n,
+                    "pass #{n} ({trigger}) timed out after {} ms; what it applied stays, the retry continues (within {} ms)",
+                    p.budget.as_millis(),
+                    self.budget.as_millis()
+                );
+                let status = "error: converge pass timed out".to_string();
+                self.sd.notifier.status(&status);
+                self.sd.last_status = status;
+                PassResult {
+                    error: true,
+                    ..PassResult::default()
+                }
+            }
+        };
+        for action in self.rec.on_pass_done(Instant::now(), pass) {
+            match action {
+                Notify::Ready => {
+                    info!("ready after pass #{n}");
+                    self.sd.notifier.must("READY=1");
+                }
+            }
+        }
     }
-    if notifier.pending() {
-        warn!(
-            "systemd is not reading notifications; exiting without sending: {:?}",
-            notifier.queued()
+
+    /// What a pass's observation teaches the event sources: the ifindexes
+    /// and underlays (found by address) to follow, our nexthop ids, the NAT
+    /// flavour, the written files' directories (now created).
+    fn learn(&mut self, outcome: &Outcome) {
+        let resolved = self.desired.resolve_underlays(&outcome.observed);
+        self.interest.learn_underlays(&resolved);
+        self.interest.learn_links(&outcome.observed.links);
+        if let Some(w) = &self.src.nm {
+            w.set_underlays(nm::resolved_underlays(&self.desired, &resolved));
+        }
+        if self.src.files.arm() {
+            // unwatched until now: look once more
+            self.rec.on_event(Instant::now());
+        }
+        self.interest.learn_nexthops(&outcome.observed.nexthops);
+        self.src.nat.learn(&outcome.observed.nat);
+    }
+
+    /// STATUS= after a pass, and what the reconciler needs to know of it.
+    fn pass_status(&mut self, outcome: &Outcome) -> PassResult {
+        if outcome.converged() {
+            // the explanation of a vanished device is history now
+            if self
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("NetworkManager"))
+            {
+                self.note = None;
+            }
+        }
+        self.sd
+            .status(status_line(&self.desired, outcome, self.note.as_deref()));
+        let waiting = outcome
+            .remaining
+            .blocked
+            .iter()
+            .filter(|b| waits_for_flannel(&self.desired, b))
+            .count();
+        PassResult {
+            remaining: outcome.remaining.changes.len(),
+            blocked: outcome.remaining.blocked.len(),
+            waiting_for_dependents: waiting,
+            error: false,
+        }
+    }
+
+    async fn on_netlink(&mut self, msg: Option<Monitored>) -> Result<(), DaemonError> {
+        match msg {
+            Some((m, _)) => match m.payload {
+                NetlinkPayload::InnerMessage(inner)
+                    if !self.ignore_netlink && self.interest.relevant(&inner) =>
+                {
+                    self.relevant_events += 1;
+                    tracing::trace!("relevant: {}", Interest::describe(&inner));
+                    self.rec.on_event(Instant::now());
+                }
+                NetlinkPayload::Overrun(_) => {
+                    warn!(
+                        "netlink notification overrun (ENOBUFS): discarding cached view, full resync"
+                    );
+                    self.rec.on_urgent(Instant::now());
+                }
+                _ => {}
+            },
+            None => {
+                warn!("netlink notification socket closed: resubscribing and resyncing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.src.monitor = monitor_connection()?;
+                self.rec.on_urgent(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_nexthop(&mut self, msg: Option<NexthopMonitored>) {
+        match msg {
+            Some((m, _)) => match m.payload {
+                NetlinkPayload::InnerMessage(inner)
+                    if !self.ignore_netlink && self.interest.nexthop(inner.message()) =>
+                {
+                    self.relevant_events += 1;
+                    self.rec.on_event(Instant::now());
+                }
+                NetlinkPayload::Overrun(_) => {
+                    warn!("nexthop notification overrun (ENOBUFS): full resync");
+                    self.rec.on_urgent(Instant::now());
+                }
+                _ => {}
+            },
+            None => {
+                warn!("nexthop notification socket closed: resubscribing and resyncing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.src.nexthop = nexthop_monitor();
+                self.rec.on_urgent(Instant::now());
+            }
+        }
+    }
+
+    fn on_nat(&mut self, ev: NatEvent) {
+        match ev {
+            NatEvent::Changed if !self.ignore_netlink => {
+                debug!("NAT rules changed: converging");
+                self.relevant_events += 1;
+                self.rec.on_event(Instant::now());
+            }
+            NatEvent::Changed => {}
+            NatEvent::Overrun => {
+                warn!("nf_tables notification overrun (ENOBUFS): full resync");
+                self.rec.on_urgent(Instant::now());
+            }
+        }
+    }
+
+    fn on_hint(&mut self, hint: Option<Hint>) {
+        match hint {
+            Some(Hint::Activated(dev)) => {
+                info!("NetworkManager activated {dev}: converging now");
+                self.rec.on_urgent(Instant::now());
+            }
+            Some(Hint::Deactivated(dev)) => {
+                info!("underlay {dev} deactivated by NetworkManager");
+                self.note = Some(format!("underlay {dev} deactivated by NetworkManager"));
+                self.rec.on_event(Instant::now());
+            }
+            Some(Hint::NmUp) => {
+                info!("NetworkManager appeared on the bus");
+                self.rec.on_event(Instant::now());
+            }
+            Some(Hint::NmDown) => {
+                info!("NetworkManager left the bus; continuing with netlink alone")
+            }
+            None => self.src.nm = None,
+        }
+    }
+
+    /// SIGTERM/SIGINT: abandon the pass in flight (nothing is rolled back,
+    /// nothing removed), say STOPPING=1, exit.
+    async fn stop(mut self) {
+        if let Some(p) = self.running.take() {
+            // Nothing is rolled back: every write is atomic on its own (NAT
+            // transactions, lease file renames, netlink requests).
+            info!("stopping during pass #{}: abandoning it", p.n);
+        }
+        info!(
+            "stopping after {} pass(es), {} relevant event(s); kernel state and NAT rules stay in place",
+            self.rec.passes(),
+            self.relevant_events
         );
+        let notifier = &mut self.sd.notifier;
+        notifier.must("STOPPING=1");
+        let end = Instant::now() + STOP_NOTIFY_GRACE;
+        while notifier.pending() && Instant::now() < end {
+            tokio::time::sleep(notifier.retry_delay().min(Duration::from_millis(50))).await;
+            notifier.retry();
+        }
+        if notifier.pending() {
+            warn!(
+                "systemd is not reading notifications; exiting without sending: {:?}",
+                notifier.queued()
+            );
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

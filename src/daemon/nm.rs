@@ -8,7 +8,7 @@
 //! daemon loop.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -186,13 +186,28 @@ fn is_down(s: u32) -> bool {
 }
 
 /// Turns NetworkManager device events of the underlays into [`Hint`]s:
-/// sans-IO, so the mapping is unit-tested without a bus. At most one
-/// `Deactivated` per teardown however NM phrases it (state changes and
-/// `DeviceRemoved` arrive in either order).
+/// sans-IO (time comes in as `now`), so the mapping and its grace timer are
+/// unit-tested without a bus or a runtime. At most one `Deactivated` per
+/// teardown however NM phrases it (state changes and `DeviceRemoved` arrive
+/// in either order). A `DeviceRemoved` without a teardown is held for
+/// [`REMOVAL_GRACE`]: NetworkManager unexports every device, leaving the
+/// links in place, just before it quits, so only a removal not followed by
+/// its departure explains a vanished underlay.
 #[derive(Debug, Default)]
 pub struct Tracker {
     /// Last hint per interface: `true` after Activated, `false` after Deactivated.
     last: HashMap<String, bool>,
+    /// Underlays removed without a teardown → when the removal counts.
+    pending: HashMap<String, Instant>,
+}
+
+/// What one device `StateChanged` meant.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Transition {
+    /// A held removal confirmed by the device coming back (it was rebuilt).
+    pub removed: Option<Hint>,
+    /// The transition itself.
+    pub hint: Option<Hint>,
 }
 
 impl Tracker {
@@ -207,20 +222,38 @@ impl Tracker {
     }
 
     /// `Device.StateChanged (new, old, reason)`.
-    pub fn state_changed(&mut self, iface: &str, new: u32, old: u32) -> Option<Hint> {
+    pub fn state_changed(&mut self, iface: &str, new: u32, old: u32) -> Transition {
+        let mut out = Transition::default();
+        if new == state::ACTIVATED && self.pending.remove(iface).is_some() {
+            // removed and back already: it was rebuilt
+            out.removed = self.confirm_removal(iface);
+        }
         if new == state::ACTIVATED && old != state::ACTIVATED {
             self.last.insert(iface.to_string(), true);
-            return Some(Hint::Activated(iface.to_string()));
-        }
-        if is_down(new) && is_active(old) && self.last.get(iface) != Some(&false) {
+            out.hint = Some(Hint::Activated(iface.to_string()));
+        } else if is_down(new) && is_active(old) && self.last.get(iface) != Some(&false) {
             self.last.insert(iface.to_string(), false);
-            return Some(Hint::Deactivated(iface.to_string()));
+            self.pending.remove(iface);
+            out.hint = Some(Hint::Deactivated(iface.to_string()));
         }
-        None
+        out
     }
 
-    /// `DeviceRemoved`.
-    pub fn removed(&mut self, iface: &str) -> Option<Hint> {
+    /// `DeviceRemoved` at `now`: `false` when already explained (the device
+    /// was deactivated first); else the removal is held until
+    /// [`Tracker::expire`] confirms it, or NetworkManager's departure
+    /// ([`Tracker::forget_all`]) shows it was quitting.
+    pub fn removed(&mut self, iface: &str, now: Instant) -> bool {
+        if self.is_down(iface) {
+            return false;
+        }
+        self.pending
+            .entry(iface.to_string())
+            .or_insert(now + REMOVAL_GRACE);
+        true
+    }
+
+    fn confirm_removal(&mut self, iface: &str) -> Option<Hint> {
         if self.last.get(iface) == Some(&false) {
             return None;
         }
@@ -228,19 +261,66 @@ impl Tracker {
         Some(Hint::Deactivated(iface.to_string()))
     }
 
+    /// When the next held removal counts.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().min().copied()
+    }
+
+    /// The held removals that count at `now` (in name order).
+    pub fn expire(&mut self, now: Instant) -> Vec<Hint> {
+        let mut due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(i, _)| i.clone())
+            .collect();
+        due.sort();
+        due.iter()
+            .filter_map(|iface| {
+                self.pending.remove(iface);
+                self.confirm_removal(iface)
+            })
+            .collect()
+    }
+
     /// Was the last hint for `iface` a deactivation?
     pub fn is_down(&self, iface: &str) -> bool {
         self.last.get(iface) == Some(&false)
     }
 
-    pub fn forget_all(&mut self) {
+    /// Follow only `names` (a reload changed the underlays).
+    pub fn retain(&mut self, names: &BTreeSet<String>) {
+        self.pending.retain(|n, _| names.contains(n));
+    }
+
+    /// NetworkManager left or (re)appeared: start over. Returns whether
+    /// removals were held (NetworkManager quitting unexported them).
+    pub fn forget_all(&mut self) -> bool {
         self.last.clear();
+        let held = !self.pending.is_empty();
+        self.pending.clear();
+        held
     }
 }
 
-/// The underlays (by interface name) whose NetworkManager events matter.
+/// The underlays (by interface name) whose NetworkManager events matter:
+/// those `desired` names (an underlay found by address has a placeholder
+/// name until a pass finds it: see [`resolved_underlays`]).
 pub fn underlays(desired: &Desired) -> BTreeSet<String> {
-    desired.vxlans.iter().map(|v| v.underlay.clone()).collect()
+    resolved_underlays(desired, desired)
+}
+
+/// [`underlays`] with the underlays found by address as `resolved` (the
+/// desired state [`Desired::resolve_underlays`] made of the last pass's
+/// observation) has them; one still unresolved is left out.
+pub fn resolved_underlays(desired: &Desired, resolved: &Desired) -> BTreeSet<String> {
+    desired
+        .vxlans
+        .iter()
+        .zip(&resolved.vxlans)
+        .filter(|(d, r)| !desired.underlay_by_local.contains(&d.name) || r.underlay != d.underlay)
+        .map(|(_, r)| r.underlay.clone())
+        .collect()
 }
 
 /// A running NetworkManager follower. Dropping it stops the task.
@@ -581,36 +661,22 @@ struct Session {
     paths: HashMap<OwnedObjectPath, String>,
     tracker: Tracker,
     names: BTreeSet<String>,
-    /// Underlays removed without a teardown, until it is clear
-    /// NetworkManager is not simply quitting.
-    pending: HashMap<String, tokio::time::Instant>,
 }
 
 impl Session {
-    /// A removal that was not NetworkManager quitting.
-    fn removal_confirmed(&mut self, iface: &str, tx: &mpsc::UnboundedSender<Hint>) {
-        let hint = self.tracker.removed(iface);
-        if hint.is_some() {
-            info!("NetworkManager: {iface} removed");
-        }
-        self.emit(tx, hint);
-    }
-
+    /// When the tracker's next held removal counts.
     fn next_removal(&self) -> Option<tokio::time::Instant> {
-        self.pending.values().min().copied()
+        self.tracker
+            .next_deadline()
+            .map(tokio::time::Instant::from_std)
     }
 
     fn expire_removals(&mut self, tx: &mpsc::UnboundedSender<Hint>) {
-        let now = tokio::time::Instant::now();
-        let due: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(i, _)| i.clone())
-            .collect();
-        for iface in due {
-            self.pending.remove(&iface);
-            self.removal_confirmed(&iface, tx);
+        for hint in self.tracker.expire(Instant::now()) {
+            if let Hint::Deactivated(iface) = &hint {
+                info!("NetworkManager: {iface} removed");
+            }
+            let _ = tx.send(hint);
         }
     }
 
@@ -623,7 +689,6 @@ impl Session {
     /// NetworkManager is (again) on the bus: find the underlays it knows.
     async fn discover(&mut self) {
         self.paths.clear();
-        self.pending.clear();
         self.tracker.forget_all();
         let version = bounded(CALL_TIMEOUT, self.nm.version())
             .await
@@ -669,7 +734,7 @@ impl Session {
     /// The set of underlays changed (reload).
     async fn retarget(&mut self, names: BTreeSet<String>) {
         self.paths.retain(|_, n| names.contains(n));
-        self.pending.retain(|n, _| names.contains(n));
+        self.tracker.retain(&names);
         let new: Vec<String> = names
             .iter()
             .filter(|n| !self.paths.values().any(|v| v == *n))
@@ -712,21 +777,14 @@ impl Session {
                 let Some(iface) = self.paths.get(&path).cloned() else {
                     return;
                 };
-                if self.tracker.is_down(&iface) {
+                if self.tracker.removed(&iface, Instant::now()) {
+                    debug!(
+                        "NetworkManager: {iface} removed without deactivation; waiting {} ms to tell it from NetworkManager quitting",
+                        REMOVAL_GRACE.as_millis()
+                    );
+                } else {
                     debug!("NetworkManager: {iface} removed (already deactivated)");
-                    return;
                 }
-                // Removed without a teardown: NetworkManager also unexports
-                // every device, leaving the links in place, just before it
-                // quits. Only a removal not followed by its departure
-                // explains a vanished underlay.
-                debug!(
-                    "NetworkManager: {iface} removed without deactivation; waiting {} ms to tell it from NetworkManager quitting",
-                    REMOVAL_GRACE.as_millis()
-                );
-                self.pending
-                    .entry(iface)
-                    .or_insert_with(|| tokio::time::Instant::now() + REMOVAL_GRACE);
             }
             Signal::Device {
                 path,
@@ -737,14 +795,11 @@ impl Session {
                 let Some(iface) = self.paths.get(&path).cloned() else {
                     return;
                 };
-                if new == state::ACTIVATED && self.pending.remove(&iface).is_some() {
-                    // removed and back already: it was rebuilt
-                    self.removal_confirmed(&iface, tx);
+                let Transition { removed, hint } = self.tracker.state_changed(&iface, new, old);
+                if removed.is_some() {
+                    info!("NetworkManager: {iface} removed");
                 }
-                let hint = self.tracker.state_changed(&iface, new, old);
-                if matches!(hint, Some(Hint::Deactivated(_))) {
-                    self.pending.remove(&iface);
-                }
+                self.emit(tx, removed);
                 let why = format!("reason {reason}: {}", reason_name(reason));
                 match &hint {
                     Some(Hint::Activated(_)) => {
@@ -800,7 +855,6 @@ async fn session(
         paths: HashMap::new(),
         tracker: Tracker::default(),
         names: underlays.borrow_and_update().clone(),
-        pending: HashMap::new(),
     };
     if present {
         status.nm_here(tx);
@@ -832,13 +886,11 @@ async fn session(
                 Some(Signal::Owner(None)) => {
                     // the daemon logs the NmDown hint: once, in one place
                     debug!("NetworkManager left the system bus");
-                    if !s.pending.is_empty() {
+                    if s.tracker.forget_all() {
                         debug!("NetworkManager quit: its devices stay in place");
                     }
                     status.nm_gone(tx);
                     s.paths.clear();
-                    s.pending.clear();
-                    s.tracker.forget_all();
                 }
                 Some(other) => s.on_signal(other, tx).await,
             },
@@ -850,37 +902,103 @@ async fn session(
 mod tests {
     use super::*;
 
-    fn act(i: &str) -> Option<Hint> {
-        Some(Hint::Activated(i.into()))
+    fn act(i: &str) -> Transition {
+        Transition {
+            removed: None,
+            hint: Some(Hint::Activated(i.into())),
+        }
     }
-    fn deact(i: &str) -> Option<Hint> {
-        Some(Hint::Deactivated(i.into()))
+    fn deact(i: &str) -> Transition {
+        Transition {
+            removed: None,
+            hint: Some(Hint::Deactivated(i.into())),
+        }
     }
+    const NONE: Transition = Transition {
+        removed: None,
+        hint: None,
+    };
 
     #[test]
     fn down_up_cycle_gives_one_deactivated_and_one_activated() {
+        let now = Instant::now();
         let mut t = Tracker::default();
         t.seed("m", state::ACTIVATED);
         // nmcli connection down: 100 → 110 → 30, then DeviceRemoved
         assert_eq!(t.state_changed("m", 110, 100), deact("m"));
-        assert_eq!(t.state_changed("m", 30, 110), None);
-        assert_eq!(t.removed("m"), None);
+        assert_eq!(t.state_changed("m", 30, 110), NONE);
+        assert!(!t.removed("m", now), "already explained");
+        assert_eq!(t.next_deadline(), None);
         // up: DeviceAdded, then 20 → 30 → 40 … → 100
         for (new, old) in [(30, 20), (40, 30), (50, 40), (70, 50), (80, 70), (90, 80)] {
-            assert_eq!(t.state_changed("m", new, old), None, "{old} → {new}");
+            assert_eq!(t.state_changed("m", new, old), NONE, "{old} → {new}");
         }
         assert_eq!(t.state_changed("m", 100, 90), act("m"));
     }
 
     #[test]
-    fn removal_first_then_state_changes_still_one_hint() {
+    fn a_removal_without_teardown_counts_only_after_the_grace() {
+        let t0 = Instant::now();
         let mut t = Tracker::default();
         t.seed("m", state::ACTIVATED);
-        assert_eq!(t.removed("m"), deact("m"));
-        assert_eq!(t.state_changed("m", 110, 100), None);
+        assert!(t.removed("m", t0));
+        // a second DeviceRemoved does not postpone it
+        assert!(t.removed("m", t0 + Duration::from_millis(500)));
+        assert_eq!(t.next_deadline(), Some(t0 + REMOVAL_GRACE));
+        assert!(
+            t.expire(t0 + REMOVAL_GRACE - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(
+            t.expire(t0 + REMOVAL_GRACE),
+            vec![Hint::Deactivated("m".into())]
+        );
+        assert_eq!(t.next_deadline(), None);
+        // the teardown state changes that follow add nothing
+        assert_eq!(t.state_changed("m", 110, 100), NONE);
         // an unknown device disappearing is explained once
-        assert_eq!(t.removed("x"), deact("x"));
-        assert_eq!(t.removed("x"), None);
+        assert!(t.removed("x", t0));
+        assert_eq!(t.expire(t0 + REMOVAL_GRACE).len(), 1);
+        assert!(!t.removed("x", t0));
+    }
+
+    #[test]
+    fn networkmanager_quitting_cancels_held_removals() {
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        t.seed("m", state::ACTIVATED);
+        t.seed("n", state::ACTIVATED);
+        assert!(t.removed("m", t0) && t.removed("n", t0));
+        assert!(t.forget_all(), "removals were held");
+        assert!(t.expire(t0 + REMOVAL_GRACE).is_empty());
+        assert!(!t.forget_all());
+        // a reload that stops following n drops its removal only
+        assert!(t.removed("m", t0) && t.removed("n", t0));
+        t.retain(&["m".to_string()].into());
+        assert_eq!(
+            t.expire(t0 + REMOVAL_GRACE),
+            vec![Hint::Deactivated("m".into())]
+        );
+    }
+
+    #[test]
+    fn removed_then_activated_again_is_a_rebuild_explained_before_the_grace() {
+        let t0 = Instant::now();
+        let mut t = Tracker::default();
+        t.seed("m", state::ACTIVATED);
+        assert!(t.removed("m", t0));
+        assert_eq!(
+            t.state_changed("m", 100, 90),
+            Transition {
+                removed: Some(Hint::Deactivated("m".into())),
+                hint: Some(Hint::Activated("m".into())),
+            }
+        );
+        assert_eq!(t.next_deadline(), None);
+        // a teardown while held explains the removal: no second hint later
+        assert!(t.removed("m", t0));
+        assert_eq!(t.state_changed("m", 110, 100), deact("m"));
+        assert!(t.expire(t0 + REMOVAL_GRACE).is_empty());
     }
 
     #[test]
@@ -889,7 +1007,7 @@ mod tests {
         assert_eq!(t.state_changed("m", 100, 90), act("m"));
         // failure during activation after a teardown: no second Deactivated
         assert_eq!(t.state_changed("m", 110, 100), deact("m"));
-        assert_eq!(t.state_changed("m", 120, 70), None);
+        assert_eq!(t.state_changed("m", 120, 70), NONE);
         // failure of an activated device
         assert_eq!(t.state_changed("m", 100, 90), act("m"));
         assert_eq!(t.state_changed("m", 120, 100), deact("m"));
@@ -898,10 +1016,44 @@ mod tests {
     #[test]
     fn transitions_between_inactive_states_are_not_hints() {
         let mut t = Tracker::default();
-        assert_eq!(t.state_changed("m", 20, 10), None);
-        assert_eq!(t.state_changed("m", 30, 20), None);
-        assert_eq!(t.state_changed("m", 10, 30), None);
-        assert_eq!(t.state_changed("m", 70, 50), None);
+        assert_eq!(t.state_changed("m", 20, 10), NONE);
+        assert_eq!(t.state_changed("m", 30, 20), NONE);
+        assert_eq!(t.state_changed("m", 10, 30), NONE);
+        assert_eq!(t.state_changed("m", 70, 50), NONE);
+    }
+
+    #[test]
+    fn an_underlay_found_by_address_is_followed_once_resolved() {
+        let vxlan = |name: &str, underlay: &str| crate::model::VxlanSpec {
+            name: name.into(),
+            vni: 1,
+            port: 8472,
+            underlay: underlay.into(),
+            family: crate::model::Family::Ipv4,
+            local: Some("192.0.2.11".parse().unwrap()),
+            mac: None,
+            mtu: None,
+            learning: false,
+            gbp: false,
+        };
+        let d = Desired {
+            vxlans: vec![
+                vxlan("flannel.1", "(interface with 192.0.2.11)"),
+                vxlan("legacy.7", "eth9"),
+            ],
+            underlay_by_local: ["flannel.1".to_string()].into(),
+            ..Desired::default()
+        };
+        // the placeholder is never followed
+        assert_eq!(underlays(&d), ["eth9".to_string()].into());
+        let mut r = d.clone();
+        if let Some(v) = r.vxlans.first_mut() {
+            v.underlay = "eth-a".into();
+        }
+        assert_eq!(
+            resolved_underlays(&d, &r),
+            ["eth-a".to_string(), "eth9".to_string()].into()
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn observe(spec: Option<&LeaseSpec>) -> Result<LeaseObserved, LeaseError> {
     Ok(LeaseObserved { live, backup })
 }
 
-fn read_content(path: &Path) -> Result<FileContent, LeaseError> {
+pub(crate) fn read_content(path: &Path) -> Result<FileContent, LeaseError> {
     // A missing privilege is the caller's problem (exit 3); anything else
     // about this path is an observation that blocks the lease only.
     let seen = |error: io::Error| match error.kind() {

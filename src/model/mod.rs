@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod cni;
 pub mod lease;
 pub mod nat;
 
@@ -33,6 +34,28 @@ pub const DEVICE_MARK: &str = "netconverge";
 
 /// Main routing table.
 pub const MAIN_TABLE: u32 = 254;
+
+/// Route protocol of the routes the kernel adds itself (connected
+/// networks, `/etc/iproute2/rt_protos` "kernel").
+pub const RTPROT_KERNEL: u8 = 2;
+/// Route protocol of routes learnt from IPv6 router advertisements ("ra").
+pub const RTPROT_RA: u8 = 9;
+
+/// The metric the kernel gives an IPv6 route that asks for none or for 0
+/// (`IP6_RT_PRIO_USER`).
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// The metric the kernel stores for a route to `dst` asking for `metric`:
+/// IPv4 keeps what it is given (unset is 0); IPv6 stores an unset or 0
+/// metric as [`IPV6_DEFAULT_METRIC`]. Two routes whose effective metrics
+/// are equal hold the same place, so every key of a route uses this.
+pub fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
+    match (dst, metric) {
+        (IpNet::V4(_), m) => m.unwrap_or(0),
+        (IpNet::V6(_), None | Some(0)) => IPV6_DEFAULT_METRIC,
+        (IpNet::V6(_), Some(m)) => m,
+    }
+}
 
 /// Address family of a VXLAN device, a lease, a NAT rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -179,6 +202,8 @@ pub struct Desired {
     pub peers: Vec<PeerSpec>,
     pub nat: Option<NatSpec>,
     pub lease: Option<LeaseSpec>,
+    /// The CNI conflist netconverge writes (`[cni]`).
+    pub cni: Option<CniSpec>,
     pub daemon: DaemonSpec,
     pub engine: EngineSpec,
     /// VXLAN devices (by name) whose underlay is not known by name: it is
@@ -209,6 +234,16 @@ pub struct AdoptSpec {
 }
 
 impl Desired {
+    /// Every file netconverge writes as declared state (the lease, the CNI
+    /// conflist): the daemon watches each of them for drift.
+    pub fn written_files(&self) -> Vec<PathBuf> {
+        self.lease
+            .iter()
+            .map(|l| l.path.clone())
+            .chain(self.cni.iter().map(|c| c.path.clone()))
+            .collect()
+    }
+
     /// This state with every [`Desired::underlay_by_local`] device's
     /// underlay set to the interface that holds its `local` address in
     /// `observed` (the smallest name if several do: deterministic). A device
@@ -323,6 +358,71 @@ pub struct PeerSpec {
     pub vtep_mac: Mac,
 }
 
+/// The three kernel objects flannel installs for one remote node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerObjects {
+    /// The peer's gateway (its subnet's network address) at its VTEP MAC.
+    pub neighbor: NeighborSpec,
+    /// The VTEP MAC behind the peer's underlay address.
+    pub fdb: FdbSpec,
+    /// The peer's subnet via its gateway, onlink, in the main table.
+    pub route: RouteSpec,
+}
+
+impl PeerSpec {
+    /// Where the peer's objects come from, for reasons and messages.
+    pub fn origin(&self) -> Origin {
+        format!("peer {}", self.subnet)
+    }
+
+    /// The one definition of what a peer is in the kernel: validation, the
+    /// tests and the benchmarks all expand peers through it.
+    pub fn expand(&self) -> PeerObjects {
+        let origin = self.origin();
+        let gw = self.subnet.network();
+        PeerObjects {
+            neighbor: NeighborSpec {
+                dev: self.dev.clone(),
+                ip: gw,
+                mac: self.vtep_mac,
+                origin: origin.clone(),
+            },
+            fdb: FdbSpec {
+                dev: self.dev.clone(),
+                mac: self.vtep_mac,
+                dst: self.vtep_ip,
+                origin: origin.clone(),
+            },
+            route: RouteSpec {
+                dst: self.subnet,
+                via: Some(gw),
+                dev: Some(self.dev.clone()),
+                onlink: true,
+                src: None,
+                metric: None,
+                table: MAIN_TABLE,
+                origin,
+            },
+        }
+    }
+}
+
+impl Desired {
+    /// Add `peer` with its three objects, in flannel's order: neighbour,
+    /// FDB, then the route (the planner keeps stage order).
+    pub fn add_peer(&mut self, peer: PeerSpec) {
+        self.add_peer_objects(peer.expand());
+        self.peers.push(peer);
+    }
+
+    /// Add a peer's three objects only (without recording the peer itself).
+    pub fn add_peer_objects(&mut self, o: PeerObjects) {
+        self.neighbors.push(o.neighbor);
+        self.fdb.push(o.fdb);
+        self.routes.push(o.route);
+    }
+}
+
 // -------------------------------------------------------------------- NAT --
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -402,6 +502,41 @@ pub struct LeaseSpec {
     pub ipmasq: bool,
     pub path: PathBuf,
     pub state_dir: PathBuf,
+}
+
+// -------------------------------------------------------------------- cni --
+
+/// Which conflist `[cni]` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CniPlugin {
+    /// bridge + host-local + portmap with what flannel's CNI plugin would
+    /// derive from subnet.env: no flannel binary needed.
+    Bridge,
+    /// flannel's delegating conflist (the flannel CNI plugin reads the lease).
+    Flannel,
+}
+
+/// The CNI network configuration list netconverge owns (declared state,
+/// like the lease file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CniSpec {
+    pub path: PathBuf,
+    pub plugin: CniPlugin,
+    /// The network name (host-local keeps its allocations under it).
+    pub name: String,
+    pub bridge: String,
+    /// `None`: the MTU of the VXLAN device of the first family (IPv4 first).
+    pub mtu: Option<u32>,
+    pub hairpin: bool,
+    pub ip_masq: bool,
+    pub portmap: bool,
+    pub bandwidth: bool,
+    pub ipv4: Option<LeaseFamily>,
+    pub ipv6: Option<LeaseFamily>,
+    /// The flannel plugin's `subnetFile` (the `[lease]` path); `None`: its
+    /// default `/run/flannel/subnet.env`.
+    pub subnet_file: Option<PathBuf>,
 }
 
 // ----------------------------------------------------------------- daemon --
@@ -573,6 +708,67 @@ pub struct FdbState {
     pub permanent: bool,
 }
 
+// ------------------------------------------------ declared → as converged --
+// What the kernel holds once a declared object is in place: used to build
+// converged observations (tests, benchmarks) from a desired state.
+
+impl From<&NeighborSpec> for NeighborState {
+    /// netconverge's neighbours are permanent.
+    fn from(n: &NeighborSpec) -> Self {
+        NeighborState {
+            dev: n.dev.clone(),
+            ip: n.ip,
+            mac: Some(n.mac),
+            permanent: true,
+        }
+    }
+}
+
+impl From<&FdbSpec> for FdbState {
+    /// netconverge's FDB entries are permanent.
+    fn from(f: &FdbSpec) -> Self {
+        FdbState {
+            dev: f.dev.clone(),
+            mac: f.mac,
+            dst: Some(f.dst),
+            permanent: true,
+        }
+    }
+}
+
+impl AddressSpec {
+    /// The address as the kernel holds it once added with `protocol`.
+    pub fn state(&self, protocol: u8) -> AddressState {
+        AddressState {
+            dev: self.dev.clone(),
+            cidr: self.cidr,
+            global: true,
+            protocol,
+        }
+    }
+}
+
+impl RouteSpec {
+    /// The route as the kernel reports it once installed with `protocol`
+    /// (through nexthop `nhid`, if any): an IPv6 route always has a metric.
+    pub fn state(&self, protocol: u8, nhid: Option<u32>) -> RouteState {
+        RouteState {
+            table: self.table,
+            dst: self.dst,
+            via: self.via,
+            dev: self.dev.clone(),
+            onlink: self.onlink,
+            src: self.src,
+            metric: match self.dst {
+                IpNet::V4(_) => self.metric,
+                IpNet::V6(_) => Some(effective_metric(&self.dst, self.metric)),
+            },
+            protocol,
+            nhid,
+        }
+    }
+}
+
 /// What the kernel (and the files/rule sets netconverge manages) look like now.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Observed {
@@ -589,6 +785,7 @@ pub struct Observed {
     pub fdb: Vec<FdbState>,
     pub nat: nat::NatObserved,
     pub lease: lease::LeaseObserved,
+    pub cni: cni::CniObserved,
     /// Route protocols netconverge used before (from its record in
     /// `state_dir`): routes and nexthops carrying them are its own too.
     pub past_protocols: std::collections::BTreeSet<u8>,

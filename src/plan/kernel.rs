@@ -12,15 +12,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{Blocked, Change, ChangeKind, NexthopOp, Op, Plan, RouteOp, Stage, VxlanCreate};
 use crate::model::{
-    Desired, Family, LinkState, MAIN_TABLE, Mac, NexthopMode, NexthopState, Observed, RouteSpec,
-    RouteState, VxlanSpec,
+    AddressState, Desired, Family, FdbState, LinkState, MAIN_TABLE, Mac, NeighborState,
+    NexthopMode, NexthopState, Observed, RTPROT_KERNEL, RTPROT_RA, RouteSpec, RouteState,
+    VxlanSpec, effective_metric,
 };
 
 /// The name iproute2 gives a route protocol (`/etc/iproute2/rt_protos`),
@@ -29,11 +29,11 @@ fn proto_name(p: u8) -> String {
     let name = match p {
         0 => "unspec",
         1 => "redirect",
-        2 => "kernel",
+        RTPROT_KERNEL => "kernel",
         3 => "boot",
         4 => "static",
         8 => "gated",
-        9 => "ra",
+        RTPROT_RA => "ra",
         10 => "mrt",
         11 => "zebra",
         12 => "bird",
@@ -202,57 +202,102 @@ enum DevState {
     Blocked,
 }
 
-/// rustc's FxHash. The planner's keys come from the local config and the
-/// kernel, not from an adversary, so SipHash's flooding resistance buys
-/// nothing, while its cost dominated lookups at 10 000 peers.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
+/// How an existing VXLAN device's attributes differ from its declaration.
+struct VxlanDiff {
+    /// Changes the kernel refuses in place: the device is recreated.
+    immutable: Vec<String>,
+    /// Changes made in place by `op`.
+    in_place: Vec<String>,
+    op: Op,
+}
 
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+/// An observed object on a device that [`Planner::sweep`] may remove.
+trait Swept {
+    /// A kind of object netconverge creates: global addresses, permanent
+    /// neighbours and FDB entries (the kernel's own dynamic ones are not).
+    fn of_managed_kind(&self) -> bool;
+    fn dev(&self) -> &str;
+    /// The protocol mark the kernel keeps on the object, if the kind has
+    /// one (`IFA_PROTO` on addresses): ours marks it ours on any device.
+    fn protocol(&self) -> Option<u8> {
+        None
+    }
+    fn object(&self) -> String;
+    fn delete(&self) -> Op;
+}
+
+impl Swept for AddressState {
+    fn of_managed_kind(&self) -> bool {
+        self.global
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn protocol(&self) -> Option<u8> {
+        Some(self.protocol)
+    }
+    fn object(&self) -> String {
+        format!("address {} dev {}", self.cidr, self.dev)
+    }
+    fn delete(&self) -> Op {
+        Op::DelAddress {
+            dev: self.dev.clone(),
+            cidr: self.cidr,
+        }
     }
 }
 
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
+impl Swept for NeighborState {
+    fn of_managed_kind(&self) -> bool {
+        self.permanent
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn object(&self) -> String {
+        format!(
+            "neighbor {} dev {} lladdr {}",
+            self.ip,
+            self.dev,
+            opt(self.mac)
+        )
+    }
+    fn delete(&self) -> Op {
+        Op::DelNeighbor {
+            dev: self.dev.clone(),
+            ip: self.ip,
         }
-        let mut w = [0u8; 8];
-        for (d, s) in w.iter_mut().zip(chunks.remainder()) {
-            *d = *s;
-        }
-        self.add(u64::from_le_bytes(w) ^ (bytes.len() as u64) << 56);
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.add(u64::from(v));
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
+impl Swept for FdbState {
+    fn of_managed_kind(&self) -> bool {
+        self.permanent
+    }
+    fn dev(&self) -> &str {
+        &self.dev
+    }
+    fn object(&self) -> String {
+        format!("fdb {} dev {} dst {}", self.mac, self.dev, opt(self.dst))
+    }
+    fn delete(&self) -> Op {
+        Op::DelFdb {
+            dev: self.dev.clone(),
+            mac: self.mac,
+            dst: self.dst,
+        }
+    }
+}
+
+/// FxHash (the `rustc-hash` crate): the planner's keys come from the local
+/// config and the kernel, not from an adversary, so SipHash's flooding
+/// resistance buys nothing, while its cost dominated lookups at 10 000 peers.
+/// Only ever looked up, never iterated: the plan's order does not depend on it.
+type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
+type HashSet<K> = rustc_hash::FxHashSet<K>;
 
 fn set_with_capacity<K>(n: usize) -> HashSet<K> {
-    HashSet::with_capacity_and_hasher(n, BuildHasherDefault::default())
+    HashSet::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher)
 }
 
 /// How routes with a gateway and a device are installed in this plan.
@@ -332,15 +377,6 @@ fn describe_nexthop(id: u32, via: Option<IpAddr>, dev: Option<&str>, onlink: boo
         s.push_str(" onlink");
     }
     s
-}
-
-/// Default metric the kernel gives a route without RTA_PRIORITY.
-fn effective_metric(dst: &IpNet, metric: Option<u32>) -> u32 {
-    match (metric, dst) {
-        (Some(m), _) => m,
-        (None, IpNet::V4(_)) => 0,
-        (None, IpNet::V6(_)) => 1024,
-    }
 }
 
 type RouteKey = (u32, IpNet, u32);
@@ -504,69 +540,17 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Plan one declared VXLAN device: blocked if it has no place (underlay,
+    /// local address, MTU) or a foreign device holds it; else created, or
+    /// adopted/marked and changed (recreated only for attributes the kernel
+    /// cannot change in place).
     fn vxlan(&mut self, v: &'a VxlanSpec) -> DevState {
         let object = format!("vxlan {}", v.name);
-        let Some(under) = self.observed.links.get(&v.underlay) else {
-            self.blocked.push(Blocked {
-                object,
-                reason: format!("underlay {} absent", v.underlay),
-            });
+        let Some((under, local, mtu)) = self.vxlan_place(v, &object) else {
             return DevState::Blocked;
-        };
-        let Some(local) = v
-            .local
-            .or_else(|| self.observed.first_global_addr(&v.underlay, v.family))
-        else {
-            self.blocked.push(Blocked {
-                object,
-                reason: format!(
-                    "underlay {} has no global {} address{}",
-                    v.underlay,
-                    v.family,
-                    if v.family == Family::Ipv6 {
-                        " (IPv4-only host?)"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-            return DevState::Blocked;
-        };
-        let mtu = match v.mtu {
-            Some(m) => m,
-            None => {
-                let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
-                if m < MIN_MTU {
-                    self.blocked.push(Blocked {
-                        object,
-                        reason: format!(
-                            "underlay {} MTU {} leaves no room for VXLAN overhead",
-                            v.underlay, under.mtu
-                        ),
-                    });
-                    return DevState::Blocked;
-                }
-                // Validation refuses a declared MTU below IPv6's minimum;
-                // a derived one is only known here. The kernel would refuse
-                // (or drop) every IPv6 object on the device, every pass.
-                // Scanned only in this rare case.
-                if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
-                    self.blocked.push(Blocked {
-                        object,
-                        reason: format!(
-                            "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
-                            v.underlay,
-                            under.mtu,
-                            IPV6_MIN_MTU + v.family.vxlan_overhead()
-                        ),
-                    });
-                    return DevState::Blocked;
-                }
-                m
-            }
         };
         let mac = self.desired.vxlan_mac(v);
-        let create = Op::CreateVxlan(VxlanCreate {
+        let create = VxlanCreate {
             name: v.name.clone(),
             vni: v.vni,
             port: v.port,
@@ -577,69 +561,192 @@ impl<'a> Planner<'a> {
             mtu,
             learning: v.learning,
             gbp: v.gbp,
-        });
-        let Some(cur) = self.observed.links.get(&v.name) else {
-            // The kernel refuses a second device with this VNI and port;
-            // a foreign one holding them is a conflict, never removed.
-            let holder = self.observed.links.values().find(|l| {
-                l.kind == "vxlan"
-                    && !ours(l, self.desired)
-                    && l.vxlan.as_ref().is_some_and(|a| {
-                        a.vni == v.vni
-                            && a.port == v.port
-                            && a.local.map(|x| Family::of(&x)) == Some(v.family)
-                    })
-            });
-            if let Some(h) = holder {
-                self.blocked.push(Blocked {
-                    object,
-                    reason: format!(
-                        "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
-                        h.name, v.vni, v.port
-                    ),
-                });
-                return DevState::Blocked;
-            }
-            self.mtus.insert(v.name.clone(), mtu);
-            self.locals.insert(v.name.as_str(), local);
-            let mut reason = format!(
-                "missing (vni {}, port {}, underlay {}, local {local}",
-                v.vni, v.port, v.underlay
-            );
-            if let Some(m) = mac {
-                let _ = write!(reason, ", mac {m}");
-            }
-            let _ = write!(reason, ", mtu {mtu})");
-            self.change(ChangeKind::Add, object, reason, create);
-            return DevState::Fresh;
         };
-        let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
-            self.blocked.push(Blocked {
+        let Some(cur) = self.observed.links.get(&v.name) else {
+            return self.vxlan_missing(v, object, create);
+        };
+        let Some(attrs) = self.vxlan_claim(v, &object, cur) else {
+            return DevState::Blocked;
+        };
+        self.mtus.insert(v.name.clone(), mtu);
+        self.locals.insert(v.name.as_str(), local);
+        let diff = self.vxlan_diff(v, attrs, under, local);
+        if !diff.immutable.is_empty() {
+            let why = diff.immutable.join(", ");
+            self.change(
+                ChangeKind::Remove,
+                object.clone(),
+                format!("{why}: immutable, recreating"),
+                Op::DeleteLink {
+                    name: v.name.clone(),
+                },
+            );
+            self.change(
+                ChangeKind::Add,
                 object,
-                reason: format!(
+                format!("recreate ({why})"),
+                Op::CreateVxlan(create),
+            );
+            return DevState::Fresh;
+        }
+        if !diff.in_place.is_empty() {
+            self.change(
+                ChangeKind::Modify,
+                object,
+                format!("{} (in place)", diff.in_place.join(", ")),
+                diff.op,
+            );
+        }
+        self.mutable(v, cur, mtu, mac);
+        DevState::Present
+    }
+
+    fn block(&mut self, object: &str, reason: String) {
+        self.blocked.push(Blocked {
+            object: object.to_string(),
+            reason,
+        });
+    }
+
+    /// Where the device goes: its underlay, local VTEP address and MTU —
+    /// or `None` (reported as blocked) when the host offers no place yet.
+    fn vxlan_place(&mut self, v: &VxlanSpec, object: &str) -> Option<(&'a LinkState, IpAddr, u32)> {
+        let observed = self.observed;
+        let Some(under) = observed.links.get(&v.underlay) else {
+            self.block(object, format!("underlay {} absent", v.underlay));
+            return None;
+        };
+        let Some(local) = v
+            .local
+            .or_else(|| observed.first_global_addr(&v.underlay, v.family))
+        else {
+            self.block(
+                object,
+                format!(
+                    "underlay {} has no global {} address{}",
+                    v.underlay,
+                    v.family,
+                    if v.family == Family::Ipv6 {
+                        " (IPv4-only host?)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            return None;
+        };
+        let mtu = match v.mtu {
+            Some(m) => m,
+            None => self.derived_mtu(v, under, object)?,
+        };
+        Some((under, local, mtu))
+    }
+
+    /// The MTU of a device declared without one: the underlay's minus the
+    /// VXLAN overhead, unless that leaves too little (blocked).
+    fn derived_mtu(&mut self, v: &VxlanSpec, under: &LinkState, object: &str) -> Option<u32> {
+        let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
+        if m < MIN_MTU {
+            self.block(
+                object,
+                format!(
+                    "underlay {} MTU {} leaves no room for VXLAN overhead",
+                    v.underlay, under.mtu
+                ),
+            );
+            return None;
+        }
+        // Validation refuses a declared MTU below IPv6's minimum;
+        // a derived one is only known here. The kernel would refuse
+        // (or drop) every IPv6 object on the device, every pass.
+        // Scanned only in this rare case.
+        if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
+            self.block(
+                object,
+                format!(
+                    "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
+                    v.underlay,
+                    under.mtu,
+                    IPV6_MIN_MTU + v.family.vxlan_overhead()
+                ),
+            );
+            return None;
+        }
+        Some(m)
+    }
+
+    /// A declared device the kernel does not have: created, unless a
+    /// foreign device holds its VNI and port (the kernel refuses a second
+    /// device with them; the holder is a conflict, never removed).
+    fn vxlan_missing(&mut self, v: &'a VxlanSpec, object: String, create: VxlanCreate) -> DevState {
+        let holder = self.observed.links.values().find(|l| {
+            l.kind == "vxlan"
+                && !ours(l, self.desired)
+                && l.vxlan.as_ref().is_some_and(|a| {
+                    a.vni == v.vni
+                        && a.port == v.port
+                        && a.local.map(|x| Family::of(&x)) == Some(v.family)
+                })
+        });
+        if let Some(h) = holder {
+            self.block(
+                &object,
+                format!(
+                    "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
+                    h.name, v.vni, v.port
+                ),
+            );
+            return DevState::Blocked;
+        }
+        let (local, mtu) = (create.local, create.mtu);
+        self.mtus.insert(v.name.clone(), mtu);
+        self.locals.insert(v.name.as_str(), local);
+        let mut reason = format!(
+            "missing (vni {}, port {}, underlay {}, local {local}",
+            v.vni, v.port, v.underlay
+        );
+        if let Some(m) = create.mac {
+            let _ = write!(reason, ", mac {m}");
+        }
+        let _ = write!(reason, ", mtu {mtu})");
+        self.change(ChangeKind::Add, object, reason, Op::CreateVxlan(create));
+        DevState::Fresh
+    }
+
+    /// An existing device under the declared name: its VXLAN attributes if
+    /// it is ours (or adopted, then marked), else `None` (blocked: a
+    /// non-VXLAN device, or a foreign VXLAN the file does not adopt).
+    fn vxlan_claim(
+        &mut self,
+        v: &VxlanSpec,
+        object: &str,
+        cur: &'a LinkState,
+    ) -> Option<&'a crate::model::VxlanAttrs> {
+        let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
+            self.block(
+                object,
+                format!(
                     "a {} device named {} exists; netconverge never removes devices it does not own — rename or delete it",
                     if cur.kind.is_empty() { "non-VXLAN" } else { cur.kind.as_str() },
                     v.name
                 ),
-            });
-            return DevState::Blocked;
+            );
+            return None;
         };
         let adopting = !ours(cur, self.desired);
         if adopting && !self.desired.adopt.vxlans.contains(&v.name) {
-            self.blocked.push(Blocked {
+            self.block(
                 object,
-                reason: format!(
+                format!(
                     "a vxlan device {} (vni {}, port {}) exists that netconverge did not create (no `{}` ifalias): it is left as it is, with everything on it — delete it, or set adopt = true on this [[vxlan]] to take it over",
                     v.name,
                     attrs.vni,
                     attrs.port,
                     crate::model::DEVICE_MARK
                 ),
-            });
-            return DevState::Blocked;
+            );
+            return None;
         }
-        self.mtus.insert(v.name.clone(), mtu);
-        self.locals.insert(v.name.as_str(), local);
         if !cur.marked() {
             let reason = if adopting {
                 format!(
@@ -653,16 +760,27 @@ impl<'a> Planner<'a> {
             };
             self.change(
                 ChangeKind::Modify,
-                object.clone(),
+                object.to_string(),
                 reason,
                 Op::MarkLink {
                     name: v.name.clone(),
                 },
             );
         }
-        // Attributes the kernel refuses to change in place (vni, port, gbp);
-        // local, underlay and learning it changes in place (Linux 6.18
-        // verified), so the device, its ifindex and every route stay.
+        Some(attrs)
+    }
+
+    /// How the device's VXLAN attributes differ from the declaration.
+    /// Attributes the kernel refuses to change in place (vni, port, gbp);
+    /// local, underlay and learning it changes in place (Linux 6.18
+    /// verified), so the device, its ifindex and every route stay.
+    fn vxlan_diff(
+        &self,
+        v: &VxlanSpec,
+        attrs: &crate::model::VxlanAttrs,
+        under: &LinkState,
+        local: IpAddr,
+    ) -> VxlanDiff {
         let mut immutable = Vec::new();
         let mut in_place = Vec::new();
         if attrs.vni != v.vni {
@@ -700,34 +818,16 @@ impl<'a> Planner<'a> {
             ));
             v.learning
         });
-        if !immutable.is_empty() {
-            let why = immutable.join(", ");
-            self.change(
-                ChangeKind::Remove,
-                object.clone(),
-                format!("{why}: immutable, recreating"),
-                Op::DeleteLink {
-                    name: v.name.clone(),
-                },
-            );
-            self.change(ChangeKind::Add, object, format!("recreate ({why})"), create);
-            return DevState::Fresh;
+        VxlanDiff {
+            immutable,
+            in_place,
+            op: Op::SetVxlan {
+                name: v.name.clone(),
+                local: set_local,
+                underlay: set_underlay,
+                learning: set_learning,
+            },
         }
-        if !in_place.is_empty() {
-            self.change(
-                ChangeKind::Modify,
-                object,
-                format!("{} (in place)", in_place.join(", ")),
-                Op::SetVxlan {
-                    name: v.name.clone(),
-                    local: set_local,
-                    underlay: set_underlay,
-                    learning: set_learning,
-                },
-            );
-        }
-        self.mutable(v, cur, mtu, mac);
-        DevState::Present
     }
 
     fn mutable(&mut self, v: &VxlanSpec, cur: &LinkState, mtu: u32, mac: Option<Mac>) {
@@ -904,34 +1004,9 @@ impl<'a> Planner<'a> {
                 );
             }
         }
-        let mut stale: Vec<Change> = Vec::new();
-        for a in &observed.addresses {
-            if !a.global || want.contains(&(a.dev.as_str(), a.cidr)) {
-                continue;
-            }
-            // Elsewhere (an underlay), only what carries our mark; not on a
-            // device of ours being retired (the address goes with it).
-            let reason = if self.is_owned(&a.dev) {
-                format!("not declared (owned device {})", a.dev)
-            } else if self.protocols.contains(&a.protocol)
-                && self.desired.vxlan(&a.dev).is_none()
-                && !observed.links.get(&a.dev).is_some_and(LinkState::marked)
-            {
-                format!("not declared (address protocol {})", a.protocol)
-            } else {
-                continue;
-            };
-            stale.push(Change {
-                kind: ChangeKind::Remove,
-                object: format!("address {} dev {}", a.cidr, a.dev),
-                reason,
-                op: Op::DelAddress {
-                    dev: a.dev.clone(),
-                    cidr: a.cidr,
-                },
-            });
-        }
-        self.push_sorted(stale);
+        self.sweep(&observed.addresses, |a| {
+            want.contains(&(a.dev.as_str(), a.cidr))
+        });
     }
 
     fn neighbors(&mut self) {
@@ -979,21 +1054,9 @@ impl<'a> Planner<'a> {
                 },
             );
         }
-        let mut stale = Vec::new();
-        for n in &observed.neighbors {
-            if n.permanent && self.is_owned(&n.dev) && !want.contains(&(n.dev.as_str(), n.ip)) {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("neighbor {} dev {} lladdr {}", n.ip, n.dev, opt(n.mac)),
-                    reason: format!("not declared (owned device {})", n.dev),
-                    op: Op::DelNeighbor {
-                        dev: n.dev.clone(),
-                        ip: n.ip,
-                    },
-                });
-            }
-        }
-        self.push_sorted(stale);
+        self.sweep(&observed.neighbors, |n| {
+            want.contains(&(n.dev.as_str(), n.ip))
+        });
     }
 
     fn fdb(&mut self) {
@@ -1026,25 +1089,48 @@ impl<'a> Planner<'a> {
                 );
             }
         }
+        self.sweep(&observed.fdb, |f| {
+            want.contains(&(f.dev.as_str(), f.mac, f.dst))
+        });
+    }
+
+    /// The one sweep for stale objects on devices (addresses, neighbours,
+    /// FDB entries): every observed object of a kind netconverge creates
+    /// that is not `declared` and that is ours — on a device we own, or (an
+    /// address) marked with one of our protocols elsewhere — is removed.
+    /// One rule for all three, so ownership cannot drift between them.
+    fn sweep<T: Swept>(&mut self, observed: &[T], declared: impl Fn(&T) -> bool) {
         let mut stale = Vec::new();
-        for f in &observed.fdb {
-            if f.permanent
-                && self.is_owned(&f.dev)
-                && !want.contains(&(f.dev.as_str(), f.mac, f.dst))
-            {
-                stale.push(Change {
-                    kind: ChangeKind::Remove,
-                    object: format!("fdb {} dev {} dst {}", f.mac, f.dev, opt(f.dst)),
-                    reason: format!("not declared (owned device {})", f.dev),
-                    op: Op::DelFdb {
-                        dev: f.dev.clone(),
-                        mac: f.mac,
-                        dst: f.dst,
-                    },
-                });
+        for o in observed {
+            if !o.of_managed_kind() || declared(o) {
+                continue;
             }
+            let Some(reason) = self.stale_reason(o) else {
+                continue;
+            };
+            stale.push(Change {
+                kind: ChangeKind::Remove,
+                object: o.object(),
+                reason,
+                op: o.delete(),
+            });
         }
         self.push_sorted(stale);
+    }
+
+    /// Why an undeclared object is ours to remove, or `None` if it is not.
+    fn stale_reason<T: Swept>(&self, o: &T) -> Option<String> {
+        let dev = o.dev();
+        if self.is_owned(dev) {
+            return Some(format!("not declared (owned device {dev})"));
+        }
+        // Elsewhere (an underlay), only what carries our mark; not on a
+        // device of ours being retired (the object goes with it).
+        let p = o.protocol()?;
+        (self.protocols.contains(&p)
+            && self.desired.vxlan(dev).is_none()
+            && !self.observed.links.get(dev).is_some_and(LinkState::marked))
+        .then(|| format!("not declared (address protocol {p})"))
     }
 
     /// How routes with a gateway are installed, from `[engine] nexthops`
@@ -1163,7 +1249,6 @@ impl<'a> Planner<'a> {
 
     fn routes(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
-        let proto = desired.engine.route_protocol;
         let have: HashMap<RouteKey, &RouteState> = observed
             .routes
             .iter()
@@ -1180,123 +1265,149 @@ impl<'a> Planner<'a> {
                 // Blocked (reported by `route_conflicts`); the holder stays.
                 continue;
             }
-            let blocked = r
-                .dev
-                .as_deref()
-                .is_some_and(|d| self.skip_if_blocked(d, "route"));
-            let key = NhKey::of_spec(r);
-            let nhid = match (self.style, key) {
-                (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
-                    Some(id) => Some(*id),
-                    None => {
-                        // No free id left (reported once, below).
-                        unavailable += 1;
-                        continue;
-                    }
-                },
-                (RouteStyle::Unavailable, Some(_)) if !blocked => {
-                    unavailable += 1;
-                    continue;
-                }
-                _ => None,
-            };
-            let fresh = r
-                .dev
-                .as_deref()
-                .is_some_and(|d| self.dev_state(d) == DevState::Fresh);
-            let cur = if fresh {
-                None
-            } else {
-                have.get(&route_key_spec(r)).copied()
-            };
-            if blocked {
-                // Left as it is, and so is the nexthop it uses.
-                if let Some(id) = cur.and_then(|c| c.nhid) {
-                    self.nh_keep.insert(id);
-                }
-                continue;
-            }
-            let describe = || {
-                let mut s =
-                    describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
-                if let Some(id) = nhid {
-                    let _ = write!(s, " nhid {id}");
-                }
-                s
-            };
-            let op = || {
-                let mut op = route_op_from_spec(r, proto);
-                op.nhid = nhid;
-                Op::SetRoute(op)
-            };
-            let Some(c) = cur else {
-                self.change(ChangeKind::Add, describe(), missing(&r.origin), op());
-                continue;
-            };
-            let mut diffs = Vec::new();
-            if c.nhid != nhid {
-                diffs.push(format!("nhid {} → {}", opt(c.nhid), opt(nhid)));
-            }
-            // Through our nexthop, gateway/device/onlink are the nexthop's
-            // (planned on its own); compared only for classic routes.
-            if nhid.is_none() {
-                if c.via != r.via {
-                    diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
-                }
-                // A route without `dev` lets the kernel pick the device; only a
-                // declared device is compared.
-                if r.dev.is_some() && c.dev != r.dev {
-                    diffs.push(format!(
-                        "dev {} → {}",
-                        opt(c.dev.as_deref()),
-                        opt(r.dev.as_deref())
-                    ));
-                }
-                if c.onlink != r.onlink {
-                    diffs.push(format!(
-                        "onlink {} → {}",
-                        on_off(c.onlink),
-                        on_off(r.onlink)
-                    ));
-                }
-            }
-            if c.src != r.src {
-                diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
-            }
-            if !self.protocols.contains(&c.protocol) {
-                // Only reached when adopted (`route_conflicts`).
-                diffs.insert(
-                    0,
-                    format!(
-                        "adopt (created by proto {}, not netconverge)",
-                        proto_name(c.protocol)
-                    ),
-                );
-            } else if c.protocol != proto {
-                diffs.push(format!("proto {} → {proto}", c.protocol));
-            }
-            if !diffs.is_empty() {
-                self.change(ChangeKind::Modify, describe(), diffs.join(", "), op());
+            if !self.route(r, &have) {
+                unavailable += 1;
             }
         }
-        if unavailable > 0 {
-            let reason = if self.style == RouteStyle::Unavailable {
-                "[engine] nexthops = \"on\", but this kernel has no nexthop objects (Linux ≥ 5.3 has them): set nexthops = \"auto\" to fall back to classic routes".to_string()
-            } else {
-                let (first, last) = nexthop_id_range(proto);
-                format!("no free nexthop id left in {first}–{last}")
-            };
-            self.blocked.push(Blocked {
-                object: if unavailable == 1 {
-                    "1 route with a gateway".to_string()
-                } else {
-                    format!("{unavailable} routes with a gateway")
-                },
-                reason,
-            });
+        self.report_unavailable(unavailable);
+        self.stale_routes(&want);
+    }
+
+    /// Plan one declared route against the kernel's route at its place.
+    /// `false`: it needs a nexthop object that cannot be had (no free id,
+    /// or a kernel without them), counted for one summary line.
+    fn route(&mut self, r: &'a RouteSpec, have: &HashMap<RouteKey, &RouteState>) -> bool {
+        let proto = self.desired.engine.route_protocol;
+        let blocked = r
+            .dev
+            .as_deref()
+            .is_some_and(|d| self.skip_if_blocked(d, "route"));
+        let nhid = match (self.style, NhKey::of_spec(r)) {
+            (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
+                Some(id) => Some(*id),
+                // No free id left.
+                None => return false,
+            },
+            (RouteStyle::Unavailable, Some(_)) if !blocked => return false,
+            _ => None,
+        };
+        let fresh = r
+            .dev
+            .as_deref()
+            .is_some_and(|d| self.dev_state(d) == DevState::Fresh);
+        let cur = if fresh {
+            None
+        } else {
+            have.get(&route_key_spec(r)).copied()
+        };
+        if blocked {
+            // Left as it is, and so is the nexthop it uses.
+            if let Some(id) = cur.and_then(|c| c.nhid) {
+                self.nh_keep.insert(id);
+            }
+            return true;
         }
+        // Built only for a change: an in-sync route costs no formatting.
+        let describe = || {
+            let mut s =
+                describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric);
+            if let Some(id) = nhid {
+                let _ = write!(s, " nhid {id}");
+            }
+            s
+        };
+        let op = || {
+            let mut op = route_op_from_spec(r, proto);
+            op.nhid = nhid;
+            Op::SetRoute(op)
+        };
+        let Some(c) = cur else {
+            self.change(ChangeKind::Add, describe(), missing(&r.origin), op());
+            return true;
+        };
+        let diffs = self.route_diffs(r, c, nhid);
+        if !diffs.is_empty() {
+            self.change(ChangeKind::Modify, describe(), diffs.join(", "), op());
+        }
+        true
+    }
+
+    /// How the kernel's route `c` at `r`'s place differs from `r` (to be
+    /// installed through nexthop `nhid`, if any).
+    fn route_diffs(&self, r: &RouteSpec, c: &RouteState, nhid: Option<u32>) -> Vec<String> {
+        let proto = self.desired.engine.route_protocol;
+        let mut diffs = Vec::new();
+        if c.nhid != nhid {
+            diffs.push(format!("nhid {} → {}", opt(c.nhid), opt(nhid)));
+        }
+        // Through our nexthop, gateway/device/onlink are the nexthop's
+        // (planned on its own); compared only for classic routes.
+        if nhid.is_none() {
+            if c.via != r.via {
+                diffs.push(format!("via {} → {}", opt(c.via), opt(r.via)));
+            }
+            // A route without `dev` lets the kernel pick the device; only a
+            // declared device is compared.
+            if r.dev.is_some() && c.dev != r.dev {
+                diffs.push(format!(
+                    "dev {} → {}",
+                    opt(c.dev.as_deref()),
+                    opt(r.dev.as_deref())
+                ));
+            }
+            if c.onlink != r.onlink {
+                diffs.push(format!(
+                    "onlink {} → {}",
+                    on_off(c.onlink),
+                    on_off(r.onlink)
+                ));
+            }
+        }
+        if c.src != r.src {
+            diffs.push(format!("src {} → {}", opt(c.src), opt(r.src)));
+        }
+        if !self.protocols.contains(&c.protocol) {
+            // Only reached when adopted (`route_conflicts`).
+            diffs.insert(
+                0,
+                format!(
+                    "adopt (created by proto {}, not netconverge)",
+                    proto_name(c.protocol)
+                ),
+            );
+        } else if c.protocol != proto {
+            diffs.push(format!("proto {} → {proto}", c.protocol));
+        }
+        diffs
+    }
+
+    /// One blocked line for every route with a gateway that could not get
+    /// a nexthop object.
+    fn report_unavailable(&mut self, unavailable: usize) {
+        if unavailable == 0 {
+            return;
+        }
+        let reason = if self.style == RouteStyle::Unavailable {
+            "[engine] nexthops = \"on\", but this kernel has no nexthop objects (Linux ≥ 5.3 has them): set nexthops = \"auto\" to fall back to classic routes".to_string()
+        } else {
+            let (first, last) = nexthop_id_range(self.desired.engine.route_protocol);
+            format!("no free nexthop id left in {first}–{last}")
+        };
+        self.blocked.push(Blocked {
+            object: if unavailable == 1 {
+                "1 route with a gateway".to_string()
+            } else {
+                format!("{unavailable} routes with a gateway")
+            },
+            reason,
+        });
+    }
+
+    /// Our routes no declaration `want`s: removed.
+    fn stale_routes(&mut self, want: &HashSet<RouteKey>) {
+        let proto = self.desired.engine.route_protocol;
         let mut stale = Vec::new();
-        for r in &observed.routes {
+        for r in &self.observed.routes {
             if want.contains(&route_key_state(r)) {
                 continue;
             }

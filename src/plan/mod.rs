@@ -124,6 +124,7 @@ pub enum Op {
     DelRoute(RouteOp),
     Nat(crate::model::nat::NatOp),
     Lease(crate::model::lease::LeaseOp),
+    Cni(crate::model::cni::CniOp),
 }
 
 /// The order in which operations run; within a stage they are independent
@@ -157,6 +158,7 @@ pub enum Stage {
     /// the new place holds the rules.
     NatStale,
     Lease,
+    Cni,
 }
 
 impl Op {
@@ -180,6 +182,7 @@ impl Op {
             Op::Nat(n) if n.is_stale_removal() => Stage::NatStale,
             Op::Nat(_) => Stage::Nat,
             Op::Lease(_) => Stage::Lease,
+            Op::Cni(_) => Stage::Cni,
         }
     }
 }
@@ -263,9 +266,12 @@ impl fmt::Display for Plan {
     }
 }
 
+pub mod cni;
 mod kernel;
 pub mod lease;
 pub mod nat;
+// A model of the kernel for property tests (tests/properties.rs).
+pub mod simulate;
 #[cfg(test)]
 mod tests;
 
@@ -275,6 +281,7 @@ mod tests;
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let kernel = kernel::plan_kernel(desired, observed);
     let lease_mtu = kernel.lease_mtu(desired);
+    let cni_mtu = cni::vxlan_mtu(desired, &kernel.mtus);
     let mut out = kernel.plan;
     out.extend(nat::plan(desired.nat.as_ref(), &observed.nat));
     out.extend(lease::plan(
@@ -282,6 +289,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         lease_mtu,
         &observed.lease,
     ));
+    out.extend(cni::plan(desired.cni.as_ref(), cni_mtu, &observed.cni));
     out
 }
 

@@ -34,35 +34,11 @@ fn vxlan(name: &str, family: Family) -> VxlanSpec {
 
 /// flannel's three objects for one peer.
 fn add_peer(d: &mut Desired, dev: &str, subnet: &str, vtep_ip: &str, vtep_mac: &str) {
-    let subnet = net(subnet);
-    let origin = format!("peer {subnet}");
-    d.peers.push(PeerSpec {
+    d.add_peer(PeerSpec {
         dev: dev.into(),
-        subnet,
+        subnet: net(subnet),
         vtep_ip: ip(vtep_ip),
         vtep_mac: mac(vtep_mac),
-    });
-    d.neighbors.push(NeighborSpec {
-        dev: dev.into(),
-        ip: subnet.network(),
-        mac: mac(vtep_mac),
-        origin: origin.clone(),
-    });
-    d.fdb.push(FdbSpec {
-        dev: dev.into(),
-        mac: mac(vtep_mac),
-        dst: ip(vtep_ip),
-        origin: origin.clone(),
-    });
-    d.routes.push(RouteSpec {
-        dst: subnet,
-        via: Some(subnet.network()),
-        dev: Some(dev.into()),
-        onlink: true,
-        src: None,
-        metric: None,
-        table: MAIN_TABLE,
-        origin,
     });
 }
 
@@ -170,46 +146,13 @@ fn converged(d: &Desired, base: &Observed) -> Observed {
             },
         );
     }
-    for a in &d.addresses {
-        o.addresses.push(AddressState {
-            dev: a.dev.clone(),
-            cidr: a.cidr,
-            global: true,
-            protocol: ROUTE_PROTOCOL,
-        });
-    }
-    for n in &d.neighbors {
-        o.neighbors.push(NeighborState {
-            dev: n.dev.clone(),
-            ip: n.ip,
-            mac: Some(n.mac),
-            permanent: true,
-        });
-    }
-    for f in &d.fdb {
-        o.fdb.push(FdbState {
-            dev: f.dev.clone(),
-            mac: f.mac,
-            dst: Some(f.dst),
-            permanent: true,
-        });
-    }
-    for r in &d.routes {
-        o.routes.push(RouteState {
-            table: r.table,
-            dst: r.dst,
-            via: r.via,
-            dev: r.dev.clone(),
-            onlink: r.onlink,
-            src: r.src,
-            metric: match r.dst {
-                IpNet::V4(_) => None,
-                IpNet::V6(_) => Some(1024),
-            },
-            protocol: ROUTE_PROTOCOL,
-            nhid: None,
-        });
-    }
+    o.addresses
+        .extend(d.addresses.iter().map(|a| a.state(ROUTE_PROTOCOL)));
+    o.neighbors
+        .extend(d.neighbors.iter().map(NeighborState::from));
+    o.fdb.extend(d.fdb.iter().map(FdbState::from));
+    o.routes
+        .extend(d.routes.iter().map(|r| r.state(ROUTE_PROTOCOL, None)));
     o
 }
 

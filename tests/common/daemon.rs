@@ -54,7 +54,17 @@ impl Daemon {
 
     /// Start the daemon through an arbitrary command prefix (e.g. nsenter).
     pub fn start_with(prefix: &[String], config: &Path, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_inner(prefix, config, env, None)
+        Daemon::start_inner(prefix, config, &[], env, None)
+    }
+
+    /// [`Daemon::start_with`] with `args` after `run` (e.g. `--node NAME`).
+    pub fn start_run_args(
+        prefix: &[String],
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::start_inner(prefix, config, args, env, None)
     }
 
     /// Like [`Daemon::start`], running `probe` on each notify message as it
@@ -66,12 +76,13 @@ impl Daemon {
             "exec".into(),
             ns.name.clone(),
         ];
-        Daemon::start_inner(&prefix, config, env, Some(probe))
+        Daemon::start_inner(&prefix, config, &[], env, Some(probe))
     }
 
     fn start_inner(
         prefix: &[String],
         config: &Path,
+        args: &[&str],
         env: &[(&str, &str)],
         mut probe: Option<Probe>,
     ) -> Daemon {
@@ -92,6 +103,7 @@ impl Daemon {
         .args([env!("CARGO_BIN_EXE_netconverge"), "-v", "-c"])
         .arg(config)
         .arg("run")
+        .args(args)
         .env("NOTIFY_SOCKET", &sock_path)
         .env(super::STATE_DIR_ENV, super::state_dir(config))
         .env_remove("JOURNAL_STREAM")

@@ -146,13 +146,22 @@ impl Netns {
     pub fn exec_output(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
         full.extend_from_slice(args);
+        // A netconverge binary started here never writes the host's
+        // /var/lib/netconverge (an explicit env in `args` still wins).
         Command::new(full[0])
             .args(&full[1..])
+            .env(STATE_DIR_ENV, self.state_dir())
             .output()
             .expect("spawn ip netns exec")
     }
 
     /// Run a command inside the namespace; panics with its stderr unless it succeeds.
+    /// Where netconverge binaries run through [`Netns::exec_output`] keep
+    /// their record (removed with the namespace).
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-state", self.name))
+    }
+
     pub fn exec(&self, args: &[&str]) -> String {
         let out = self.exec_output(args);
         succeeded(&out, &format!("`{}` in {}", args.join(" "), self.name))
@@ -251,6 +260,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
