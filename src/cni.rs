@@ -8,32 +8,14 @@
 //! planner in [`crate::plan::cni`].
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Serialize;
-
-use crate::lease::{FileContent, LeaseError};
+use crate::lease::LeaseError;
 use crate::model::CniSpec;
+pub use crate::model::cni::{CniObserved, CniOp};
 
 /// Mode of a created `/etc/cni/net.d` (containerd reads it).
 pub const DIR_MODE: u32 = 0o755;
-
-/// The conflist as found on disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CniObserved {
-    pub file: FileContent,
-    /// Other CNI config files in the same directory whose names sort before
-    /// ours: containerd (`max_conf_num = 1`) loads only the first one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub earlier: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CniOp {
-    /// Atomically replace the conflist; its directory is created 0755.
-    Write { path: PathBuf, contents: String },
-}
 
 /// Read the conflist and list the config files that would shadow it. Only
 /// a missing privilege is an error.

@@ -24,13 +24,13 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::bulk::BulkError;
 use crate::model::{
     AddressState, Desired, FdbState, LinkState, Mac, NeighborState, NexthopState, Observed,
     RouteState, VxlanAttrs,
 };
 use crate::netlink::Handle;
-use crate::nexthop::{self, NexthopMessage, NexthopNetlinkMessage};
+use crate::netlink::bulk::BulkError;
+use crate::netlink::nexthop::{self, NexthopMessage, NexthopNetlinkMessage};
 
 /// Kernel `RT_TABLE_LOCAL`: local/broadcast addresses, never ours.
 pub const LOCAL_TABLE: u32 = 255;
@@ -124,7 +124,7 @@ pub async fn observe_owning(
 
 /// One dump through the bulk socket into a fresh `A`: every reply, parsed,
 /// to `each`. A dump interrupted by concurrent changes is run again from
-/// scratch ([`crate::bulk::BulkSocket::dump`]), so `A` is a consistent
+/// scratch ([`crate::netlink::bulk::BulkSocket::dump`]), so `A` is a consistent
 /// snapshot.
 async fn dump<A: Default>(
     handle: &Handle,

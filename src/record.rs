@@ -17,8 +17,7 @@ use crate::model::Desired;
 /// File name of the record inside `state_dir`.
 pub const FILE: &str = "kernel-record.json";
 
-/// Default `state_dir`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/netconverge";
+pub use crate::model::DEFAULT_STATE_DIR;
 
 /// Environment override of `state_dir` (tests give every run its own).
 pub const STATE_DIR_ENV: &str = "NETCONVERGE_STATE_DIR";

@@ -799,7 +799,9 @@ fn lease(raw: &Raw, d: &mut Diags<'_>) {
         family_pair(d, "[lease]", fam, nk, sk);
     }
     if let (Some(mode), Some(path), Some(dir)) = (&l.mode, &l.path, &l.state_dir) {
-        if mode.v == LeaseMode::Preserve && path.v == dir.v.join(crate::lease::BACKUP_FILE_NAME) {
+        if mode.v == LeaseMode::Preserve
+            && path.v == dir.v.join(crate::model::lease::BACKUP_FILE_NAME)
+        {
             d.error(
                 path.span,
                 format!(
@@ -970,7 +972,7 @@ pub(crate) fn build(raw: &Raw) -> Option<Desired> {
         daemon: raw.daemon.clone(),
         engine: raw.engine.clone(),
         state_dir: raw.state_dir.as_ref().map_or_else(
-            || std::path::PathBuf::from(crate::record::DEFAULT_STATE_DIR),
+            || std::path::PathBuf::from(crate::model::DEFAULT_STATE_DIR),
             |d| d.v.clone(),
         ),
         ..Desired::default()

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::model::LeaseFamily;
+use crate::plan::{ChangeKind, Op, Plan};
 
 const LIVE: &str = "/run/flannel/subnet.env";
 

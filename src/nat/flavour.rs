@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::iptables::Flavour;
 use crate::model::IptablesMode;
+pub use crate::model::nat::FlavourChoice;
 
 /// What one flavour's nat tables (both families) hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -36,13 +37,6 @@ impl HostFacts {
             Flavour::Legacy => &self.legacy,
         }
     }
-}
-
-/// The flavour in use and why (shown by `show`, `--check` and the logs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FlavourChoice {
-    pub flavour: Flavour,
-    pub reason: String,
 }
 
 /// Choose the flavour for `mode` on a host with `facts`.

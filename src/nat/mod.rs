@@ -13,13 +13,11 @@
 //! without being replaced in the same transaction, and nothing removes them
 //! when netconverge stops.
 
-pub mod diff;
 mod exec;
 pub mod flavour;
 pub mod iptables;
 pub mod nftables;
 pub mod record;
-pub mod rules;
 
 #[cfg(test)]
 mod tests;
@@ -27,155 +25,15 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
-
 use crate::model::{Family, IptablesMode, NatBackendKind, NatSpec};
-use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
-pub use flavour::FlavourChoice;
-pub use iptables::{Flavour, IptFamily, NatTable};
-pub use nftables::NftFamily;
+pub use crate::model::nat::{
+    FamilyObserved, Flavour, FlavourChoice, Found, Guard, IptFamily, NatObserved, NatOp, NftFamily,
+    Place,
+};
+pub use crate::plan::nat::{cleanup_ops, diff, named_place, object, plan, rules};
+pub use iptables::NatTable;
 pub use rules::{COMMENT, TABLE_COMMENT};
-
-/// What was found for one family at the place the file names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum FamilyObserved {
-    /// Not looked at (no NAT configuration).
-    #[default]
-    NotObserved,
-    /// The backend could not be read (tool missing, permission, parse error).
-    Unavailable { reason: String },
-    /// Nothing exists there.
-    Absent,
-    /// A table of our name exists (ours or not: see [`NftFamily::is_ours`]).
-    Nftables(NftFamily),
-    /// A chain of our name and/or a jump to it exists (see
-    /// [`IptFamily::ownership`]).
-    Iptables(IptFamily),
-}
-
-impl FamilyObserved {
-    fn is_present(&self) -> bool {
-        matches!(
-            self,
-            FamilyObserved::Nftables(_) | FamilyObserved::Iptables(_)
-        )
-    }
-
-    /// Present and netconverge's.
-    fn is_ours(&self) -> bool {
-        match self {
-            FamilyObserved::Nftables(t) => t.is_ours(),
-            FamilyObserved::Iptables(c) => c.ownership().is_some(),
-            _ => false,
-        }
-    }
-}
-
-/// Where one family's rules can live.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum Place {
-    Nftables { table: String },
-    Iptables { flavour: Flavour, chain: String },
-}
-
-impl Place {
-    /// `nftables table ip netconverge`, `iptables-legacy chain X`.
-    pub fn label(&self, family: Family) -> String {
-        match self {
-            Place::Nftables { table } => nftables::table_label(family, table),
-            Place::Iptables { flavour, chain } => iptables::chain_label(*flavour, family, chain),
-        }
-    }
-}
-
-/// A NAT object of netconverge's at a place the file does not name (an
-/// old table/chain name, the other backend or iptables flavour, a family
-/// no longer configured): removed once the new place is in place.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Found {
-    pub family: Family,
-    pub place: Place,
-    /// What makes it netconverge's (its kernel marker, or the record).
-    pub why: String,
-    /// What removing it removes, printable.
-    pub items: Vec<String>,
-    #[serde(skip)]
-    pub removal: NatOp,
-}
-
-/// What the NAT backends found on the system.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NatObserved {
-    /// Backend the file names; `None` without `[nat]`.
-    pub backend: Option<NatBackendKind>,
-    /// nftables table or iptables chain name the file names.
-    pub name: String,
-    /// The iptables flavour in use and why (iptables backend only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iptables: Option<FlavourChoice>,
-    pub ipv4: FamilyObserved,
-    pub ipv6: FamilyObserved,
-    /// netconverge's objects elsewhere (leftovers of earlier files).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub found: Vec<Found>,
-}
-
-impl NatObserved {
-    pub fn family(&self, family: Family) -> &FamilyObserved {
-        match family {
-            Family::Ipv4 => &self.ipv4,
-            Family::Ipv6 => &self.ipv6,
-        }
-    }
-}
-
-/// The place a removal may only happen after: `spec`'s `family` in sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Guard {
-    pub spec: NatSpec,
-    pub family: Family,
-}
-
-/// One atomic NAT transaction, fully rendered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
-pub enum NatOp {
-    /// One `nft -f -` script.
-    Nftables {
-        family: Family,
-        table: String,
-        script: String,
-    },
-    /// One `ip[6]tables-<flavour>-restore --noflush` input (`None`: no
-    /// kernel change), recording an adoption first / forgetting it after.
-    Iptables {
-        flavour: Flavour,
-        family: Family,
-        chain: String,
-        restore: Option<String>,
-        /// Record the chain as adopted with these rules (before the restore).
-        adopted: Option<Vec<String>>,
-        /// Forget an adoption of the chain (after the restore).
-        forget: bool,
-    },
-    /// Remove something of ours at a place the file no longer names; with
-    /// `replaced_by`, only once that family is in sync at its new place
-    /// (checked right before), so masquerade never lapses.
-    Stale {
-        remove: Box<NatOp>,
-        replaced_by: Option<Box<Guard>>,
-    },
-}
-
-impl NatOp {
-    /// Runs after every install/repair (its own plan stage).
-    pub fn is_stale_removal(&self) -> bool {
-        matches!(self, NatOp::Stale { .. })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -218,205 +76,6 @@ impl NatError {
             _ => Err(NatError::Several(errors)),
         }
     }
-}
-
-/// `nat ipv4 (nftables table ip netconverge)`.
-pub fn object(place: &Place, family: Family) -> String {
-    format!("nat {family} ({})", place.label(family))
-}
-
-fn removal_reason(spec: Option<&NatSpec>, family: Family) -> String {
-    match spec {
-        None => "nat not configured".to_string(),
-        Some(s) if !s.masquerade => "masquerade = false".to_string(),
-        Some(_) => format!("{family} not configured"),
-    }
-}
-
-/// The place the file names for its rules (`None`: no `[nat]`, or the
-/// iptables flavour could not be chosen).
-pub fn named_place(spec: Option<&NatSpec>, observed: &NatObserved) -> Option<Place> {
-    let spec = spec?;
-    match spec.backend {
-        NatBackendKind::Nftables => Some(Place::Nftables {
-            table: spec.nft_table.clone(),
-        }),
-        NatBackendKind::Iptables => observed.iptables.as_ref().map(|c| Place::Iptables {
-            flavour: c.flavour,
-            chain: spec.iptables_chain.clone(),
-        }),
-    }
-}
-
-fn removal_of(
-    place: &Place,
-    family: Family,
-    seen: &FamilyObserved,
-) -> Option<(Vec<String>, NatOp)> {
-    match (place, seen) {
-        (Place::Nftables { table }, FamilyObserved::Nftables(_)) => Some((
-            vec![nftables::table_label(family, table)],
-            nftables::remove_op(family, table),
-        )),
-        (Place::Iptables { flavour, chain }, FamilyObserved::Iptables(c)) => Some((
-            iptables::removal_items(*flavour, family, chain, c),
-            iptables::remove_op(*flavour, family, chain, c),
-        )),
-        _ => None,
-    }
-}
-
-/// The plan of one family at the place the file names: `Err` is blocked.
-fn plan_named(
-    spec: &NatSpec,
-    place: &Place,
-    family: Family,
-    want: &[rules::Rule],
-    seen: &FamilyObserved,
-) -> Result<Option<(ChangeKind, String, NatOp)>, String> {
-    match (place, seen) {
-        (_, FamilyObserved::NotObserved) => Err("rules not observed".to_string()),
-        (_, FamilyObserved::Unavailable { reason }) => {
-            Err(format!("cannot read current rules: {reason}"))
-        }
-        (Place::Nftables { table }, FamilyObserved::Absent) => {
-            nftables::plan_family(family, table, want, None, spec.adopt)
-        }
-        (Place::Nftables { table }, FamilyObserved::Nftables(s)) => {
-            nftables::plan_family(family, table, want, Some(s), spec.adopt)
-        }
-        (Place::Iptables { flavour, chain }, FamilyObserved::Absent) => {
-            iptables::plan_family(*flavour, family, chain, want, None, spec.adopt)
-        }
-        (Place::Iptables { flavour, chain }, FamilyObserved::Iptables(s)) => {
-            iptables::plan_family(*flavour, family, chain, want, Some(s), spec.adopt)
-        }
-        _ => Err("observed through the other backend".to_string()),
-    }
-}
-
-/// Pure: the changes that bring `observed` to `spec` (and anything
-/// blocked): at most one change per family at the place the file names,
-/// then the removal of every leftover of ours elsewhere.
-pub fn plan(spec: Option<&NatSpec>, observed: &NatObserved) -> Plan {
-    let mut plan = Plan::default();
-    if let (Some(s), Some(c)) = (spec, &observed.iptables) {
-        if s.backend == NatBackendKind::Iptables {
-            plan.notes
-                .push(format!("nat: iptables flavour {}: {}", c.flavour, c.reason));
-        }
-    }
-    let named = named_place(spec, observed);
-    // Families whose new place is blocked: their leftovers stay.
-    let mut new_place_blocked: Vec<Family> = Vec::new();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let seen = observed.family(family);
-        let want = rules::desired(spec, family);
-        match (spec, want, &named) {
-            (Some(s), Some(_), None) => {
-                new_place_blocked.push(family);
-                plan.blocked.push(Blocked {
-                    object: format!("nat {family} (iptables chain {})", s.iptables_chain),
-                    reason: "no iptables flavour could be chosen".to_string(),
-                });
-            }
-            (Some(s), Some(want), Some(place)) => {
-                let obj = object(place, family);
-                match plan_named(s, place, family, &want, seen) {
-                    Ok(Some((kind, reason, op))) => plan.changes.push(Change {
-                        kind,
-                        object: obj,
-                        reason,
-                        op: Op::Nat(op),
-                    }),
-                    Ok(None) => {}
-                    Err(reason) => {
-                        new_place_blocked.push(family);
-                        plan.blocked.push(Blocked {
-                            object: obj,
-                            reason,
-                        });
-                    }
-                }
-            }
-            (_, None, Some(place)) if seen.is_present() => {
-                let obj = object(place, family);
-                match removal_of(place, family, seen).filter(|_| seen.is_ours()) {
-                    Some((_, op)) => plan.changes.push(Change {
-                        kind: ChangeKind::Remove,
-                        object: obj,
-                        reason: removal_reason(spec, family),
-                        op: Op::Nat(NatOp::Stale {
-                            remove: Box::new(op),
-                            replaced_by: None,
-                        }),
-                    }),
-                    None => plan.blocked.push(Blocked {
-                        object: obj,
-                        reason: format!(
-                            "conflict: has netconverge's name but was not created by \
-                             netconverge, and {}; it is left alone: rename it or choose \
-                             another name in [nat]",
-                            removal_reason(spec, family)
-                        ),
-                    }),
-                }
-            }
-            _ => {}
-        }
-    }
-    for f in &observed.found {
-        let obj = object(&f.place, f.family);
-        let target = named
-            .as_ref()
-            .filter(|_| rules::desired(spec, f.family).is_some());
-        let Some(target) = target else {
-            plan.changes.push(Change {
-                kind: ChangeKind::Remove,
-                object: obj,
-                reason: format!(
-                    "{} (netconverge's: {})",
-                    removal_reason(spec, f.family),
-                    f.why
-                ),
-                op: Op::Nat(NatOp::Stale {
-                    remove: Box::new(f.removal.clone()),
-                    replaced_by: None,
-                }),
-            });
-            continue;
-        };
-        let new = target.label(f.family);
-        if new_place_blocked.contains(&f.family) {
-            plan.blocked.push(Blocked {
-                object: obj,
-                reason: format!(
-                    "left over (netconverge's: {}); kept until {new} is in place",
-                    f.why
-                ),
-            });
-            continue;
-        }
-        let spec = spec.cloned();
-        plan.changes.push(Change {
-            kind: ChangeKind::Remove,
-            object: obj,
-            reason: format!(
-                "left over (netconverge's: {}); replaced by {new}, removed once that holds the rules",
-                f.why
-            ),
-            op: Op::Nat(NatOp::Stale {
-                remove: Box::new(f.removal.clone()),
-                replaced_by: spec.map(|spec| {
-                    Box::new(Guard {
-                        spec,
-                        family: f.family,
-                    })
-                }),
-            }),
-        });
-    }
-    plan
 }
 
 // ------------------------------------------------------------ observing --
@@ -716,27 +375,6 @@ fn check_in_place(g: &Guard, old: &NatOp) -> Result<(), NatError> {
             detail: pending.join("; "),
         })
     }
-}
-
-/// What [`cleanup`] removes: every NAT object of netconverge's, at the
-/// named place and anywhere else, and nothing that is not ours.
-pub fn cleanup_ops(spec: Option<&NatSpec>, observed: &NatObserved) -> Vec<(Vec<String>, NatOp)> {
-    let mut out = Vec::new();
-    if let Some(place) = named_place(spec, observed) {
-        for family in [Family::Ipv4, Family::Ipv6] {
-            let seen = observed.family(family);
-            if seen.is_ours() {
-                out.extend(removal_of(&place, family, seen));
-            }
-        }
-    }
-    out.extend(
-        observed
-            .found
-            .iter()
-            .map(|f| (f.items.clone(), f.removal.clone())),
-    );
-    out
 }
 
 /// Remove everything [`cleanup_ops`] lists; returns what was removed.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::model::NatFamily;
 use crate::nat::rules::Rule;
+use crate::plan::{ChangeKind, Op, Plan};
 
 fn fam(cluster: &str, pod: &str) -> NatFamily {
     NatFamily {

@@ -20,8 +20,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cni::{CniObserved, CniOp};
-use crate::lease::FileContent;
+use crate::model::cni::{CniObserved, CniOp};
+use crate::model::lease::FileContent;
 use crate::model::{CniPlugin, CniSpec, Desired, Family, LeaseFamily};
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
@@ -101,7 +101,7 @@ fn families(spec: &CniSpec) -> impl Iterator<Item = &LeaseFamily> {
 /// The pod subnet's first address: the bridge's address and the pods'
 /// gateway (what host-local and flannel choose by default).
 fn gateway(subnet: &IpNet) -> std::net::IpAddr {
-    crate::lease::first_usable(subnet)
+    super::lease::file::first_usable(subnet)
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {

@@ -122,9 +122,9 @@ pub enum Op {
     /// Add or replace a route.
     SetRoute(RouteOp),
     DelRoute(RouteOp),
-    Nat(crate::nat::NatOp),
-    Lease(crate::lease::LeaseOp),
-    Cni(crate::cni::CniOp),
+    Nat(crate::model::nat::NatOp),
+    Lease(crate::model::lease::LeaseOp),
+    Cni(crate::model::cni::CniOp),
 }
 
 /// The order in which operations run; within a stage they are independent
@@ -268,6 +268,8 @@ impl fmt::Display for Plan {
 
 pub mod cni;
 mod kernel;
+pub mod lease;
+pub mod nat;
 // A model of the kernel for property tests (tests/properties.rs).
 pub mod simulate;
 #[cfg(test)]
@@ -281,8 +283,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let lease_mtu = kernel.lease_mtu(desired);
     let cni_mtu = cni::vxlan_mtu(desired, &kernel.mtus);
     let mut out = kernel.plan;
-    out.extend(crate::nat::plan(desired.nat.as_ref(), &observed.nat));
-    out.extend(crate::lease::plan(
+    out.extend(nat::plan(desired.nat.as_ref(), &observed.nat));
+    out.extend(lease::plan(
         desired.lease.as_ref(),
         lease_mtu,
         &observed.lease,

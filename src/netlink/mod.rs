@@ -1,5 +1,7 @@
-//! rtnetlink connection setup and netlink error classification (the
-//! typed [`Errno`] every failure carries).
+//! The kernel transport, one room: rtnetlink connection setup and netlink
+//! error classification (the typed [`Errno`] every failure carries), the
+//! bulk socket ([`bulk`]) and the nexthop messages ([`nexthop`]). `observe`
+//! and `apply` are thin users of it.
 //!
 //! Invariant: a [`Handle`] from [`connect`] talks to the network namespace of
 //! the thread that called it (both of its sockets are opened there), over
@@ -15,10 +17,14 @@ use std::time::Duration;
 
 use rtnetlink::sys::AsyncSocket;
 
-use crate::bulk::BulkSocket;
+pub mod bulk;
+pub mod messages;
+pub mod nexthop;
+
+use bulk::BulkSocket;
 
 /// Link requests kept in flight at once on one handle (every other object
-/// goes through [`crate::bulk`]). Bounded so the ACKs the kernel queues for
+/// goes through [`crate::netlink::bulk`]). Bounded so the ACKs the kernel queues for
 /// us always fit in the socket's receive buffer: a dropped ACK would leave
 /// its request waiting until [`REQUEST_TIMEOUT`].
 pub const REQUEST_WINDOW: usize = 256;
@@ -41,9 +47,9 @@ pub enum NetlinkError {
 }
 
 /// The kernel connection of one network namespace: rtnetlink for links,
-/// and the bulk socket ([`crate::bulk`]) for dumps and every other object,
+/// and the bulk socket ([`crate::netlink::bulk`]) for dumps and every other object,
 /// nexthop objects included (which rtnetlink's message types do not cover,
-/// see [`crate::nexthop`]). Dereferences to the rtnetlink handle.
+/// see [`crate::netlink::nexthop`]). Dereferences to the rtnetlink handle.
 #[derive(Debug, Clone)]
 pub struct Handle {
     route: rtnetlink::Handle,

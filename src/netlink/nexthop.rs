@@ -1,7 +1,7 @@
 //! Kernel nexthop objects (`ip nexthop`, Linux ≥ 5.3) over netlink: the
 //! typed `RTM_{NEW,DEL,GET}NEXTHOP` messages that netlink-packet-route 0.34
 //! lacks, built on netlink-packet-core. Dumps, creations and deletions go
-//! through the bulk socket ([`crate::bulk`]) with every other object;
+//! through the bulk socket ([`crate::netlink::bulk`]) with every other object;
 //! notifications through their own netlink-proto connection ([`monitor`]).
 //!
 //! Invariant: only what netconverge uses is typed (id, gateway, device,
@@ -19,7 +19,7 @@ use netlink_packet_core::{
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, SocketAddr};
 
-use crate::netlink::Errno;
+use super::Errno;
 
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;

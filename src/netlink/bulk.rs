@@ -29,8 +29,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 
-use crate::netlink::{Errno, REQUEST_TIMEOUT};
-use crate::nexthop::NexthopNetlinkMessage;
+use super::nexthop::NexthopNetlinkMessage;
+use super::{Errno, REQUEST_TIMEOUT};
 
 /// Datagrams are flushed once they reach this size (the kernel accepts up
 /// to the socket's send buffer, 208 KiB by default).

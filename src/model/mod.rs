@@ -15,6 +15,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod cni;
+pub mod lease;
+pub mod nat;
+
+/// Default `state_dir` (netconverge's own state: records, lease backup).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netconverge";
+
 /// Route protocol number that marks routes netconverge created
 /// (`ip route ... proto 199`). Routes outside owned devices are only ever
 /// removed when they carry this marker.
@@ -776,9 +783,9 @@ pub struct Observed {
     pub nexthop_objects: bool,
     pub neighbors: Vec<NeighborState>,
     pub fdb: Vec<FdbState>,
-    pub nat: crate::nat::NatObserved,
-    pub lease: crate::lease::LeaseObserved,
-    pub cni: crate::cni::CniObserved,
+    pub nat: nat::NatObserved,
+    pub lease: lease::LeaseObserved,
+    pub cni: cni::CniObserved,
     /// Route protocols netconverge used before (from its record in
     /// `state_dir`): routes and nexthops carrying them are its own too.
     pub past_protocols: std::collections::BTreeSet<u8>,
