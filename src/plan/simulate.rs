@@ -52,8 +52,8 @@ use ipnet::IpNet;
 
 use super::{Op, Plan, VxlanCreate};
 use crate::model::{
-    AddressState, DEVICE_MARK, Family, FdbState, LinkState, NeighborState, NexthopState, Observed,
-    RouteState, VxlanAttrs,
+    AddressState, DEVICE_MARK, Family, FdbState, LinkState, Mac, NeighborState, NexthopState,
+    Observed, RouteState, VxlanAttrs,
 };
 
 /// IPv6's minimum link MTU (RFC 8200); below it the kernel disables IPv6
@@ -85,54 +85,8 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
             local,
             underlay,
             learning,
-        } => {
-            let under_index = underlay.as_ref().map(|u| o.links.get(u).map(|l| l.index));
-            // An absent underlay: the kernel refuses the whole changelink.
-            if under_index == Some(None) {
-                return;
-            }
-            let Some(attrs) = o.links.get_mut(name).and_then(|l| l.vxlan.as_mut()) else {
-                return;
-            };
-            // "New local address family does not match old" (EINVAL,
-            // verified on Linux 6.18): the family is fixed at creation.
-            let family = |a: &Option<IpAddr>| a.map(|x| Family::of(&x));
-            if local.is_some() && attrs.local.is_some() && family(local) != family(&attrs.local) {
-                return;
-            }
-            if let Some(l) = local {
-                attrs.local = Some(*l);
-            }
-            if let Some(Some(i)) = under_index {
-                attrs.underlay_index = Some(i);
-            }
-            if let Some(l) = learning {
-                attrs.learning = *l;
-            }
-        }
-        Op::SetLink { name, mtu, mac, up } => {
-            let Some(l) = o.links.get_mut(name) else {
-                return;
-            };
-            if let Some(m) = mac {
-                l.mac = Some(*m);
-            }
-            if let Some(u) = up {
-                l.up = *u;
-            }
-            if let Some(m) = mtu {
-                l.mtu = *m;
-                if *m < IPV6_MIN_MTU {
-                    disable_ipv6(o, name);
-                }
-            }
-            if *up == Some(false) {
-                // A device going down loses its routes (`fib_disable_ip`,
-                // `rt6_disable_ip`) and its nexthops' routes stay dead;
-                // netconverge never plans it, modelled for completeness.
-                o.routes.retain(|r| r.dev.as_deref() != Some(name.as_str()));
-            }
-        }
+        } => set_vxlan(o, name, *local, underlay.as_deref(), *learning),
+        Op::SetLink { name, mtu, mac, up } => set_link(o, name, *mtu, *mac, *up),
         Op::AddAddress {
             dev,
             cidr,
@@ -152,27 +106,7 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
             });
         }
         Op::DelNeighbor { dev, ip } => o.neighbors.retain(|n| !(n.dev == *dev && n.ip == *ip)),
-        Op::AddFdb { dev, mac, dst } => {
-            if !o.links.contains_key(dev) {
-                return;
-            }
-            if mac.is_zero() || mac.is_multicast() {
-                if o.fdb
-                    .iter()
-                    .any(|f| f.dev == *dev && f.mac == *mac && f.dst == Some(*dst))
-                {
-                    return;
-                }
-            } else {
-                o.fdb.retain(|f| !(f.dev == *dev && f.mac == *mac));
-            }
-            o.fdb.push(FdbState {
-                dev: dev.clone(),
-                mac: *mac,
-                dst: Some(*dst),
-                permanent: true,
-            });
-        }
+        Op::AddFdb { dev, mac, dst } => add_fdb(o, dev, *mac, *dst),
         Op::DelFdb { dev, mac, dst } => o
             .fdb
             .retain(|f| !(f.dev == *dev && f.mac == *mac && f.dst == *dst)),
@@ -207,6 +141,88 @@ pub fn apply_to(o: &mut Observed, op: &Op) {
         // Not modelled: see the module docs.
         Op::Nat(_) | Op::Lease(_) | Op::Cni(_) => {}
     }
+}
+
+/// `ip link set NAME type vxlan local … dev …` in place.
+fn set_vxlan(
+    o: &mut Observed,
+    name: &str,
+    local: Option<IpAddr>,
+    underlay: Option<&str>,
+    learning: Option<bool>,
+) {
+    let under_index = underlay.map(|u| o.links.get(u).map(|l| l.index));
+    // An absent underlay: the kernel refuses the whole changelink.
+    if under_index == Some(None) {
+        return;
+    }
+    let Some(attrs) = o.links.get_mut(name).and_then(|l| l.vxlan.as_mut()) else {
+        return;
+    };
+    // "New local address family does not match old" (EINVAL,
+    // verified on Linux 6.18): the family is fixed at creation.
+    let family = |a: &Option<IpAddr>| a.map(|x| Family::of(&x));
+    if local.is_some() && attrs.local.is_some() && family(&local) != family(&attrs.local) {
+        return;
+    }
+    if let Some(l) = local {
+        attrs.local = Some(l);
+    }
+    if let Some(Some(i)) = under_index {
+        attrs.underlay_index = Some(i);
+    }
+    if let Some(l) = learning {
+        attrs.learning = l;
+    }
+}
+
+/// `ip link set NAME mtu … address … up`.
+fn set_link(o: &mut Observed, name: &str, mtu: Option<u32>, mac: Option<Mac>, up: Option<bool>) {
+    let Some(l) = o.links.get_mut(name) else {
+        return;
+    };
+    if let Some(m) = mac {
+        l.mac = Some(m);
+    }
+    if let Some(u) = up {
+        l.up = u;
+    }
+    if let Some(m) = mtu {
+        l.mtu = m;
+        if m < IPV6_MIN_MTU {
+            disable_ipv6(o, name);
+        }
+    }
+    if up == Some(false) {
+        // A device going down loses its routes (`fib_disable_ip`,
+        // `rt6_disable_ip`) and its nexthops' routes stay dead;
+        // netconverge never plans it, modelled for completeness.
+        o.routes.retain(|r| r.dev.as_deref() != Some(name));
+    }
+}
+
+/// `bridge fdb append/replace`: one destination per unicast MAC, the
+/// all-zero and multicast MACs collect destinations.
+fn add_fdb(o: &mut Observed, dev: &str, mac: Mac, dst: IpAddr) {
+    if !o.links.contains_key(dev) {
+        return;
+    }
+    if mac.is_zero() || mac.is_multicast() {
+        if o.fdb
+            .iter()
+            .any(|f| f.dev == dev && f.mac == mac && f.dst == Some(dst))
+        {
+            return;
+        }
+    } else {
+        o.fdb.retain(|f| !(f.dev == dev && f.mac == mac));
+    }
+    o.fdb.push(FdbState {
+        dev: dev.to_string(),
+        mac,
+        dst: Some(dst),
+        permanent: true,
+    });
 }
 
 /// The kernel's default metric: 0 for IPv4, 1024 for IPv6.
