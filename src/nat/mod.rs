@@ -140,15 +140,12 @@ fn host_facts(scan: &IptScan, entries: &[record::Entry], need_system: bool) -> f
     facts
 }
 
-/// Read everything NAT: the place the file names (both families), and
-/// every table/chain of netconverge's elsewhere (in nftables and both
-/// iptables flavours). Read failures at the named place are recorded per
-/// family, for `plan`; elsewhere, an unreadable backend hides nothing we
-/// could remove anyway.
-pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
-    let entries = record::load();
-    let tables = nftables::installed().then(nftables::list_tables);
-    let has_nat = |word: &str| match &tables {
+type NftList = Option<Result<Vec<(String, String)>, NatError>>;
+
+/// Read every flavour's nat table, both families: the flavour choice and
+/// the leftovers both need all four, so they are read once.
+fn scan_iptables(tables: &NftList) -> IptScan {
+    let has_nat = |word: &str| match tables {
         Some(Ok(t)) => Some(t.iter().any(|(f, n)| f == word && n == "nat")),
         _ => None,
     };
@@ -160,6 +157,142 @@ pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
             scan.insert((flavour, family), r);
         }
     }
+    scan
+}
+
+/// What one family holds at the place the file names; a read failure is
+/// recorded (for `plan` to block on), never hidden as "absent".
+fn observe_named(
+    named: Option<&Place>,
+    family: Family,
+    tables: &NftList,
+    scan: &IptScan,
+    entries: &[record::Entry],
+) -> FamilyObserved {
+    match (named, tables) {
+        (None, _) => FamilyObserved::NotObserved,
+        (Some(Place::Nftables { .. }), None) => FamilyObserved::Unavailable {
+            reason: exec::Package::Nftables.hint().to_string(),
+        },
+        (Some(Place::Nftables { .. }), Some(Err(e))) => FamilyObserved::Unavailable {
+            reason: e.to_string(),
+        },
+        (Some(Place::Nftables { table }), Some(Ok(list))) => {
+            let word = nftables::family_word(family);
+            if list.iter().any(|(f, n)| f == word && n == table) {
+                match nftables::read_table(family, table) {
+                    Ok(Some(t)) => FamilyObserved::Nftables(t),
+                    Ok(None) => FamilyObserved::Absent,
+                    Err(e) => FamilyObserved::Unavailable {
+                        reason: e.to_string(),
+                    },
+                }
+            } else {
+                FamilyObserved::Absent
+            }
+        }
+        (Some(Place::Iptables { flavour, chain }), _) => match scan.get(&(*flavour, family)) {
+            Some(Ok(Some(t))) => {
+                let view = t.family_view(chain, record::recorded(entries, *flavour, family, chain));
+                if view.is_absent() {
+                    FamilyObserved::Absent
+                } else {
+                    FamilyObserved::Iptables(view)
+                }
+            }
+            Some(Err(e)) => FamilyObserved::Unavailable { reason: e.clone() },
+            _ => FamilyObserved::Unavailable {
+                reason: format!(
+                    "`{}` not found: {}",
+                    flavour.save(family),
+                    exec::Package::Iptables.hint()
+                ),
+            },
+        },
+    }
+}
+
+/// Why nftables table `word name` is netconverge's, if it is: its comment,
+/// or (default name only) rules made by an older netconverge.
+fn nft_ownership(word: &str, name: &str, family: Family) -> Option<String> {
+    match nftables::is_marked(word, name) {
+        Ok(true) => Some(format!("table comment {TABLE_COMMENT:?}")),
+        // The default name, made before tables were marked.
+        Ok(false) if name == "netconverge" => nftables::read_table(family, name)
+            .ok()
+            .flatten()
+            .filter(NftFamily::made_by_older_netconverge)
+            .map(|_| "made by an older netconverge: its rules carry its comment".to_string()),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::debug!("nat: cannot read nftables table {word} {name}: {e}");
+            None
+        }
+    }
+}
+
+/// netconverge's nftables tables other than the named one.
+fn found_nftables(list: &[(String, String)], named: Option<&Place>) -> Vec<Found> {
+    let mut out = Vec::new();
+    for (word, name) in list {
+        let family = match word.as_str() {
+            "ip" => Family::Ipv4,
+            "ip6" => Family::Ipv6,
+            _ => continue,
+        };
+        let place = Place::Nftables {
+            table: name.clone(),
+        };
+        if nftables::RESERVED.contains(&name.as_str()) || named == Some(&place) {
+            continue;
+        }
+        if let Some(why) = nft_ownership(word, name, family) {
+            out.push(Found {
+                family,
+                place,
+                why,
+                items: vec![nftables::table_label(family, name)],
+                removal: nftables::remove_op(family, name),
+            });
+        }
+    }
+    out
+}
+
+/// netconverge's iptables chains (any flavour) other than the named one.
+fn found_iptables(scan: &IptScan, entries: &[record::Entry], named: Option<&Place>) -> Vec<Found> {
+    let mut out = Vec::new();
+    for ((flavour, family), r) in scan {
+        let Ok(Some(t)) = r else { continue };
+        for (chain, view, why) in owned_chains(t, *flavour, *family, entries) {
+            let place = Place::Iptables {
+                flavour: *flavour,
+                chain: chain.clone(),
+            };
+            if named == Some(&place) {
+                continue;
+            }
+            out.push(Found {
+                family: *family,
+                place,
+                why: why.to_string(),
+                items: iptables::removal_items(*flavour, *family, &chain, &view),
+                removal: iptables::remove_op(*flavour, *family, &chain, &view),
+            });
+        }
+    }
+    out
+}
+
+/// Read everything NAT: the place the file names (both families), and
+/// every table/chain of netconverge's elsewhere (in nftables and both
+/// iptables flavours). Read failures at the named place are recorded per
+/// family, for `plan`; elsewhere, an unreadable backend hides nothing we
+/// could remove anyway.
+pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
+    let entries = record::load();
+    let tables: NftList = nftables::installed().then(nftables::list_tables);
+    let scan = scan_iptables(&tables);
     let mut out = NatObserved::default();
     if let Some(s) = spec {
         out.backend = Some(s.backend);
@@ -174,118 +307,13 @@ pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
         }
     }
     let named = named_place(spec, &out);
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let seen = match (&named, &tables) {
-            (None, _) => FamilyObserved::NotObserved,
-            (Some(Place::Nftables { .. }), None) => FamilyObserved::Unavailable {
-                reason: exec::Package::Nftables.hint().to_string(),
-            },
-            (Some(Place::Nftables { .. }), Some(Err(e))) => FamilyObserved::Unavailable {
-                reason: e.to_string(),
-            },
-            (Some(Place::Nftables { table }), Some(Ok(list))) => {
-                let word = nftables::family_word(family);
-                if list.iter().any(|(f, n)| f == word && n == table) {
-                    match nftables::read_table(family, table) {
-                        Ok(Some(t)) => FamilyObserved::Nftables(t),
-                        Ok(None) => FamilyObserved::Absent,
-                        Err(e) => FamilyObserved::Unavailable {
-                            reason: e.to_string(),
-                        },
-                    }
-                } else {
-                    FamilyObserved::Absent
-                }
-            }
-            (Some(Place::Iptables { flavour, chain }), _) => match scan.get(&(*flavour, family)) {
-                Some(Ok(Some(t))) => {
-                    let view =
-                        t.family_view(chain, record::recorded(&entries, *flavour, family, chain));
-                    if view.is_absent() {
-                        FamilyObserved::Absent
-                    } else {
-                        FamilyObserved::Iptables(view)
-                    }
-                }
-                Some(Err(e)) => FamilyObserved::Unavailable { reason: e.clone() },
-                _ => FamilyObserved::Unavailable {
-                    reason: format!(
-                        "`{}` not found: {}",
-                        flavour.save(family),
-                        exec::Package::Iptables.hint()
-                    ),
-                },
-            },
-        };
-        match family {
-            Family::Ipv4 => out.ipv4 = seen,
-            Family::Ipv6 => out.ipv6 = seen,
-        }
-    }
-    // netconverge's objects elsewhere
+    out.ipv4 = observe_named(named.as_ref(), Family::Ipv4, &tables, &scan, &entries);
+    out.ipv6 = observe_named(named.as_ref(), Family::Ipv6, &tables, &scan, &entries);
     if let Some(Ok(list)) = &tables {
-        for (word, name) in list {
-            let family = match word.as_str() {
-                "ip" => Family::Ipv4,
-                "ip6" => Family::Ipv6,
-                _ => continue,
-            };
-            if nftables::RESERVED.contains(&name.as_str())
-                || named
-                    == Some(Place::Nftables {
-                        table: name.clone(),
-                    })
-            {
-                continue;
-            }
-            let why = match nftables::is_marked(word, name) {
-                Ok(true) => Some(format!("table comment {TABLE_COMMENT:?}")),
-                // The default name, made before tables were marked.
-                Ok(false) if name == "netconverge" => nftables::read_table(family, name)
-                    .ok()
-                    .flatten()
-                    .filter(NftFamily::made_by_older_netconverge)
-                    .map(|_| {
-                        "made by an older netconverge: its rules carry its comment".to_string()
-                    }),
-                Ok(false) => None,
-                Err(e) => {
-                    tracing::debug!("nat: cannot read nftables table {word} {name}: {e}");
-                    None
-                }
-            };
-            if let Some(why) = why {
-                out.found.push(Found {
-                    family,
-                    place: Place::Nftables {
-                        table: name.clone(),
-                    },
-                    why,
-                    items: vec![nftables::table_label(family, name)],
-                    removal: nftables::remove_op(family, name),
-                });
-            }
-        }
+        out.found.extend(found_nftables(list, named.as_ref()));
     }
-    for ((flavour, family), r) in &scan {
-        let Ok(Some(t)) = r else { continue };
-        for (chain, view, why) in owned_chains(t, *flavour, *family, &entries) {
-            let place = Place::Iptables {
-                flavour: *flavour,
-                chain: chain.clone(),
-            };
-            if named.as_ref() == Some(&place) {
-                continue;
-            }
-            out.found.push(Found {
-                family: *family,
-                place,
-                why: why.to_string(),
-                items: iptables::removal_items(*flavour, *family, &chain, &view),
-                removal: iptables::remove_op(*flavour, *family, &chain, &view),
-            });
-        }
-    }
+    out.found
+        .extend(found_iptables(&scan, &entries, named.as_ref()));
     out.found
         .sort_by(|a, b| (a.family, &a.place).cmp(&(b.family, &b.place)));
     Ok(out)

@@ -469,64 +469,110 @@ pub fn plan_family(
         .map(|l| normalized(family, chain, l))
         .collect();
     let mut reasons = Vec::new();
-    let mut adopted = None;
-    let mut rewrite = false;
-    if seen.ownership().is_none() {
-        if seen.chain && observed == want_lines {
-            let comments: Vec<String> = seen.rules.iter().filter_map(|r| comment_of(r)).collect();
-            let comment = comments
-                .first()
-                .map_or_else(|| "no comment".to_string(), |c| format!("comment {c:?}"));
-            let at = match seen.jump_positions.first() {
-                Some(p) => format!("; its jump stays at POSTROUTING position {p}"),
-                None => String::new(),
-            };
-            reasons.push(format!(
-                "adopted: not created by netconverge, but its {} rules are netconverge's \
-                 (they differ only in their {comment}, kept){at}",
-                seen.rules.len()
-            ));
-            adopted = Some(seen.rules.clone());
-        } else if adopt {
-            reasons.push(format!(
-                "adopting (adopt = true) a chain netconverge did not create: replacing {}",
-                seen.describe()
-            ));
-            rewrite = true;
-        } else {
-            return Err(format!(
-                "conflict: {label} exists and was not created by netconverge ({}); \
-                 it is left alone: remove it, choose another `[nat] chain`, or set \
-                 `[nat] adopt = true` to replace its rules",
-                seen.describe()
-            ));
-        }
+    let (mut rewrite, adopted) =
+        ownership_step(&label, seen, &observed, &want_lines, adopt, &mut reasons)?;
+    rewrite |= rule_step(chain, seen, &observed, &want_lines, &mut reasons);
+    let (delete, append) = jump_step(chain, seen, &mut reasons);
+    if reasons.is_empty() {
+        return Ok(None);
     }
+    let restore = (rewrite || append || !delete.is_empty()).then(|| {
+        let rules = rewrite.then_some(want_lines.as_slice());
+        restore_apply(chain, rules, &delete, append)
+    });
+    // Rewritten rules carry our comment: the kernel marks them, no record.
+    let adopted = adopted.filter(|_| !rewrite);
+    Ok(Some((
+        ChangeKind::Modify,
+        reasons.join("; "),
+        op(restore, adopted),
+    )))
+}
+
+/// A chain not marked as ours: adopted when its rules are already ours
+/// (only their comment differs), replaced with `adopt = true`, else a
+/// conflict (`Err`). Kept apart so the ownership rule reads in one place.
+/// Returns (rewrite, rules to record as adopted).
+fn ownership_step(
+    label: &str,
+    seen: &IptFamily,
+    observed: &[String],
+    want_lines: &[String],
+    adopt: bool,
+    reasons: &mut Vec<String>,
+) -> Result<(bool, Option<Vec<String>>), String> {
+    if seen.ownership().is_some() {
+        return Ok((false, None));
+    }
+    if seen.chain && observed == want_lines {
+        let comments: Vec<String> = seen.rules.iter().filter_map(|r| comment_of(r)).collect();
+        let comment = comments
+            .first()
+            .map_or_else(|| "no comment".to_string(), |c| format!("comment {c:?}"));
+        let at = match seen.jump_positions.first() {
+            Some(p) => format!("; its jump stays at POSTROUTING position {p}"),
+            None => String::new(),
+        };
+        reasons.push(format!(
+            "adopted: not created by netconverge, but its {} rules are netconverge's \
+             (they differ only in their {comment}, kept){at}",
+            seen.rules.len()
+        ));
+        Ok((false, Some(seen.rules.clone())))
+    } else if adopt {
+        reasons.push(format!(
+            "adopting (adopt = true) a chain netconverge did not create: replacing {}",
+            seen.describe()
+        ));
+        Ok((true, None))
+    } else {
+        Err(format!(
+            "conflict: {label} exists and was not created by netconverge ({}); \
+             it is left alone: remove it, choose another `[nat] chain`, or set \
+             `[nat] adopt = true` to replace its rules",
+            seen.describe()
+        ))
+    }
+}
+
+/// The chain's rules against the wanted ones (normalised, so iptables'
+/// own spelling is not a difference); `true` when they must be rewritten.
+fn rule_step(
+    chain: &str,
+    seen: &IptFamily,
+    observed: &[String],
+    want_lines: &[String],
+    reasons: &mut Vec<String>,
+) -> bool {
     if !seen.chain {
         reasons.push(format!("chain {chain} missing"));
-        rewrite = true;
-    } else {
-        let want_seen: Vec<Seen> = want_lines
-            .iter()
-            .map(|l| Seen {
-                norm: l.clone(),
-                raw: l,
-            })
-            .collect();
-        let observed_seen: Vec<Seen> = observed
-            .iter()
-            .zip(&seen.rules)
-            .map(|(n, raw)| Seen {
-                norm: n.clone(),
-                raw,
-            })
-            .collect();
-        let diffs = rule_differences(&want_seen, &observed_seen);
-        rewrite |= !diffs.is_empty();
-        reasons.extend(diffs);
+        return true;
     }
-    // Jumps: the first plain one stays where it is (its position decides
-    // what runs before and after us); every other jump goes.
+    let want_seen: Vec<Seen> = want_lines
+        .iter()
+        .map(|l| Seen {
+            norm: l.clone(),
+            raw: l,
+        })
+        .collect();
+    let observed_seen: Vec<Seen> = observed
+        .iter()
+        .zip(&seen.rules)
+        .map(|(n, raw)| Seen {
+            norm: n.clone(),
+            raw,
+        })
+        .collect();
+    let diffs = rule_differences(&want_seen, &observed_seen);
+    let rewrite = !diffs.is_empty();
+    reasons.extend(diffs);
+    rewrite
+}
+
+/// Jumps: the first plain one stays where it is (its position decides
+/// what runs before and after us); every other jump goes. Returns the
+/// jumps to delete and whether our jump must be appended.
+fn jump_step(chain: &str, seen: &IptFamily, reasons: &mut Vec<String>) -> (Vec<String>, bool) {
     let keep = seen.jumps.iter().position(|j| is_plain_jump(j, chain));
     let mut delete = Vec::new();
     let mut duplicates = 0;
@@ -551,20 +597,7 @@ pub fn plan_family(
     if append {
         reasons.push("jump from POSTROUTING missing".to_string());
     }
-    if reasons.is_empty() {
-        return Ok(None);
-    }
-    let restore = (rewrite || append || !delete.is_empty()).then(|| {
-        let rules = rewrite.then_some(want_lines.as_slice());
-        restore_apply(chain, rules, &delete, append)
-    });
-    // Rewritten rules carry our comment: the kernel marks them, no record.
-    let adopted = adopted.filter(|_| !rewrite);
-    Ok(Some((
-        ChangeKind::Modify,
-        reasons.join("; "),
-        op(restore, adopted),
-    )))
+    (delete, append)
 }
 
 /// The op removing `chain` of `flavour`/`family` and every jump to it.

@@ -12,7 +12,7 @@ pub mod iptables;
 pub mod nftables;
 pub mod rules;
 
-use crate::model::nat::{FamilyObserved, Guard, NatObserved, NatOp, Place};
+use crate::model::nat::{FamilyObserved, Found, Guard, NatObserved, NatOp, Place};
 use crate::model::{Family, NatBackendKind, NatSpec};
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
@@ -109,6 +109,134 @@ fn plan_named(
     }
 }
 
+/// One family at the place the file names: install/repair it, remove it
+/// when no longer wanted, or block. A family whose new place is blocked is
+/// pushed to `new_place_blocked`, so its leftovers elsewhere stay.
+fn plan_named_family(
+    spec: Option<&NatSpec>,
+    observed: &NatObserved,
+    named: Option<&Place>,
+    family: Family,
+    new_place_blocked: &mut Vec<Family>,
+    plan: &mut Plan,
+) {
+    let seen = observed.family(family);
+    let want = rules::desired(spec, family);
+    match (spec, want, named) {
+        (Some(s), Some(_), None) => {
+            new_place_blocked.push(family);
+            plan.blocked.push(Blocked {
+                object: format!("nat {family} (iptables chain {})", s.iptables_chain),
+                reason: "no iptables flavour could be chosen".to_string(),
+            });
+        }
+        (Some(s), Some(want), Some(place)) => {
+            let obj = object(place, family);
+            match plan_named(s, place, family, &want, seen) {
+                Ok(Some((kind, reason, op))) => plan.changes.push(Change {
+                    kind,
+                    object: obj,
+                    reason,
+                    op: Op::Nat(op),
+                }),
+                Ok(None) => {}
+                Err(reason) => {
+                    new_place_blocked.push(family);
+                    plan.blocked.push(Blocked {
+                        object: obj,
+                        reason,
+                    });
+                }
+            }
+        }
+        (_, None, Some(place)) if seen.is_present() => {
+            let obj = object(place, family);
+            match removal_of(place, family, seen).filter(|_| seen.is_ours()) {
+                Some((_, op)) => plan.changes.push(Change {
+                    kind: ChangeKind::Remove,
+                    object: obj,
+                    reason: removal_reason(spec, family),
+                    op: Op::Nat(NatOp::Stale {
+                        remove: Box::new(op),
+                        replaced_by: None,
+                    }),
+                }),
+                None => plan.blocked.push(Blocked {
+                    object: obj,
+                    reason: format!(
+                        "conflict: has netconverge's name but was not created by \
+                         netconverge, and {}; it is left alone: rename it or choose \
+                         another name in [nat]",
+                        removal_reason(spec, family)
+                    ),
+                }),
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One leftover of ours elsewhere: removed at once when its family is not
+/// wanted, else only once the new place holds the rules (the `Guard`), and
+/// kept while that place is blocked, so masquerade never lapses.
+fn plan_found(
+    spec: Option<&NatSpec>,
+    named: Option<&Place>,
+    f: &Found,
+    new_place_blocked: &[Family],
+    plan: &mut Plan,
+) {
+    let obj = object(&f.place, f.family);
+    let target = named
+        .as_ref()
+        .filter(|_| rules::desired(spec, f.family).is_some());
+    let Some(target) = target else {
+        plan.changes.push(Change {
+            kind: ChangeKind::Remove,
+            object: obj,
+            reason: format!(
+                "{} (netconverge's: {})",
+                removal_reason(spec, f.family),
+                f.why
+            ),
+            op: Op::Nat(NatOp::Stale {
+                remove: Box::new(f.removal.clone()),
+                replaced_by: None,
+            }),
+        });
+        return;
+    };
+    let new = target.label(f.family);
+    if new_place_blocked.contains(&f.family) {
+        plan.blocked.push(Blocked {
+            object: obj,
+            reason: format!(
+                "left over (netconverge's: {}); kept until {new} is in place",
+                f.why
+            ),
+        });
+        return;
+    }
+    let spec = spec.cloned();
+    plan.changes.push(Change {
+        kind: ChangeKind::Remove,
+        object: obj,
+        reason: format!(
+            "left over (netconverge's: {}); replaced by {new}, removed once that holds the rules",
+            f.why
+        ),
+        op: Op::Nat(NatOp::Stale {
+            remove: Box::new(f.removal.clone()),
+            replaced_by: spec.map(|spec| {
+                Box::new(Guard {
+                    spec,
+                    family: f.family,
+                })
+            }),
+        }),
+    });
+}
+
 /// Pure: the changes that bring `observed` to `spec` (and anything
 /// blocked): at most one change per family at the place the file names,
 /// then the removal of every leftover of ours elsewhere.
@@ -124,111 +252,17 @@ pub fn plan(spec: Option<&NatSpec>, observed: &NatObserved) -> Plan {
     // Families whose new place is blocked: their leftovers stay.
     let mut new_place_blocked: Vec<Family> = Vec::new();
     for family in [Family::Ipv4, Family::Ipv6] {
-        let seen = observed.family(family);
-        let want = rules::desired(spec, family);
-        match (spec, want, &named) {
-            (Some(s), Some(_), None) => {
-                new_place_blocked.push(family);
-                plan.blocked.push(Blocked {
-                    object: format!("nat {family} (iptables chain {})", s.iptables_chain),
-                    reason: "no iptables flavour could be chosen".to_string(),
-                });
-            }
-            (Some(s), Some(want), Some(place)) => {
-                let obj = object(place, family);
-                match plan_named(s, place, family, &want, seen) {
-                    Ok(Some((kind, reason, op))) => plan.changes.push(Change {
-                        kind,
-                        object: obj,
-                        reason,
-                        op: Op::Nat(op),
-                    }),
-                    Ok(None) => {}
-                    Err(reason) => {
-                        new_place_blocked.push(family);
-                        plan.blocked.push(Blocked {
-                            object: obj,
-                            reason,
-                        });
-                    }
-                }
-            }
-            (_, None, Some(place)) if seen.is_present() => {
-                let obj = object(place, family);
-                match removal_of(place, family, seen).filter(|_| seen.is_ours()) {
-                    Some((_, op)) => plan.changes.push(Change {
-                        kind: ChangeKind::Remove,
-                        object: obj,
-                        reason: removal_reason(spec, family),
-                        op: Op::Nat(NatOp::Stale {
-                            remove: Box::new(op),
-                            replaced_by: None,
-                        }),
-                    }),
-                    None => plan.blocked.push(Blocked {
-                        object: obj,
-                        reason: format!(
-                            "conflict: has netconverge's name but was not created by \
-                             netconverge, and {}; it is left alone: rename it or choose \
-                             another name in [nat]",
-                            removal_reason(spec, family)
-                        ),
-                    }),
-                }
-            }
-            _ => {}
-        }
+        plan_named_family(
+            spec,
+            observed,
+            named.as_ref(),
+            family,
+            &mut new_place_blocked,
+            &mut plan,
+        );
     }
     for f in &observed.found {
-        let obj = object(&f.place, f.family);
-        let target = named
-            .as_ref()
-            .filter(|_| rules::desired(spec, f.family).is_some());
-        let Some(target) = target else {
-            plan.changes.push(Change {
-                kind: ChangeKind::Remove,
-                object: obj,
-                reason: format!(
-                    "{} (netconverge's: {})",
-                    removal_reason(spec, f.family),
-                    f.why
-                ),
-                op: Op::Nat(NatOp::Stale {
-                    remove: Box::new(f.removal.clone()),
-                    replaced_by: None,
-                }),
-            });
-            continue;
-        };
-        let new = target.label(f.family);
-        if new_place_blocked.contains(&f.family) {
-            plan.blocked.push(Blocked {
-                object: obj,
-                reason: format!(
-                    "left over (netconverge's: {}); kept until {new} is in place",
-                    f.why
-                ),
-            });
-            continue;
-        }
-        let spec = spec.cloned();
-        plan.changes.push(Change {
-            kind: ChangeKind::Remove,
-            object: obj,
-            reason: format!(
-                "left over (netconverge's: {}); replaced by {new}, removed once that holds the rules",
-                f.why
-            ),
-            op: Op::Nat(NatOp::Stale {
-                remove: Box::new(f.removal.clone()),
-                replaced_by: spec.map(|spec| {
-                    Box::new(Guard {
-                        spec,
-                        family: f.family,
-                    })
-                }),
-            }),
-        });
+        plan_found(spec, named.as_ref(), f, &new_place_blocked, &mut plan);
     }
     plan
 }
