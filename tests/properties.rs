@@ -1190,30 +1190,11 @@ fn controls_the_checks_can_fail() {
     );
 }
 
-/// Whether applying `p` to `o` hits the known planner bug below: a
-/// `DelAddress` (stage RemoveStale, before the new addresses) removes a
-/// device's last IPv4 address, and the kernel drops the classic IPv4
-/// routes through it that the plan leaves alone. Such cases are skipped by
-/// the properties (counted as rejects) so that they keep finding others.
-fn hits_last_address_bug(o: &Observed, p: &Plan) -> bool {
-    let mut s = o.clone();
-    for c in &p.changes {
-        let before = s.routes.len();
-        apply_to(&mut s, &c.op);
-        if matches!(c.op, Op::DelAddress { .. }) && s.routes.len() < before {
-            return true;
-        }
-    }
-    false
-}
-
 /// The known planner bug `p` hits in `o`, if any (each has an
 /// `#[ignore]`d test below). The properties skip those cases (proptest
 /// counts them as rejects) so that they keep looking for other bugs.
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
-    if hits_last_address_bug(o, p) {
-        Some("address_change_keeps_peer_routes")
-    } else if hits_recreate_holder_bug(o, p) {
+    if hits_recreate_holder_bug(o, p) {
         Some("recreate_checks_foreign_vni_holder")
     } else if hits_family_in_place_bug(o, p) {
         Some("family_change_recreates")
@@ -1373,7 +1354,8 @@ fn recreate_checks_foreign_vni_holder() {
     );
 }
 
-/// Planner bug (found by `one_pass_converges`): changing the address of a
+/// Regression test for a planner bug (found by `one_pass_converges`, fixed:
+/// stale addresses now go in `Stage::PruneAddresses`): changing the address of a
 /// VXLAN device (flannel's 198.18.1.1/32 → 198.18.1.0/32, e.g. a new pod
 /// subnet) plans `DelAddress` of the old one in stage `RemoveStale`, before
 /// `AddAddress` of the new one (stage `Addresses`). Removing a device's last
@@ -1385,14 +1367,12 @@ fn recreate_checks_foreign_vni_holder() {
 /// route is gone until the next pass. `Stage::PruneAddresses` exists for
 /// exactly this ("After the new addresses: removing a device's last IPv4
 /// address makes the kernel drop every IPv4 route through it") but
-/// `Op::stage` never returns it. Fix (not here): stale addresses in
-/// `PruneAddresses`. End to end (`netconverge converge` in a namespace,
+/// `Op::stage` never returned it. End to end (`netconverge converge` in a namespace,
 /// `nexthops = "off"`, address 198.18.1.1/32 → 198.18.1.0/32): "converged:
 /// 4 change(s) applied" for a 2-change plan — the engine's verify round
 /// re-adds the route, so every classic peer route is missing between the
 /// rounds (routes through nexthop objects survive address events).
 #[test]
-#[ignore = "planner bug: DelAddress runs in RemoveStale, before AddAddress; removing the last IPv4 address drops the peer routes"]
 fn address_change_keeps_peer_routes() {
     let mut vx = VxGen {
         vni_alt: false,
