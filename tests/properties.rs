@@ -1196,8 +1196,6 @@ fn controls_the_checks_can_fail() {
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
     if hits_recreate_holder_bug(o, p) {
         Some("recreate_checks_foreign_vni_holder")
-    } else if hits_family_in_place_bug(o, p) {
-        Some("family_change_recreates")
     } else if hits_local_being_removed_bug(p) {
         Some("local_is_not_an_address_being_removed")
     } else if hits_retired_holder_bug(d, o, p) {
@@ -1226,23 +1224,6 @@ fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
                     && w.dst == r.dst
                     && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
             })
-    })
-}
-
-/// Third known bug: a local of another family planned "in place".
-fn hits_family_in_place_bug(o: &Observed, p: &Plan) -> bool {
-    p.changes.iter().any(|c| match &c.op {
-        Op::SetVxlan {
-            name,
-            local: Some(l),
-            ..
-        } => o
-            .links
-            .get(name)
-            .and_then(|x| x.vxlan.as_ref())
-            .and_then(|a| a.local)
-            .is_some_and(|cur| Family::of(&cur) != Family::of(l)),
-        _ => false,
     })
 }
 
@@ -1419,7 +1400,8 @@ fn address_change_keeps_peer_routes() {
     );
 }
 
-/// Planner bug (found by `one_pass_converges`, through an adopted device):
+/// Regression test for a planner bug (found by `one_pass_converges`,
+/// through an adopted device; fixed: a family change is immutable):
 /// a `[[vxlan]]` whose `family` changes (ipv4 → ipv6, same name and VNI:
 /// moving flannel.1 to an IPv6 underlay) is planned as an in-place
 /// `SetVxlan` of `local`, which the kernel refuses ("New local address
@@ -1428,7 +1410,6 @@ fn address_change_keeps_peer_routes() {
 /// pass plans and fails the same change; the device never converges.
 /// Expected: a family change is immutable (recreate), like vni/port/gbp.
 #[test]
-#[ignore = "planner bug: a VXLAN's local family change is planned in place; the kernel refuses it, never converges"]
 fn family_change_recreates() {
     let vx = VxGen {
         vni_alt: false,

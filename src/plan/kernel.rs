@@ -771,7 +771,8 @@ impl<'a> Planner<'a> {
     }
 
     /// How the device's VXLAN attributes differ from the declaration.
-    /// Attributes the kernel refuses to change in place (vni, port, gbp);
+    /// Attributes the kernel refuses to change in place (vni, port, gbp,
+    /// the family of local);
     /// local, underlay and learning it changes in place (Linux 6.18
     /// verified), so the device, its ifindex and every route stay.
     fn vxlan_diff(
@@ -788,6 +789,12 @@ impl<'a> Planner<'a> {
         }
         if attrs.port != v.port {
             immutable.push(format!("port {} → {}", attrs.port, v.port));
+        }
+        // The kernel refuses a local of the other family in place ("New
+        // local address family does not match old", EINVAL): recreate.
+        let family = attrs.local.map(|x| Family::of(&x));
+        if family.is_some_and(|f| f != v.family) {
+            immutable.push(format!("family {} → {}", opt(family), v.family));
         }
         let set_local = (attrs.local != Some(local)).then(|| {
             in_place.push(format!("local {} → {local}", opt(attrs.local)));
