@@ -1256,11 +1256,12 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
             .changes
             .iter()
             .any(|x| matches!(&x.op, Op::DeleteLink { name } if *name == v.name));
-        // The holder: not ours (never removed), or ours but retired only
-        // after the create (`recreate_waits_for_the_retired_holder`).
+        // The holder: ours but retired only after the create
+        // (`recreate_waits_for_the_retired_holder`).
         recreated
             && o.links.values().any(|l| {
                 l.name != v.name
+                    && l.marked()
                     && l.vxlan.as_ref().is_some_and(|a| {
                         a.vni == v.vni
                             && a.port == v.port
@@ -1271,7 +1272,8 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
     })
 }
 
-/// Planner bug (found by `one_pass_converges`): a VXLAN device of ours
+/// Regression test for a planner bug (found by `one_pass_converges`; fixed:
+/// the recreate path checks the holder too): a VXLAN device of ours
 /// whose VNI (or port, gbp) changed is deleted and recreated
 /// (`Planner::vxlan`, the `immutable` path) without the check that the
 /// missing-device path makes: whether a device netconverge does not own
@@ -1281,7 +1283,6 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
 /// with all its routes for nothing; only the next pass reports the
 /// conflict. Expected: blocked with the holder named, device left alone.
 #[test]
-#[ignore = "planner bug: recreating a device for a new VNI does not check the foreign device holding that VNI; it deletes ours, the create fails"]
 fn recreate_checks_foreign_vni_holder() {
     let vx = VxGen {
         vni_alt: true,
