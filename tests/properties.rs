@@ -1190,33 +1190,12 @@ fn controls_the_checks_can_fail() {
     );
 }
 
-/// Whether applying `p` to `o` hits the known planner bug below: a
-/// `DelAddress` (stage RemoveStale, before the new addresses) removes a
-/// device's last IPv4 address, and the kernel drops the classic IPv4
-/// routes through it that the plan leaves alone. Such cases are skipped by
-/// the properties (counted as rejects) so that they keep finding others.
-fn hits_last_address_bug(o: &Observed, p: &Plan) -> bool {
-    let mut s = o.clone();
-    for c in &p.changes {
-        let before = s.routes.len();
-        apply_to(&mut s, &c.op);
-        if matches!(c.op, Op::DelAddress { .. }) && s.routes.len() < before {
-            return true;
-        }
-    }
-    false
-}
-
 /// The known planner bug `p` hits in `o`, if any (each has an
 /// `#[ignore]`d test below). The properties skip those cases (proptest
 /// counts them as rejects) so that they keep looking for other bugs.
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
-    if hits_last_address_bug(o, p) {
-        Some("address_change_keeps_peer_routes")
-    } else if hits_recreate_holder_bug(o, p) {
+    if hits_recreate_holder_bug(o, p) {
         Some("recreate_checks_foreign_vni_holder")
-    } else if hits_family_in_place_bug(o, p) {
-        Some("family_change_recreates")
     } else if hits_local_being_removed_bug(p) {
         Some("local_is_not_an_address_being_removed")
     } else if hits_retired_holder_bug(d, o, p) {
@@ -1245,23 +1224,6 @@ fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
                     && w.dst == r.dst
                     && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
             })
-    })
-}
-
-/// Third known bug: a local of another family planned "in place".
-fn hits_family_in_place_bug(o: &Observed, p: &Plan) -> bool {
-    p.changes.iter().any(|c| match &c.op {
-        Op::SetVxlan {
-            name,
-            local: Some(l),
-            ..
-        } => o
-            .links
-            .get(name)
-            .and_then(|x| x.vxlan.as_ref())
-            .and_then(|a| a.local)
-            .is_some_and(|cur| Family::of(&cur) != Family::of(l)),
-        _ => false,
     })
 }
 
@@ -1294,11 +1256,12 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
             .changes
             .iter()
             .any(|x| matches!(&x.op, Op::DeleteLink { name } if *name == v.name));
-        // The holder: not ours (never removed), or ours but retired only
-        // after the create (`recreate_waits_for_the_retired_holder`).
+        // The holder: ours but retired only after the create
+        // (`recreate_waits_for_the_retired_holder`).
         recreated
             && o.links.values().any(|l| {
                 l.name != v.name
+                    && l.marked()
                     && l.vxlan.as_ref().is_some_and(|a| {
                         a.vni == v.vni
                             && a.port == v.port
@@ -1309,7 +1272,8 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
     })
 }
 
-/// Planner bug (found by `one_pass_converges`): a VXLAN device of ours
+/// Regression test for a planner bug (found by `one_pass_converges`; fixed:
+/// the recreate path checks the holder too): a VXLAN device of ours
 /// whose VNI (or port, gbp) changed is deleted and recreated
 /// (`Planner::vxlan`, the `immutable` path) without the check that the
 /// missing-device path makes: whether a device netconverge does not own
@@ -1319,7 +1283,6 @@ fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
 /// with all its routes for nothing; only the next pass reports the
 /// conflict. Expected: blocked with the holder named, device left alone.
 #[test]
-#[ignore = "planner bug: recreating a device for a new VNI does not check the foreign device holding that VNI; it deletes ours, the create fails"]
 fn recreate_checks_foreign_vni_holder() {
     let vx = VxGen {
         vni_alt: true,
@@ -1373,7 +1336,8 @@ fn recreate_checks_foreign_vni_holder() {
     );
 }
 
-/// Planner bug (found by `one_pass_converges`): changing the address of a
+/// Regression test for a planner bug (found by `one_pass_converges`, fixed:
+/// stale addresses now go in `Stage::PruneAddresses`): changing the address of a
 /// VXLAN device (flannel's 198.18.1.1/32 → 198.18.1.0/32, e.g. a new pod
 /// subnet) plans `DelAddress` of the old one in stage `RemoveStale`, before
 /// `AddAddress` of the new one (stage `Addresses`). Removing a device's last
@@ -1385,14 +1349,12 @@ fn recreate_checks_foreign_vni_holder() {
 /// route is gone until the next pass. `Stage::PruneAddresses` exists for
 /// exactly this ("After the new addresses: removing a device's last IPv4
 /// address makes the kernel drop every IPv4 route through it") but
-/// `Op::stage` never returns it. Fix (not here): stale addresses in
-/// `PruneAddresses`. End to end (`netconverge converge` in a namespace,
+/// `Op::stage` never returned it. End to end (`netconverge converge` in a namespace,
 /// `nexthops = "off"`, address 198.18.1.1/32 → 198.18.1.0/32): "converged:
 /// 4 change(s) applied" for a 2-change plan — the engine's verify round
 /// re-adds the route, so every classic peer route is missing between the
 /// rounds (routes through nexthop objects survive address events).
 #[test]
-#[ignore = "planner bug: DelAddress runs in RemoveStale, before AddAddress; removing the last IPv4 address drops the peer routes"]
 fn address_change_keeps_peer_routes() {
     let mut vx = VxGen {
         vni_alt: false,
@@ -1439,7 +1401,8 @@ fn address_change_keeps_peer_routes() {
     );
 }
 
-/// Planner bug (found by `one_pass_converges`, through an adopted device):
+/// Regression test for a planner bug (found by `one_pass_converges`,
+/// through an adopted device; fixed: a family change is immutable):
 /// a `[[vxlan]]` whose `family` changes (ipv4 → ipv6, same name and VNI:
 /// moving flannel.1 to an IPv6 underlay) is planned as an in-place
 /// `SetVxlan` of `local`, which the kernel refuses ("New local address
@@ -1448,7 +1411,6 @@ fn address_change_keeps_peer_routes() {
 /// pass plans and fails the same change; the device never converges.
 /// Expected: a family change is immutable (recreate), like vni/port/gbp.
 #[test]
-#[ignore = "planner bug: a VXLAN's local family change is planned in place; the kernel refuses it, never converges"]
 fn family_change_recreates() {
     let vx = VxGen {
         vni_alt: false,

@@ -77,6 +77,20 @@ fn owned_protocols(desired: &Desired, observed: &Observed) -> BTreeSet<u8> {
     p
 }
 
+/// Whether `l` holds the identity the kernel gives a VXLAN device: (VNI,
+/// port, receive flags such as GBP, family). It refuses a second device
+/// with the same one ("A VXLAN device with the specified VNI already
+/// exists", EEXIST).
+fn holds_vni(l: &LinkState, vni: u32, port: u16, gbp: bool, family: Family) -> bool {
+    l.kind == "vxlan"
+        && l.vxlan.as_ref().is_some_and(|a| {
+            a.vni == vni
+                && a.port == port
+                && a.gbp == gbp
+                && a.local.map(|x| Family::of(&x)) == Some(family)
+        })
+}
+
 /// A marked VXLAN device no declaration names that can become `v` by a
 /// rename: same VNI and port (the kernel refuses a second device with
 /// them, and a rename keeps every route through it).
@@ -568,9 +582,18 @@ impl<'a> Planner<'a> {
         let Some(attrs) = self.vxlan_claim(v, &object, cur) else {
             return DevState::Blocked;
         };
+        let diff = self.vxlan_diff(v, attrs, under, local);
+        if !diff.immutable.is_empty() {
+            let why = diff.immutable.join(", ");
+            // Checked before deleting ours: the create would fail and the
+            // overlay lose a working device for nothing.
+            let extra = format!("; vxlan {} is left as it is ({why})", v.name);
+            if self.foreign_holder(v, &object, &extra) {
+                return DevState::Blocked;
+            }
+        }
         self.mtus.insert(v.name.clone(), mtu);
         self.locals.insert(v.name.as_str(), local);
-        let diff = self.vxlan_diff(v, attrs, under, local);
         if !diff.immutable.is_empty() {
             let why = diff.immutable.join(", ");
             self.change(
@@ -675,27 +698,36 @@ impl<'a> Planner<'a> {
         Some(m)
     }
 
+    /// Whether a VXLAN device netconverge does not own holds `v`'s identity
+    /// (see [`holds_vni`]): the create would fail, so `v` is blocked with
+    /// the holder named (never removed). `extra` ends the reason.
+    fn foreign_holder(&mut self, v: &VxlanSpec, object: &str, extra: &str) -> bool {
+        let holder = self.observed.links.values().find(|l| {
+            l.name != v.name
+                && !ours(l, self.desired)
+                && holds_vni(l, v.vni, v.port, v.gbp, v.family)
+        });
+        let Some(h) = holder else {
+            return false;
+        };
+        self.block(
+            object,
+            format!(
+                "vxlan {} (not created by netconverge) already uses vni {} port {}{}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over{extra}",
+                h.name,
+                v.vni,
+                v.port,
+                if v.gbp { " gbp" } else { "" }
+            ),
+        );
+        true
+    }
+
     /// A declared device the kernel does not have: created, unless a
     /// foreign device holds its VNI and port (the kernel refuses a second
     /// device with them; the holder is a conflict, never removed).
     fn vxlan_missing(&mut self, v: &'a VxlanSpec, object: String, create: VxlanCreate) -> DevState {
-        let holder = self.observed.links.values().find(|l| {
-            l.kind == "vxlan"
-                && !ours(l, self.desired)
-                && l.vxlan.as_ref().is_some_and(|a| {
-                    a.vni == v.vni
-                        && a.port == v.port
-                        && a.local.map(|x| Family::of(&x)) == Some(v.family)
-                })
-        });
-        if let Some(h) = holder {
-            self.block(
-                &object,
-                format!(
-                    "vxlan {} (not created by netconverge) already uses vni {} port {}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over",
-                    h.name, v.vni, v.port
-                ),
-            );
+        if self.foreign_holder(v, &object, "") {
             return DevState::Blocked;
         }
         let (local, mtu) = (create.local, create.mtu);
@@ -771,7 +803,8 @@ impl<'a> Planner<'a> {
     }
 
     /// How the device's VXLAN attributes differ from the declaration.
-    /// Attributes the kernel refuses to change in place (vni, port, gbp);
+    /// Attributes the kernel refuses to change in place (vni, port, gbp,
+    /// the family of local);
     /// local, underlay and learning it changes in place (Linux 6.18
     /// verified), so the device, its ifindex and every route stay.
     fn vxlan_diff(
@@ -788,6 +821,12 @@ impl<'a> Planner<'a> {
         }
         if attrs.port != v.port {
             immutable.push(format!("port {} → {}", attrs.port, v.port));
+        }
+        // The kernel refuses a local of the other family in place ("New
+        // local address family does not match old", EINVAL): recreate.
+        let family = attrs.local.map(|x| Family::of(&x));
+        if family.is_some_and(|f| f != v.family) {
+            immutable.push(format!("family {} → {}", opt(family), v.family));
         }
         let set_local = (attrs.local != Some(local)).then(|| {
             in_place.push(format!("local {} → {local}", opt(attrs.local)));

@@ -164,10 +164,9 @@ pub enum Stage {
 impl Op {
     pub fn stage(&self) -> Stage {
         match self {
-            Op::DelRoute(_)
-            | Op::DelNeighbor { .. }
-            | Op::DelFdb { .. }
-            | Op::DelAddress { .. } => Stage::RemoveStale,
+            Op::DelRoute(_) | Op::DelNeighbor { .. } | Op::DelFdb { .. } => Stage::RemoveStale,
+            // After the new addresses (see `Stage::PruneAddresses`).
+            Op::DelAddress { .. } => Stage::PruneAddresses,
             Op::DeleteLink { .. } => Stage::DeleteLinks,
             Op::RenameLink { .. } => Stage::RenameLinks,
             Op::RetireLink { .. } => Stage::RetireLinks,

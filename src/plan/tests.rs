@@ -1140,3 +1140,80 @@ fn derived_mtu_below_1280_blocks_a_device_with_ipv6_only() {
     let p = plan(&d, &o);
     assert!(p.blocked.is_empty(), "{p}");
 }
+
+/// An unmarked VXLAN device `name` holding (vni 1, port 8472, ipv4) with `gbp`.
+fn foreign_vxlan(o: &mut Observed, name: &str, gbp: bool) {
+    let mut l = link(name, 30, "vxlan", 1450);
+    l.vxlan = Some(VxlanAttrs {
+        vni: 1,
+        port: 8472,
+        local: Some(ip("192.0.2.1")),
+        underlay_index: Some(2),
+        learning: false,
+        gbp,
+    });
+    o.links.insert(name.into(), l);
+}
+
+#[test]
+fn foreign_vni_holder_counts_gbp_like_the_kernel() {
+    // The kernel's identity of a VXLAN device includes its receive flags
+    // (GBP): a foreign vni-1 device with GBP does not stop ours without it.
+    let d = ipv4_node();
+    let mut o = host(&["192.0.2.1/24"]);
+    foreign_vxlan(&mut o, "vx-foreign", true);
+    let p = plan(&d, &o);
+    assert!(p.blocked.is_empty(), "{p}");
+    assert!(
+        p.changes
+            .iter()
+            .any(|c| matches!(&c.op, Op::CreateVxlan(v) if v.name == "flannel.1")),
+        "{p}"
+    );
+    // Control: the same holder without GBP blocks the create.
+    let mut o = host(&["192.0.2.1/24"]);
+    foreign_vxlan(&mut o, "vx-foreign", false);
+    let p = plan(&d, &o);
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| b.object == "vxlan flannel.1" && b.reason.contains("vx-foreign")),
+        "{p}"
+    );
+    assert!(p.changes.is_empty(), "{p}");
+}
+
+#[test]
+fn recreate_for_a_vni_a_foreign_device_holds_is_blocked_and_keeps_ours() {
+    let d = ipv4_node();
+    let o0 = host(&["192.0.2.1/24"]);
+    let mut o = converged(&d, &o0);
+    // Ours runs vni 2; the file now says vni 1, which vx-foreign holds.
+    if let Some(a) = o.links.get_mut("flannel.1").and_then(|l| l.vxlan.as_mut()) {
+        a.vni = 2;
+    }
+    foreign_vxlan(&mut o, "vx-foreign", false);
+    let p = plan(&d, &o);
+    assert!(
+        p.changes.iter().all(|c| !matches!(
+            c.op,
+            Op::DeleteLink { .. } | Op::CreateVxlan(_) | Op::DelRoute(_)
+        )),
+        "{p}"
+    );
+    assert!(
+        p.blocked
+            .iter()
+            .any(|b| b.object == "vxlan flannel.1" && b.reason.contains("vx-foreign")),
+        "{p}"
+    );
+    // Control: without the holder the device is recreated.
+    o.links.remove("vx-foreign");
+    let p = plan(&d, &o);
+    assert!(
+        p.changes
+            .iter()
+            .any(|c| matches!(&c.op, Op::DeleteLink { name } if name == "flannel.1")),
+        "{p}"
+    );
+}
