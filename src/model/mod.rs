@@ -234,6 +234,18 @@ pub struct AdoptSpec {
 }
 
 impl Desired {
+    /// The VXLAN device carrying this node's pods of `family`: the first
+    /// one with an address of that family, else the first one of that
+    /// underlay family. The lease's and the CNI conflist's MTU come from it.
+    pub fn pod_device(&self, family: Family) -> Option<&VxlanSpec> {
+        let by_addr = self.vxlans.iter().find(|v| {
+            self.addresses
+                .iter()
+                .any(|a| a.dev == v.name && Family::of_net(&a.cidr) == family)
+        });
+        by_addr.or_else(|| self.vxlans.iter().find(|v| v.family == family))
+    }
+
     /// Every file netconverge writes as declared state (the lease, the CNI
     /// conflist): the daemon watches each of them for drift.
     pub fn written_files(&self) -> Vec<PathBuf> {

@@ -187,13 +187,7 @@ pub(super) fn vxlan_mtu(desired: &Desired, mtus: &BTreeMap<String, u32>) -> Opti
     } else {
         Family::Ipv6
     };
-    let by_addr = desired.vxlans.iter().find(|v| {
-        desired
-            .addresses
-            .iter()
-            .any(|a| a.dev == v.name && Family::of_net(&a.cidr) == family)
-    });
-    let dev = by_addr.or_else(|| desired.vxlans.iter().find(|v| v.family == family))?;
+    let dev = desired.pod_device(family)?;
     mtus.get(&dev.name).copied()
 }
 

@@ -192,15 +192,7 @@ impl KernelPlan {
         } else {
             Family::Ipv6
         };
-        // The device carrying that family's pods: the first VXLAN with an
-        // address of that family, else the first VXLAN of that underlay family.
-        let by_addr = desired.vxlans.iter().find(|v| {
-            desired
-                .addresses
-                .iter()
-                .any(|a| a.dev == v.name && Family::of_net(&a.cidr) == family)
-        });
-        let dev = by_addr.or_else(|| desired.vxlans.iter().find(|v| v.family == family))?;
+        let dev = desired.pod_device(family)?;
         self.mtus.get(&dev.name).copied()
     }
 }
