@@ -151,7 +151,6 @@ fn nat_errno(e: &crate::nat::NatError) -> Option<Errno> {
     match e {
         N::Spawn { source, .. } => Errno::of_io(source),
         N::Failed { stderr, .. } => errno_in_tool_output(stderr),
-        N::Several(all) => all.iter().find_map(nat_errno),
         _ => None,
     }
 }
@@ -1253,10 +1252,6 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::EACCES),
         };
         assert_eq!(nat_errno(&spawn), Some(Errno::EACCES));
-        assert_eq!(
-            nat_errno(&NatError::Several(vec![failed("junk"), nft])),
-            Some(Errno::EPERM)
-        );
         let lease = crate::lease::LeaseError::Write {
             path: "/run/flannel/subnet.env".into(),
             error: std::io::Error::from_raw_os_error(libc::EROFS),

@@ -54,13 +54,40 @@ pub async fn observe_all(
     Ok(observed)
 }
 
+/// What a pass brings the system to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// The file's desired state ([`plan::plan`]).
+    Converge,
+    /// Nothing of netconverge's left ([`plan::cleanup_plan`]).
+    Cleanup,
+}
+
+impl Goal {
+    fn plan(self, desired: &Desired, observed: &Observed) -> Plan {
+        match self {
+            Goal::Converge => plan::plan(&desired.resolve_underlays(observed), observed),
+            Goal::Cleanup => plan::cleanup_plan(desired, observed),
+        }
+    }
+}
+
 /// What differs, without changing anything.
 pub async fn check(
     handle: &crate::netlink::Handle,
     desired: &Desired,
 ) -> Result<Plan, EngineError> {
+    check_goal(handle, desired, Goal::Converge).await
+}
+
+/// What a pass towards `goal` would do, without changing anything.
+pub async fn check_goal(
+    handle: &crate::netlink::Handle,
+    desired: &Desired,
+    goal: Goal,
+) -> Result<Plan, EngineError> {
     let observed = observe_all(handle, desired).await?;
-    Ok(plan::plan(&desired.resolve_underlays(&observed), &observed))
+    Ok(goal.plan(desired, &observed))
 }
 
 /// Result of [`converge`].
@@ -127,14 +154,36 @@ pub async fn converge_keeping(
     max_rounds: u32,
     keep: usize,
 ) -> Result<Outcome, EngineError> {
+    pass(handle, desired, Goal::Converge, max_rounds, keep).await
+}
+
+/// `cleanup`: the same observe → plan → apply → verify rounds as
+/// [`converge`], towards nothing of ours.
+pub async fn cleanup(
+    handle: &crate::netlink::Handle,
+    desired: &Desired,
+    max_rounds: u32,
+) -> Result<Outcome, EngineError> {
+    pass(handle, desired, Goal::Cleanup, max_rounds, usize::MAX).await
+}
+
+async fn pass(
+    handle: &crate::netlink::Handle,
+    desired: &Desired,
+    goal: Goal,
+    max_rounds: u32,
+    keep: usize,
+) -> Result<Outcome, EngineError> {
     let mut out = Outcome::default();
     let mut observed = observe_all(handle, desired).await?;
-    let mut current = plan::plan(&desired.resolve_underlays(&observed), &observed);
+    let mut current = goal.plan(desired, &observed);
     out.initial_changes = current.changes.len();
     let mut initial: Option<Plan> = None;
     while !current.is_empty() && out.rounds < max_rounds.max(1) {
         out.rounds += 1;
-        remember(desired)?;
+        if goal == Goal::Converge {
+            remember(desired)?;
+        }
         let report = apply::apply(handle, &current, &observed).await;
         out.applied += report.applied;
         if !report.failures.is_empty() {
@@ -153,7 +202,7 @@ pub async fn converge_keeping(
         }
         drop(std::mem::take(&mut observed));
         observed = observe_all(handle, desired).await?;
-        current = plan::plan(&desired.resolve_underlays(&observed), &observed);
+        current = goal.plan(desired, &observed);
     }
     out.initial = initial.unwrap_or_else(|| {
         let mut p = current.clone();

@@ -16,7 +16,7 @@ use netconverge::config::{self, ConfigError, ConfigErrors};
 use netconverge::daemon::nm;
 use netconverge::engine::{self, Outcome};
 use netconverge::logging::{self, LogFormat};
-use netconverge::model::{Desired, NmMode, Observed};
+use netconverge::model::{Desired, NmMode};
 use netconverge::plan::Plan;
 use serde::Serialize;
 
@@ -655,45 +655,40 @@ async fn cleanup(
     desired: &Desired,
     check: bool,
 ) -> ExitCode {
-    let observed = match engine::observe_all(handle, desired).await {
-        Ok(o) => o,
-        Err(e) => return fail(code::SYSTEM, &e.to_string()),
-    };
-    let plan = netconverge::plan::cleanup_plan(desired, &observed);
-    out::print(&plan);
+    // Even without [nat] or devices in the file: what an earlier file made
+    // is found by its markers, so the plan is built from the kernel alone.
     if check {
-        // The NAT part is not in the plan (nat::cleanup runs on its own
-        // below), but --check must list everything cleanup would remove.
-        for r in nat_cleanup_preview(desired, &observed) {
-            out::println(format_args!("- {r}: cleanup"));
+        return match engine::check_goal(handle, desired, engine::Goal::Cleanup).await {
+            Ok(plan) => {
+                out::print(&plan);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(code::SYSTEM, &e.to_string()),
+        };
+    }
+    match engine::cleanup(handle, desired, 3).await {
+        Ok(outcome) => {
+            out::print(&outcome.initial);
+            for f in &outcome.failures {
+                out::eprintln(format_args!("failed: {}: {}", f.object, f.error));
+            }
+            if outcome.remaining.is_empty() {
+                ExitCode::from(code::OK)
+            } else {
+                out::print(&outcome.remaining);
+                out::eprintln(format_args!(
+                    "not cleaned up: {} object(s) of netconverge's left",
+                    outcome.remaining.changes.len()
+                ));
+                ExitCode::from(if outcome.permission_denied() {
+                    code::SYSTEM
+                } else {
+                    code::DRIFT
+                })
+            }
         }
-        return ExitCode::SUCCESS;
+        Err(e) => fail(code::SYSTEM, &e.to_string()),
     }
-    let report = netconverge::apply::apply(handle, &plan, &observed).await;
-    let mut failed = report.failures.len();
-    for f in &report.failures {
-        out::eprintln(format_args!("failed: {}: {}", f.object, f.error));
-    }
-    // Even without [nat]: what an earlier file made is found by its markers.
-    match netconverge::nat::cleanup(desired.nat.as_ref(), &observed.nat) {
-        Ok(removed) => removed
-            .iter()
-            .for_each(|r| out::println(format_args!("- {r}: cleanup"))),
-        Err(e) => {
-            failed += 1;
-            out::eprintln(format_args!("failed: nat cleanup: {e}"));
-        }
-    }
-    ExitCode::from(if failed == 0 { code::OK } else { code::DRIFT })
-}
-
-/// What `nat::cleanup` would remove (netconverge's NAT objects wherever
-/// they are, recognised by their markers), labelled as it reports them.
-fn nat_cleanup_preview(desired: &Desired, observed: &Observed) -> Vec<String> {
-    netconverge::nat::cleanup_ops(desired.nat.as_ref(), &observed.nat)
-        .into_iter()
-        .flat_map(|(items, _)| items)
-        .collect()
 }
 
 #[derive(Serialize)]

@@ -97,9 +97,15 @@ fn observe(spec: Option<&NatSpec>) -> NatObserved {
     nat::observe(spec).unwrap()
 }
 
-/// `nat::cleanup` from a fresh observation (inside the namespace).
+/// The NAT part of `cleanup` from a fresh observation (inside the
+/// namespace), applied; returns its lines (`object: reason`).
 fn cleanup(spec: Option<&NatSpec>) -> Vec<String> {
-    nat::cleanup(spec, &observe(spec)).unwrap()
+    let plan = nat::cleanup(&observe(spec));
+    apply_all(&plan);
+    plan.changes
+        .iter()
+        .map(|c| format!("{}: {}", c.object, c.reason))
+        .collect()
 }
 
 /// Apply every change of `plan` in plan order (stage order already: adds
@@ -433,8 +439,8 @@ table inet filter {
     assert_eq!(
         removed,
         [
-            "nftables table ip netconverge",
-            "nftables table ip6 netconverge"
+            "nat ipv4 (nftables table ip netconverge): cleanup",
+            "nat ipv6 (nftables table ip6 netconverge): cleanup"
         ]
     );
     assert_eq!(snapshot(&ns), before);
@@ -754,14 +760,14 @@ fn iptables_foreign_chains_untouched_and_cleanup_removes_only_ours() {
         });
         assert_eq!(
             removed,
-            ["iptables", "ip6tables"]
+            [("ipv4", "iptables"), ("ipv6", "ip6tables")]
                 .into_iter()
-                .flat_map(|b| {
+                .map(|(f, b)| {
                     let t = format!("{b}-{}", flavour.ipt().word());
-                    [
-                        format!("{t} chain NETCONVERGE-POSTRTG"),
-                        format!("1 jump(s) from {t} POSTROUTING to NETCONVERGE-POSTRTG"),
-                    ]
+                    format!(
+                        "nat {f} ({t} chain NETCONVERGE-POSTRTG): cleanup, with \
+                         1 jump(s) from {t} POSTROUTING to NETCONVERGE-POSTRTG"
+                    )
                 })
                 .collect::<Vec<_>>(),
             "{flavour:?}"
@@ -1282,7 +1288,7 @@ fn unmarked_table_of_an_older_netconverge_is_marked() {
     ruleset::nft_file(&ns, &old);
     assert_eq!(
         ns.enter(|| cleanup(None)),
-        ["nftables table ip netconverge"]
+        ["nat ipv4 (nftables table ip netconverge): cleanup"]
     );
     assert_eq!(nft_names(&ns), "");
 }
@@ -1311,7 +1317,7 @@ fn auto_flavour_follows_the_hosts_nat_rules_and_says_why() {
         let s = s.clone();
         move || observe(Some(&s))
     });
-    let choice = obs.iptables.clone().unwrap();
+    let choice = obs.named.flavour_choice().cloned().unwrap();
     assert_eq!(choice.flavour, nat::Flavour::Legacy, "{choice:?}");
     assert!(
         choice.reason.contains("live in iptables-legacy"),

@@ -351,14 +351,14 @@ fn cleanup_removes_only_ours(backend: Backend) {
 
     let nat_lines = match backend {
         Backend::Nft => vec![
-            "- nftables table ip netconverge: cleanup",
-            "- nftables table ip6 netconverge: cleanup",
+            "- nat ipv4 (nftables table ip netconverge): cleanup",
+            "- nat ipv6 (nftables table ip6 netconverge): cleanup",
         ],
         Backend::Ipt => vec![
-            "- iptables-nft chain NETCONVERGE-POSTRTG: cleanup",
-            "- 1 jump(s) from iptables-nft POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
-            "- ip6tables-nft chain NETCONVERGE-POSTRTG: cleanup",
-            "- 1 jump(s) from ip6tables-nft POSTROUTING to NETCONVERGE-POSTRTG: cleanup",
+            "- nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG): cleanup, with \
+             1 jump(s) from iptables-nft POSTROUTING to NETCONVERGE-POSTRTG",
+            "- nat ipv6 (ip6tables-nft chain NETCONVERGE-POSTRTG): cleanup, with \
+             1 jump(s) from ip6tables-nft POSTROUTING to NETCONVERGE-POSTRTG",
         ],
     };
 
@@ -752,7 +752,7 @@ fn nat_removed_or_switched_in_the_file_leaves_nothing_behind() {
     );
     let text = nc_exits(&ns, &none, &["cleanup", "--check"], 0);
     assert!(
-        text.contains("- nftables table ip netconverge: cleanup"),
+        text.contains("- nat ipv4 (nftables table ip netconverge): cleanup"),
         "{text}"
     );
     assert_eq!(
@@ -780,7 +780,7 @@ fn nat_removed_or_switched_in_the_file_leaves_nothing_behind() {
     // cleanup with a file that names the other backend
     let text = nc_exits(&ns, &nft, &["cleanup", "--check"], 0);
     assert!(
-        text.contains("- iptables-nft chain NETCONVERGE-POSTRTG: cleanup"),
+        text.contains("- nat ipv4 (iptables-nft chain NETCONVERGE-POSTRTG): cleanup"),
         "{text}"
     );
     nc_exits(&ns, &nft, &["cleanup"], 0);
@@ -847,7 +847,8 @@ fn iptables_flavour_follows_the_host_and_is_shown() {
     assert_eq!(ruleset::ipt_ours(&ns, "iptables-nft-save"), "");
     let text = nc_exits(&ns, &ipt, &["show", "--format", "json"], 0);
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["nat"]["iptables"]["flavour"], "legacy", "{text}");
+    assert_eq!(v["nat"]["named"]["backend"], "iptables", "{text}");
+    assert_eq!(v["nat"]["named"]["choice"]["flavour"], "legacy", "{text}");
     let text = nc_exits(&ns, &ipt, &["converge", "--check"], 0);
     assert!(
         text.contains("# nat: iptables flavour iptables-legacy") && text.contains("in sync"),

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::model::{Family, NatBackendKind, NatSpec};
-use crate::nat::{FamilyObserved, Flavour, IptFamily, NatObserved, iptables};
+use crate::nat::{Flavour, IptFamily, Named, NatObserved, Seen, iptables};
 
 /// Our lines of each configured family (IPv4 first); `None`: unreadable.
 type LegacySnapshot = Vec<Option<IptFamily>>;
@@ -276,14 +276,17 @@ impl NatWatch {
         };
         // Without a flavour choice (the backend could not be read) the
         // poller keeps its last idea.
-        let Some(choice) = observed.iptables.as_ref() else {
+        let Named::Iptables {
+            choice, ipv4, ipv6, ..
+        } = &observed.named
+        else {
             return;
         };
         let snapshot = configured(spec)
-            .map(|f| match observed.family(f) {
-                FamilyObserved::Iptables(s) => Some(comparable(s.clone())),
-                FamilyObserved::Absent => Some(IptFamily::default()),
-                _ => None,
+            .map(|f| match if f == Family::Ipv4 { ipv4 } else { ipv6 } {
+                Seen::Present(s) => Some(comparable(s.clone())),
+                Seen::Absent => Some(IptFamily::default()),
+                Seen::Unavailable { .. } => None,
             })
             .collect();
         tx.send_replace(Some((choice.flavour, snapshot)));

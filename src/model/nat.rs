@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Family, NatBackendKind, NatSpec};
+use super::{Family, NatSpec};
 
 /// The two implementations of the iptables command set. Their rules live
 /// in different kernel tables and are invisible to each other's tools.
@@ -111,22 +111,67 @@ pub struct IptFamily {
     pub recorded: bool,
 }
 
-/// What was found for one family at the place the file names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What one family holds at the place the file names, in the terms of the
+/// backend that place belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum FamilyObserved {
-    /// Not looked at (no NAT configuration).
-    #[default]
-    NotObserved,
+pub enum Seen<T> {
     /// The backend could not be read (tool missing, permission, parse error).
     Unavailable { reason: String },
     /// Nothing exists there.
     Absent,
-    /// A table of our name exists (ours or not: see [`NftFamily::is_ours`]).
-    Nftables(NftFamily),
-    /// A chain of our name and/or a jump to it exists (see
-    /// [`IptFamily::ownership`]).
-    Iptables(IptFamily),
+    /// A table of our name exists (ours or not: see [`NftFamily::is_ours`]),
+    /// or a chain of our name and/or a jump to it (see [`IptFamily::ownership`]).
+    Present(T),
+}
+
+/// The backend `[nat]` selects (chosen once, by `crate::nat::observe`, from
+/// the file and, for iptables, the host's flavour) and what each family
+/// holds at its place. The place and its state are one value, so the
+/// planner can never read one backend's rules as the other's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum Named {
+    /// The null backend: no `[nat]` (or nothing observed). Nothing is
+    /// planned at a named place; leftovers of ours are still found.
+    #[default]
+    Null,
+    Nftables {
+        table: String,
+        ipv4: Seen<NftFamily>,
+        ipv6: Seen<NftFamily>,
+    },
+    Iptables {
+        /// The flavour in use and why.
+        choice: FlavourChoice,
+        chain: String,
+        ipv4: Seen<IptFamily>,
+        ipv6: Seen<IptFamily>,
+    },
+}
+
+impl Named {
+    /// Where the rules live (`None` for the null backend).
+    pub fn place(&self) -> Option<Place> {
+        match self {
+            Named::Null => None,
+            Named::Nftables { table, .. } => Some(Place::Nftables {
+                table: table.clone(),
+            }),
+            Named::Iptables { choice, chain, .. } => Some(Place::Iptables {
+                flavour: choice.flavour,
+                chain: chain.clone(),
+            }),
+        }
+    }
+
+    /// The iptables flavour choice, when the backend is iptables.
+    pub fn flavour_choice(&self) -> Option<&FlavourChoice> {
+        match self {
+            Named::Iptables { choice, .. } => Some(choice),
+            _ => None,
+        }
+    }
 }
 
 /// Where one family's rules can live.
@@ -165,27 +210,11 @@ pub struct Found {
 /// What the NAT backends found on the system.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NatObserved {
-    /// Backend the file names; `None` without `[nat]`.
-    pub backend: Option<NatBackendKind>,
-    /// nftables table or iptables chain name the file names.
-    pub name: String,
-    /// The iptables flavour in use and why (iptables backend only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iptables: Option<FlavourChoice>,
-    pub ipv4: FamilyObserved,
-    pub ipv6: FamilyObserved,
+    /// The place the file names and what it holds.
+    pub named: Named,
     /// netconverge's objects elsewhere (leftovers of earlier files).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub found: Vec<Found>,
-}
-
-impl NatObserved {
-    pub fn family(&self, family: Family) -> &FamilyObserved {
-        match family {
-            Family::Ipv4 => &self.ipv4,
-            Family::Ipv6 => &self.ipv6,
-        }
-    }
 }
 
 /// The place a removal may only happen after: `spec`'s `family` in sync.

@@ -1,9 +1,11 @@
 //! Pod masquerade rules (flannel's FLANNEL-POSTRTG semantics), through
 //! nftables or iptables (nft or legacy flavour).
 //!
-//! Invariant: rendering ([`rules`], the backends' render/parse functions)
-//! and [`plan`] are pure; only [`apply`] and [`cleanup`] run `nft` /
-//! `iptables-restore`, always one atomic transaction per op. netconverge's
+//! Invariant: rendering ([`rules`], the backends' render/parse functions),
+//! [`plan`] and [`cleanup`] are pure; only [`apply`] runs `nft` /
+//! `iptables-restore`, always one atomic transaction per op. [`observe`] is
+//! the backend factory: it picks the backend `[nat]` names (the null
+//! backend without one) and reads its place into [`Named`]. netconverge's
 //! NAT objects are recognised from the kernel alone (the nftables table
 //! comment [`rules::TABLE_COMMENT`], the rule/jump comment [`rules::COMMENT`])
 //! plus the [`record`] of adopted chains, never from the file: what the file
@@ -28,10 +30,10 @@ use std::sync::Mutex;
 use crate::model::{Family, IptablesMode, NatBackendKind, NatSpec};
 
 pub use crate::model::nat::{
-    FamilyObserved, Flavour, FlavourChoice, Found, Guard, IptFamily, NatObserved, NatOp, NftFamily,
-    Place,
+    Flavour, FlavourChoice, Found, Guard, IptFamily, Named, NatObserved, NatOp, NftFamily, Place,
+    Seen,
 };
-pub use crate::plan::nat::{cleanup_ops, diff, named_place, object, plan, rules};
+pub use crate::plan::nat::{cleanup, diff, named_place, object, plan, rules};
 pub use iptables::NatTable;
 pub use rules::{COMMENT, TABLE_COMMENT};
 
@@ -63,19 +65,6 @@ pub enum NatError {
         new: String,
         detail: String,
     },
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Several(Vec<NatError>),
-}
-
-impl NatError {
-    /// `Ok` when `errors` is empty, else the error (or all of them).
-    fn collect(mut errors: Vec<NatError>) -> Result<(), NatError> {
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(NatError::Several(errors)),
-        }
-    }
 }
 
 // ------------------------------------------------------------ observing --
@@ -160,55 +149,90 @@ fn scan_iptables(tables: &NftList) -> IptScan {
     scan
 }
 
-/// What one family holds at the place the file names; a read failure is
+/// What one family's nftables table `table` holds; a read failure is
 /// recorded (for `plan` to block on), never hidden as "absent".
-fn observe_named(
-    named: Option<&Place>,
+fn observe_nft(family: Family, table: &str, tables: &NftList) -> Seen<NftFamily> {
+    match tables {
+        None => Seen::Unavailable {
+            reason: exec::Package::Nftables.hint().to_string(),
+        },
+        Some(Err(e)) => Seen::Unavailable {
+            reason: e.to_string(),
+        },
+        Some(Ok(list)) => {
+            let word = nftables::family_word(family);
+            if !list.iter().any(|(f, n)| f == word && n == table) {
+                return Seen::Absent;
+            }
+            match nftables::read_table(family, table) {
+                Ok(Some(t)) => Seen::Present(t),
+                Ok(None) => Seen::Absent,
+                Err(e) => Seen::Unavailable {
+                    reason: e.to_string(),
+                },
+            }
+        }
+    }
+}
+
+/// What one family holds at iptables chain `chain` of `flavour`.
+fn observe_ipt(
+    flavour: Flavour,
     family: Family,
+    chain: &str,
+    scan: &IptScan,
+    entries: &[record::Entry],
+) -> Seen<IptFamily> {
+    match scan.get(&(flavour, family)) {
+        Some(Ok(Some(t))) => {
+            let view = t.family_view(chain, record::recorded(entries, flavour, family, chain));
+            if view.is_absent() {
+                Seen::Absent
+            } else {
+                Seen::Present(view)
+            }
+        }
+        Some(Err(e)) => Seen::Unavailable { reason: e.clone() },
+        _ => Seen::Unavailable {
+            reason: format!(
+                "`{}` not found: {}",
+                flavour.save(family),
+                exec::Package::Iptables.hint()
+            ),
+        },
+    }
+}
+
+/// The backend factory: the place `spec` names (the null backend without
+/// `[nat]`) and what each family holds there.
+fn observe_named(
+    spec: Option<&NatSpec>,
     tables: &NftList,
     scan: &IptScan,
     entries: &[record::Entry],
-) -> FamilyObserved {
-    match (named, tables) {
-        (None, _) => FamilyObserved::NotObserved,
-        (Some(Place::Nftables { .. }), None) => FamilyObserved::Unavailable {
-            reason: exec::Package::Nftables.hint().to_string(),
+) -> Named {
+    let Some(s) = spec else {
+        return Named::Null;
+    };
+    match s.backend {
+        NatBackendKind::Nftables => Named::Nftables {
+            table: s.nft_table.clone(),
+            ipv4: observe_nft(Family::Ipv4, &s.nft_table, tables),
+            ipv6: observe_nft(Family::Ipv6, &s.nft_table, tables),
         },
-        (Some(Place::Nftables { .. }), Some(Err(e))) => FamilyObserved::Unavailable {
-            reason: e.to_string(),
-        },
-        (Some(Place::Nftables { table }), Some(Ok(list))) => {
-            let word = nftables::family_word(family);
-            if list.iter().any(|(f, n)| f == word && n == table) {
-                match nftables::read_table(family, table) {
-                    Ok(Some(t)) => FamilyObserved::Nftables(t),
-                    Ok(None) => FamilyObserved::Absent,
-                    Err(e) => FamilyObserved::Unavailable {
-                        reason: e.to_string(),
-                    },
-                }
-            } else {
-                FamilyObserved::Absent
+        NatBackendKind::Iptables => {
+            let facts = host_facts(scan, entries, s.iptables == IptablesMode::Auto);
+            let choice = flavour::choose(s.iptables, &facts);
+            log_choice(&choice);
+            let f = choice.flavour;
+            let chain = &s.iptables_chain;
+            Named::Iptables {
+                ipv4: observe_ipt(f, Family::Ipv4, chain, scan, entries),
+                ipv6: observe_ipt(f, Family::Ipv6, chain, scan, entries),
+                chain: chain.clone(),
+                choice,
             }
         }
-        (Some(Place::Iptables { flavour, chain }), _) => match scan.get(&(*flavour, family)) {
-            Some(Ok(Some(t))) => {
-                let view = t.family_view(chain, record::recorded(entries, *flavour, family, chain));
-                if view.is_absent() {
-                    FamilyObserved::Absent
-                } else {
-                    FamilyObserved::Iptables(view)
-                }
-            }
-            Some(Err(e)) => FamilyObserved::Unavailable { reason: e.clone() },
-            _ => FamilyObserved::Unavailable {
-                reason: format!(
-                    "`{}` not found: {}",
-                    flavour.save(family),
-                    exec::Package::Iptables.hint()
-                ),
-            },
-        },
     }
 }
 
@@ -293,30 +317,15 @@ pub fn observe(spec: Option<&NatSpec>) -> Result<NatObserved, NatError> {
     let entries = record::load();
     let tables: NftList = nftables::installed().then(nftables::list_tables);
     let scan = scan_iptables(&tables);
-    let mut out = NatObserved::default();
-    if let Some(s) = spec {
-        out.backend = Some(s.backend);
-        if s.backend == NatBackendKind::Iptables {
-            out.name = s.iptables_chain.clone();
-            let facts = host_facts(&scan, &entries, s.iptables == IptablesMode::Auto);
-            let choice = flavour::choose(s.iptables, &facts);
-            log_choice(&choice);
-            out.iptables = Some(choice);
-        } else {
-            out.name = s.nft_table.clone();
-        }
-    }
-    let named = named_place(spec, &out);
-    out.ipv4 = observe_named(named.as_ref(), Family::Ipv4, &tables, &scan, &entries);
-    out.ipv6 = observe_named(named.as_ref(), Family::Ipv6, &tables, &scan, &entries);
+    let named = observe_named(spec, &tables, &scan, &entries);
+    let place = named.place();
+    let mut found = Vec::new();
     if let Some(Ok(list)) = &tables {
-        out.found.extend(found_nftables(list, named.as_ref()));
+        found.extend(found_nftables(list, place.as_ref()));
     }
-    out.found
-        .extend(found_iptables(&scan, &entries, named.as_ref()));
-    out.found
-        .sort_by(|a, b| (a.family, &a.place).cmp(&(b.family, &b.place)));
-    Ok(out)
+    found.extend(found_iptables(&scan, &entries, place.as_ref()));
+    found.sort_by(|a, b| (a.family, &a.place).cmp(&(b.family, &b.place)));
+    Ok(NatObserved { named, found })
 }
 
 // -------------------------------------------------------------- writing --
@@ -403,19 +412,6 @@ fn check_in_place(g: &Guard, old: &NatOp) -> Result<(), NatError> {
             detail: pending.join("; "),
         })
     }
-}
-
-/// Remove everything [`cleanup_ops`] lists; returns what was removed.
-pub fn cleanup(spec: Option<&NatSpec>, observed: &NatObserved) -> Result<Vec<String>, NatError> {
-    let mut removed = Vec::new();
-    let mut errors = Vec::new();
-    for (items, op) in cleanup_ops(spec, observed) {
-        match apply(&op) {
-            Ok(()) => removed.extend(items),
-            Err(e) => errors.push(e),
-        }
-    }
-    NatError::collect(errors).map(|()| removed)
 }
 
 /// Fail with a message naming the package to install unless the backend's

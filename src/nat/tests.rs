@@ -167,22 +167,68 @@ fn ipt_seen(s: &NatSpec, family: Family) -> IptFamily {
     }
 }
 
+/// What a family held, in the tests' shorthand (mapped onto the backend's
+/// own [`Seen`] by [`observed`]).
+#[derive(Clone)]
+enum FamilyObserved {
+    Unavailable { reason: String },
+    Absent,
+    Nftables(NftFamily),
+    Iptables(IptFamily),
+}
+
+fn seen_nft(f: FamilyObserved) -> Seen<NftFamily> {
+    match f {
+        FamilyObserved::Unavailable { reason } => Seen::Unavailable { reason },
+        FamilyObserved::Absent => Seen::Absent,
+        FamilyObserved::Nftables(t) => Seen::Present(t),
+        FamilyObserved::Iptables(_) => unreachable!("an iptables chain in an nftables place"),
+    }
+}
+
+fn seen_ipt(f: FamilyObserved) -> Seen<IptFamily> {
+    match f {
+        FamilyObserved::Unavailable { reason } => Seen::Unavailable { reason },
+        FamilyObserved::Absent => Seen::Absent,
+        FamilyObserved::Iptables(t) => Seen::Present(t),
+        FamilyObserved::Nftables(_) => unreachable!("an nftables table in an iptables place"),
+    }
+}
+
 fn observed(
     kind: NatBackendKind,
     name: &str,
     ipv4: FamilyObserved,
     ipv6: FamilyObserved,
 ) -> NatObserved {
+    let named = match kind {
+        NatBackendKind::Nftables => Named::Nftables {
+            table: name.into(),
+            ipv4: seen_nft(ipv4),
+            ipv6: seen_nft(ipv6),
+        },
+        NatBackendKind::Iptables => Named::Iptables {
+            choice: FlavourChoice {
+                flavour: Flavour::Nft,
+                reason: "auto: no nat rules on the host; `iptables` is iptables-nft".into(),
+            },
+            chain: name.into(),
+            ipv4: seen_ipt(ipv4),
+            ipv6: seen_ipt(ipv6),
+        },
+    };
     NatObserved {
-        backend: Some(kind),
-        name: name.into(),
-        iptables: (kind == NatBackendKind::Iptables).then(|| FlavourChoice {
-            flavour: Flavour::Nft,
-            reason: "auto: no nat rules on the host; `iptables` is iptables-nft".into(),
-        }),
-        ipv4,
-        ipv6,
+        named,
         found: vec![],
+    }
+}
+
+/// `o` with its IPv4 family absent.
+fn ipv4_absent(o: &mut NatObserved) {
+    match &mut o.named {
+        Named::Nftables { ipv4, .. } => *ipv4 = Seen::Absent,
+        Named::Iptables { ipv4, .. } => *ipv4 = Seen::Absent,
+        Named::Null => {}
     }
 }
 
@@ -377,10 +423,7 @@ fn plan_nft_drift() {
             edit(&|x| x.chain = Some("type nat hook postrouting priority 0; policy accept".into())),
         ),
         ("dormant", edit(&|x| x.table_flags = true)),
-        (
-            "table deleted",
-            nft_obs(good.clone()).tap(|o| o.ipv4 = FamilyObserved::Absent),
-        ),
+        ("table deleted", nft_obs(good.clone()).tap(ipv4_absent)),
     ];
     let mut out = String::new();
     for (name, obs) in cases {
@@ -403,10 +446,7 @@ fn plan_iptables_drift() {
         ipt_obs(x)
     };
     let cases: Vec<(&str, NatObserved)> = vec![
-        (
-            "absent",
-            ipt_obs(good.clone()).tap(|o| o.ipv4 = FamilyObserved::Absent),
-        ),
+        ("absent", ipt_obs(good.clone()).tap(ipv4_absent)),
         ("rule deleted", edit(&|x| drop(x.rules.remove(2)))),
         ("reordered", edit(&|x| x.rules.swap(3, 5))),
         ("duplicated", edit(&|x| x.rules.push(x.rules[0].clone()))),
@@ -635,8 +675,12 @@ fn plan_ownership_and_adoption() {
         jump_positions: vec![2],
         recorded: false,
     };
-    let mut obs = ipt_obs(flannel.clone());
-    obs.name = "FLANNEL-POSTRTG".into();
+    let obs = observed(
+        NatBackendKind::Iptables,
+        "FLANNEL-POSTRTG",
+        FamilyObserved::Iptables(flannel.clone()),
+        FamilyObserved::Absent,
+    );
     let p = case("iptables: flannel's chain, adopted as it is", &f, &obs);
     assert_eq!(p.changes.len(), 1, "{p}");
     let c = &p.changes[0];
@@ -653,8 +697,12 @@ fn plan_ownership_and_adoption() {
         recorded: true,
         ..flannel.clone()
     };
-    let mut obs = ipt_obs(recorded);
-    obs.name = "FLANNEL-POSTRTG".into();
+    let obs = observed(
+        NatBackendKind::Iptables,
+        "FLANNEL-POSTRTG",
+        FamilyObserved::Iptables(recorded),
+        FamilyObserved::Absent,
+    );
     assert!(plan(Some(&f), &obs).in_sync());
     // flannel's chain with another node's subnets: a conflict
     let stale = IptFamily {
@@ -665,8 +713,12 @@ fn plan_ownership_and_adoption() {
             .collect(),
         ..flannel
     };
-    let mut obs = ipt_obs(stale);
-    obs.name = "FLANNEL-POSTRTG".into();
+    let obs = observed(
+        NatBackendKind::Iptables,
+        "FLANNEL-POSTRTG",
+        FamilyObserved::Iptables(stale),
+        FamilyObserved::Absent,
+    );
     let p = case("iptables: flannel's chain with other subnets", &f, &obs);
     assert!(p.changes.is_empty() && p.blocked.len() == 1, "{p}");
     insta::assert_snapshot!(out);

@@ -297,8 +297,12 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
 /// their name (the kernel drops their addresses, neighbours, FDB entries
 /// and routes with them), and routes and nexthops elsewhere that carry one
 /// of its route protocols (the current one and those in its record).
-/// Nothing foreign is ever in it. NAT is removed by the NAT backend; the
-/// lease file is left for the pods that still read it.
+/// Then every NAT table/chain of netconverge's, wherever it is
+/// ([`nat::cleanup`]). Nothing foreign is ever in it. The lease file is left
+/// for the pods that still read it. An ordinary plan: `cleanup` applies and
+/// verifies it like any other, and `cleanup --check` prints it.
 pub fn cleanup_plan(desired: &Desired, observed: &Observed) -> Plan {
-    kernel::cleanup(desired, observed)
+    let mut out = kernel::cleanup(desired, observed);
+    out.extend(nat::cleanup(&observed.nat));
+    out
 }
