@@ -364,6 +364,7 @@ fn cleanup_removes_only_ours(backend: Backend) {
 
     // --check lists exactly what cleanup will remove, and removes nothing
     let text = ns.netconverge_exits(&cfg, &["cleanup", "--check"], 0);
+    let preview = text.clone();
     assert!(text.contains("- vxlan flannel.1: cleanup"), "{text}");
     for l in &nat_lines {
         assert!(
@@ -378,6 +379,18 @@ fn cleanup_removes_only_ours(backend: Backend) {
     for l in &nat_lines {
         assert!(text.contains(l), "want {l:?} in:\n{text}");
     }
+    // one plan: cleanup printed (and did) exactly what --check listed
+    let lines = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("- "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lines(&text),
+        lines(&preview),
+        "cleanup differs from its --check"
+    );
     assert_eq!(ours_present(&ns, backend), [false, false]);
     assert_eq!(ipt_ours(&ns, "ipv4"), "");
     assert_eq!(ipt_ours(&ns, "ipv6"), "");
