@@ -35,6 +35,11 @@ pub async fn observe_all(
         Some(dir) => crate::record::past_protocols(&dir, desired.engine.route_protocol)?,
         None => Default::default(),
     };
+    // One state directory for both records: the NAT adoption record
+    // follows the same rule as the kernel record (env, then the file).
+    if let Some(dir) = crate::record::state_dir(desired) {
+        crate::nat::record::set_dir(dir);
+    }
     let mut observed = observe::observe_owning(handle, desired, &past).await?;
     let nat = desired.nat.clone();
     let lease = desired.lease.clone();

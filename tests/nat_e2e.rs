@@ -909,14 +909,20 @@ fn flannel_chain_adopted_through_the_binary(flavour: &str) {
         !text.contains("edited") && !text.contains("jump from POSTROUTING"),
         "{text}"
     );
+    // `state_dir` from the file (no env override): both records live there
+    // (a decoy STATE_DIRECTORY must not attract the NAT record).
     let state = dir.path().join("nc-state");
+    let decoy = dir.path().join("decoy");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("state_dir = \"{}\"\n{text}", state.display())).unwrap();
     let b = bin();
     let c = cfg.to_str().unwrap();
-    let env = format!("NETCONVERGE_STATE_DIR={}", state.display());
-    let out = ns.exec_output(&["env", &env, &b, "-c", c, "converge"]);
+    let decoy_env = format!("STATE_DIRECTORY={}", decoy.display());
+    let env = ["env", "NETCONVERGE_STATE_DIR=", decoy_env.as_str()];
+    let out = ns.exec_output(&[&env[..], &[b.as_str(), "-c", c, "converge"]].concat());
     assert!(out.status.success(), "{out:?}");
     assert_eq!(saved(&ns), before, "adoption changed the kernel");
-    let out = ns.exec_output(&["env", &env, &b, "-c", c, "converge", "--check"]);
+    let out = ns.exec_output(&[&env[..], &[b.as_str(), "-c", c, "converge", "--check"]].concat());
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("in sync"),
         "{out:?}"
@@ -928,6 +934,14 @@ fn flannel_chain_adopted_through_the_binary(flavour: &str) {
         .filter(|e| e.file_name().to_string_lossy().starts_with("nat-adopted-"))
         .collect();
     assert_eq!(records.len(), 1, "one adoption record for this namespace");
+    assert!(
+        state.join("kernel-record.json").exists(),
+        "kernel record beside it"
+    );
+    assert!(
+        !decoy.exists(),
+        "a record went to STATE_DIRECTORY, not state_dir"
+    );
 }
 
 variants!(flannel_chain_adopted_through_the_binary:
