@@ -8,12 +8,13 @@
 //! underlay address of the wrong family, a multicast or zero VTEP MAC, or a
 //! MAC or underlay address another accepted Node already has, is left out
 //! with a [`Skip`] naming the Node and the field — it never fails the whole
-//! selection, and never changes what the other Nodes contribute. What is
+//! selection, and never changes what the older Nodes contribute. What is
 //! accepted is therefore a valid fleet by construction (disjoint subnets,
 //! distinct addresses and MACs), so [`super::fleet::expand`] turns it into
 //! peers exactly as it does a hand-written `[[fleet.node]]` list. Nodes are
-//! judged in name order with this node first, so the outcome does not depend
-//! on the API's list order. O(n log n) in the number of Nodes.
+//! judged this node first, then oldest first, so the outcome does not depend
+//! on the API's list order and a newcomer cannot displace an established
+//! Node. O(n log n) in the number of Nodes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -127,6 +128,9 @@ pub struct NodeView {
     pub pod_cidrs: Vec<String>,
     /// `status.addresses` of type `InternalIP`.
     pub internal_ips: Vec<String>,
+    /// `metadata.creationTimestamp` (RFC 3339, UTC): of two Nodes claiming
+    /// the same subnet, address or MAC, the older one keeps it.
+    pub created: Option<String>,
 }
 
 impl NodeView {
@@ -175,11 +179,16 @@ impl NodeView {
                     .collect()
             })
             .unwrap_or_default();
+        let created = meta
+            .get("creationTimestamp")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
         Some(NodeView {
             name,
             annotations,
             pod_cidrs,
             internal_ips,
+            created,
         })
     }
 }
@@ -561,10 +570,14 @@ fn conflict(t: &Taken, n: &FleetNode, spec: &KubeSpec) -> Option<Bad> {
     None
 }
 
-/// Judges every Node: this node first, then the rest in name order.
+/// Judges every Node: this node first, then the rest oldest first (by
+/// `creationTimestamp`, then name; Nodes without one last), so a Node that
+/// joins later can never take what an established one has.
 pub fn select(spec: &KubeSpec, nodes: &[NodeView]) -> Selection {
     let mut order: Vec<&NodeView> = nodes.iter().collect();
-    order.sort_by(|a, b| a.name.cmp(&b.name));
+    order.sort_by(|a, b| {
+        (a.created.is_none(), &a.created, &a.name).cmp(&(b.created.is_none(), &b.created, &b.name))
+    });
     let mut sel = Selection {
         nodes: Vec::with_capacity(order.len()),
         skipped: Vec::new(),
