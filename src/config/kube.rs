@@ -323,7 +323,7 @@ type Bad = (String, String);
 
 /// The podCIDR of `fam` among `cidrs` (at most two, as flannel requires),
 /// inside the cluster network.
-fn pod_cidr(spec: &KubeSpec, v: &NodeView, kf: &KubeFamily) -> Result<IpNet, Bad> {
+fn pod_cidr(v: &NodeView, kf: &KubeFamily) -> Result<IpNet, Bad> {
     let field = || "spec.podCIDRs".to_string();
     if v.pod_cidrs.len() > 2 {
         return Err((
@@ -340,7 +340,6 @@ fn pod_cidr(spec: &KubeSpec, v: &NodeView, kf: &KubeFamily) -> Result<IpNet, Bad
             found = Some(n.trunc());
         }
     }
-    let _ = spec;
     let n = found.ok_or_else(|| (field(), format!("no {} podCIDR", fam_name(kf.family))))?;
     if !kf.network.contains(&n) {
         return Err((
@@ -459,7 +458,7 @@ fn judge_peer(spec: &KubeSpec, v: &NodeView) -> Result<FleetNode, Skip> {
     for kf in &spec.families {
         let f = kf.family;
         n.subnet
-            .insert(f, pod_cidr(spec, v, kf).map_err(|b| skip(b, true))?);
+            .insert(f, pod_cidr(v, kf).map_err(|b| skip(b, true))?);
         n.address.insert(
             f,
             family_ip(spec, v, ip_key(f), f).map_err(|b| skip(b, true))?,
@@ -489,7 +488,7 @@ fn judge_me(
     }
     for kf in &spec.families {
         let f = kf.family;
-        let s = pod_cidr(spec, v, kf).map_err(|(k, r)| format!("`{k}`: {r}"))?;
+        let s = pod_cidr(v, kf).map_err(|(k, r)| format!("`{k}`: {r}"))?;
         n.subnet.insert(f, s);
         let addr = v
             .internal_ips

@@ -124,10 +124,9 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// The Node views the task keeps, and what it has published.
+/// The Node views the task keeps (what it last published).
 struct Kept {
     nodes: BTreeMap<String, NodeView>,
-    synced: bool,
 }
 
 impl Kept {
@@ -144,7 +143,6 @@ impl Kept {
 async fn watch_task(api: Api<Node>, spec: KubeSpec, tx: tokio::sync::watch::Sender<WatchState>) {
     let mut kept = Kept {
         nodes: BTreeMap::new(),
-        synced: false,
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -166,7 +164,6 @@ async fn watch_task(api: Api<Node>, spec: KubeSpec, tx: tokio::sync::watch::Send
                     if let Some(l) = listing.take() {
                         info!("kubernetes: listed {} Node(s)", l.len());
                         kept.nodes = l;
-                        kept.synced = true;
                         kept.publish(&tx);
                         backoff = BACKOFF_MIN;
                     }
@@ -211,6 +208,5 @@ async fn watch_task(api: Api<Node>, spec: KubeSpec, tx: tokio::sync::watch::Send
         });
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        let _ = kept.synced;
     }
 }
