@@ -604,3 +604,87 @@ fn real_cluster_peers_and_annotations() {
     assert_eq!(code(&out), 1, "{text}");
     assert!(text.contains("flannel.1"), "{text}");
 }
+
+/// A node migrating from flannel: flannel.1 (flannel's, MAC published in the
+/// Node) and flannel's `proto boot` peer route exist. Without `adopt` they
+/// are foreign: blocked, untouched. With `[fleet.kubernetes] adopt = true`
+/// the device is taken over in place (same ifindex, same MAC: no peer has to
+/// change) and the route becomes ours.
+#[test]
+fn migrating_node_adopts_flannels_device_in_place() {
+    let ns = Netns::node("kubemig", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path());
+    let mine_mac = "0a:00:00:00:00:0a";
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        UNDERLAY_V4,
+        "dev",
+        "nc-under",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&[
+        "link",
+        "set",
+        "flannel.1",
+        "address",
+        mine_mac,
+        "mtu",
+        "1450",
+        "up",
+    ]);
+    ns.ip(&["addr", "add", "198.18.1.0/32", "dev", "flannel.1"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "198.18.2.0/24",
+        "via",
+        "198.18.2.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    let index = ns.link("flannel.1").unwrap()["ifindex"].clone();
+    let mut mine = flannel_node("node-a", "198.18.1.0/24", UNDERLAY_V4, mine_mac);
+    mine["status"]["addresses"] = json!([{"type": "InternalIP", "address": UNDERLAY_V4}]);
+    let _api = StandIn::start(
+        &ns,
+        dir.path(),
+        &[
+            mine,
+            flannel_node("node-b", "198.18.2.0/24", "192.0.2.12", MAC_B),
+        ],
+        1000,
+    );
+    let foreign = config(dir.path(), &kc, "");
+    let out = ns.netconverge(&foreign, &["converge"]);
+    assert_ne!(
+        code(&out),
+        0,
+        "flannel's device is not ours: {}",
+        stdout_stderr(&out)
+    );
+    assert_eq!(ns.link("flannel.1").unwrap()["ifindex"], index, "untouched");
+
+    let adopting = config(dir.path(), &kc, "adopt = true\n");
+    let out = ns.netconverge(&adopting, &["converge"]);
+    assert_eq!(code(&out), 0, "{}", stdout_stderr(&out));
+    assert_eq!(
+        ns.link("flannel.1").unwrap()["ifindex"],
+        index,
+        "taken over in place"
+    );
+    assert_eq!(device_mac(&ns), mine_mac, "the published MAC stays");
+    assert!(has_peer(&ns, "198.18.2.0/24", MAC_B, "192.0.2.12"));
+    let out = ns.netconverge(&adopting, &["converge", "--check"]);
+    assert_eq!(code(&out), 0, "in sync: {}", stdout_stderr(&out));
+}

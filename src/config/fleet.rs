@@ -948,7 +948,8 @@ fn node_vxlan(
             (Family::Ipv6, Field::Given(m)) => Field::Given(m.clone()),
             _ => me.mac.clone(),
         },
-        adopt: None,
+        // `[fleet.kubernetes] adopt`: take over flannel's device in place
+        adopt: fleet.kubernetes.as_ref().and_then(|k| k.adopt.clone()),
         mtu: Field::Absent,
         learning: Some(Sp {
             v: false,

@@ -24,6 +24,7 @@ const KUBE_KEYS: Keys = &[
         "annotation_prefix = \"flannel.alpha.coreos.com\"",
     ),
     ("publish", "publish = true"),
+    ("adopt", "adopt = true"),
 ];
 
 /// `[fleet.kubernetes]` as read (present whenever `source = "kubernetes"`).
@@ -32,6 +33,9 @@ pub(crate) struct RawKube {
     pub(crate) kubeconfig: Field<PathBuf>,
     pub(crate) annotation_prefix: Option<Sp<String>>,
     pub(crate) publish: Option<Sp<bool>>,
+    /// Take over a VXLAN device of the fleet's name that flannel created
+    /// (a node migrating from flannel), with the peer routes on it.
+    pub(crate) adopt: Option<Sp<bool>>,
 }
 
 fn prefix(s: &str) -> Result<String, Bad> {
@@ -65,6 +69,7 @@ pub(crate) fn read(
         kubeconfig: Field::Absent,
         annotation_prefix: None,
         publish: None,
+        adopt: None,
     };
     if let Some(mut t) = table {
         let span = t.span;
@@ -76,6 +81,7 @@ pub(crate) fn read(
                     .parsed(d, "annotation_prefix", prefix)
                     .or_default(DEFAULT_PREFIX.to_string(), span);
                 raw.publish = ks.bool(d, "publish").or_default(true, span);
+                raw.adopt = ks.bool(d, "adopt").given().cloned();
                 ks.finish(d);
             }
             other => d.error(
