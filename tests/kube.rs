@@ -688,3 +688,63 @@ fn migrating_node_adopts_flannels_device_in_place() {
     let out = ns.netconverge(&adopting, &["converge", "--check"]);
     assert_eq!(code(&out), 0, "in sync: {}", stdout_stderr(&out));
 }
+
+/// Dual-stack: both devices, both families' peers (backend-v6-data,
+/// public-ipv6), and the PATCH carries both families' annotations.
+#[test]
+fn dual_stack_peers_and_patch_carry_both_families() {
+    let ns = Netns::node("kubedual", Stack::Dual);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path());
+    let d = dir.path().display();
+    let cfg = write_config(
+        dir.path(),
+        "kube.toml",
+        &format!(
+            "node_name = \"node-a\"\n[fleet]\nsource = \"kubernetes\"\nnetwork = \"198.18.0.0/16\"\nipv6_network = \"fd00:42::/48\"\n[fleet.kubernetes]\nkubeconfig = \"{}\"\n[lease]\npath = \"{d}/subnet.env\"\nstate_dir = \"{d}/state\"\n",
+            kc.display()
+        ),
+    );
+    let mut mine = me("198.18.1.0/24", UNDERLAY_V4);
+    mine["spec"]["podCIDRs"] = json!(["198.18.1.0/24", "fd00:42:0:1::/64"]);
+    mine["status"]["addresses"] = json!([
+        {"type": "InternalIP", "address": UNDERLAY_V4},
+        {"type": "InternalIP", "address": common::UNDERLAY_V6}
+    ]);
+    let mut b = flannel_node("node-b", "198.18.2.0/24", "192.0.2.12", MAC_B);
+    b["spec"]["podCIDRs"] = json!(["198.18.2.0/24", "fd00:42:0:2::/64"]);
+    let ann = b["metadata"]["annotations"].as_object_mut().unwrap();
+    ann.insert(
+        format!("{P}/backend-v6-data"),
+        json!("{\"VNI\":1,\"VtepMAC\":\"0a:00:00:00:06:02\"}"),
+    );
+    ann.insert(format!("{P}/public-ipv6"), json!("2001:db8::12"));
+    let api = StandIn::start(&ns, dir.path(), &[mine, b], 1000);
+    let out = ns.netconverge(&cfg, &["converge"]);
+    assert_eq!(code(&out), 0, "{}", stdout_stderr(&out));
+    assert!(has_peer(&ns, "198.18.2.0/24", MAC_B, "192.0.2.12"));
+    let fdb6: Vec<(String, String)> = ns
+        .bridge_list(&["fdb", "show", "dev", "flannel-v6.1"])
+        .iter()
+        .filter_map(|e| Some((e["mac"].as_str()?.into(), e["dst"].as_str()?.into())))
+        .collect();
+    assert!(
+        fdb6.contains(&("0a:00:00:00:06:02".into(), "2001:db8::12".into())),
+        "{fdb6:?}"
+    );
+    let r6 = ns.ip_list(&["-6", "route", "show", "dev", "flannel-v6.1"]);
+    assert!(format!("{r6:?}").contains("fd00:42:0:2::/64"), "{r6:?}");
+    let p = &api.patches()[0];
+    let ann = p["body"]["metadata"]["annotations"].as_object().unwrap();
+    let mac6 = ns.link("flannel-v6.1").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ann[&format!("{P}/public-ipv6")], common::UNDERLAY_V6, "{p}");
+    assert_eq!(
+        ann[&format!("{P}/backend-v6-data")],
+        format!("{{\"VNI\":1,\"VtepMAC\":\"{mac6}\"}}"),
+        "{p}"
+    );
+    assert_eq!(ann.len(), 6, "{p}");
+}
