@@ -58,6 +58,12 @@ let
 
   generatedConfig = settingsFormat.generate "netconverge.toml" effectiveSettings;
 
+  # `fleet.source = "kubernetes"` on a k3s server: the API netconverge waits
+  # for (READY=1 only after the first list of Nodes) is served by this very
+  # k3s, so k3s must not wait for netconverge (docs/kubernetes.md).
+  kubeSource = fleetSettings != null && (fleetSettings.source or "file") == "kubernetes";
+  apiIsLocal = kubeSource && config.services.k3s.enable && (config.services.k3s.role or "server") == "server";
+
   # Like nginx's and prometheus' checks: a config the binary rejects fails
   # the system build instead of the service at boot. `validate` reads only
   # the file (no kernel, no machine-id), so it runs in the build sandbox.
@@ -168,7 +174,7 @@ in
             "network-pre.target"
             "NetworkManager.service"
           ];
-          before = [
+          before = lib.optionals (!apiIsLocal) [
             "k3s.service"
             "k3s-agent.service"
             "kubelet.service"
@@ -273,7 +279,7 @@ in
 
       # k3s starts only after netconverge is READY, and not at all if it
       # failed. Only the unit is touched, no services.k3s option.
-      (lib.mkIf config.services.k3s.enable {
+      (lib.mkIf (config.services.k3s.enable && !apiIsLocal) {
         systemd.services.k3s = {
           after = [ "netconverge.service" ];
           requires = [ "netconverge.service" ];

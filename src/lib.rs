@@ -12,6 +12,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod kube;
 pub mod lease;
 pub mod logging;
 pub mod model;

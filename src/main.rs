@@ -267,7 +267,18 @@ fn real_main() -> ExitCode {
     } else {
         config::Purpose::Converge
     };
-    let desired = match load(&cli.config, cli.node.as_deref(), needs_seed, purpose) {
+    let kube = match kube_source(&cli) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let cluster = kube.as_ref().and_then(|k| k.selection.as_ref());
+    let desired = match load(
+        &cli.config,
+        cli.node.as_deref(),
+        needs_seed,
+        purpose,
+        cluster,
+    ) {
         Ok(d) => d,
         Err(errors) => {
             out::eprint(&errors);
@@ -309,7 +320,58 @@ fn real_main() -> ExitCode {
         Err(e) => return fail(code::SYSTEM, &format!("cannot start runtime: {e}")),
     };
     // `_lock` lives until here: a daemon holds it for its whole life.
-    runtime.block_on(async_main(cli, desired))
+    runtime.block_on(async_main(cli, desired, kube))
+}
+
+/// `[fleet] source = "kubernetes"`: the settings, and for the one-shot
+/// commands that converge or read state, one list of the Nodes.
+struct KubeRun {
+    spec: config::KubeSpec,
+    selection: Option<config::Selection>,
+}
+
+fn kube_source(cli: &Cli) -> Result<Option<KubeRun>, ExitCode> {
+    let lists = match cli.command {
+        Command::Run => false,
+        Command::Converge { reload: false, .. } | Command::Show { .. } => true,
+        _ => return Ok(None),
+    };
+    let select = config::NodeSelect::from_system(cli.node.clone());
+    // A broken file is reported by `load`, with every other error.
+    let Ok(Some(spec)) = config::load_kube_source(&cli.config, &select) else {
+        return Ok(None);
+    };
+    if !lists {
+        return Ok(Some(KubeRun {
+            spec,
+            selection: None,
+        }));
+    }
+    let listed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(netconverge::kube::select_once(&spec))
+                .map_err(|e| e.to_string())
+        });
+    match listed {
+        Ok(sel) => {
+            for s in sel.skipped.iter().filter(|s| s.warn) {
+                out::eprintln(format_args!("netconverge: warning: {s}"));
+            }
+            Ok(Some(KubeRun {
+                spec,
+                selection: Some(sel),
+            }))
+        }
+        Err(e) => Err(fail(
+            code::SYSTEM,
+            &format!(
+                "cannot list the Nodes ([fleet] source = \"kubernetes\"): {e}; nothing was changed"
+            ),
+        )),
+    }
 }
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
@@ -541,9 +603,10 @@ fn load(
     node: Option<&str>,
     needs_seed: bool,
     purpose: config::Purpose,
+    cluster: Option<&config::Selection>,
 ) -> Result<Desired, ConfigErrors> {
     let select = config::NodeSelect::from_system(node.map(str::to_string));
-    let mut desired = config::load_for(path, &select, purpose)?;
+    let mut desired = config::load_cluster(path, &select, purpose, cluster)?;
     if desired.mac_seed.is_none() {
         desired.mac_seed = machine_id();
     }
@@ -573,7 +636,7 @@ fn fail(code: u8, msg: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
+async fn async_main(cli: Cli, desired: Desired, kube: Option<KubeRun>) -> ExitCode {
     let handle = match netconverge::netlink::connect() {
         Ok(h) => h,
         Err(e) => return fail(code::SYSTEM, &e.to_string()),
@@ -602,6 +665,26 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
         } => match engine::converge(&handle, &desired, 3).await {
             Ok(outcome) => {
                 print_outcome(&outcome, format);
+                if let Some(KubeRun {
+                    spec,
+                    selection: Some(sel),
+                }) = &kube
+                    && outcome.converged()
+                {
+                    match netconverge::kube::publish_once(spec, sel, &outcome.observed).await {
+                        Ok(Some(body)) => out::eprintln(format_args!(
+                            "netconverge: published {body} on Node {}",
+                            spec.node_name
+                        )),
+                        Ok(None) => {}
+                        Err(e) => {
+                            out::eprintln(format_args!(
+                                "netconverge: cannot publish this node's annotations: {e}"
+                            ));
+                            return ExitCode::from(code::SYSTEM);
+                        }
+                    }
+                }
                 ExitCode::from(if outcome.converged() {
                     code::OK
                 } else if outcome.permission_denied() {
@@ -636,12 +719,20 @@ async fn async_main(cli: Cli, desired: Desired) -> ExitCode {
             drop(handle);
             let path = cli.config.clone();
             let node = cli.node.clone();
-            let loader: netconverge::daemon::Loader =
-                Box::new(move || load(&path, node.as_deref(), true, config::Purpose::Converge));
+            let loader: netconverge::daemon::Loader = Box::new(move |sel| {
+                load(&path, node.as_deref(), true, config::Purpose::Converge, sel)
+            });
+            let source = match kube {
+                Some(k) => match netconverge::daemon::kubewatch::KubeSource::start(k.spec).await {
+                    Ok(s) => Some(s),
+                    Err(e) => return fail(code::SYSTEM, &e.to_string()),
+                },
+                None => None,
+            };
             // D-Bus lives in its own task; without a bus it only logs once
             let follower = (desired.daemon.networkmanager == NmMode::Auto)
                 .then(|| nm::spawn(nm::underlays(&desired)));
-            match netconverge::daemon::run(desired, loader, follower).await {
+            match netconverge::daemon::run_with_kube(desired, loader, follower, source).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(code::SYSTEM, &e.to_string()),
             }

@@ -35,6 +35,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("record", &["model", "plan", "lease"]),
     // The conflist is read and written like the lease file.
     ("cni", &["model", "plan", "lease"]),
+    // The Kubernetes API (list/watch/PATCH of Nodes): it hands Node views to
+    // config's judge and reads device MACs from an observation.
+    ("kube", &["config", "model"]),
     (
         "observe",
         &["model", "plan", "nat", "lease", "cni", "netlink", "record"],
@@ -56,14 +59,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
-            "record", "engine", "logging",
+            "record", "engine", "logging", "kube",
         ],
     ),
     (
         "main",
         &[
             "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
-            "record", "engine", "daemon", "logging", "show",
+            "record", "engine", "daemon", "logging", "show", "kube",
         ],
     ),
 ];

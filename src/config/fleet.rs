@@ -36,6 +36,8 @@ pub(crate) const FLEET_KEYS: Keys = &[
     ("ipv6_device", "ipv6_device = \"flannel-v6.1\""),
     ("underlay", "underlay = \"eth0\""),
     ("node", "[[fleet.node]]"),
+    ("source", "source = \"kubernetes\""),
+    ("kubernetes", "[fleet.kubernetes]"),
 ];
 
 const NODE_KEYS: Keys = &[
@@ -91,6 +93,9 @@ pub(crate) struct RawNode {
     subnet: Field<IpNet>,
     ipv6_subnet: Field<IpNet>,
     mac: Field<Mac>,
+    /// The IPv6 device's MAC when it differs from `mac` (only Nodes from
+    /// the Kubernetes API: flannel publishes one VtepMAC per family).
+    ipv6_mac: Field<Mac>,
 }
 
 impl RawNode {
@@ -124,6 +129,8 @@ pub(crate) struct RawFleet {
     ipv6_device: Option<Sp<String>>,
     underlay: Field<String>,
     nodes: Vec<RawNode>,
+    /// `source = "kubernetes"`: the nodes come from the API (issue 15).
+    pub(crate) kubernetes: Option<super::kube_schema::RawKube>,
     /// No error inside [fleet] while reading it.
     ok: bool,
 }
@@ -148,6 +155,54 @@ impl RawFleet {
         FAMILIES
             .into_iter()
             .filter_map(|f| self.network(f).given().map(|n| (f, n)))
+    }
+}
+
+impl RawFleet {
+    /// Where the [fleet] table starts.
+    pub(crate) fn header_span(&self) -> Span {
+        self.header
+    }
+
+    /// The Kubernetes source's settings, when `source = "kubernetes"` and
+    /// the fleet's keys read cleanly. This node's name is chosen as for a
+    /// file fleet (`--node`, `NETCONVERGE_NODE`, `node_name`, hostname).
+    pub(crate) fn kube_spec(
+        &self,
+        node_name: Option<&Sp<String>>,
+        sel: &NodeSelect,
+    ) -> Option<super::kube::KubeSpec> {
+        let k = self.kubernetes.as_ref()?;
+        if !self.ok {
+            return None;
+        }
+        let name = sel
+            .flag
+            .clone()
+            .or_else(|| sel.env.clone())
+            .or_else(|| node_name.map(|n| n.v.clone()))
+            .or_else(|| sel.hostname.clone())?;
+        let families = self
+            .families()
+            .filter_map(|(f, net)| {
+                self.device(f).map(|dev| super::kube::KubeFamily {
+                    family: f,
+                    network: net.v,
+                    device: dev.v.clone(),
+                })
+            })
+            .collect();
+        Some(super::kube::KubeSpec {
+            kubeconfig: k.kubeconfig.given().map(|p| p.v.clone()),
+            annotation_prefix: k
+                .annotation_prefix
+                .as_ref()
+                .map_or_else(|| super::kube::DEFAULT_PREFIX.to_string(), |p| p.v.clone()),
+            publish: k.publish.as_ref().is_none_or(|p| p.v),
+            node_name: name,
+            vni: self.vni.as_ref().map_or(1, |v| v.v),
+            families,
+        })
     }
 }
 
@@ -249,6 +304,7 @@ pub(crate) fn read(mut s: Section<'_>, d: &mut Diags<'_>) -> RawFleet {
             }
         }
     };
+    let kubernetes = super::kube_schema::read(&mut s, h, !nodes.is_empty(), d);
     s.finish(d);
     RawFleet {
         header: h,
@@ -260,6 +316,7 @@ pub(crate) fn read(mut s: Section<'_>, d: &mut Diags<'_>) -> RawFleet {
         ipv6_device,
         underlay,
         nodes,
+        kubernetes,
         ok: d.len() == before,
     }
 }
@@ -290,6 +347,7 @@ fn read_node(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNode {
         subnet,
         ipv6_subnet,
         mac,
+        ipv6_mac: Field::Absent,
     }
 }
 
@@ -297,7 +355,10 @@ fn read_node(mut s: Section<'_>, d: &mut Diags<'_>) -> RawNode {
 
 /// The VTEP MAC of `n` on `device`: its own `mac`, else derived from its name
 /// exactly as that node derives it for itself.
-fn vtep_mac(n: &RawNode, device: &str) -> Option<Sp<Mac>> {
+fn vtep_mac(n: &RawNode, fam: Family, device: &str) -> Option<Sp<Mac>> {
+    if let (Family::Ipv6, Field::Given(m)) = (fam, &n.ipv6_mac) {
+        return Some(m.clone());
+    }
     match (&n.mac, &n.name) {
         (Field::Given(m), _) => Some(m.clone()),
         (Field::Absent, Some(name)) => Some(Sp {
@@ -552,7 +613,7 @@ fn node_mac<'f>(
     let Some((dev, mac)) = f
         .device(fam)
         .filter(|dev| !mac_devs.contains(&dev.v.as_str()))
-        .and_then(|dev| vtep_mac(n, &dev.v).map(|m| (dev, m)))
+        .and_then(|dev| vtep_mac(n, fam, &dev.v).map(|m| (dev, m)))
     else {
         return;
     };
@@ -742,11 +803,34 @@ fn poison(raw: &mut Raw) {
 /// Checks `raw.fleet` and expands it into `raw` for the node `sel` picks.
 /// Returns the VXLAN devices whose underlay is the interface holding their
 /// `local` address (see [`crate::model::Desired::underlay_by_local`]).
-pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTreeSet<String> {
+pub(crate) fn expand(
+    raw: &mut Raw,
+    sel: &NodeSelect,
+    cluster: Option<&super::kube::Selection>,
+    d: &mut Diags<'_>,
+) -> BTreeSet<String> {
     let mut by_local = BTreeSet::new();
-    let Some(fleet) = raw.fleet.take() else {
+    let Some(mut fleet) = raw.fleet.take() else {
         return by_local;
     };
+    if fleet.kubernetes.is_some() {
+        // The nodes come from the API: without them (validate, cleanup)
+        // only the file itself is checked.
+        let Some(c) = cluster.filter(|_| fleet.ok) else {
+            poison(raw);
+            return by_local;
+        };
+        if let Some(problem) = &c.me_problem {
+            d.error(
+                fleet.header,
+                format!("this node cannot join the fleet from the Kubernetes API: {problem}"),
+                "check `node_name` (or --node) against `kubectl get nodes`; a new Node needs its podCIDR (kube-controller-manager --allocate-node-cidrs) and an InternalIP",
+            );
+            poison(raw);
+            return by_local;
+        }
+        fleet.nodes = c.nodes.iter().map(|n| api_node(n, fleet.header)).collect();
+    }
     let before = d.len();
     check(&fleet, d);
     let me = select(&fleet, raw.node_name.as_ref(), sel, d);
@@ -812,6 +896,33 @@ pub(crate) fn expand(raw: &mut Raw, sel: &NodeSelect, d: &mut Diags<'_>) -> BTre
     by_local
 }
 
+/// A Node from the Kubernetes API as a [[fleet.node]] entry, positioned at
+/// the [fleet] header (it was written nowhere in the file).
+fn api_node(n: &super::kube::FleetNode, header: Span) -> RawNode {
+    fn field<T: Copy>(
+        f: Family,
+        m: &std::collections::BTreeMap<Family, T>,
+        span: Span,
+    ) -> Field<T> {
+        m.get(&f)
+            .copied()
+            .map_or(Field::Absent, |v| Field::Given(Sp { v, span }))
+    }
+    RawNode {
+        header,
+        name: Some(Sp {
+            v: n.name.clone(),
+            span: header,
+        }),
+        address: field(Family::Ipv4, &n.address, header),
+        ipv6_address: field(Family::Ipv6, &n.address, header),
+        subnet: field(Family::Ipv4, &n.subnet, header),
+        ipv6_subnet: field(Family::Ipv6, &n.subnet, header),
+        mac: field(Family::Ipv4, &n.mac, header),
+        ipv6_mac: field(Family::Ipv6, &n.mac, header),
+    }
+}
+
 /// This node's VXLAN device of family `fam`, as if written in the file.
 fn node_vxlan(
     fleet: &RawFleet,
@@ -833,8 +944,12 @@ fn node_vxlan(
         }),
         family_explicit: true,
         local: Field::Given(addr.clone()),
-        mac: me.mac.clone(),
-        adopt: None,
+        mac: match (fam, &me.ipv6_mac) {
+            (Family::Ipv6, Field::Given(m)) => Field::Given(m.clone()),
+            _ => me.mac.clone(),
+        },
+        // `[fleet.kubernetes] adopt`: take over flannel's device in place
+        adopt: fleet.kubernetes.as_ref().and_then(|k| k.adopt.clone()),
         mtu: Field::Absent,
         learning: Some(Sp {
             v: false,
@@ -914,7 +1029,7 @@ fn fleet_peers(fleet: &RawFleet, my_name: &str) -> Vec<RawPeer> {
                 dev: Some(dev.clone()),
                 subnet: Some(subnet.clone()),
                 vtep_ip: Some(ip.clone()),
-                vtep_mac: vtep_mac(n, &dev.v),
+                vtep_mac: vtep_mac(n, fam, &dev.v),
                 adopt: None,
             });
         }

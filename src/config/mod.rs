@@ -10,10 +10,13 @@
 
 mod cni;
 mod fleet;
+pub mod kube;
+mod kube_schema;
 mod schema;
 mod validate;
 
 pub use fleet::NodeSelect;
+pub use kube::{KubeSpec, NodeView, Selection};
 
 #[cfg(test)]
 mod tests;
@@ -100,6 +103,63 @@ pub fn parse_for(
     node: &NodeSelect,
     purpose: Purpose,
 ) -> Result<Desired, ConfigErrors> {
+    parse_cluster(source, file, node, purpose, None)
+}
+
+/// The `[fleet] source = "kubernetes"` settings of `source`, if it has
+/// them (`Ok(None)`: another source). Every error of the file is reported,
+/// as [`parse_for`] would.
+pub fn kube_source(
+    source: &str,
+    file: &str,
+    node: &NodeSelect,
+) -> Result<Option<KubeSpec>, ConfigErrors> {
+    let mut d = Diags::new(source);
+    let mut root = match toml_span::parse(source) {
+        Ok(v) => v,
+        Err(e) => {
+            syntax_error(&mut d, &e);
+            return Err(d.finish(file));
+        }
+    };
+    let raw = schema::read(&mut root, &mut d);
+    let spec = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| f.kube_spec(raw.node_name.as_ref(), node));
+    if let (Some(f), None, true) = (
+        raw.fleet.as_ref().filter(|f| f.kubernetes.is_some()),
+        &spec,
+        d.is_empty(),
+    ) {
+        d.error(
+            f.header_span(),
+            "cannot tell which Node this node is",
+            "pass --node NAME, set NETCONVERGE_NODE, or set `node_name` at the top of the file",
+        );
+    }
+    if !d.is_empty() {
+        return Err(d.finish(file));
+    }
+    Ok(spec)
+}
+
+/// [`kube_source`] of the file at `path`.
+pub fn load_kube_source(path: &Path, node: &NodeSelect) -> Result<Option<KubeSpec>, ConfigErrors> {
+    let (source, name) = read_source(path)?;
+    kube_source(&source, &name, node)
+}
+
+/// [`parse_for`] with the Nodes of a `source = "kubernetes"` fleet (see
+/// [`kube::select`]). Without them such a fleet expands to nothing and
+/// only the file is checked (validate, cleanup): never converge that.
+pub fn parse_cluster(
+    source: &str,
+    file: &str,
+    node: &NodeSelect,
+    purpose: Purpose,
+    cluster: Option<&Selection>,
+) -> Result<Desired, ConfigErrors> {
     let mut d = Diags::new(source);
     let mut root = match toml_span::parse(source) {
         Ok(v) => v,
@@ -109,8 +169,10 @@ pub fn parse_for(
         }
     };
     let mut raw = schema::read(&mut root, &mut d);
-    let underlay_by_local = fleet::expand(&mut raw, node, &mut d);
-    validate::check(&raw, &mut d, purpose == Purpose::Cleanup);
+    let offline_kube =
+        cluster.is_none() && raw.fleet.as_ref().is_some_and(|f| f.kubernetes.is_some());
+    let underlay_by_local = fleet::expand(&mut raw, node, cluster, &mut d);
+    validate::check(&raw, &mut d, purpose == Purpose::Cleanup || offline_kube);
     if !d.is_empty() {
         return Err(d.finish(file));
     }
@@ -150,6 +212,22 @@ pub fn load_as(path: &Path, node: &NodeSelect) -> Result<Desired, ConfigErrors> 
 
 /// [`load_as`] for `purpose`.
 pub fn load_for(path: &Path, node: &NodeSelect, purpose: Purpose) -> Result<Desired, ConfigErrors> {
+    load_cluster(path, node, purpose, None)
+}
+
+/// [`load_for`] with the Nodes of a `source = "kubernetes"` fleet.
+pub fn load_cluster(
+    path: &Path,
+    node: &NodeSelect,
+    purpose: Purpose,
+    cluster: Option<&Selection>,
+) -> Result<Desired, ConfigErrors> {
+    let (source, name) = read_source(path)?;
+    parse_cluster(&source, &name, node, purpose, cluster)
+}
+
+/// The file's text and its name for messages.
+fn read_source(path: &Path) -> Result<(String, String), ConfigErrors> {
     let name = path.display().to_string();
     let bytes = read_config(path).map_err(|(message, help)| {
         ConfigErrors(vec![ConfigError {
@@ -162,7 +240,7 @@ pub fn load_for(path: &Path, node: &NodeSelect, purpose: Purpose) -> Result<Desi
     })?;
     let source = String::from_utf8(bytes)
         .map_err(|e| ConfigErrors(vec![utf8_error(&name, e.as_bytes(), e.utf8_error())]))?;
-    parse_for(&source, &name, node, purpose)
+    Ok((source, name))
 }
 
 /// The file's bytes, or (message, help). Only a regular file (symlinks are

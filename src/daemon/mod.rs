@@ -21,6 +21,7 @@
 
 pub mod filewatch;
 pub mod filter;
+pub mod kubewatch;
 pub mod natwatch;
 pub mod nm;
 pub mod notify;
@@ -87,8 +88,10 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
 }
 
-/// Re-reads and validates the config file (SIGHUP).
-pub type Loader = Box<dyn Fn() -> Result<Desired, ConfigErrors> + Send>;
+/// Re-reads and validates the config file (SIGHUP); for a Kubernetes
+/// fleet, with the Nodes last selected from the API (`None`: none yet).
+pub type Loader =
+    Box<dyn Fn(Option<&crate::config::Selection>) -> Result<Desired, ConfigErrors> + Send>;
 
 /// The pass timeout under a watchdog of `watchdog` (`None`: no watchdog):
 /// half the interval, so a wedged pass is abandoned (and the daemon says so)
@@ -286,7 +289,19 @@ pub async fn run(
     loader: Loader,
     nm: Option<nm::Watcher>,
 ) -> Result<(), DaemonError> {
+    run_with_kube(desired, loader, nm, None).await
+}
+
+/// [`run`] with the Kubernetes API as the fleet's source: no pass runs
+/// before its first complete list (see [`kubewatch`]).
+pub async fn run_with_kube(
+    desired: Desired,
+    loader: Loader,
+    nm: Option<nm::Watcher>,
+    kube: Option<kubewatch::KubeSource>,
+) -> Result<(), DaemonError> {
     let mut d = Daemon::new(desired, loader, nm)?;
+    d.kube = kube;
     loop {
         match d.next_event().await {
             Event::Stop => break,
@@ -309,6 +324,9 @@ enum Event {
     Nat(NatEvent),
     FileChanged(std::path::PathBuf),
     Nm(Option<Hint>),
+    /// The Node watch state changed (`false`: the watch task is gone).
+    Kube(bool),
+    KubePatched(Option<(serde_json::Value, Result<(), crate::kube::KubeError>)>),
     /// The reconciler's deadline passed (no pass running).
     Due,
 }
@@ -365,6 +383,10 @@ struct Daemon {
     /// The next pass's budget.
     budget: Duration,
     ignore_netlink: bool,
+    /// `[fleet] source = "kubernetes"`: the Node watch.
+    kube: Option<kubewatch::KubeSource>,
+    /// STATUS= of the last pass, before the notes.
+    base_status: String,
 }
 
 async fn next_pass(running: &mut Option<Running>) -> PassOutput {
@@ -465,6 +487,8 @@ impl Daemon {
             timeout,
             budget: timeout,
             ignore_netlink,
+            kube: None,
+            base_status: String::new(),
         })
     }
 
@@ -478,6 +502,8 @@ impl Daemon {
             sd.retry_at = Some(tokio::time::Instant::now() + sd.notifier.retry_delay());
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        // Before the first state from the API, nothing may converge.
+        let may_pass = self.kube.as_ref().is_none_or(|k| k.ready() || k.dirty());
         let src = &mut self.src;
         tokio::select! {
             biased;
@@ -492,7 +518,8 @@ impl Daemon {
             ev = src.nat.changed() => Event::Nat(ev),
             path = src.files.changed() => Event::FileChanged(path),
             hint = next_hint(&mut src.nm) => Event::Nm(hint),
-            _ = tokio::time::sleep_until(deadline), if self.running.is_none() => Event::Due,
+            ev = kubewatch::KubeSource::next(&mut self.kube) => ev,
+            _ = tokio::time::sleep_until(deadline), if self.running.is_none() && may_pass => Event::Due,
         }
     }
 
@@ -519,6 +546,12 @@ impl Daemon {
                 self.rec.on_event(Instant::now());
             }
             Event::Nm(hint) => self.on_hint(hint),
+            Event::Kube(alive) => self.on_kube(alive),
+            Event::KubePatched(r) => {
+                if let Some(k) = self.kube.as_mut() {
+                    k.on_patched(r);
+                }
+            }
             Event::Due => self.run_pass(),
         }
         Ok(())
@@ -549,7 +582,7 @@ impl Daemon {
             msg = format!("{msg}\n{mono}");
         }
         self.sd.notifier.must(&msg);
-        match (self.loader)() {
+        match (self.loader)(self.kube.as_ref().and_then(|k| k.selection())) {
             Ok(new) => {
                 info!("reload: configuration valid, converging to it");
                 if let Some(p) = self.running.take() {
@@ -588,6 +621,9 @@ impl Daemon {
     /// polls ([`Daemon::next_event`]), so every source is served while it
     /// runs; [`Daemon::on_pass_done`] takes its result.
     fn run_pass(&mut self) {
+        if !self.rebuild_from_kube() {
+            return;
+        }
         let Some(trigger) = self.rec.poll(Instant::now()) else {
             return;
         };
@@ -618,6 +654,11 @@ impl Daemon {
             Ok(Ok(outcome)) => {
                 log_pass(n, trigger, &outcome, took);
                 self.learn(&outcome);
+                if outcome.converged()
+                    && let Some(k) = self.kube.as_mut()
+                {
+                    k.publish(&outcome.observed);
+                }
                 self.pass_status(&outcome)
             }
             Ok(Err(e)) => {
@@ -685,8 +726,8 @@ impl Daemon {
                 self.note = None;
             }
         }
-        self.sd
-            .status(status_line(&self.desired, outcome, self.note.as_deref()));
+        self.base_status = status_line(&self.desired, outcome, None);
+        self.refresh_status();
         let waiting = outcome
             .remaining
             .blocked
