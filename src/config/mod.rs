@@ -109,6 +109,7 @@ pub fn parse_for(
         }
     };
     let mut raw = schema::read(&mut root, &mut d);
+    let from_fleet = raw.fleet.is_some();
     let underlay_by_local = fleet::expand(&mut raw, node, &mut d);
     validate::check(&raw, &mut d, purpose == Purpose::Cleanup);
     if !d.is_empty() {
@@ -117,6 +118,7 @@ pub fn parse_for(
     match validate::build(&raw) {
         Some(mut desired) => {
             desired.underlay_by_local = underlay_by_local;
+            desired.fleet = from_fleet;
             Ok(desired)
         }
         // Unreachable when every missing/invalid value was reported; kept as an

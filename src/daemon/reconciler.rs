@@ -235,6 +235,7 @@ mod tests {
             ready,
             networkmanager: crate::model::NmMode::Off,
             backoff_max_secs: 2,
+            metrics: None,
         }
     }
 
