@@ -1418,18 +1418,22 @@ pub(crate) fn listen_addr(s: &str) -> Result<std::net::SocketAddr, Bad> {
                 format!("add the port to listen on, e.g. \"{with_port}\""),
             ));
         }
-        Err(_) if s.rsplit_once(':').is_some_and(|(h, p)| {
-            !h.is_empty() && p.parse::<u16>().is_ok() && h.parse::<IpAddr>().is_err()
-        }) =>
+        Err(_)
+            if s.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && p.parse::<u16>().is_ok() && h.parse::<IpAddr>().is_err()
+            }) =>
         {
             return Err(bad(
-                format!("`metrics` = \"{s}\" is not an IP address and port (host names are not resolved)"),
+                format!(
+                    "`metrics` = \"{s}\" is not an IP address and port (host names are not resolved)"
+                ),
                 "use an IP address, e.g. \"127.0.0.1:9474\" for this host only",
             ));
         }
-        Err(_) if s.rsplit_once(':').is_some_and(|(_, p)| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_err()
-        }) =>
+        Err(_)
+            if s.rsplit_once(':').is_some_and(|(_, p)| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_err()
+            }) =>
         {
             return Err(bad(
                 format!("`metrics` = \"{s}\": the port is out of range"),

@@ -1170,7 +1170,12 @@ fn daemon_metrics_listen_address() {
     ];
     let all: Vec<String> = bad
         .iter()
-        .map(|line| format!("{line}\n{}", errs(&with_base(&format!("[daemon]\n{line}\n")))))
+        .map(|line| {
+            format!(
+                "{line}\n{}",
+                errs(&with_base(&format!("[daemon]\n{line}\n")))
+            )
+        })
         .collect();
     insta::assert_snapshot!("daemon_metrics_errors", all.join("\n"));
 }
