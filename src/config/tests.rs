@@ -1179,3 +1179,19 @@ fn daemon_metrics_listen_address() {
         .collect();
     insta::assert_snapshot!("daemon_metrics_errors", all.join("\n"));
 }
+
+#[test]
+fn a_fleet_is_marked_as_the_source_of_the_peers() {
+    assert!(!ok(BASE).fleet);
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/fleet/fleet.toml"
+    ))
+    .unwrap();
+    let sel = NodeSelect {
+        flag: Some("node-b".into()),
+        ..NodeSelect::default()
+    };
+    let d = parse_as(&src, "fleet.toml", &sel).unwrap();
+    assert!(d.fleet && !d.peers.is_empty());
+}

@@ -223,7 +223,7 @@ pub struct Desired {
     pub adopt: AdoptSpec,
     /// The peers came from a `[fleet]` in the file (a static source: it
     /// changes only on reload; reported as such by the daemon's metrics).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip)]
     pub fleet: bool,
 }
 
@@ -582,6 +582,7 @@ pub struct DaemonSpec {
     pub backoff_max_secs: u64,
     /// Where the Prometheus endpoint listens (`metrics = "127.0.0.1:9474"`);
     /// `None`: no endpoint (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<std::net::SocketAddr>,
 }
 
