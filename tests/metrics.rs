@@ -14,10 +14,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::daemon::{Daemon, eventually};
 use common::fixtures;
+use common::nm::{IF, NmSandbox};
 use common::{LONG, Netns, Stack, UNDERLAY, UNDERLAY_V4};
 use serde_json::Value;
 
@@ -83,8 +84,13 @@ impl Scrape {
 /// Scrape from inside `ns`; `Err` with what went wrong (not listening yet,
 /// a parse error).
 fn try_scrape(ns: &Netns) -> Result<Scrape, String> {
-    let url = format!("http://{LISTEN}/metrics");
-    let out = ns.exec_output(&["python3", "-c", SCRAPER, &url]);
+    try_scrape_at(|args| ns.exec_output(args), LISTEN)
+}
+
+/// Scrape `listen` with `exec` (a command runner inside the namespace).
+fn try_scrape_at(exec: impl Fn(&[&str]) -> Output, listen: &str) -> Result<Scrape, String> {
+    let url = format!("http://{listen}/metrics");
+    let out = exec(&["python3", "-c", SCRAPER, &url]);
     if !out.status.success() {
         return Err(common::stdout_stderr(&out));
     }
@@ -98,19 +104,30 @@ fn scrape(ns: &Netns) -> Scrape {
 }
 
 /// Scrape until `f` holds for one scrape (passes run asynchronously).
-fn scrape_until(ns: &Netns, what: &str, mut f: impl FnMut(&Scrape) -> bool) -> Scrape {
-    let mut last = None;
-    let found = common::poll(LONG, || {
-        let s = try_scrape(ns)?;
+fn scrape_until(ns: &Netns, what: &str, f: impl FnMut(&Scrape) -> bool) -> Scrape {
+    scrape_until_at(|args| ns.exec_output(args), LISTEN, what, f)
+}
+
+fn scrape_until_at(
+    exec: impl Fn(&[&str]) -> Output,
+    listen: &str,
+    what: &str,
+    mut f: impl FnMut(&Scrape) -> bool,
+) -> Scrape {
+    let mut found = None;
+    let mut last = String::new();
+    let r = common::poll(LONG, || {
+        let s = try_scrape_at(&exec, listen)?;
         if f(&s) {
+            found = Some(s);
             return Ok(());
         }
-        last = Some(s.0.to_string());
+        last = s.0.to_string();
         Err(String::new())
     });
-    match found {
-        Ok(()) => scrape(ns),
-        Err(e) => panic!("{what}: never seen; last scrape {last:?} {e}"),
+    match (r, found) {
+        (Ok(()), Some(s)) => s,
+        (r, _) => panic!("{what}: never seen; last scrape {last} {r:?}"),
     }
 }
 
@@ -282,13 +299,24 @@ fn hung_scrapers_stall_neither_convergence_nor_later_scrapes() {
     eventually("route repaired with hung scrapers", LONG, || {
         route_present(&ns, "198.19.0.64/26")
     });
-    d.signal("-HUP");
-    d.wait_notify("READY=1", LONG);
     // their connections time out (READ_TIMEOUT) and scraping works again,
     // the helper still holding its sockets open
-    let s = scrape_until(&ns, "a scrape after hung clients", |s| {
+    scrape_until(&ns, "a scrape after hung clients", |s| {
         s.get("netconverge_repairs_total", &[("kind", "route")]) == Some(1.0)
     });
+    // a reload keeps the endpoint (same address) and the counters
+    d.signal("-HUP");
+    d.wait_notify("READY=1", LONG);
+    let s = scrape_until(&ns, "the reload pass", |s| {
+        s.get(
+            "netconverge_passes_total",
+            &[("trigger", "reload"), ("result", "converged")],
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        s.val("netconverge_repairs_total", &[("kind", "route")]),
+        1.0
+    );
     assert!(s.val("netconverge_scrapes_total", &[]) >= 1.0);
     assert!(
         hung.try_wait().unwrap().is_none(),
@@ -368,4 +396,125 @@ fn a_bad_listen_address_exits_2_with_its_position_and_applies_nothing() {
         ns.link("flannel.1").is_none(),
         "applied despite a bad config"
     );
+}
+
+#[test]
+fn a_reload_moves_the_endpoint_and_overruns_are_counted() {
+    let ns = Netns::node("mmove", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &format!("\"{LISTEN}\""));
+    // a tiny notification buffer: a storm overflows it
+    let mut d = Daemon::start(&ns, &cfg, &[("NETCONVERGE_MONITOR_RCVBUF", "4096")]);
+    d.wait_notify("READY=1", LONG);
+    scrape(&ns);
+    // the daemon does not read while the storm fills its buffer
+    d.signal("-STOP");
+    let batch = dir.path().join("storm.batch");
+    let storm: String = (0..3000)
+        .map(|i| {
+            format!(
+                "route add 100.64.{}.{}/32 dev nc-under-p\n",
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    std::fs::write(&batch, storm).unwrap();
+    ns.ip(&["-batch", batch.to_str().unwrap()]);
+    d.signal("-CONT");
+    let s = scrape_until(&ns, "the overrun in the metrics", |s| {
+        s.get(
+            "netconverge_notification_overruns_total",
+            &[("socket", "route")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    assert!(
+        s.val(
+            "netconverge_passes_total",
+            &[("trigger", "urgent"), ("result", "converged")]
+        ) >= 1.0,
+        "an overrun is followed by a full resync: {}",
+        s.0
+    );
+
+    // reload with another port: the old one closes, the new one serves,
+    // the counters go on (one process, one registry)
+    let moved = "127.0.0.1:9475";
+    config(dir.path(), &format!("\"{moved}\""));
+    d.signal("-HUP");
+    d.wait_notify("READY=1", LONG);
+    let s = scrape_until_at(
+        |a| ns.exec_output(a),
+        moved,
+        "the moved endpoint",
+        |s| {
+            s.get(
+                "netconverge_passes_total",
+                &[("trigger", "reload"), ("result", "converged")],
+            ) == Some(1.0)
+        },
+    );
+    assert!(
+        s.val(
+            "netconverge_notification_overruns_total",
+            &[("socket", "route")]
+        ) >= 1.0
+    );
+    eventually("the old port closed", LONG, || try_scrape(&ns).is_err());
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+}
+
+#[test]
+fn networkmanager_source_state_follows_the_real_networkmanager() {
+    let mut sb = NmSandbox::new();
+    sb.add_mgmt0();
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures::node_name("node-m")
+        + &fixtures::daemon(
+            3600,
+            &format!("networkmanager = \"auto\"\nmetrics = \"{LISTEN}\"\n"),
+        )
+        + &fixtures::vxlan_v4(IF)
+        + &fixtures::peers_v4(PEERS);
+    let cfg = fixtures::write_config(dir.path(), "netconverge.toml", &text);
+    let bus = sb.bus_address();
+    let mut d = Daemon::start_with(&sb.prefix(), &cfg, &[("DBUS_SYSTEM_BUS_ADDRESS", &bus)]);
+    d.wait_notify("READY=1", LONG);
+    let nm = |state: &'static str| {
+        move |s: &Scrape| {
+            s.get(
+                "netconverge_source_state",
+                &[("source", "networkmanager"), ("state", state)],
+            ) == Some(1.0)
+        }
+    };
+    // found at startup: a transition that sends the daemon no hint
+    let s = scrape_until_at(
+        |a| sb.exec_output(a),
+        LISTEN,
+        "NM connected",
+        nm("connected"),
+    );
+    let states: f64 = ["connected", "disconnected", "static", "off"]
+        .iter()
+        .filter_map(|st| {
+            s.get(
+                "netconverge_source_state",
+                &[("source", "networkmanager"), ("state", st)],
+            )
+        })
+        .sum();
+    assert_eq!(states, 1.0, "exactly one state: {}", s.0);
+    sb.stop_nm();
+    scrape_until_at(
+        |a| sb.exec_output(a),
+        LISTEN,
+        "NM disconnected",
+        nm("disconnected"),
+    );
+    sb.start_nm();
+    scrape_until_at(|a| sb.exec_output(a), LISTEN, "NM back", nm("connected"));
+    assert_eq!(d.stop(), 0, "{}", d.logs());
+    sb.finish();
 }

@@ -601,6 +601,11 @@ impl Daemon {
                 if let Some(p) = self.running.take() {
                     // its result would describe the old configuration
                     info!("reload: abandoning pass #{} in flight", p.n);
+                    metrics::get().pass_ended(
+                        p.trigger.label(),
+                        metrics::PassResult::Abandoned,
+                        p.started.elapsed(),
+                    );
                 }
                 self.interest = Interest::new(&new);
                 self.src.files = FileWatch::new(&new.written_files());

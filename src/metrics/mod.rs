@@ -50,15 +50,20 @@ pub enum PassResult {
     Error,
     /// The pass ran out of time and was abandoned.
     Timeout,
+    /// A reload replaced the configuration while the pass ran: its result
+    /// was dropped unseen (what it applied stays; the reload's pass
+    /// verifies it).
+    Abandoned,
 }
 
 impl PassResult {
-    pub const ALL: [PassResult; 5] = [
+    pub const ALL: [PassResult; 6] = [
         PassResult::Converged,
         PassResult::Blocked,
         PassResult::Failed,
         PassResult::Error,
         PassResult::Timeout,
+        PassResult::Abandoned,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +73,7 @@ impl PassResult {
             PassResult::Failed => "failed",
             PassResult::Error => "error",
             PassResult::Timeout => "timeout",
+            PassResult::Abandoned => "abandoned",
         }
     }
 
@@ -233,7 +239,7 @@ impl Metrics {
         );
         registry.register(
             "passes",
-            "Converge passes that ended, by why they ran and how they ended (converged, blocked, failed, error, timeout)",
+            "Converge passes that ended, by why they ran and how they ended (converged, blocked, failed, error, timeout, abandoned)",
             m.passes.clone(),
         );
         registry.register_with_unit(
@@ -347,7 +353,8 @@ impl Metrics {
         }
     }
 
-    /// A pass that ended with `result`, with or without an outcome.
+    /// A pass that ended with `result`, with or without an outcome. An
+    /// abandoned pass changes no gauge: it said nothing about the state.
     pub fn pass_ended(&self, trigger: &'static str, result: PassResult, took: Duration) {
         self.passes
             .get_or_create(&PassLabels {
@@ -355,6 +362,9 @@ impl Metrics {
                 result: result.name(),
             })
             .inc();
+        if result == PassResult::Abandoned {
+            return;
+        }
         self.pass_duration.observe(took.as_secs_f64());
         self.converged
             .set(i64::from(result == PassResult::Converged));
@@ -618,7 +628,10 @@ mod tests {
         let text = m.encode().unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
         let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
-        assert_eq!(series("netconverge_passes_total{"), TRIGGERS.len() * 5);
+        assert_eq!(
+            series("netconverge_passes_total{"),
+            TRIGGERS.len() * PassResult::ALL.len()
+        );
         assert_eq!(series("netconverge_objects{"), ObjectKind::ALL.len() * 3);
         assert_eq!(series("netconverge_repairs_total{"), ObjectKind::ALL.len());
         assert_eq!(
