@@ -462,6 +462,30 @@ fn a_reload_moves_the_endpoint_and_overruns_are_counted() {
         ) >= 1.0
     );
     eventually("the old port closed", LONG, || try_scrape(&ns).is_err());
+
+    // and to every address on the same port: the previous endpoint holds
+    // it until its task ends, which is no error (no STATUS= note)
+    config(dir.path(), "\"0.0.0.0:9475\"");
+    d.signal("-HUP");
+    d.wait_notify("READY=1", LONG);
+    scrape_until_at(
+        |a| ns.exec_output(a),
+        moved,
+        "the endpoint on 0.0.0.0",
+        |s| {
+            s.get(
+                "netconverge_passes_total",
+                &[("trigger", "reload"), ("result", "converged")],
+            ) == Some(2.0)
+        },
+    );
+    d.drain();
+    assert!(
+        !d.messages.iter().any(|m| m.contains("could not listen")),
+        "{:?}\n{}",
+        d.messages,
+        d.logs()
+    );
     assert_eq!(d.stop(), 0, "{}", d.logs());
 }
 

@@ -392,13 +392,15 @@ fn serve_metrics(
     let Some(addr) = desired.daemon.metrics else {
         return (None, None);
     };
-    if let Some(s) = current.filter(|s| s.listen() == addr) {
-        return (Some(s), None);
+    if current.as_ref().is_some_and(|s| s.listen() == addr) {
+        return (current, None);
     }
-    let (server, err) = metrics::http::start(addr, m);
+    // the old endpoint goes first (its socket closes on the next turn)
+    let replacing = current.is_some_and(|s| s.listen().port() == addr.port());
+    let (server, err) = metrics::http::start(addr, m, replacing);
     let note = err.map(|e| {
         format!(
-            "metrics endpoint {addr} could not listen ({e}); retrying every {} s",
+            "metrics endpoint {addr} could not listen ({e}); retrying (up to every {} s)",
             metrics::http::REBIND_EVERY.as_secs()
         )
     });

@@ -34,8 +34,13 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 8;
-/// How often an address that could not be bound is tried again.
+/// How often an address that could not be bound is tried again (the
+/// first retries come sooner: [`REBIND_FIRST`], doubling).
 pub const REBIND_EVERY: Duration = Duration::from_secs(10);
+/// The first retry: soon, because the usual holder right after a reload
+/// is the previous endpoint of this very process, whose task closes its
+/// socket on the runtime's next turn.
+pub const REBIND_FIRST: Duration = Duration::from_millis(250);
 
 /// The OpenMetrics text format `prometheus-client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -69,17 +74,30 @@ impl Drop for Server {
 
 /// Bind `addr` now (so the caller can report a failure at once) and serve
 /// `metrics` from a task on the current runtime. On a bind error the task
-/// keeps trying every [`REBIND_EVERY`]; the error is returned for the
-/// caller to report (the server is running either way).
-pub fn start(addr: SocketAddr, metrics: &'static Metrics) -> (Server, Option<std::io::Error>) {
+/// keeps trying ([`REBIND_FIRST`], doubling up to every [`REBIND_EVERY`]);
+/// the error is returned for the caller to report (the server is running
+/// either way). `replacing`: a previous endpoint of this process on the
+/// same port was just dropped (a reload): "address in use" is then most
+/// likely that one, about to close, and is no error yet.
+pub fn start(
+    addr: SocketAddr,
+    metrics: &'static Metrics,
+    replacing: bool,
+) -> (Server, Option<std::io::Error>) {
     let (first, err) = match bind(addr) {
         Ok(l) => {
             info!("metrics: serving http://{addr}/metrics");
             (Some(l), None)
         }
+        Err(e) if replacing && e.kind() == std::io::ErrorKind::AddrInUse => {
+            info!(
+                "metrics: {addr} still held by the previous endpoint; binding once it has closed"
+            );
+            (None, None)
+        }
         Err(e) => {
             error!(
-                "metrics: cannot listen on {addr}: {e}; converging without the endpoint, retrying every {} s",
+                "metrics: cannot listen on {addr}: {e}; converging without the endpoint, retrying (up to every {} s)",
                 REBIND_EVERY.as_secs()
             );
             (None, Some(e))
@@ -111,9 +129,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn serve(addr: SocketAddr, mut listener: Option<TcpListener>, metrics: &'static Metrics) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut delay = REBIND_FIRST;
     loop {
         let Some(l) = listener.as_ref() else {
-            tokio::time::sleep(REBIND_EVERY).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REBIND_EVERY);
             match bind(addr) {
                 Ok(l) => {
                     info!("metrics: serving http://{addr}/metrics (bound after retrying)");
@@ -348,7 +368,7 @@ mod tests {
     async fn a_silent_client_holds_back_no_one_and_limits_hold() {
         static M: OnceLock<Metrics> = OnceLock::new();
         let m = M.get_or_init(Metrics::new);
-        let (server, err) = start("127.0.0.1:0".parse().unwrap(), m);
+        let (server, err) = start("127.0.0.1:0".parse().unwrap(), m, false);
         assert!(err.is_none(), "{err:?}");
         let addr = server.addr();
         // connected, sending nothing: its task waits for READ_TIMEOUT alone
@@ -371,7 +391,7 @@ mod tests {
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
         // the port is taken now: a second server reports it, and serves
         // nothing until it can bind
-        let (_second, err) = start(addr, m);
+        let (_second, err) = start(addr, m, false);
         assert_eq!(err.map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
     }
 }
