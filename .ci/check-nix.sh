@@ -276,6 +276,8 @@ MUTATIONS=(
     'nix/module.nix%s/Type = "notify-reload";/Type = "notfy-reload";/%eval-module%a unit Type systemd does not know%is not of type .attribute set of \(systemd option\).'
     'nix/module.nix%s/environment.systemPackages = /environment.systemPackage = /%eval-module%a definition of an option NixOS does not have%The option .environment.systemPackage. does not exist'
     'nix/module.nix%/defaultText = lib.literalExpression "pkgs.netconverge/d%eval-module%package option without defaultText: the manual would show a store derivation%option docs render'
+    'nix/module.nix%s/daemon.metrics = metricsListen;/daemon.metric = metricsListen;/%eval-module%services.netconverge.metrics no longer reaches [daemon] metrics%metrics.enable renders'
+    'nix/module.nix%s/then "\[${a}\]" else a/then a else a/%eval-module%an IPv6 metrics.listenAddress rendered without brackets%metrics.enable renders'
     'nix/module.nix%s/TimeoutStartSec = lib.mkDefault (\(.*\));/TimeoutStartSec = \1;/%eval-module%TimeoutStartSec no longer mkDefault: a user override conflicts%conflicting definition values'
 )
 

@@ -12,6 +12,11 @@
 # - nat.backend = "iptables" adds what iptables-legacy needs (CAP_NET_RAW,
 #   /run/xtables.lock), the lease directory and state directory follow
 #   `settings.lease`, and TimeoutStartSec follows `settings.daemon.ready`.
+#
+# `metrics.*` is the one typed shortcut into the settings: it renders
+# `[daemon] metrics` (checked by `netconverge validate` like every key) and
+# can open the port; the unit's RestrictAddressFamilies= already allows
+# AF_INET/AF_INET6.
 {
   config,
   lib,
@@ -42,11 +47,18 @@ let
       dirOf (cniSettings.path or "/etc/cni/net.d/10-netconverge.conflist");
   # A fleet node is named by its host name unless the settings say otherwise
   # (the fleet attrset itself is shared by every host).
-  effectiveSettings =
+  effectiveSettings = lib.recursiveUpdate (
     cfg.settings
     // lib.optionalAttrs (
       cfg.settings ? fleet && !(cfg.settings ? node_name) && config.networking.hostName != ""
-    ) { node_name = config.networking.hostName; };
+    ) { node_name = config.networking.hostName; }
+  ) (lib.optionalAttrs cfg.metrics.enable { daemon.metrics = metricsListen; });
+  # [daemon] metrics = "IP:PORT" (an IPv6 address in brackets).
+  metricsListen =
+    let
+      a = cfg.metrics.listenAddress;
+    in
+    "${if lib.hasInfix ":" a then "[${a}]" else a}:${toString cfg.metrics.port}";
   # Devices netconverge owns: NetworkManager must leave them alone.
   fleetSettings = cfg.settings.fleet or null;
   vxlanNames =
@@ -131,6 +143,37 @@ in
       '';
     };
 
+    metrics = {
+      enable = lib.mkEnableOption ''
+        the Prometheus endpoint (`[daemon] metrics`): converge passes,
+        objects in sync/blocked/failed, drift repairs, source states, at
+        http://listenAddress:port/metrics (see docs/metrics.md)'';
+
+      listenAddress = lib.mkOption {
+        type = lib.types.str;
+        default = "127.0.0.1";
+        example = "::";
+        description = ''
+          IP address the endpoint listens on (an address, not a host name:
+          `netconverge validate` rejects names at build time). The default
+          serves this host only; a scraper on another host needs an address
+          it can reach, and `openFirewall`.
+        '';
+      };
+
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 9474;
+        description = "TCP port of the endpoint.";
+      };
+
+      openFirewall = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = "Open `port` in the firewall (networking.firewall.allowedTCPPorts).";
+      };
+    };
+
     extraArgs = lib.mkOption {
       type = lib.types.listOf lib.types.str;
       default = [ ];
@@ -149,6 +192,10 @@ in
           {
             assertion = lib.hasPrefix "/var/lib/" stateDir;
             message = "services.netconverge: settings.lease.state_dir must be below /var/lib/ (it becomes the unit's StateDirectory=), got ${stateDir}";
+          }
+          {
+            assertion = !(cfg.metrics.enable && (cfg.settings.daemon or { }) ? metrics);
+            message = "services.netconverge: set the endpoint either with services.netconverge.metrics or with settings.daemon.metrics, not both";
           }
           {
             assertion = lib.hasPrefix "/" leasePath;
@@ -272,6 +319,10 @@ in
           };
         };
       }
+
+      (lib.mkIf (cfg.metrics.enable && cfg.metrics.openFirewall) {
+        networking.firewall.allowedTCPPorts = [ cfg.metrics.port ];
+      })
 
       (lib.mkIf config.networking.networkmanager.enable {
         networking.networkmanager.unmanaged = map (name: "interface-name:${name}") vxlanNames;

@@ -103,6 +103,10 @@ pub struct Outcome {
     pub initial: Plan,
     /// How many changes the first plan had.
     pub initial_changes: usize,
+    /// The first plan's changes by kind (all of them, also with
+    /// [`converge_keeping`]): what this pass repaired or created.
+    #[serde(skip)]
+    pub initial_by_kind: plan::kind::KindCounts,
     /// Operations that succeeded, over all rounds.
     pub applied: usize,
     /// Operations that failed in the last round that had failures.
@@ -183,6 +187,7 @@ async fn pass(
     let mut observed = observe_all(handle, desired).await?;
     let mut current = goal.plan(desired, &observed);
     out.initial_changes = current.changes.len();
+    out.initial_by_kind = plan::kind::changes_by_kind(&current.changes, true);
     let mut initial: Option<Plan> = None;
     while !current.is_empty() && out.rounds < max_rounds.max(1) {
         out.rounds += 1;

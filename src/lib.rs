@@ -5,7 +5,7 @@
 //! Layering (only `apply`, `nat` backends, `lease`/`cni` writing and `daemon`
 //! touch the system), one way, no cycles (kept by `tests/architecture.rs`):
 //! `config` → `model` → `plan` → {`observe`, `apply`, `nat`, `lease`, `cni`,
-//! `netlink`, `record`} → `engine` → `daemon` → the binary.
+//! `netlink`, `record`} → `engine` → `metrics` → `daemon` → the binary.
 
 pub mod apply;
 pub mod cni;
@@ -15,6 +15,7 @@ pub mod engine;
 pub mod kube;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod nat;
 pub mod netlink;

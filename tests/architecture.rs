@@ -55,11 +55,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "record", "logging",
         ],
     ),
+    // The metrics registry and its endpoint: fed with the engine's outcomes
+    // and the planner's kinds, knowing nothing of the daemon that feeds it
+    // (its triggers come in as label strings), so every event source in
+    // `daemon` (or beyond it) can report to it without a cycle.
+    ("metrics", &["model", "plan", "engine"]),
     (
         "daemon",
         &[
             "config", "model", "plan", "observe", "apply", "nat", "lease", "cni", "netlink",
-            "record", "engine", "logging", "kube",
+            "record", "engine", "logging", "kube", "metrics",
         ],
     ),
     (

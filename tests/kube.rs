@@ -328,6 +328,10 @@ fn relist_after_410_and_nothing_removed_while_the_api_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path());
     let cfg = config(dir.path(), &kc, "");
+    // the file ends in [daemon]: the metrics endpoint says the source's state
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("metrics = \"127.0.0.1:9474\"\n");
+    std::fs::write(&cfg, text).unwrap();
     let nodes = [
         me("198.18.1.0/24", UNDERLAY_V4),
         flannel_node("node-b", "198.18.2.0/24", "192.0.2.12", MAC_B),
@@ -375,8 +379,10 @@ fn relist_after_410_and_nothing_removed_while_the_api_is_down() {
     assert!(lists_after > lists_before, "relisted after the 410");
 
     // The API goes down: nothing is removed, STATUS says so.
+    assert_eq!(source_state(&ns), "connected");
     api.stop();
     d.wait_notify("kubernetes: unreachable since", LONG);
+    assert_eq!(source_state(&ns), "disconnected");
     d.collect_for(Duration::from_secs(2));
     for (s, m, ip) in [
         ("198.18.2.0/24", MAC_B, "192.0.2.12"),
@@ -408,6 +414,7 @@ fn relist_after_410_and_nothing_removed_while_the_api_is_down() {
         .unwrap()
         .clone();
     assert!(!last.contains("unreachable"), "{last}");
+    assert_eq!(source_state(&ns), "connected");
     assert_eq!(d.stop(), 0);
 }
 
@@ -747,4 +754,24 @@ fn dual_stack_peers_and_patch_carry_both_families() {
         "{p}"
     );
     assert_eq!(ann.len(), 6, "{p}");
+}
+
+/// The state whose `netconverge_source_state{source="kubernetes"}` series is
+/// 1, scraped from inside `ns` (Python's OpenMetrics parser).
+fn source_state(ns: &Netns) -> String {
+    const SCRAPE: &str = r#"
+import sys, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+body = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+on = [s.labels["state"] for f in text_string_to_metric_families(body) for s in f.samples
+      if s.name == "netconverge_source_state" and s.labels.get("source") == "kubernetes" and s.value == 1]
+print(",".join(on))
+"#;
+    let out = ns.exec_output(&["python3", "-c", SCRAPE, "http://127.0.0.1:9474/metrics"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

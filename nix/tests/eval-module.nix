@@ -216,6 +216,39 @@ let
       checkConfig = false;
     };
   };
+  # The metrics endpoint: the default address, and IPv6 with the firewall
+  # opened; both ways of setting it at once are an assertion.
+  metricsDefault = evalWith {
+    services.netconverge = {
+      enable = true;
+      metrics.enable = true;
+    };
+  };
+  metricsV6 = evalWith {
+    services.netconverge = {
+      enable = true;
+      settings = exampleSettings;
+      metrics = {
+        enable = true;
+        listenAddress = "::";
+        port = 9100;
+        openFirewall = true;
+      };
+    };
+  };
+  metricsTwice = evalWith {
+    services.netconverge = {
+      enable = true;
+      metrics.enable = true;
+      settings.daemon.metrics = "127.0.0.1:9474";
+    };
+  };
+  # The file the module must generate with the endpoint on.
+  metricsGenerated =
+    r: listen:
+    (pkgs.formats.toml { }).generate "netconverge.toml" (
+      lib.recursiveUpdate r.cfg.settings { daemon.metrics = listen; }
+    );
   # A user's own unit override wins over the module's mkDefault.
   overridden = evalWith {
     services.netconverge.enable = true;
@@ -234,6 +267,12 @@ let
     };
     "extraArgs a string, not a list of strings" = {
       services.netconverge.extraArgs = "--log-format json";
+    };
+    "metrics.port out of range" = {
+      services.netconverge.metrics.port = 70000;
+    };
+    "metrics.listenAddress a list" = {
+      services.netconverge.metrics.listenAddress = [ "127.0.0.1" ];
     };
     "checkConfig a string" = {
       services.netconverge.checkConfig = "yes";
@@ -438,6 +477,30 @@ let
         minimal.config.networking.networkmanager.unmanaged == [ ]
         && !(elem "networking.networkmanager.unmanaged" minimal.defined);
     }
+    # ---- metrics endpoint ----------------------------------------------------
+    {
+      name = "metrics off by default: no [daemon] metrics in the generated file, no firewall port";
+      ok =
+        !((generatorInput minimal) ? daemon)
+        && !((generatorInput full).daemon ? metrics)
+        && minimal.config.networking.firewall.allowedTCPPorts == [ ];
+    }
+    {
+      name = "metrics.enable renders [daemon] metrics = \"127.0.0.1:9474\" (IPv6 as \"[::]:9100\") into the file validated at build time; openFirewall opens the port, only then";
+      ok =
+        contains "--config ${metricsGenerated metricsDefault "127.0.0.1:9474"} validate" metricsDefault.cfg.configFile.buildCommand
+        && contains "--config ${metricsGenerated metricsV6 "[::]:9100"} validate" metricsV6.cfg.configFile.buildCommand
+        && metricsV6.config.networking.firewall.allowedTCPPorts == [ 9100 ]
+        && metricsDefault.config.networking.firewall.allowedTCPPorts == [ ]
+        && metricsDefault.failedAssertions == [ ]
+        && metricsV6.failedAssertions == [ ];
+    }
+    {
+      name = "metrics set both as services.netconverge.metrics and settings.daemon.metrics: rejected by an assertion";
+      ok =
+        builtins.length metricsTwice.failedAssertions == 1
+        && contains "either with services.netconverge.metrics or with settings.daemon.metrics" (builtins.head metricsTwice.failedAssertions);
+    }
     # ---- state, lease directory, timeouts ----------------------------------
     {
       name = "no RuntimeDirectory; /run/flannel and /run/netconverge created by an unsandboxed ExecStartPre and writable; StateDirectory=netconverge";
@@ -525,6 +588,7 @@ let
           "configFile"
           "enable"
           "extraArgs"
+          "metrics"
           "package"
           "settings"
         ]
@@ -535,12 +599,17 @@ let
         && full.opts.checkConfig.type.name == "bool"
         && full.opts.configFile.type.name == "path"
         && full.opts.extraArgs.type.description == "list of string"
+        && full.opts.metrics.enable.default == false
+        && full.opts.metrics.listenAddress.default == "127.0.0.1"
+        && full.opts.metrics.port.type.name == "unsignedInt16"
+        && full.opts.metrics.port.default == 9474
+        && full.opts.metrics.openFirewall.default == false
         && full.opts.settings.example.text == builtins.readFile ../example-settings.nix;
     }
     {
       name = "option docs render as the NixOS manual renders them (lib.optionAttrSetToDocList): each has a description, no default or example shows a derivation or store path";
       ok =
-        builtins.length optionDocs == 6
+        builtins.length optionDocs == 10
         && all (
           o:
           o.description or null != null
@@ -704,6 +773,7 @@ else
       "example-settings" = toTOML (generatorInput full);
       "k3s-node" = toTOML (generatorInput' (fleetGenerated k3sNode));
       "guard-mode" = toTOML (generatorInput guard);
+      "metrics-ipv6" = toTOML (generatorInput' (metricsGenerated metricsV6 "[::]:9100"));
     }
     // lib.mapAttrs' (
       name: r: lib.nameValuePair "fleet-${name}" (toTOML (generatorInput' (fleetGenerated r)))

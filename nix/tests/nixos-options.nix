@@ -176,6 +176,10 @@ in
       type = types.listOf types.str;
       default = [ ];
     };
+    networking.firewall.allowedTCPPorts = mkOption {
+      type = types.listOf types.port;
+      default = [ ];
+    };
     networking.firewall.allowedUDPPorts = mkOption {
       type = types.listOf types.port;
       default = [ ];

@@ -171,6 +171,8 @@ pub fn parse_cluster(
     let mut raw = schema::read(&mut root, &mut d);
     let offline_kube =
         cluster.is_none() && raw.fleet.as_ref().is_some_and(|f| f.kubernetes.is_some());
+    // A `[fleet]` written in the file (the kubernetes source reports its own state).
+    let from_fleet = raw.fleet.as_ref().is_some_and(|f| f.kubernetes.is_none());
     let underlay_by_local = fleet::expand(&mut raw, node, cluster, &mut d);
     validate::check(&raw, &mut d, purpose == Purpose::Cleanup || offline_kube);
     if !d.is_empty() {
@@ -179,6 +181,7 @@ pub fn parse_cluster(
     match validate::build(&raw) {
         Some(mut desired) => {
             desired.underlay_by_local = underlay_by_local;
+            desired.fleet = from_fleet;
             Ok(desired)
         }
         // Unreachable when every missing/invalid value was reported; kept as an

@@ -894,6 +894,7 @@ const DAEMON_KEYS: Keys = &[
     ("ready", "ready = \"converged\""),
     ("networkmanager", "networkmanager = \"auto\""),
     ("backoff_max_secs", "backoff_max_secs = 30"),
+    ("metrics", "metrics = \"127.0.0.1:9474\""),
 ];
 
 const ENGINE_KEYS: Keys = &[
@@ -1384,6 +1385,7 @@ fn read_daemon(mut s: Section<'_>, d: &mut Diags<'_>) -> DaemonSpec {
         )
         .value();
     let backoff_max_secs = s.int(d, "backoff_max_secs", 1, 86_400).value();
+    let metrics = s.parsed(d, "metrics", listen_addr).value();
     s.finish(d);
     DaemonSpec {
         resync_secs: resync_secs.ok().flatten().unwrap_or(def.resync_secs),
@@ -1394,7 +1396,70 @@ fn read_daemon(mut s: Section<'_>, d: &mut Diags<'_>) -> DaemonSpec {
             .ok()
             .flatten()
             .unwrap_or(def.backoff_max_secs),
+        metrics: metrics.ok().flatten().or(def.metrics),
     }
+}
+
+/// `[daemon] metrics`: an IP address and a fixed, non-zero port to listen
+/// on (a scraper needs to know the port; a host name would make the bind
+/// depend on a resolver at boot).
+pub(crate) fn listen_addr(s: &str) -> Result<std::net::SocketAddr, Bad> {
+    const HELP: &str = "write an IP address and a port, e.g. \"127.0.0.1:9474\" or \"[::1]:9474\"";
+    let addr: std::net::SocketAddr = match s.parse() {
+        Ok(a) => a,
+        Err(_) if s.parse::<IpAddr>().is_ok() => {
+            let with_port = if s.contains(':') {
+                format!("[{s}]:9474")
+            } else {
+                format!("{s}:9474")
+            };
+            return Err(bad(
+                format!("`metrics` = \"{s}\" has no port"),
+                format!("add the port to listen on, e.g. \"{with_port}\""),
+            ));
+        }
+        Err(_)
+            if s.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && p.parse::<u16>().is_ok() && h.parse::<IpAddr>().is_err()
+            }) =>
+        {
+            return Err(bad(
+                format!(
+                    "`metrics` = \"{s}\" is not an IP address and port (host names are not resolved)"
+                ),
+                "use an IP address, e.g. \"127.0.0.1:9474\" for this host only",
+            ));
+        }
+        Err(_)
+            if s.rsplit_once(':').is_some_and(|(_, p)| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_err()
+            }) =>
+        {
+            return Err(bad(
+                format!("`metrics` = \"{s}\": the port is out of range"),
+                "use a port from 1 to 65535, e.g. \"127.0.0.1:9474\"",
+            ));
+        }
+        Err(_) => {
+            return Err(bad(
+                format!("`metrics` = \"{s}\" is not an IP address and port"),
+                HELP,
+            ));
+        }
+    };
+    if addr.port() == 0 {
+        return Err(bad(
+            format!("`metrics` = \"{s}\" has port 0 (a random port no scraper could find)"),
+            "choose a fixed port, e.g. \"127.0.0.1:9474\"",
+        ));
+    }
+    if addr.ip().is_multicast() {
+        return Err(bad(
+            format!("`metrics` = \"{s}\" is a multicast address"),
+            "listen on an address of this host, e.g. \"127.0.0.1:9474\"",
+        ));
+    }
+    Ok(addr)
 }
 
 fn read_engine(mut s: Section<'_>, d: &mut Diags<'_>) -> EngineSpec {

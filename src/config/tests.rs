@@ -1143,3 +1143,55 @@ fn a_file_that_declares_nothing_is_refused() {
     ok("[lease]\nmode = \"preserve\"\n");
     ok("[nat]\nmasquerade = false\n");
 }
+
+// --------------------------------------------------------- [daemon] metrics --
+
+#[test]
+fn daemon_metrics_listen_address() {
+    // off unless given
+    assert_eq!(ok(BASE).daemon.metrics, None);
+    let d = ok(&with_base("[daemon]\nmetrics = \"127.0.0.1:9474\"\n"));
+    assert_eq!(d.daemon.metrics, Some("127.0.0.1:9474".parse().unwrap()));
+    let d = ok(&with_base("[daemon]\nmetrics = \"[::]:9474\"\n"));
+    assert_eq!(d.daemon.metrics, Some("[::]:9474".parse().unwrap()));
+    // every bad shape, each with its own help; one file per value (the key
+    // can be given once)
+    let bad = [
+        "metrics = \"127.0.0.1\"",
+        "metrics = \"::1\"",
+        "metrics = \"localhost:9474\"",
+        "metrics = \"127.0.0.1:0\"",
+        "metrics = \"127.0.0.1:70000\"",
+        "metrics = \"127.0.0.1:metrics\"",
+        "metrics = \"239.1.1.1:9474\"",
+        "metrics = 9474",
+        "metrics = true",
+        "metric = \"127.0.0.1:9474\"",
+    ];
+    let all: Vec<String> = bad
+        .iter()
+        .map(|line| {
+            format!(
+                "{line}\n{}",
+                errs(&with_base(&format!("[daemon]\n{line}\n")))
+            )
+        })
+        .collect();
+    insta::assert_snapshot!("daemon_metrics_errors", all.join("\n"));
+}
+
+#[test]
+fn a_fleet_is_marked_as_the_source_of_the_peers() {
+    assert!(!ok(BASE).fleet);
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/fleet/fleet.toml"
+    ))
+    .unwrap();
+    let sel = NodeSelect {
+        flag: Some("node-b".into()),
+        ..NodeSelect::default()
+    };
+    let d = parse_as(&src, "fleet.toml", &sel).unwrap();
+    assert!(d.fleet && !d.peers.is_empty());
+}

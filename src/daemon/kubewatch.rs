@@ -16,9 +16,13 @@ use tracing::{debug, info, warn};
 use crate::config::kube::{OwnNode, publish_patch, select};
 use crate::config::{KubeSpec, NodeView, Selection};
 use crate::kube::{KubeClient, KubeError, WatchState, device_macs};
+use crate::metrics::SourceState;
 use crate::model::{Family, Mac, Observed};
 
 pub(super) type PatchResult = (serde_json::Value, Result<(), KubeError>);
+
+/// This source's name in `netconverge_source_state`.
+const SOURCE_KUBE: &str = "kubernetes";
 
 /// The API connection of a running daemon.
 pub struct KubeSource {
@@ -130,12 +134,21 @@ impl KubeSource {
 
     /// Takes the newest watch state.
     pub fn on_change(&mut self, alive: bool) -> Change {
+        let m = crate::metrics::get();
         if !alive {
+            m.set_source(SOURCE_KUBE, SourceState::Disconnected);
             return Change::Closed;
         }
         let st = self.rx.borrow_and_update().clone();
         let was = self.unreachable.is_some();
         self.unreachable = st.unreachable.clone();
+        // Connected once a full list arrived and while the watch is healthy.
+        let state = if self.unreachable.is_none() && st.nodes.is_some() {
+            SourceState::Connected
+        } else {
+            SourceState::Disconnected
+        };
+        m.set_source(SOURCE_KUBE, state);
         match (&self.unreachable, was) {
             (Some(u), false) => warn!("kubernetes: unreachable {u}; the last known peers stay"),
             (None, true) => info!("kubernetes: reachable again"),

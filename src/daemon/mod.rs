@@ -42,6 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::ConfigErrors;
 use crate::engine::{self, EngineError, Outcome};
+use crate::metrics::{self, SourceState};
 use crate::model::{Desired, LeaseMode};
 use crate::plan::Blocked;
 use filewatch::FileWatch;
@@ -387,6 +388,45 @@ struct Daemon {
     kube: Option<kubewatch::KubeSource>,
     /// STATUS= of the last pass, before the notes.
     base_status: String,
+    /// The `[daemon] metrics` endpoint, while configured.
+    metrics: Option<metrics::http::Server>,
+}
+
+/// The metrics endpoint `desired` asks for, keeping `current` when its
+/// address is unchanged; the STATUS= note when it cannot listen (the daemon
+/// converges without it and the server retries: see docs/metrics.md). Also
+/// the sources' states the daemon knows from the configuration alone.
+fn serve_metrics(
+    current: Option<metrics::http::Server>,
+    desired: &Desired,
+    nm_on: bool,
+) -> (Option<metrics::http::Server>, Option<String>) {
+    let m = metrics::get();
+    if !nm_on {
+        m.set_source(metrics::SOURCE_NM, SourceState::Off);
+    }
+    let fleet = if desired.fleet {
+        SourceState::Static
+    } else {
+        SourceState::Off
+    };
+    m.set_source(metrics::SOURCE_FLEET, fleet);
+    let Some(addr) = desired.daemon.metrics else {
+        return (None, None);
+    };
+    if current.as_ref().is_some_and(|s| s.listen() == addr) {
+        return (current, None);
+    }
+    // the old endpoint goes first (its socket closes on the next turn)
+    let replacing = current.is_some_and(|s| s.listen().port() == addr.port());
+    let (server, err) = metrics::http::start(addr, m, replacing);
+    let note = err.map(|e| {
+        format!(
+            "metrics endpoint {addr} could not listen ({e}); retrying (up to every {} s)",
+            metrics::http::REBIND_EVERY.as_secs()
+        )
+    });
+    (Some(server), note)
 }
 
 async fn next_pass(running: &mut Option<Running>) -> PassOutput {
@@ -457,6 +497,7 @@ impl Daemon {
         );
         let mut notifier = Notifier::from_env();
         notifier.status("starting: first converge pass");
+        let (metrics, note) = serve_metrics(None, &desired, nm.is_some());
         Ok(Daemon {
             src: Sources {
                 monitor,
@@ -481,7 +522,7 @@ impl Daemon {
             interest: Interest::new(&desired),
             rec: Reconciler::new(&desired.daemon, Instant::now()),
             desired: Arc::new(desired),
-            note: None,
+            note,
             relevant_events: 0,
             running: None,
             timeout,
@@ -489,7 +530,14 @@ impl Daemon {
             ignore_netlink,
             kube: None,
             base_status: String::new(),
+            metrics,
         })
+    }
+
+    /// An event that concerns the declared state.
+    fn relevant(&mut self) {
+        self.relevant_events += 1;
+        metrics::get().relevant_event();
     }
 
     /// Wait for the next event, in priority order (stopping first).
@@ -542,7 +590,7 @@ impl Daemon {
                 } else {
                     debug!("{} changed on disk: converging", path.display());
                 }
-                self.relevant_events += 1;
+                self.relevant();
                 self.rec.on_event(Instant::now());
             }
             Event::Nm(hint) => self.on_hint(hint),
@@ -588,6 +636,11 @@ impl Daemon {
                 if let Some(p) = self.running.take() {
                     // its result would describe the old configuration
                     info!("reload: abandoning pass #{} in flight", p.n);
+                    metrics::get().pass_ended(
+                        p.trigger.label(),
+                        metrics::PassResult::Abandoned,
+                        p.started.elapsed(),
+                    );
                 }
                 self.interest = Interest::new(&new);
                 self.src.files = FileWatch::new(&new.written_files());
@@ -596,8 +649,12 @@ impl Daemon {
                 }
                 self.rec.reconfigure(&new.daemon, Instant::now());
                 self.src.nm = nm::reconfigure(self.src.nm.take(), &new);
+                let (server, note) =
+                    serve_metrics(self.metrics.take(), &new, self.src.nm.is_some());
+                self.metrics = server;
+                metrics::get().reloaded();
                 self.desired = Arc::new(new);
-                self.note = None;
+                self.note = note;
             }
             Err(errors) => {
                 for e in &errors.0 {
@@ -650,8 +707,10 @@ impl Daemon {
             self.timeout
         };
         let took = p.started.elapsed();
+        let m = metrics::get();
         let pass = match result {
             Ok(Ok(outcome)) => {
+                m.pass_done(trigger.label(), took, &self.desired, &outcome);
                 log_pass(n, trigger, &outcome, took);
                 self.learn(&outcome);
                 if outcome.converged()
@@ -662,6 +721,7 @@ impl Daemon {
                 self.pass_status(&outcome)
             }
             Ok(Err(e)) => {
+                m.pass_ended(trigger.label(), metrics::PassResult::Error, took);
                 error!(pass = n, "pass #{n} ({trigger}) failed: {e}");
                 self.sd.notifier.status(&format!("error: {e}"));
                 self.sd.last_status = format!("error: {e}");
@@ -671,6 +731,7 @@ impl Daemon {
                 }
             }
             Err(_) => {
+                m.pass_ended(trigger.label(), metrics::PassResult::Timeout, took);
                 error!(
                     pass = n,
                     "pass #{n} ({trigger}) timed out after {} ms; what it applied stays, the retry continues (within {} ms)",
@@ -691,6 +752,7 @@ impl Daemon {
                 Notify::Ready => {
                     info!("ready after pass #{n}");
                     self.sd.notifier.must("READY=1");
+                    m.set_ready(true);
                 }
             }
         }
@@ -748,7 +810,7 @@ impl Daemon {
                 NetlinkPayload::InnerMessage(inner)
                     if !self.ignore_netlink && self.interest.relevant(&inner) =>
                 {
-                    self.relevant_events += 1;
+                    self.relevant();
                     tracing::trace!("relevant: {}", Interest::describe(&inner));
                     self.rec.on_event(Instant::now());
                 }
@@ -756,6 +818,7 @@ impl Daemon {
                     warn!(
                         "netlink notification overrun (ENOBUFS): discarding cached view, full resync"
                     );
+                    metrics::get().overrun("route");
                     self.rec.on_urgent(Instant::now());
                 }
                 _ => {}
@@ -776,11 +839,12 @@ impl Daemon {
                 NetlinkPayload::InnerMessage(inner)
                     if !self.ignore_netlink && self.interest.nexthop(inner.message()) =>
                 {
-                    self.relevant_events += 1;
+                    self.relevant();
                     self.rec.on_event(Instant::now());
                 }
                 NetlinkPayload::Overrun(_) => {
                     warn!("nexthop notification overrun (ENOBUFS): full resync");
+                    metrics::get().overrun("nexthop");
                     self.rec.on_urgent(Instant::now());
                 }
                 _ => {}
@@ -798,12 +862,13 @@ impl Daemon {
         match ev {
             NatEvent::Changed if !self.ignore_netlink => {
                 debug!("NAT rules changed: converging");
-                self.relevant_events += 1;
+                self.relevant();
                 self.rec.on_event(Instant::now());
             }
             NatEvent::Changed => {}
             NatEvent::Overrun => {
                 warn!("nf_tables notification overrun (ENOBUFS): full resync");
+                metrics::get().overrun("nftables");
                 self.rec.on_urgent(Instant::now());
             }
         }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::metrics::SourceState;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -486,6 +487,12 @@ enum End {
     Lost(String),
 }
 
+/// The source's state in the metrics (`netconverge_source_state`): set on
+/// every transition, including the first discovery, which sends no hint.
+fn report(state: SourceState) {
+    crate::metrics::get().set_source(crate::metrics::SOURCE_NM, state);
+}
+
 /// Logging once per state change, and NmUp/NmDown only on transitions.
 #[derive(Debug, Default)]
 struct Status {
@@ -496,6 +503,7 @@ struct Status {
 
 impl Status {
     fn unreachable(&mut self, e: &str) {
+        report(SourceState::Disconnected);
         if !self.bus_down {
             info!(
                 "NetworkManager: system D-Bus not reachable ({e}); following the kernel alone, retrying in the background"
@@ -525,6 +533,7 @@ impl Status {
     }
 
     fn nm_gone(&mut self, tx: &mpsc::UnboundedSender<Hint>) {
+        report(SourceState::Disconnected);
         if self.nm_present == Some(true) {
             let _ = tx.send(Hint::NmDown);
         }
@@ -532,6 +541,7 @@ impl Status {
     }
 
     fn nm_absent_at_connect(&mut self) {
+        report(SourceState::Disconnected);
         if self.nm_present != Some(false) {
             info!(
                 "NetworkManager is not running (not on the system bus); following the kernel alone until it appears"
@@ -541,6 +551,7 @@ impl Status {
     }
 
     fn nm_here(&mut self, tx: &mpsc::UnboundedSender<Hint>) {
+        report(SourceState::Connected);
         if self.nm_present == Some(false) {
             let _ = tx.send(Hint::NmUp);
         }

@@ -40,6 +40,20 @@ impl std::fmt::Display for Trigger {
     }
 }
 
+impl Trigger {
+    /// The metrics' label value (one of `crate::metrics::TRIGGERS`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Events => "events",
+            Trigger::Urgent => "urgent",
+            Trigger::Retry => "retry",
+            Trigger::Resync => "resync",
+            Trigger::Reload => "reload",
+        }
+    }
+}
+
 /// What one converge pass left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PassResult {
@@ -235,6 +249,7 @@ mod tests {
             ready,
             networkmanager: crate::model::NmMode::Off,
             backoff_max_secs: 2,
+            metrics: None,
         }
     }
 

@@ -221,6 +221,10 @@ pub struct Desired {
     /// Objects the file explicitly allows netconverge to take over although
     /// it did not create them (`adopt = true`).
     pub adopt: AdoptSpec,
+    /// The peers came from a `[fleet]` in the file (a static source: it
+    /// changes only on reload; reported as such by the daemon's metrics).
+    #[serde(skip)]
+    pub fleet: bool,
 }
 
 /// What `adopt = true` covers: a `[[vxlan]]` device (and every declared
@@ -576,6 +580,10 @@ pub struct DaemonSpec {
     pub ready: ReadyPolicy,
     pub networkmanager: NmMode,
     pub backoff_max_secs: u64,
+    /// Where the Prometheus endpoint listens (`metrics = "127.0.0.1:9474"`);
+    /// `None`: no endpoint (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonSpec {
@@ -586,6 +594,7 @@ impl Default for DaemonSpec {
             ready: ReadyPolicy::Converged,
             networkmanager: NmMode::Auto,
             backoff_max_secs: 30,
+            metrics: None,
         }
     }
 }

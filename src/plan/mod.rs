@@ -267,6 +267,7 @@ impl fmt::Display for Plan {
 
 pub mod cni;
 mod kernel;
+pub mod kind;
 pub mod lease;
 pub mod nat;
 // A model of the kernel for property tests (tests/properties.rs).
