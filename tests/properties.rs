@@ -1196,8 +1196,6 @@ fn controls_the_checks_can_fail() {
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
     if hits_recreate_holder_bug(o, p) {
         Some("recreate_checks_foreign_vni_holder")
-    } else if hits_local_being_removed_bug(p) {
-        Some("local_is_not_an_address_being_removed")
     } else if hits_retired_holder_bug(d, o, p) {
         Some("conflict_through_a_retired_device")
     } else {
@@ -1224,23 +1222,6 @@ fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
                     && w.dst == r.dst
                     && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
             })
-    })
-}
-
-/// Fourth known bug: a derived local that the same plan removes.
-fn hits_local_being_removed_bug(p: &Plan) -> bool {
-    let removed: BTreeSet<IpAddr> = p
-        .changes
-        .iter()
-        .filter_map(|c| match &c.op {
-            Op::DelAddress { cidr, .. } => Some(cidr.addr()),
-            _ => None,
-        })
-        .collect();
-    p.changes.iter().any(|c| match &c.op {
-        Op::CreateVxlan(v) => removed.contains(&v.local),
-        Op::SetVxlan { local: Some(l), .. } => removed.contains(l),
-        _ => false,
     })
 }
 
@@ -1466,7 +1447,6 @@ fn family_change_recreates() {
 /// moves it again. Expected: the derived local skips addresses the plan
 /// removes.
 #[test]
-#[ignore = "planner bug: a derived local may be an address the same plan removes as stale"]
 fn local_is_not_an_address_being_removed() {
     let dg = DesiredGen {
         v4: Some(VxGen {

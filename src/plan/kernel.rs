@@ -631,10 +631,7 @@ impl<'a> Planner<'a> {
             self.block(object, format!("underlay {} absent", v.underlay));
             return None;
         };
-        let Some(local) = v
-            .local
-            .or_else(|| observed.first_global_addr(&v.underlay, v.family))
-        else {
+        let Some(local) = v.local.or_else(|| self.derived_local(v)) else {
             self.block(
                 object,
                 format!(
@@ -655,6 +652,34 @@ impl<'a> Planner<'a> {
             None => self.derived_mtu(v, under, object)?,
         };
         Some((under, local, mtu))
+    }
+
+    /// The local address of a device declared without one: its underlay's
+    /// first global address of its family that stays — not one this plan
+    /// removes as stale (the device would get a local address the host no
+    /// longer has).
+    fn derived_local(&self, v: &VxlanSpec) -> Option<IpAddr> {
+        self.observed
+            .addresses
+            .iter()
+            .find(|a| {
+                a.dev == v.underlay
+                    && a.global
+                    && Family::of_net(&a.cidr) == v.family
+                    && !self.removes_address(a)
+            })
+            .map(|a| a.cidr.addr())
+    }
+
+    /// Whether [`Self::addresses`] removes `a` as stale (the same rule as
+    /// its sweep: undeclared and ours).
+    fn removes_address(&self, a: &AddressState) -> bool {
+        self.stale_reason(a).is_some()
+            && !self
+                .desired
+                .addresses
+                .iter()
+                .any(|d| d.dev == a.dev && d.cidr == a.cidr)
     }
 
     /// The MTU of a device declared without one: the underlay's minus the

@@ -1091,6 +1091,53 @@ mod ownership {
         );
     }
 
+    /// After `plan`, as the kernel model leaves it, re-planning is empty.
+    fn assert_one_pass(d: &Desired, o: &Observed, p: &Plan) {
+        let after = simulate::simulate(o, p);
+        let again = plan(d, &after);
+        assert!(again.changes.is_empty(), "first:\n{p}\nagain:\n{again}");
+    }
+
+    #[test]
+    fn derived_local_is_not_an_underlay_address_this_plan_removes() {
+        // eth0's first address is one of ours the file no longer declares
+        // (removed as stale): the device takes the next one.
+        let d = ipv4_node();
+        let mut o = host(&["192.0.2.1/24"]);
+        o.addresses.insert(
+            0,
+            AddressState {
+                dev: "eth0".into(),
+                cidr: net("192.0.2.77/24"),
+                global: true,
+                protocol: ROUTE_PROTOCOL,
+            },
+        );
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(
+            p.changes
+                .iter()
+                .any(|c| matches!(&c.op, Op::CreateVxlan(v) if v.local == ip("192.0.2.1"))),
+            "{p}"
+        );
+        assert_one_pass(&d, &o, &p);
+        // Control: declared, the same address stays and is the local.
+        let mut d2 = d.clone();
+        d2.addresses.push(AddressSpec {
+            dev: "eth0".into(),
+            cidr: net("192.0.2.77/24"),
+            origin: "address #2".into(),
+        });
+        let p = plan(&d2, &o);
+        assert!(
+            p.changes
+                .iter()
+                .any(|c| matches!(&c.op, Op::CreateVxlan(v) if v.local == ip("192.0.2.77"))),
+            "{p}"
+        );
+    }
+
     #[test]
     fn peer_with_this_nodes_own_vtep_is_blocked() {
         let mut d = ipv4_node();
