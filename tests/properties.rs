@@ -1194,9 +1194,7 @@ fn controls_the_checks_can_fail() {
 /// `#[ignore]`d test below). The properties skip those cases (proptest
 /// counts them as rejects) so that they keep looking for other bugs.
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
-    if hits_recreate_holder_bug(o, p) {
-        Some("recreate_checks_foreign_vni_holder")
-    } else if hits_retired_holder_bug(d, o, p) {
+    if hits_retired_holder_bug(d, o, p) {
         Some("conflict_through_a_retired_device")
     } else {
         None
@@ -1221,34 +1219,6 @@ fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
                 w.table == r.table
                     && w.dst == r.dst
                     && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
-            })
-    })
-}
-
-/// Whether `p` hits the second known planner bug below: a device of ours
-/// is deleted to be recreated with a VNI that an unmarked VXLAN device
-/// holds, so the create fails (EEXIST). Skipped like the one above.
-fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
-    p.changes.iter().any(|c| {
-        let Op::CreateVxlan(v) = &c.op else {
-            return false;
-        };
-        let recreated = p
-            .changes
-            .iter()
-            .any(|x| matches!(&x.op, Op::DeleteLink { name } if *name == v.name));
-        // The holder: ours but retired only after the create
-        // (`recreate_waits_for_the_retired_holder`).
-        recreated
-            && o.links.values().any(|l| {
-                l.name != v.name
-                    && l.marked()
-                    && l.vxlan.as_ref().is_some_and(|a| {
-                        a.vni == v.vni
-                            && a.port == v.port
-                            && a.gbp == v.gbp
-                            && a.local.map(|x| Family::of(&x)) == Some(v.family)
-                    })
             })
     })
 }
@@ -1645,7 +1615,6 @@ fn conflict_through_a_retired_device() {
 /// retired device that holds the (VNI, port, family) of a device being
 /// created goes before the create (or the create waits for it).
 #[test]
-#[ignore = "planner bug: a recreated device's new VNI is still held by our device that is retired only after the create (EEXIST)"]
 fn recreate_waits_for_the_retired_holder() {
     let vx = VxGen {
         vni_alt: true,

@@ -208,6 +208,21 @@ enum DevState {
     Blocked,
 }
 
+/// When a device the file no longer declares (see [`Planner::retire`]) is
+/// deleted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retirement {
+    /// Last (stage RetireLinks): its routes have moved to the devices that
+    /// replace it.
+    Last,
+    /// First (stage DeleteLinks): it stands in the way of this plan — it
+    /// holds the identity of a device being created (the create would fail,
+    /// EEXIST) or a foreign route through it holds a declared route's place
+    /// (the place is freed only by deleting our device, never by touching
+    /// the foreign route).
+    First,
+}
+
 /// How an existing VXLAN device's attributes differ from its declaration.
 struct VxlanDiff {
     /// Changes the kernel refuses in place: the device is recreated.
@@ -482,6 +497,8 @@ struct Planner<'a> {
     locals: BTreeMap<&'a str, IpAddr>,
     /// Peers whose `vtep_ip` is this node's own (dev, subnet): blocked.
     self_peers: BTreeSet<(&'a str, IpNet)>,
+    /// Devices of ours the file no longer declares, and when they go.
+    retired: BTreeMap<&'a str, Retirement>,
 }
 
 impl<'a> Planner<'a> {
@@ -528,22 +545,87 @@ impl<'a> Planner<'a> {
     }
 
     /// Devices netconverge created that the file no longer declares (and
-    /// that no rename reuses): deleted last, with everything on them.
+    /// that no rename reuses): deleted last, with everything on them, once
+    /// what replaces them is in place — or first (stage DeleteLinks) when
+    /// one stands in the way of this plan (see [`Retirement::First`]).
+    /// Runs after [`Self::vxlans`] (it needs the planned creates) and
+    /// before [`Self::route_conflicts`].
     fn retire(&mut self) {
         let observed = self.observed;
         for l in observed.links.values() {
             if l.kind == "vxlan" && l.marked() && self.desired.vxlan(&l.name).is_none() {
-                self.change(
-                    ChangeKind::Remove,
-                    format!("vxlan {}", l.name),
+                self.retired.insert(l.name.as_str(), Retirement::Last);
+            }
+        }
+        if self.retired.is_empty() {
+            return;
+        }
+        let mut first = self.retired_in_the_way();
+        for (name, when) in &mut self.retired {
+            if first.contains_key(name) {
+                *when = Retirement::First;
+            }
+        }
+        let names: Vec<&str> = self.retired.keys().copied().collect();
+        for name in names {
+            let (reason, op) = match first.remove(name) {
+                None => (
                     "not declared (created by netconverge); deleted once what replaces it is in place"
                         .to_string(),
                     Op::RetireLink {
-                        name: l.name.clone(),
+                        name: name.to_string(),
                     },
+                ),
+                Some(why) => (
+                    format!("not declared (created by netconverge); deleted first: {why}"),
+                    Op::DeleteLink {
+                        name: name.to_string(),
+                    },
+                ),
+            };
+            self.change(ChangeKind::Remove, format!("vxlan {name}"), reason, op);
+        }
+    }
+
+    /// The retired devices that must go before the rest of the plan: one
+    /// that holds the (VNI, port, GBP, family) of a device this plan
+    /// creates.
+    /// Each with why, for the plan's reason.
+    fn retired_in_the_way(&self) -> BTreeMap<&'a str, String> {
+        let observed = self.observed;
+        let creates: Vec<&VxlanCreate> = self
+            .changes
+            .iter()
+            .filter_map(|c| match &c.op {
+                Op::CreateVxlan(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let mut first: BTreeMap<&'a str, String> = BTreeMap::new();
+        for name in self.retired.keys() {
+            let Some(l) = observed.links.get(*name) else {
+                continue;
+            };
+            if let Some(v) = creates
+                .iter()
+                .find(|v| holds_vni(l, v.vni, v.port, v.gbp, v.family))
+            {
+                first.insert(
+                    name,
+                    format!(
+                        "it holds vni {} port {}, which vxlan {} is created with (the kernel refuses a second device with them)",
+                        v.vni, v.port, v.name
+                    ),
                 );
             }
         }
+        first
+    }
+
+    /// Whether `dev` is a retired device deleted before the rest of the
+    /// plan: everything on it is gone by then.
+    fn retired_first(&self, dev: Option<&str>) -> bool {
+        dev.is_some_and(|d| self.retired.get(d) == Some(&Retirement::First))
     }
 
     /// Plan one declared VXLAN device: blocked if it has no place (underlay,
@@ -974,10 +1056,12 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|r| !self.protocols.contains(&r.protocol))
             .filter(|r| {
-                // Routes on a device being recreated vanish with it.
+                // Routes on a device being recreated, or retired first,
+                // vanish with it.
                 !r.dev
                     .as_deref()
                     .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh))
+                    && !self.retired_first(r.dev.as_deref())
             })
             .map(|r| (route_key_state(r), r))
             .collect();
@@ -1281,7 +1365,8 @@ impl<'a> Planner<'a> {
             let gone_with_dev = n
                 .dev
                 .as_deref()
-                .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh));
+                .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh))
+                || self.retired_first(n.dev.as_deref());
             if !self.protocols.contains(&n.protocol)
                 || self.nh_keep.contains(&n.id)
                 || gone_with_dev
@@ -1354,7 +1439,10 @@ impl<'a> Planner<'a> {
         let cur = if fresh {
             None
         } else {
-            have.get(&route_key_spec(r)).copied()
+            // A route on a device retired first is gone before this one.
+            have.get(&route_key_spec(r))
+                .copied()
+                .filter(|c| !self.retired_first(c.dev.as_deref()))
         };
         if blocked {
             // Left as it is, and so is the nexthop it uses.
@@ -1606,6 +1694,7 @@ fn plan_view(desired: &Desired, observed: &Observed, first: Vec<Change>) -> Kern
         conflicts: HashSet::default(),
         locals: BTreeMap::new(),
         self_peers: BTreeSet::new(),
+        retired: BTreeMap::new(),
     };
     p.style = p.route_style();
     p.vxlans();

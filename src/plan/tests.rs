@@ -1099,6 +1099,45 @@ mod ownership {
     }
 
     #[test]
+    fn retired_device_holding_the_vni_of_a_recreated_one_goes_first() {
+        // The file had flannel.1 (vni 2) and flannel.2 (vni 1); now only
+        // flannel.1, with vni 1. flannel.2 holds vni 1 until it is deleted,
+        // so it goes before the create (the kernel refuses a second device
+        // with the same VNI and port: EEXIST).
+        let d = ipv4_node();
+        let mut old = ipv4_node();
+        old.vxlans[0].vni = 2;
+        let mut second = vxlan("flannel.2", Family::Ipv4);
+        second.vni = 1;
+        old.vxlans.push(second);
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let stage_of = |name: &str| {
+            p.changes
+                .iter()
+                .find(|c| c.object == format!("vxlan {name}") && c.kind == ChangeKind::Remove)
+                .map(|c| c.op.stage())
+        };
+        assert_eq!(stage_of("flannel.2"), Some(Stage::DeleteLinks), "{p}");
+        assert_eq!(stage_of("flannel.1"), Some(Stage::DeleteLinks), "{p}");
+        assert_one_pass(&d, &o, &p);
+        // Control: a retired device holding another VNI still goes last.
+        let mut old = ipv4_node();
+        let mut second = vxlan("flannel.2", Family::Ipv4);
+        second.vni = 3;
+        old.vxlans.push(second);
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let p = plan(&d, &o);
+        assert_eq!(
+            ops(&p),
+            [&Op::RetireLink {
+                name: "flannel.2".into()
+            }]
+        );
+    }
+
+    #[test]
     fn derived_local_is_not_an_underlay_address_this_plan_removes() {
         // eth0's first address is one of ours the file no longer declares
         // (removed as stale): the device takes the next one.
