@@ -1064,7 +1064,6 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
-        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         let again = plan(&d, &after);
         prop_assert!(
@@ -1083,7 +1082,6 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
-        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         assert_all_present(&foreign_set(&d, &o, &p), &after, &format!("plan\n{p}"))?;
     }
@@ -1113,7 +1111,6 @@ proptest! {
         let d = build_desired(&dg);
         for o in [build_observed(&og, &d, dg.past), converge(&d, build_observed(&og, &d, dg.past))] {
             let c = cleanup_plan(&d, &o);
-            prop_assume!(known_bug(&d, &o, &c).is_none());
             let after = simulate(&o, &c);
             assert_nothing_ours(&d, &after)?;
             assert_all_present(&foreign_set(&d, &o, &c), &after, &format!("cleanup\n{c}"))?;
@@ -1188,39 +1185,6 @@ fn controls_the_checks_can_fail() {
         o.links.get(V4).and_then(|l| l.alias.as_deref()),
         Some(DEVICE_MARK)
     );
-}
-
-/// The known planner bug `p` hits in `o`, if any (each has an
-/// `#[ignore]`d test below). The properties skip those cases (proptest
-/// counts them as rejects) so that they keep looking for other bugs.
-fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
-    if hits_retired_holder_bug(d, o, p) {
-        Some("conflict_through_a_retired_device")
-    } else {
-        None
-    }
-}
-
-/// Fifth known bug: a declared place held by a foreign route through a
-/// device the same plan retires (the kernel drops the holder with it).
-fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
-    let retired: BTreeSet<&str> = p
-        .changes
-        .iter()
-        .filter_map(|c| match &c.op {
-            Op::RetireLink { name } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    o.routes.iter().any(|r| {
-        r.dev.as_deref().is_some_and(|x| retired.contains(x))
-            && !owned_protocols(o).contains(&r.protocol)
-            && d.routes.iter().any(|w| {
-                w.table == r.table
-                    && w.dst == r.dst
-                    && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
-            })
-    })
 }
 
 /// Regression test for a planner bug (found by `one_pass_converges`; fixed:
@@ -1463,9 +1427,9 @@ fn local_is_not_an_address_being_removed() {
 
 /// The generators reach the states the properties are about: a sample of
 /// 256 cases has plans with changes, blocked objects, conflicts with
-/// foreign routes, removals, recreations, renames, nexthops and adoption,
-/// and few cases skipped as known bugs. (A generator that stopped producing
-/// them would make the properties pass vacuously.)
+/// foreign routes, removals, recreations, renames, nexthops and adoption.
+/// (A generator that stopped producing them would make the properties pass
+/// vacuously.)
 #[test]
 fn generators_cover_the_interesting_states() {
     use proptest::strategy::ValueTree;
@@ -1513,7 +1477,6 @@ fn generators_cover_the_interesting_states() {
             "old protocol",
             p.changes.iter().any(|c| c.reason.starts_with("old ")),
         );
-        count("known bug", known_bug(&d, &o, &p).is_some());
     }
     eprintln!("{seen:#?}");
     for k in [
@@ -1539,7 +1502,6 @@ fn generators_cover_the_interesting_states() {
             seen.get(k)
         );
     }
-    assert!(seen.get("known bug").copied().unwrap_or(0) < 64, "{seen:?}");
 }
 
 /// Planner bug (found by `one_pass_converges`): a declared route's place
@@ -1552,7 +1514,6 @@ fn generators_cover_the_interesting_states() {
 /// `route_conflicts` already skips holders on devices being recreated
 /// (`DevState::Fresh`), not on retired ones.
 #[test]
-#[ignore = "planner bug: a foreign route on a device the plan retires is a conflict; it vanishes with the device, converges a pass later"]
 fn conflict_through_a_retired_device() {
     let vx = VxGen {
         vni_alt: false,

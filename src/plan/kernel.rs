@@ -589,7 +589,8 @@ impl<'a> Planner<'a> {
 
     /// The retired devices that must go before the rest of the plan: one
     /// that holds the (VNI, port, GBP, family) of a device this plan
-    /// creates.
+    /// creates, or one that carries a foreign route at a declared route's
+    /// place (not adopted).
     /// Each with why, for the plan's reason.
     fn retired_in_the_way(&self) -> BTreeMap<&'a str, String> {
         let observed = self.observed;
@@ -617,6 +618,39 @@ impl<'a> Planner<'a> {
                         v.vni, v.port, v.name
                     ),
                 );
+            }
+        }
+        let holders: HashMap<RouteKey, &'a RouteState> = observed
+            .routes
+            .iter()
+            .filter(|r| {
+                !self.protocols.contains(&r.protocol)
+                    && r.dev
+                        .as_deref()
+                        .is_some_and(|d| self.retired.contains_key(d))
+            })
+            .map(|r| (route_key_state(r), r))
+            .collect();
+        if holders.is_empty() {
+            return first;
+        }
+        for r in &self.desired.routes {
+            let Some(h) = holders.get(&route_key_spec(r)) else {
+                continue;
+            };
+            let Some(d) = h.dev.as_deref().filter(|_| !self.adopts(r, h)) else {
+                continue;
+            };
+            if let Some((name, _)) = self.retired.get_key_value(d) {
+                first.entry(name).or_insert_with(|| {
+                    format!(
+                        "{} proto {} (not created by netconverge) holds the place of {} ({}); it goes only with this device, never on its own",
+                        describe_route_state(h),
+                        proto_name(h.protocol),
+                        describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+                        r.origin
+                    )
+                });
             }
         }
         first

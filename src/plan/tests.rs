@@ -1099,6 +1099,41 @@ mod ownership {
     }
 
     #[test]
+    fn foreign_route_through_a_retired_device_is_not_a_conflict_the_device_goes_first() {
+        // flannel.1 (vni 1) becomes flannel.2 (vni 2): no rename, flannel.1
+        // is retired. An operator replaced a peer route through it with
+        // proto static: it holds a declared place, and goes only with our
+        // device — so flannel.1 is deleted first, not last.
+        let old = ipv4_node();
+        let mut o = converged(&old, &host(&["192.0.2.1/24"]));
+        let held = o
+            .routes
+            .iter_mut()
+            .find(|r| r.dst == net("198.18.2.0/24"))
+            .unwrap();
+        held.protocol = 4;
+        let mut d = old.clone();
+        rename(&mut d, "flannel.2");
+        d.vxlans[0].vni = 2;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty(), "{p}");
+        assert!(
+            ops(&p).contains(&&Op::DeleteLink {
+                name: "flannel.1".into()
+            }),
+            "{p}"
+        );
+        assert!(
+            !ops(&p)
+                .iter()
+                .any(|op| matches!(op, Op::RetireLink { .. } | Op::DelRoute(_))),
+            "{p}"
+        );
+        assert_one_pass(&d, &o, &p);
+    }
+
+    #[test]
     fn retired_device_holding_the_vni_of_a_recreated_one_goes_first() {
         // The file had flannel.1 (vni 2) and flannel.2 (vni 1); now only
         // flannel.1, with vni 1. flannel.2 holds vni 1 until it is deleted,
