@@ -385,7 +385,19 @@ fn foreign_gen() -> impl Strategy<Value = Foreign> {
             2 => Foreign::RouteBeside(n, proto),
             3 => Foreign::OldProtoRoute(n),
             4 => Foreign::Bridge,
-            5 => Foreign::Vxlan(n % 3, b[0], b[1]),
+            // Under a declared name, the declared family: a device of the
+            // other family that the file adopts holds the other declared
+            // device's identity until it is recreated — a known bug
+            // (`adopted_holder_of_the_other_family`).
+            5 => Foreign::Vxlan(
+                n % 3,
+                b[0],
+                match n % 3 {
+                    1 => false,
+                    2 => true,
+                    _ => b[1],
+                },
+            ),
             6 => Foreign::UnderlayAddress(b[0]),
             7 => Foreign::Nexthop(b[0], proto),
             _ => Foreign::Neighbor,
@@ -677,19 +689,13 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
             }
         }
         Foreign::Vxlan(name, vni_alt, v6) => {
+            let v6 = *v6;
             let name = match name {
                 0 => "vx-foreign",
                 1 => V4,
                 _ => V6,
             };
             let vni = if *vni_alt { 2 } else { 1 };
-            // A device under a declared name has the declared family: a
-            // family change is a known bug (`family_change_recreates`).
-            let v6 = match name {
-                V4 => false,
-                V6 => true,
-                _ => *v6,
-            };
             let local = if v6 {
                 ip("2001:db8::1")
             } else {
@@ -1627,6 +1633,72 @@ fn recreate_waits_for_the_retired_holder() {
     both.vxlans.extend(old1.vxlans.iter().cloned());
     let o = converge(&both, build_observed(&host_gen, &d, false));
     assert_eq!(o.links.values().filter(|l| l.marked()).count(), 2, "{o:#?}");
+    let p = plan(&d, &o);
+    let after = simulate(&o, &p);
+    let again = plan(&d, &after);
+    assert!(
+        again.changes.is_empty(),
+        "first plan:\n{p}\nsecond plan:\n{again}"
+    );
+}
+
+/// Planner bug (found by `one_pass_converges` once the generator let a
+/// foreign device under a declared name have the other family): the file
+/// declares flannel.1 (IPv4, vni 1) and flannel-v6.1 (IPv6, vni 1, adopt =
+/// true); the kernel has a foreign flannel-v6.1 with an IPv4 local and
+/// vni 1. flannel-v6.1 is adopted and recreated as IPv6 (stage DeleteLinks,
+/// before any create), but flannel.1's create was already blocked: its
+/// holder check (`Planner::foreign_holder`) sees flannel-v6.1 as a foreign
+/// holder of (vni 1, port 8472, IPv4), not as a device this plan deletes.
+/// flannel.1 appears a pass later. Expected: a holder the same plan
+/// deletes (an adopted device being recreated) does not block.
+#[test]
+#[ignore = "planner bug: an adopted device that is recreated still blocks another declared device's create as a foreign VNI holder; converges a pass later"]
+fn adopted_holder_of_the_other_family() {
+    let vx = VxGen {
+        vni_alt: false,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: BTreeSet::new(),
+    };
+    let dg = DesiredGen {
+        v4: Some(vx.clone()),
+        v6: Some(VxGen { adopt: true, ..vx }),
+        routes: Vec::new(),
+        nexthops: NexthopMode::Auto,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 0,
+        prior: DesiredGen {
+            v4: None,
+            v6: None,
+            ..dg.clone()
+        },
+        prior_old_proto: false,
+        perturb: Vec::new(),
+        foreign: Vec::new(),
+    };
+    let mut o = build_observed(&og, &d, false);
+    // flannel-v6.1 with an IPv4 local (the generator no longer makes it).
+    add_foreign(&mut o, &Foreign::Vxlan(2, false, false));
+    assert!(
+        o.links
+            .get(V6)
+            .and_then(|l| l.vxlan.as_ref())
+            .is_some_and(|a| a.local == Some(ip("192.0.2.1"))),
+        "{o:#?}"
+    );
     let p = plan(&d, &o);
     let after = simulate(&o, &p);
     let again = plan(&d, &after);
