@@ -1070,6 +1070,7 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
+        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         let again = plan(&d, &after);
         prop_assert!(
@@ -1088,6 +1089,7 @@ proptest! {
         let d = build_desired(&dg);
         let o = build_observed(&og, &d, dg.past);
         let p = plan(&d, &o);
+        prop_assume!(known_bug(&d, &o, &p).is_none());
         let after = simulate(&o, &p);
         assert_all_present(&foreign_set(&d, &o, &p), &after, &format!("plan\n{p}"))?;
     }
@@ -1117,6 +1119,7 @@ proptest! {
         let d = build_desired(&dg);
         for o in [build_observed(&og, &d, dg.past), converge(&d, build_observed(&og, &d, dg.past))] {
             let c = cleanup_plan(&d, &o);
+            prop_assume!(known_bug(&d, &o, &c).is_none());
             let after = simulate(&o, &c);
             assert_nothing_ours(&d, &after)?;
             assert_all_present(&foreign_set(&d, &o, &c), &after, &format!("cleanup\n{c}"))?;
@@ -1191,6 +1194,45 @@ fn controls_the_checks_can_fail() {
         o.links.get(V4).and_then(|l| l.alias.as_deref()),
         Some(DEVICE_MARK)
     );
+}
+
+/// The known planner bug `p` hits in `o`, if any (each has an
+/// `#[ignore]`d test below). The properties skip those cases (proptest
+/// counts them as rejects) so that they keep looking for other bugs.
+fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
+    hits_last_address_cascade(d, o, p)
+        .then_some("our_address_on_a_foreign_device_carries_foreign_routes")
+}
+
+/// A removal of one of our IPv4 addresses from a device we do not own
+/// that foreign classic IPv4 routes go through, leaving it no IPv4
+/// address (the kernel drops those routes with it).
+fn hits_last_address_cascade(d: &Desired, o: &Observed, p: &Plan) -> bool {
+    let owned = owned_devices(d, o);
+    let removed: Vec<(&str, IpNet)> = p
+        .changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::DelAddress { dev, cidr } if matches!(cidr, IpNet::V4(_)) => {
+                Some((dev.as_str(), *cidr))
+            }
+            _ => None,
+        })
+        .collect();
+    removed.iter().any(|(dev, _)| {
+        !owned.contains(*dev)
+            && o.routes.iter().any(|r| {
+                r.dev.as_deref() == Some(*dev)
+                    && r.nhid.is_none()
+                    && matches!(r.dst, IpNet::V4(_))
+                    && !owned_protocols(o).contains(&r.protocol)
+            })
+            && !o.addresses.iter().any(|a| {
+                a.dev == *dev
+                    && matches!(a.cidr, IpNet::V4(_))
+                    && !removed.contains(&(*dev, a.cidr))
+            })
+    })
 }
 
 /// Regression test for a planner bug (found by `one_pass_converges`; fixed:
@@ -1433,9 +1475,9 @@ fn local_is_not_an_address_being_removed() {
 
 /// The generators reach the states the properties are about: a sample of
 /// 256 cases has plans with changes, blocked objects, conflicts with
-/// foreign routes, removals, recreations, renames, nexthops and adoption.
-/// (A generator that stopped producing them would make the properties pass
-/// vacuously.)
+/// foreign routes, removals, recreations, renames, nexthops and adoption,
+/// and few cases skipped as known bugs. (A generator that stopped producing
+/// them would make the properties pass vacuously.)
 #[test]
 fn generators_cover_the_interesting_states() {
     use proptest::strategy::ValueTree;
@@ -1483,8 +1525,10 @@ fn generators_cover_the_interesting_states() {
             "old protocol",
             p.changes.iter().any(|c| c.reason.starts_with("old ")),
         );
+        count("known bug", known_bug(&d, &o, &p).is_some());
     }
     eprintln!("{seen:#?}");
+    assert!(seen.get("known bug").copied().unwrap_or(0) < 64, "{seen:?}");
     for k in [
         "changes",
         "in sync",
@@ -1706,6 +1750,70 @@ fn adopted_holder_of_the_other_family() {
         again.changes.is_empty(),
         "first plan:\n{p}\nsecond plan:\n{again}"
     );
+}
+
+/// Planner bug (found by `foreign_objects_are_untouched` and
+/// `cleanup_removes_ours_and_nothing_else` at 2 000 cases; older than the
+/// fixes above): flannel.1 lost its mark (an unmarked device under a
+/// declared name is not ours) but still carries our address 198.18.1.0/32
+/// (protocol 199) and a foreign classic route (proto static) through it.
+/// The plan (the file no longer declares anything) and cleanup remove the
+/// address as ours — the device's last IPv4 address, so the kernel drops
+/// the foreign route with it (`fib_disable_ip`, no RTM_DELROUTE). Expected:
+/// a policy decision — keep our last address there while foreign routes
+/// need it (and say so), or report it; not a silent loss of a foreign route.
+#[test]
+#[ignore = "planner bug: removing our last IPv4 address from a device we do not own drops the foreign classic routes through it"]
+fn our_address_on_a_foreign_device_carries_foreign_routes() {
+    let dg = DesiredGen {
+        v4: None,
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Auto,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 2,
+        prior: DesiredGen {
+            v4: Some(VxGen {
+                vni_alt: false,
+                underlay_alt: false,
+                local_explicit: false,
+                learning: false,
+                gbp: false,
+                mtu_explicit: false,
+                adopt: false,
+                addr_alt: false,
+                peers: BTreeSet::new(),
+            }),
+            ..dg.clone()
+        },
+        prior_old_proto: false,
+        perturb: vec![Perturb::LinkUnmark(0)],
+        foreign: vec![Foreign::RouteAtPeer(false, 2, 3, true)],
+    };
+    let o = build_observed(&og, &d, false);
+    assert!(
+        o.routes
+            .iter()
+            .any(|r| r.protocol == 3 && r.dev.as_deref() == Some(V4)),
+        "{o:#?}"
+    );
+    for (what, p) in [("plan", plan(&d, &o)), ("cleanup", cleanup_plan(&d, &o))] {
+        let after = simulate(&o, &p);
+        let set = foreign_set(&d, &o, &p);
+        let lost: Vec<_> = set
+            .routes
+            .iter()
+            .filter(|r| !after.routes.contains(r))
+            .collect();
+        assert!(lost.is_empty(), "{what} loses {lost:?}:\n{p}");
+    }
 }
 
 // ------------------------------------------------------ the model itself --
