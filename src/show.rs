@@ -2,18 +2,23 @@
 //! manages, in the same vocabulary as the config file.
 //!
 //! Invariant: pure conversion from (desired, observed); only objects the
-//! config declares, depends on (underlays) or owns are shown.
+//! config declares, depends on (underlays) or owns are shown. Whether a
+//! declared file (the CNI conflist) is in sync is the planner's judgement,
+//! never a second copy of its rules.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::model::lease::FileContent;
 use crate::model::{
     AddressState, Desired, FdbState, Mac, NeighborState, Observed, RTPROT_KERNEL, RTPROT_RA,
     RouteState,
 };
+use crate::plan::ChangeKind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowVxlan {
@@ -86,6 +91,33 @@ pub struct ShowFdb {
     pub permanent: bool,
 }
 
+/// How the conflist `[cni]` declares compares with the file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    InSync,
+    /// A regular file whose contents differ (or that is not usable).
+    Drift,
+    Missing,
+    /// Cannot be written now (not a regular file, unreadable, MTU unknown).
+    Blocked,
+}
+
+/// The CNI conflist `[cni]` declares, as found on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowCni {
+    pub path: PathBuf,
+    pub status: FileStatus,
+    /// What drifted, or why it is blocked (the plan's reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The file itself, as for the lease.
+    pub file: FileContent,
+    /// CNI config files that sort before it (containerd loads only the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
+}
+
 /// The document `show` prints (TOML or JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowDoc {
@@ -97,6 +129,9 @@ pub struct ShowDoc {
     pub route: Vec<ShowRoute>,
     pub nat: serde_json::Value,
     pub lease: serde_json::Value,
+    /// Only with `[cni]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni: Option<ShowCni>,
 }
 
 pub fn show(desired: &Desired, observed: &Observed) -> ShowDoc {
@@ -145,7 +180,33 @@ fn unsorted(desired: &Desired, observed: &Observed) -> ShowDoc {
             .collect(),
         nat: serde_json::to_value(&observed.nat).unwrap_or(serde_json::Value::Null),
         lease: serde_json::to_value(&observed.lease).unwrap_or(serde_json::Value::Null),
+        cni: cni(desired, observed),
     }
+}
+
+/// The declared conflist with its status: the planner's verdict on it (a
+/// write to plan means missing or drift; a block says why not).
+fn cni(desired: &Desired, observed: &Observed) -> Option<ShowCni> {
+    let spec = desired.cni.as_ref()?;
+    let plan = crate::plan::plan(desired, observed);
+    let object = crate::plan::cni::object(&spec.path);
+    let (status, reason) = if let Some(b) = plan.blocked.iter().find(|b| b.object == object) {
+        (FileStatus::Blocked, Some(b.reason.clone()))
+    } else if let Some(c) = plan.changes.iter().find(|c| c.object == object) {
+        match c.kind {
+            ChangeKind::Add => (FileStatus::Missing, None),
+            _ => (FileStatus::Drift, Some(c.reason.clone())),
+        }
+    } else {
+        (FileStatus::InSync, None)
+    };
+    Some(ShowCni {
+        path: spec.path.clone(),
+        status,
+        reason,
+        file: observed.cni.file.clone(),
+        earlier: observed.cni.earlier.clone(),
+    })
 }
 
 /// The declared VXLAN devices the kernel has, in declaration order.
@@ -268,5 +329,131 @@ fn strip_nulls(v: &mut serde_json::Value) {
             a.iter_mut().for_each(strip_nulls);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::{
+        AddressSpec, CniPlugin, CniSpec, Family, LeaseFamily, LinkState, VxlanSpec,
+    };
+
+    fn link(name: &str, index: u32) -> LinkState {
+        LinkState {
+            name: name.into(),
+            index,
+            kind: "veth".into(),
+            mtu: 1500,
+            mac: None,
+            up: true,
+            vxlan: None,
+            alias: None,
+        }
+    }
+
+    /// flannel.1 on eth0 (MTU 1450 once created) and a `[cni]` bridge
+    /// conflist for 198.18.1.0/24.
+    fn node() -> (Desired, Observed) {
+        let d = Desired {
+            mac_seed: Some("node-a".into()),
+            vxlans: vec![VxlanSpec {
+                name: "flannel.1".into(),
+                vni: 1,
+                port: 8472,
+                underlay: "eth0".into(),
+                family: Family::Ipv4,
+                local: None,
+                mac: None,
+                mtu: None,
+                learning: false,
+                gbp: false,
+            }],
+            addresses: vec![AddressSpec {
+                dev: "flannel.1".into(),
+                cidr: "198.18.1.0/32".parse().unwrap(),
+                origin: "address #1".into(),
+            }],
+            cni: Some(CniSpec {
+                path: PathBuf::from("/etc/cni/net.d/10-netconverge.conflist"),
+                plugin: CniPlugin::Bridge,
+                name: "cbr0".into(),
+                bridge: "cni0".into(),
+                mtu: None,
+                hairpin: true,
+                ip_masq: false,
+                portmap: true,
+                bandwidth: false,
+                ipv4: Some(LeaseFamily {
+                    network: "198.18.0.0/16".parse().unwrap(),
+                    subnet: "198.18.1.0/24".parse().unwrap(),
+                }),
+                ipv6: None,
+                subnet_file: None,
+            }),
+            ..Desired::default()
+        };
+        let mut o = Observed::default();
+        o.links.insert("eth0".into(), link("eth0", 2));
+        o.addresses.push(AddressState {
+            dev: "eth0".into(),
+            cidr: "192.0.2.1/24".parse().unwrap(),
+            global: true,
+            protocol: 0,
+        });
+        (d, o)
+    }
+
+    fn rendered(d: &Desired, mtu: u32) -> String {
+        crate::plan::cni::render(d.cni.as_ref().unwrap(), mtu)
+    }
+
+    #[test]
+    fn cni_conflist_states() {
+        let (d, o) = node();
+        let mut out = String::new();
+        let states = [
+            ("missing", FileContent::Missing),
+            ("in sync", FileContent::Text(rendered(&d, 1450))),
+            ("drift", FileContent::Text(rendered(&d, 1500))),
+            ("a directory", FileContent::NotAFile("a directory".into())),
+        ];
+        for (what, file) in states {
+            let mut o = o.clone();
+            o.cni.file = file;
+            let cni = show(&d, &o).cni.unwrap();
+            let mut v = serde_json::to_value(&cni).unwrap();
+            // The file's text is the renderer's (snapshotted there).
+            if let Some(detail) = v.pointer_mut("/file/detail").filter(|x| x.is_string()) {
+                if matches!(cni.file, FileContent::Text(_)) {
+                    *detail = serde_json::Value::String("…".into());
+                }
+            }
+            out.push_str(&format!("{what}: {v}\n"));
+        }
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn cni_conflist_in_toml_and_absent_without_cni() {
+        let (d, mut o) = node();
+        o.cni.file = FileContent::Text(rendered(&d, 1450));
+        o.cni.earlier = vec!["05-other.conflist".into()];
+        let toml = to_toml(&show(&d, &o)).unwrap();
+        let cni = &toml[toml.find("[cni]").unwrap()..];
+        insta::assert_snapshot!(cni);
+        let no_cni = Desired {
+            cni: None,
+            ..d.clone()
+        };
+        let doc = show(&no_cni, &o);
+        assert!(doc.cni.is_none());
+        assert!(!to_toml(&doc).unwrap().contains("[cni"));
+        assert!(
+            !serde_json::to_string(&doc).unwrap().contains("\"cni\""),
+            "no cni key without [cni]"
+        );
     }
 }

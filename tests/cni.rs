@@ -373,6 +373,57 @@ fn conflist_drift_is_reported_and_repaired_and_a_directory_blocks_only_it() {
     assert!(path.is_dir());
 }
 
+/// `show` prints the conflist `[cni]` declares with the planner's verdict:
+/// missing before the first converge, in sync with the file's text after,
+/// drift (with what differs) after an edit — in JSON and in TOML.
+#[test]
+fn show_prints_the_conflist_and_its_status() {
+    common::require_root();
+    let ns = Netns::new("cni-show");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-p",
+    ]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+    ns.ip(&["addr", "add", "2001:db8::11/64", "dev", "eth0", "nodad"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let path = conflist_path(dir.path());
+    let show = || -> Value {
+        let out = ns.netconverge(&cfg, &["--node", "node-a", "show", "--format", "json"]);
+        assert_eq!(code(&out), 0, "{}", stdout_stderr(&out));
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cni = doc["cni"].clone();
+        assert_eq!(cni["path"], path.display().to_string(), "{doc}");
+        cni
+    };
+    let cni = show();
+    assert_eq!(cni["status"], "missing", "{cni}");
+    assert_eq!(cni["file"]["state"], "missing", "{cni}");
+
+    ns.netconverge_exits(&cfg, &["--node", "node-a", "converge"], 0);
+    let good = std::fs::read_to_string(&path).unwrap();
+    let cni = show();
+    assert_eq!(cni["status"], "in_sync", "{cni}");
+    assert_eq!(cni["file"]["state"], "text", "{cni}");
+    assert_eq!(cni["file"]["detail"], good.as_str(), "{cni}");
+    assert!(cni.get("reason").is_none(), "{cni}");
+
+    std::fs::write(&path, good.replace("\"mtu\": 1450", "\"mtu\": 1500")).unwrap();
+    let cni = show();
+    assert_eq!(cni["status"], "drift", "{cni}");
+    assert_eq!(cni["reason"], "plugins[0].mtu 1500, declared 1450", "{cni}");
+    let toml = ns.netconverge_exits(&cfg, &["--node", "node-a", "show"], 0);
+    assert!(toml.contains("[cni]"), "{toml}");
+    assert!(toml.contains("status = \"drift\""), "{toml}");
+    // show changes nothing.
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"mtu\": 1500")
+    );
+}
+
 /// The conflist raises no netlink event when someone deletes or edits it:
 /// the daemon's watch on the files it writes repairs it at once. The resync
 /// is an hour away, so only the watch can explain a prompt restore.

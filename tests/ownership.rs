@@ -698,6 +698,69 @@ fn underlay_address_change_keeps_the_device_and_its_routes() {
     }
 }
 
+/// Changing the VXLAN device's own address (198.18.1.0/32 → 198.18.1.1/32)
+/// with classic routes (`nexthops = "off"`): the new address is added
+/// before the stale one goes (stage PruneAddresses), so the device never
+/// loses its last IPv4 address — which would make the kernel drop every
+/// classic IPv4 route through it, silently (the engine's verify round used
+/// to put them back, after a gap: "converged: 6 change(s) applied" for a
+/// 2-change plan). No peer route is ever deleted.
+#[test]
+fn vxlan_address_change_keeps_classic_peer_routes() {
+    let ns = Netns::node("own-addr", Stack::V4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "\n[engine]\nnexthops = \"off\"\n");
+    let (c, out) = run(&ns, &cfg, &["converge"]);
+    assert_eq!(c, 0, "{out}");
+    for k in [2, 3] {
+        let r = routes_to(&ns, &format!("198.18.{k}.0/24"));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].get("nhid").is_none(), "classic route: {r:?}");
+    }
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("cidr = \"198.18.1.0/32\"", "cidr = \"198.18.1.1/32\"");
+    let cfg = write_config(dir.path(), "netconverge.toml", &text);
+    let mon = Monitor::start(&ns);
+    let (c, out) = run(&ns, &cfg, &["converge"]);
+    let events = mon.stop();
+    assert_eq!(c, 0, "{out}");
+    // The kernel sends no RTM_DELROUTE for the routes it drops with the
+    // last address; what shows is the verify round adding them back. So:
+    // no event at all on a peer route, and only the plan's two changes
+    // applied (no repair round).
+    let peer_events: Vec<&str> = events
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start_matches("Deleted ");
+            l.starts_with("198.18.2.0/24") || l.starts_with("198.18.3.0/24")
+        })
+        .collect();
+    assert!(
+        peer_events.is_empty(),
+        "no peer route may be deleted (or dropped and re-added): {events}"
+    );
+    assert!(out.contains("converged: 2 change(s) applied"), "{out}");
+    let addrs: Vec<String> = ns
+        .ip_list(&["-4", "addr", "show", "dev", "flannel.1"])
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["local"].as_str().unwrap_or_default(),
+                a["prefixlen"]
+            )
+        })
+        .collect();
+    assert_eq!(addrs, ["198.18.1.1/32"], "the address changed");
+    for k in [2, 3] {
+        let r = routes_to(&ns, &format!("198.18.{k}.0/24"));
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["dev"], "flannel.1", "{r:?}");
+    }
+}
+
 /// A peer whose vtep_ip is this node's own (derived) local address is
 /// blocked with a reason; the other peers converge.
 #[test]

@@ -385,7 +385,19 @@ fn foreign_gen() -> impl Strategy<Value = Foreign> {
             2 => Foreign::RouteBeside(n, proto),
             3 => Foreign::OldProtoRoute(n),
             4 => Foreign::Bridge,
-            5 => Foreign::Vxlan(n % 3, b[0], b[1]),
+            // Under a declared name, the declared family: a device of the
+            // other family that the file adopts holds the other declared
+            // device's identity until it is recreated — a known bug
+            // (`adopted_holder_of_the_other_family`).
+            5 => Foreign::Vxlan(
+                n % 3,
+                b[0],
+                match n % 3 {
+                    1 => false,
+                    2 => true,
+                    _ => b[1],
+                },
+            ),
             6 => Foreign::UnderlayAddress(b[0]),
             7 => Foreign::Nexthop(b[0], proto),
             _ => Foreign::Neighbor,
@@ -677,19 +689,13 @@ fn add_foreign(o: &mut Observed, f: &Foreign) {
             }
         }
         Foreign::Vxlan(name, vni_alt, v6) => {
+            let v6 = *v6;
             let name = match name {
                 0 => "vx-foreign",
                 1 => V4,
                 _ => V6,
             };
             let vni = if *vni_alt { 2 } else { 1 };
-            // A device under a declared name has the declared family: a
-            // family change is a known bug (`family_change_recreates`).
-            let v6 = match name {
-                V4 => false,
-                V6 => true,
-                _ => *v6,
-            };
             let local = if v6 {
                 ip("2001:db8::1")
             } else {
@@ -1194,80 +1200,37 @@ fn controls_the_checks_can_fail() {
 /// `#[ignore]`d test below). The properties skip those cases (proptest
 /// counts them as rejects) so that they keep looking for other bugs.
 fn known_bug(d: &Desired, o: &Observed, p: &Plan) -> Option<&'static str> {
-    if hits_recreate_holder_bug(o, p) {
-        Some("recreate_checks_foreign_vni_holder")
-    } else if hits_local_being_removed_bug(p) {
-        Some("local_is_not_an_address_being_removed")
-    } else if hits_retired_holder_bug(d, o, p) {
-        Some("conflict_through_a_retired_device")
-    } else {
-        None
-    }
+    hits_last_address_cascade(d, o, p)
+        .then_some("our_address_on_a_foreign_device_carries_foreign_routes")
 }
 
-/// Fifth known bug: a declared place held by a foreign route through a
-/// device the same plan retires (the kernel drops the holder with it).
-fn hits_retired_holder_bug(d: &Desired, o: &Observed, p: &Plan) -> bool {
-    let retired: BTreeSet<&str> = p
+/// A removal of one of our IPv4 addresses from a device we do not own
+/// that foreign classic IPv4 routes go through, leaving it no IPv4
+/// address (the kernel drops those routes with it).
+fn hits_last_address_cascade(d: &Desired, o: &Observed, p: &Plan) -> bool {
+    let owned = owned_devices(d, o);
+    let removed: Vec<(&str, IpNet)> = p
         .changes
         .iter()
         .filter_map(|c| match &c.op {
-            Op::RetireLink { name } => Some(name.as_str()),
+            Op::DelAddress { dev, cidr } if matches!(cidr, IpNet::V4(_)) => {
+                Some((dev.as_str(), *cidr))
+            }
             _ => None,
         })
         .collect();
-    o.routes.iter().any(|r| {
-        r.dev.as_deref().is_some_and(|x| retired.contains(x))
-            && !owned_protocols(o).contains(&r.protocol)
-            && d.routes.iter().any(|w| {
-                w.table == r.table
-                    && w.dst == r.dst
-                    && metric(&w.dst, w.metric) == metric(&r.dst, r.metric)
+    removed.iter().any(|(dev, _)| {
+        !owned.contains(*dev)
+            && o.routes.iter().any(|r| {
+                r.dev.as_deref() == Some(*dev)
+                    && r.nhid.is_none()
+                    && matches!(r.dst, IpNet::V4(_))
+                    && !owned_protocols(o).contains(&r.protocol)
             })
-    })
-}
-
-/// Fourth known bug: a derived local that the same plan removes.
-fn hits_local_being_removed_bug(p: &Plan) -> bool {
-    let removed: BTreeSet<IpAddr> = p
-        .changes
-        .iter()
-        .filter_map(|c| match &c.op {
-            Op::DelAddress { cidr, .. } => Some(cidr.addr()),
-            _ => None,
-        })
-        .collect();
-    p.changes.iter().any(|c| match &c.op {
-        Op::CreateVxlan(v) => removed.contains(&v.local),
-        Op::SetVxlan { local: Some(l), .. } => removed.contains(l),
-        _ => false,
-    })
-}
-
-/// Whether `p` hits the second known planner bug below: a device of ours
-/// is deleted to be recreated with a VNI that an unmarked VXLAN device
-/// holds, so the create fails (EEXIST). Skipped like the one above.
-fn hits_recreate_holder_bug(o: &Observed, p: &Plan) -> bool {
-    p.changes.iter().any(|c| {
-        let Op::CreateVxlan(v) = &c.op else {
-            return false;
-        };
-        let recreated = p
-            .changes
-            .iter()
-            .any(|x| matches!(&x.op, Op::DeleteLink { name } if *name == v.name));
-        // The holder: ours but retired only after the create
-        // (`recreate_waits_for_the_retired_holder`).
-        recreated
-            && o.links.values().any(|l| {
-                l.name != v.name
-                    && l.marked()
-                    && l.vxlan.as_ref().is_some_and(|a| {
-                        a.vni == v.vni
-                            && a.port == v.port
-                            && a.gbp == v.gbp
-                            && a.local.map(|x| Family::of(&x)) == Some(v.family)
-                    })
+            && !o.addresses.iter().any(|a| {
+                a.dev == *dev
+                    && matches!(a.cidr, IpNet::V4(_))
+                    && !removed.contains(&(*dev, a.cidr))
             })
     })
 }
@@ -1466,7 +1429,6 @@ fn family_change_recreates() {
 /// moves it again. Expected: the derived local skips addresses the plan
 /// removes.
 #[test]
-#[ignore = "planner bug: a derived local may be an address the same plan removes as stale"]
 fn local_is_not_an_address_being_removed() {
     let dg = DesiredGen {
         v4: Some(VxGen {
@@ -1566,6 +1528,7 @@ fn generators_cover_the_interesting_states() {
         count("known bug", known_bug(&d, &o, &p).is_some());
     }
     eprintln!("{seen:#?}");
+    assert!(seen.get("known bug").copied().unwrap_or(0) < 64, "{seen:?}");
     for k in [
         "changes",
         "in sync",
@@ -1589,7 +1552,6 @@ fn generators_cover_the_interesting_states() {
             seen.get(k)
         );
     }
-    assert!(seen.get("known bug").copied().unwrap_or(0) < 64, "{seen:?}");
 }
 
 /// Planner bug (found by `one_pass_converges`): a declared route's place
@@ -1602,7 +1564,6 @@ fn generators_cover_the_interesting_states() {
 /// `route_conflicts` already skips holders on devices being recreated
 /// (`DevState::Fresh`), not on retired ones.
 #[test]
-#[ignore = "planner bug: a foreign route on a device the plan retires is a conflict; it vanishes with the device, converges a pass later"]
 fn conflict_through_a_retired_device() {
     let vx = VxGen {
         vni_alt: false,
@@ -1665,7 +1626,6 @@ fn conflict_through_a_retired_device() {
 /// retired device that holds the (VNI, port, family) of a device being
 /// created goes before the create (or the create waits for it).
 #[test]
-#[ignore = "planner bug: a recreated device's new VNI is still held by our device that is retired only after the create (EEXIST)"]
 fn recreate_waits_for_the_retired_holder() {
     let vx = VxGen {
         vni_alt: true,
@@ -1724,6 +1684,136 @@ fn recreate_waits_for_the_retired_holder() {
         again.changes.is_empty(),
         "first plan:\n{p}\nsecond plan:\n{again}"
     );
+}
+
+/// Planner bug (found by `one_pass_converges` once the generator let a
+/// foreign device under a declared name have the other family): the file
+/// declares flannel.1 (IPv4, vni 1) and flannel-v6.1 (IPv6, vni 1, adopt =
+/// true); the kernel has a foreign flannel-v6.1 with an IPv4 local and
+/// vni 1. flannel-v6.1 is adopted and recreated as IPv6 (stage DeleteLinks,
+/// before any create), but flannel.1's create was already blocked: its
+/// holder check (`Planner::foreign_holder`) sees flannel-v6.1 as a foreign
+/// holder of (vni 1, port 8472, IPv4), not as a device this plan deletes.
+/// flannel.1 appears a pass later. Expected: a holder the same plan
+/// deletes (an adopted device being recreated) does not block.
+#[test]
+#[ignore = "planner bug: an adopted device that is recreated still blocks another declared device's create as a foreign VNI holder; converges a pass later"]
+fn adopted_holder_of_the_other_family() {
+    let vx = VxGen {
+        vni_alt: false,
+        underlay_alt: false,
+        local_explicit: false,
+        learning: false,
+        gbp: false,
+        mtu_explicit: false,
+        adopt: false,
+        addr_alt: false,
+        peers: BTreeSet::new(),
+    };
+    let dg = DesiredGen {
+        v4: Some(vx.clone()),
+        v6: Some(VxGen { adopt: true, ..vx }),
+        routes: Vec::new(),
+        nexthops: NexthopMode::Auto,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 0,
+        prior: DesiredGen {
+            v4: None,
+            v6: None,
+            ..dg.clone()
+        },
+        prior_old_proto: false,
+        perturb: Vec::new(),
+        foreign: Vec::new(),
+    };
+    let mut o = build_observed(&og, &d, false);
+    // flannel-v6.1 with an IPv4 local (the generator no longer makes it).
+    add_foreign(&mut o, &Foreign::Vxlan(2, false, false));
+    assert!(
+        o.links
+            .get(V6)
+            .and_then(|l| l.vxlan.as_ref())
+            .is_some_and(|a| a.local == Some(ip("192.0.2.1"))),
+        "{o:#?}"
+    );
+    let p = plan(&d, &o);
+    let after = simulate(&o, &p);
+    let again = plan(&d, &after);
+    assert!(
+        again.changes.is_empty(),
+        "first plan:\n{p}\nsecond plan:\n{again}"
+    );
+}
+
+/// Planner bug (found by `foreign_objects_are_untouched` and
+/// `cleanup_removes_ours_and_nothing_else` at 2 000 cases; older than the
+/// fixes above): flannel.1 lost its mark (an unmarked device under a
+/// declared name is not ours) but still carries our address 198.18.1.0/32
+/// (protocol 199) and a foreign classic route (proto static) through it.
+/// The plan (the file no longer declares anything) and cleanup remove the
+/// address as ours — the device's last IPv4 address, so the kernel drops
+/// the foreign route with it (`fib_disable_ip`, no RTM_DELROUTE). Expected:
+/// a policy decision — keep our last address there while foreign routes
+/// need it (and say so), or report it; not a silent loss of a foreign route.
+#[test]
+#[ignore = "planner bug: removing our last IPv4 address from a device we do not own drops the foreign classic routes through it"]
+fn our_address_on_a_foreign_device_carries_foreign_routes() {
+    let dg = DesiredGen {
+        v4: None,
+        v6: None,
+        routes: Vec::new(),
+        nexthops: NexthopMode::Auto,
+        past: false,
+        v4_renamed: false,
+    };
+    let d = build_desired(&dg);
+    let og = ObservedGen {
+        nexthop_objects: false,
+        eth0_mtu_low: false,
+        eth0_no_v6: false,
+        prior_kind: 2,
+        prior: DesiredGen {
+            v4: Some(VxGen {
+                vni_alt: false,
+                underlay_alt: false,
+                local_explicit: false,
+                learning: false,
+                gbp: false,
+                mtu_explicit: false,
+                adopt: false,
+                addr_alt: false,
+                peers: BTreeSet::new(),
+            }),
+            ..dg.clone()
+        },
+        prior_old_proto: false,
+        perturb: vec![Perturb::LinkUnmark(0)],
+        foreign: vec![Foreign::RouteAtPeer(false, 2, 3, true)],
+    };
+    let o = build_observed(&og, &d, false);
+    assert!(
+        o.routes
+            .iter()
+            .any(|r| r.protocol == 3 && r.dev.as_deref() == Some(V4)),
+        "{o:#?}"
+    );
+    for (what, p) in [("plan", plan(&d, &o)), ("cleanup", cleanup_plan(&d, &o))] {
+        let after = simulate(&o, &p);
+        let set = foreign_set(&d, &o, &p);
+        let lost: Vec<_> = set
+            .routes
+            .iter()
+            .filter(|r| !after.routes.contains(r))
+            .collect();
+        assert!(lost.is_empty(), "{what} loses {lost:?}:\n{p}");
+    }
 }
 
 // ------------------------------------------------------ the model itself --

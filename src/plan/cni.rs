@@ -191,7 +191,8 @@ pub(super) fn vxlan_mtu(desired: &Desired, mtus: &BTreeMap<String, u32>) -> Opti
     mtus.get(&dev.name).copied()
 }
 
-fn object(path: &Path) -> String {
+/// How plans (and `show`) name the conflist.
+pub fn object(path: &Path) -> String {
     format!("cni {}", path.display())
 }
 

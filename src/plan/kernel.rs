@@ -208,6 +208,21 @@ enum DevState {
     Blocked,
 }
 
+/// When a device the file no longer declares (see [`Planner::retire`]) is
+/// deleted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retirement {
+    /// Last (stage RetireLinks): its routes have moved to the devices that
+    /// replace it.
+    Last,
+    /// First (stage DeleteLinks): it stands in the way of this plan — it
+    /// holds the identity of a device being created (the create would fail,
+    /// EEXIST) or a foreign route through it holds a declared route's place
+    /// (the place is freed only by deleting our device, never by touching
+    /// the foreign route).
+    First,
+}
+
 /// How an existing VXLAN device's attributes differ from its declaration.
 struct VxlanDiff {
     /// Changes the kernel refuses in place: the device is recreated.
@@ -482,6 +497,8 @@ struct Planner<'a> {
     locals: BTreeMap<&'a str, IpAddr>,
     /// Peers whose `vtep_ip` is this node's own (dev, subnet): blocked.
     self_peers: BTreeSet<(&'a str, IpNet)>,
+    /// Devices of ours the file no longer declares, and when they go.
+    retired: BTreeMap<&'a str, Retirement>,
 }
 
 impl<'a> Planner<'a> {
@@ -528,22 +545,121 @@ impl<'a> Planner<'a> {
     }
 
     /// Devices netconverge created that the file no longer declares (and
-    /// that no rename reuses): deleted last, with everything on them.
+    /// that no rename reuses): deleted last, with everything on them, once
+    /// what replaces them is in place — or first (stage DeleteLinks) when
+    /// one stands in the way of this plan (see [`Retirement::First`]).
+    /// Runs after [`Self::vxlans`] (it needs the planned creates) and
+    /// before [`Self::route_conflicts`].
     fn retire(&mut self) {
         let observed = self.observed;
         for l in observed.links.values() {
             if l.kind == "vxlan" && l.marked() && self.desired.vxlan(&l.name).is_none() {
-                self.change(
-                    ChangeKind::Remove,
-                    format!("vxlan {}", l.name),
+                self.retired.insert(l.name.as_str(), Retirement::Last);
+            }
+        }
+        if self.retired.is_empty() {
+            return;
+        }
+        let mut first = self.retired_in_the_way();
+        for (name, when) in &mut self.retired {
+            if first.contains_key(name) {
+                *when = Retirement::First;
+            }
+        }
+        let names: Vec<&str> = self.retired.keys().copied().collect();
+        for name in names {
+            let (reason, op) = match first.remove(name) {
+                None => (
                     "not declared (created by netconverge); deleted once what replaces it is in place"
                         .to_string(),
                     Op::RetireLink {
-                        name: l.name.clone(),
+                        name: name.to_string(),
                     },
+                ),
+                Some(why) => (
+                    format!("not declared (created by netconverge); deleted first: {why}"),
+                    Op::DeleteLink {
+                        name: name.to_string(),
+                    },
+                ),
+            };
+            self.change(ChangeKind::Remove, format!("vxlan {name}"), reason, op);
+        }
+    }
+
+    /// The retired devices that must go before the rest of the plan: one
+    /// that holds the (VNI, port, GBP, family) of a device this plan
+    /// creates, or one that carries a foreign route at a declared route's
+    /// place (not adopted).
+    /// Each with why, for the plan's reason.
+    fn retired_in_the_way(&self) -> BTreeMap<&'a str, String> {
+        let observed = self.observed;
+        let creates: Vec<&VxlanCreate> = self
+            .changes
+            .iter()
+            .filter_map(|c| match &c.op {
+                Op::CreateVxlan(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let mut first: BTreeMap<&'a str, String> = BTreeMap::new();
+        for name in self.retired.keys() {
+            let Some(l) = observed.links.get(*name) else {
+                continue;
+            };
+            if let Some(v) = creates
+                .iter()
+                .find(|v| holds_vni(l, v.vni, v.port, v.gbp, v.family))
+            {
+                first.insert(
+                    name,
+                    format!(
+                        "it holds vni {} port {}, which vxlan {} is created with (the kernel refuses a second device with them)",
+                        v.vni, v.port, v.name
+                    ),
                 );
             }
         }
+        let holders: HashMap<RouteKey, &'a RouteState> = observed
+            .routes
+            .iter()
+            .filter(|r| {
+                !self.protocols.contains(&r.protocol)
+                    && r.dev
+                        .as_deref()
+                        .is_some_and(|d| self.retired.contains_key(d))
+            })
+            .map(|r| (route_key_state(r), r))
+            .collect();
+        if holders.is_empty() {
+            return first;
+        }
+        for r in &self.desired.routes {
+            let Some(h) = holders.get(&route_key_spec(r)) else {
+                continue;
+            };
+            let Some(d) = h.dev.as_deref().filter(|_| !self.adopts(r, h)) else {
+                continue;
+            };
+            if let Some((name, _)) = self.retired.get_key_value(d) {
+                first.entry(name).or_insert_with(|| {
+                    format!(
+                        "{} proto {} (not created by netconverge) holds the place of {} ({}); it goes only with this device, never on its own",
+                        describe_route_state(h),
+                        proto_name(h.protocol),
+                        describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+                        r.origin
+                    )
+                });
+            }
+        }
+        first
+    }
+
+    /// Whether `dev` is a retired device deleted before the rest of the
+    /// plan: everything on it is gone by then.
+    fn retired_first(&self, dev: Option<&str>) -> bool {
+        dev.is_some_and(|d| self.retired.get(d) == Some(&Retirement::First))
     }
 
     /// Plan one declared VXLAN device: blocked if it has no place (underlay,
@@ -631,10 +747,7 @@ impl<'a> Planner<'a> {
             self.block(object, format!("underlay {} absent", v.underlay));
             return None;
         };
-        let Some(local) = v
-            .local
-            .or_else(|| observed.first_global_addr(&v.underlay, v.family))
-        else {
+        let Some(local) = v.local.or_else(|| self.derived_local(v)) else {
             self.block(
                 object,
                 format!(
@@ -655,6 +768,34 @@ impl<'a> Planner<'a> {
             None => self.derived_mtu(v, under, object)?,
         };
         Some((under, local, mtu))
+    }
+
+    /// The local address of a device declared without one: its underlay's
+    /// first global address of its family that stays — not one this plan
+    /// removes as stale (the device would get a local address the host no
+    /// longer has).
+    fn derived_local(&self, v: &VxlanSpec) -> Option<IpAddr> {
+        self.observed
+            .addresses
+            .iter()
+            .find(|a| {
+                a.dev == v.underlay
+                    && a.global
+                    && Family::of_net(&a.cidr) == v.family
+                    && !self.removes_address(a)
+            })
+            .map(|a| a.cidr.addr())
+    }
+
+    /// Whether [`Self::addresses`] removes `a` as stale (the same rule as
+    /// its sweep: undeclared and ours).
+    fn removes_address(&self, a: &AddressState) -> bool {
+        self.stale_reason(a).is_some()
+            && !self
+                .desired
+                .addresses
+                .iter()
+                .any(|d| d.dev == a.dev && d.cidr == a.cidr)
     }
 
     /// The MTU of a device declared without one: the underlay's minus the
@@ -949,10 +1090,12 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|r| !self.protocols.contains(&r.protocol))
             .filter(|r| {
-                // Routes on a device being recreated vanish with it.
+                // Routes on a device being recreated, or retired first,
+                // vanish with it.
                 !r.dev
                     .as_deref()
                     .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh))
+                    && !self.retired_first(r.dev.as_deref())
             })
             .map(|r| (route_key_state(r), r))
             .collect();
@@ -1256,7 +1399,8 @@ impl<'a> Planner<'a> {
             let gone_with_dev = n
                 .dev
                 .as_deref()
-                .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh));
+                .is_some_and(|d| self.devs.get(d) == Some(&DevState::Fresh))
+                || self.retired_first(n.dev.as_deref());
             if !self.protocols.contains(&n.protocol)
                 || self.nh_keep.contains(&n.id)
                 || gone_with_dev
@@ -1329,7 +1473,10 @@ impl<'a> Planner<'a> {
         let cur = if fresh {
             None
         } else {
-            have.get(&route_key_spec(r)).copied()
+            // A route on a device retired first is gone before this one.
+            have.get(&route_key_spec(r))
+                .copied()
+                .filter(|c| !self.retired_first(c.dev.as_deref()))
         };
         if blocked {
             // Left as it is, and so is the nexthop it uses.
@@ -1581,6 +1728,7 @@ fn plan_view(desired: &Desired, observed: &Observed, first: Vec<Change>) -> Kern
         conflicts: HashSet::default(),
         locals: BTreeMap::new(),
         self_peers: BTreeSet::new(),
+        retired: BTreeMap::new(),
     };
     p.style = p.route_style();
     p.vxlans();

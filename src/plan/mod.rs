@@ -151,6 +151,9 @@ pub enum Stage {
     PruneNexthops,
     /// Devices no longer declared go last: their routes have moved to the
     /// devices that replace them, so the overlay is never without routes.
+    /// (One that stands in the way of the plan — it holds the VNI of a
+    /// device being created, or a foreign route through it holds a declared
+    /// place — goes first instead, as a `DeleteLink`.)
     RetireLinks,
     Nat,
     /// After every NAT install/repair: netconverge's NAT objects at places

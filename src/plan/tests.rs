@@ -1091,6 +1091,127 @@ mod ownership {
         );
     }
 
+    /// After `plan`, as the kernel model leaves it, re-planning is empty.
+    fn assert_one_pass(d: &Desired, o: &Observed, p: &Plan) {
+        let after = simulate::simulate(o, p);
+        let again = plan(d, &after);
+        assert!(again.changes.is_empty(), "first:\n{p}\nagain:\n{again}");
+    }
+
+    #[test]
+    fn foreign_route_through_a_retired_device_is_not_a_conflict_the_device_goes_first() {
+        // flannel.1 (vni 1) becomes flannel.2 (vni 2): no rename, flannel.1
+        // is retired. An operator replaced a peer route through it with
+        // proto static: it holds a declared place, and goes only with our
+        // device — so flannel.1 is deleted first, not last.
+        let old = ipv4_node();
+        let mut o = converged(&old, &host(&["192.0.2.1/24"]));
+        let held = o
+            .routes
+            .iter_mut()
+            .find(|r| r.dst == net("198.18.2.0/24"))
+            .unwrap();
+        held.protocol = 4;
+        let mut d = old.clone();
+        rename(&mut d, "flannel.2");
+        d.vxlans[0].vni = 2;
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(p.blocked.is_empty(), "{p}");
+        assert!(
+            ops(&p).contains(&&Op::DeleteLink {
+                name: "flannel.1".into()
+            }),
+            "{p}"
+        );
+        assert!(
+            !ops(&p)
+                .iter()
+                .any(|op| matches!(op, Op::RetireLink { .. } | Op::DelRoute(_))),
+            "{p}"
+        );
+        assert_one_pass(&d, &o, &p);
+    }
+
+    #[test]
+    fn retired_device_holding_the_vni_of_a_recreated_one_goes_first() {
+        // The file had flannel.1 (vni 2) and flannel.2 (vni 1); now only
+        // flannel.1, with vni 1. flannel.2 holds vni 1 until it is deleted,
+        // so it goes before the create (the kernel refuses a second device
+        // with the same VNI and port: EEXIST).
+        let d = ipv4_node();
+        let mut old = ipv4_node();
+        old.vxlans[0].vni = 2;
+        let mut second = vxlan("flannel.2", Family::Ipv4);
+        second.vni = 1;
+        old.vxlans.push(second);
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        let stage_of = |name: &str| {
+            p.changes
+                .iter()
+                .find(|c| c.object == format!("vxlan {name}") && c.kind == ChangeKind::Remove)
+                .map(|c| c.op.stage())
+        };
+        assert_eq!(stage_of("flannel.2"), Some(Stage::DeleteLinks), "{p}");
+        assert_eq!(stage_of("flannel.1"), Some(Stage::DeleteLinks), "{p}");
+        assert_one_pass(&d, &o, &p);
+        // Control: a retired device holding another VNI still goes last.
+        let mut old = ipv4_node();
+        let mut second = vxlan("flannel.2", Family::Ipv4);
+        second.vni = 3;
+        old.vxlans.push(second);
+        let o = converged(&old, &host(&["192.0.2.1/24"]));
+        let p = plan(&d, &o);
+        assert_eq!(
+            ops(&p),
+            [&Op::RetireLink {
+                name: "flannel.2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn derived_local_is_not_an_underlay_address_this_plan_removes() {
+        // eth0's first address is one of ours the file no longer declares
+        // (removed as stale): the device takes the next one.
+        let d = ipv4_node();
+        let mut o = host(&["192.0.2.1/24"]);
+        o.addresses.insert(
+            0,
+            AddressState {
+                dev: "eth0".into(),
+                cidr: net("192.0.2.77/24"),
+                global: true,
+                protocol: ROUTE_PROTOCOL,
+            },
+        );
+        let p = plan(&d, &o);
+        insta::assert_snapshot!(p.to_string());
+        assert!(
+            p.changes
+                .iter()
+                .any(|c| matches!(&c.op, Op::CreateVxlan(v) if v.local == ip("192.0.2.1"))),
+            "{p}"
+        );
+        assert_one_pass(&d, &o, &p);
+        // Control: declared, the same address stays and is the local.
+        let mut d2 = d.clone();
+        d2.addresses.push(AddressSpec {
+            dev: "eth0".into(),
+            cidr: net("192.0.2.77/24"),
+            origin: "address #2".into(),
+        });
+        let p = plan(&d2, &o);
+        assert!(
+            p.changes
+                .iter()
+                .any(|c| matches!(&c.op, Op::CreateVxlan(v) if v.local == ip("192.0.2.77"))),
+            "{p}"
+        );
+    }
+
     #[test]
     fn peer_with_this_nodes_own_vtep_is_blocked() {
         let mut d = ipv4_node();
