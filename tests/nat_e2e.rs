@@ -730,12 +730,16 @@ fn config_with(dir: &Path, name: &str, nat: &str) -> PathBuf {
     fixtures::write_config(dir, &format!("{name}.toml"), &text)
 }
 
+/// Our tables, sorted: `nft list tables` lists them in creation order,
+/// which two families' tables created concurrently do not fix.
 fn our_nft_tables(ns: &Netns) -> String {
-    ruleset::nft_tables(ns)
+    let mut ours: Vec<String> = ruleset::nft_tables(ns)
         .lines()
         .filter(|l| l.contains("netconverge"))
         .map(|l| format!("{l}\n"))
-        .collect()
+        .collect();
+    ours.sort();
+    ours.concat()
 }
 
 /// `[nat]` removed from the file: `--check` shows the leftovers as `-`

@@ -1178,9 +1178,31 @@ impl<'a> Planner<'a> {
                 );
             }
         }
+        let kept = self.addresses_foreign_routes_need(&want);
+        for a in &kept {
+            self.block(
+                &a.object(),
+                format!("not declared, but {}", kept_for_foreign_routes(&a.dev)),
+            );
+        }
         self.sweep(&observed.addresses, |a| {
-            want.contains(&(a.dev.as_str(), a.cidr))
+            want.contains(&(a.dev.as_str(), a.cidr)) || kept.iter().any(|k| std::ptr::eq(*k, a))
         });
+    }
+
+    /// Stale addresses of ours that foreign routes need (see
+    /// [`addresses_foreign_routes_need`]), on devices we do not own.
+    fn addresses_foreign_routes_need(
+        &self,
+        want: &BTreeSet<(&str, IpNet)>,
+    ) -> Vec<&'a AddressState> {
+        let stale = |a: &AddressState| {
+            a.of_managed_kind()
+                && !self.is_owned(&a.dev)
+                && !want.contains(&(a.dev.as_str(), a.cidr))
+                && self.stale_reason(a).is_some()
+        };
+        addresses_foreign_routes_need(self.observed, &self.protocols, stale)
     }
 
     fn neighbors(&mut self) {
@@ -1755,6 +1777,59 @@ fn plan_view(desired: &Desired, observed: &Observed, first: Vec<Change>) -> Kern
     }
 }
 
+/// Of the addresses `remove` picks, the IPv4 ones that must stay: removing
+/// them would leave their device without an IPv4 address, and the kernel
+/// then silently drops every classic IPv4 route through it (no
+/// RTM_DELROUTE) — foreign routes too. Never removing a foreign route
+/// includes that cascade.
+fn addresses_foreign_routes_need<'o>(
+    observed: &'o Observed,
+    protocols: &BTreeSet<u8>,
+    remove: impl Fn(&AddressState) -> bool,
+) -> Vec<&'o AddressState> {
+    let v4_on = |dev: &str| -> Vec<&'o AddressState> {
+        observed
+            .addresses
+            .iter()
+            .filter(|a| a.dev == dev && matches!(a.cidr, IpNet::V4(_)))
+            .collect()
+    };
+    let mut devs: Vec<&str> = observed
+        .addresses
+        .iter()
+        .filter(|a| matches!(a.cidr, IpNet::V4(_)) && remove(a))
+        .map(|a| a.dev.as_str())
+        .collect();
+    devs.sort_unstable();
+    devs.dedup();
+    let mut out = Vec::new();
+    for dev in devs {
+        let on = v4_on(dev);
+        if on.iter().any(|a| !remove(a)) {
+            continue;
+        }
+        let foreign_routes = observed.routes.iter().any(|r| {
+            r.dev.as_deref() == Some(dev)
+                && r.nhid.is_none()
+                && matches!(r.dst, IpNet::V4(_))
+                && !protocols.contains(&r.protocol)
+        });
+        if foreign_routes {
+            out.extend(on.into_iter().filter(|a| remove(a)));
+        }
+    }
+    out
+}
+
+/// Why an address [`addresses_foreign_routes_need`] keeps is kept.
+fn kept_for_foreign_routes(dev: &str) -> String {
+    format!(
+        "kept: it is the last IPv4 address of {dev}, which netconverge does not own, \
+         and the kernel would drop the foreign routes through {dev} with it; remove \
+         them or the address by hand"
+    )
+}
+
 pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
     let mut plan = Plan::default();
     let protocols = owned_protocols(desired, observed);
@@ -1804,10 +1879,19 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
         .collect();
     routes.sort_by(|a, b| a.object.cmp(&b.object));
     plan.changes.extend(routes);
+    let ours_to_remove =
+        |a: &AddressState| protocols.contains(&a.protocol) && !removed.contains(a.dev.as_str());
+    let kept = addresses_foreign_routes_need(observed, &protocols, ours_to_remove);
+    for a in &kept {
+        plan.blocked.push(Blocked {
+            object: format!("address {} dev {}", a.cidr, a.dev),
+            reason: kept_for_foreign_routes(&a.dev),
+        });
+    }
     let mut addresses: Vec<Change> = observed
         .addresses
         .iter()
-        .filter(|a| protocols.contains(&a.protocol) && !removed.contains(a.dev.as_str()))
+        .filter(|a| ours_to_remove(a) && !kept.iter().any(|k| std::ptr::eq(*k, *a)))
         .map(|a| Change {
             kind: ChangeKind::Remove,
             object: format!("address {} dev {}", a.cidr, a.dev),
