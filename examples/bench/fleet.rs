@@ -30,15 +30,17 @@ pub struct Peer {
     pub vtep_mac: Mac,
 }
 
-/// Peer `i` (0-based) of the IPv4 overlay: pod subnet the i-th /24 of
-/// 100.64.0.0/10 (16 384 of them), VTEP in 192.0.2.0/24 (shared: FDB entries
-/// are keyed by MAC, a repeated destination costs the kernel nothing).
-pub fn peer4(i: u32) -> Peer {
+/// Peer `i` (0-based) of an IPv4 overlay of `n` peers: pod subnet the
+/// i-th /24 of 100.64.0.0/10 (16 384 of them; beyond 16 383 peers the i-th
+/// /26, 65 536 of them), VTEP in 192.0.2.0/24 (shared: FDB entries are keyed
+/// by MAC, a repeated destination costs the kernel nothing).
+pub fn peer4(i: u32, n: u32) -> Peer {
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
-    let net = Ipv4Addr::from(base + ((i + 1) << 8));
+    let prefix = if n > 16_383 { 26 } else { 24 };
+    let net = Ipv4Addr::from(base + ((i + 1) << (32 - prefix)));
     Peer {
         dev: VX4,
-        subnet: IpNet::V4(Ipv4Net::new(net, 24).unwrap_or_default()),
+        subnet: IpNet::V4(Ipv4Net::new(net, prefix).unwrap_or_default()),
         vtep_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2 + (i % 250) as u8)),
         vtep_mac: mac(4, i),
     }
@@ -63,7 +65,7 @@ fn mac(family: u8, i: u32) -> Mac {
 }
 
 pub fn peers(n: u32, dual: bool) -> Vec<Peer> {
-    let mut out: Vec<Peer> = (0..n).map(peer4).collect();
+    let mut out: Vec<Peer> = (0..n).map(|i| peer4(i, n)).collect();
     if dual {
         out.extend((0..n).map(peer6));
     }

@@ -4,11 +4,13 @@
 //! problem found is returned (in file order), each with file:line:col and a
 //! `help:` saying what to do. Nothing here touches the kernel or other files.
 //!
-//! Pipeline: `toml_span::parse` (syntax, first error only) → [`schema`]
+//! Pipeline: [`fast::parse`] for the plain subset of TOML generated files
+//! use, else `toml_span::parse` (syntax, first error only) → [`schema`]
 //! (typed, spanned values; type errors and unknown keys) → [`validate`]
 //! (cross-object checks, then mapping into the model).
 
 mod cni;
+mod fast;
 mod fleet;
 pub mod kube;
 mod kube_schema;
@@ -161,7 +163,10 @@ pub fn parse_cluster(
     cluster: Option<&Selection>,
 ) -> Result<Desired, ConfigErrors> {
     let mut d = Diags::new(source);
-    let mut root = match toml_span::parse(source) {
+    // The plain subset goes the fast way; everything else, and every
+    // syntax error, through toml_span (the same tree either way).
+    let parsed = fast::parse(source).map_or_else(|| toml_span::parse(source), Ok);
+    let mut root = match parsed {
         Ok(v) => v,
         Err(e) => {
             syntax_error(&mut d, &e);

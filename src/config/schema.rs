@@ -116,7 +116,8 @@ pub(crate) fn type_name(v: &ValueInner<'_>) -> &'static str {
 
 /// One table of the file being read: `[nat]`, one `[[vxlan]]`, or the top level.
 pub(crate) struct Section<'de> {
-    label: String,
+    /// Shared by every entry of an array (one allocation, not 10 000).
+    label: std::rc::Rc<str>,
     /// Where missing-key errors point: the table header.
     pub(crate) header: Span,
     table: Table<'de>,
@@ -126,7 +127,7 @@ pub(crate) struct Section<'de> {
 
 impl<'de> Section<'de> {
     pub(crate) fn new(
-        label: impl Into<String>,
+        label: impl Into<std::rc::Rc<str>>,
         header: Span,
         table: Table<'de>,
         keys: &'static [(&'static str, &'static str)],
@@ -1019,7 +1020,7 @@ fn array<'de>(
     key: &'static str,
     keys: Keys,
 ) -> Vec<Section<'de>> {
-    let label = format!("[[{key}]]");
+    let label: std::rc::Rc<str> = format!("[[{key}]]").into();
     let Some(mut val) = top.table.remove(key) else {
         return Vec::new();
     };

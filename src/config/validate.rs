@@ -5,10 +5,13 @@
 //! number of objects (thousands of peers are normal), using maps, never
 //! pairwise scans.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+// FxHash: keys come from the config file being checked, and SipHash was a
+// tenth of validating 10 000 peers.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use toml_span::Span;
 
 use super::Diags;
@@ -41,36 +44,101 @@ fn normal_metric6(metric: Option<u32>) -> Option<u32> {
 pub(crate) const IPV6_MIN_MTU: u32 = 1280;
 
 /// Networks, each with a payload, answering "does anything overlap this
-/// network?" in O(prefix length × log n): CIDR blocks either nest or are
-/// disjoint, so an overlapping block either starts inside the query, or is
-/// one of its at most 128 supernets.
+/// network?" in O(prefix length) hash lookups: CIDR blocks either nest or
+/// are disjoint, so an overlapping block either starts inside the query, or
+/// is one of its at most 128 supernets. Only held prefix lengths are looked
+/// up, and a block starting inside the query needs an ordered search only
+/// when a longer prefix than the query's is held (otherwise it can only
+/// start where the query does): 10 000 /24 peers cost two hash lookups each.
 struct NetIndex<T> {
-    by_network: BTreeMap<IpAddr, Vec<(u8, T)>>,
+    by_network: HashMap<IpAddr, Vec<(u8, T)>>,
+    /// The same networks in order, for the ordered search; filled from
+    /// `unsorted` only when one is needed.
+    sorted: BTreeSet<IpAddr>,
+    unsorted: Vec<IpAddr>,
+    /// Which prefix lengths are held, per family (bit `len`, lengths
+    /// 0..=128 in three words).
+    lens: [[u64; 3]; 2],
+    /// The longest prefix held, per family.
+    longest: [u8; 2],
 }
 
 impl<T> NetIndex<T> {
     fn new() -> Self {
         NetIndex {
-            by_network: BTreeMap::new(),
+            by_network: HashMap::default(),
+            sorted: BTreeSet::new(),
+            unsorted: Vec::new(),
+            lens: [[0; 3]; 2],
+            longest: [0; 2],
         }
     }
 
-    fn insert(&mut self, net: IpNet, v: T) {
-        self.by_network
-            .entry(net.network())
-            .or_default()
-            .push((net.prefix_len(), v));
+    fn family(net: &IpNet) -> usize {
+        usize::from(net.addr().is_ipv6())
     }
 
-    fn find_overlap(&self, q: &IpNet) -> Option<(IpNet, &T)> {
-        if let Some((addr, entries)) = self.by_network.range(q.network()..=q.broadcast()).next() {
-            if let Some((len, v)) = entries.first() {
-                if let Ok(n) = IpNet::new(*addr, *len) {
+    fn holds_len(&self, net: &IpNet, len: u8) -> bool {
+        self.lens
+            .get(Self::family(net))
+            .and_then(|l| l.get(usize::from(len / 64)))
+            .is_some_and(|word| word & (1u64 << (len % 64)) != 0)
+    }
+
+    fn insert(&mut self, net: IpNet, v: T) {
+        let (f, len) = (Self::family(&net), net.prefix_len());
+        if let Some(word) = self
+            .lens
+            .get_mut(f)
+            .and_then(|l| l.get_mut(usize::from(len / 64)))
+        {
+            *word |= 1u64 << (len % 64);
+        }
+        if let Some(l) = self.longest.get_mut(f) {
+            *l = (*l).max(len);
+        }
+        let entries = self.by_network.entry(net.network()).or_default();
+        if entries.is_empty() {
+            self.unsorted.push(net.network());
+        }
+        entries.push((len, v));
+    }
+
+    /// The first network held that starts inside `q`.
+    fn first_inside(&mut self, q: &IpNet) -> Option<IpAddr> {
+        let longest = self
+            .longest
+            .get(Self::family(q))
+            .copied()
+            .unwrap_or_default();
+        if longest <= q.prefix_len() {
+            // Every held block is at most as long as `q`: one starting
+            // inside `q` is aligned to `q`'s size, so it starts at `q`.
+            return self
+                .by_network
+                .contains_key(&q.network())
+                .then(|| q.network());
+        }
+        self.sorted.extend(self.unsorted.drain(..));
+        self.sorted
+            .range(q.network()..)
+            .next()
+            .filter(|addr| **addr <= q.broadcast())
+            .copied()
+    }
+
+    fn find_overlap(&mut self, q: &IpNet) -> Option<(IpNet, &T)> {
+        if let Some(addr) = self.first_inside(q) {
+            if let Some((len, v)) = self.by_network.get(&addr).and_then(|e| e.first()) {
+                if let Ok(n) = IpNet::new(addr, *len) {
                     return Some((n, v));
                 }
             }
         }
         for len in 0..q.prefix_len() {
+            if !self.holds_len(q, len) {
+                continue;
+            }
             let Ok(sup) = IpNet::new(q.network(), len) else {
                 continue;
             };
@@ -195,7 +263,7 @@ fn declares_nothing(raw: &Raw) -> bool {
 /// planner blocks that case.
 fn ipv6_mtu(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
     // First IPv6 object on each device: (what, line).
-    let mut v6: HashMap<&str, (&'static str, Span)> = HashMap::new();
+    let mut v6: HashMap<&str, (&'static str, Span)> = HashMap::default();
     // Only declared VXLANs: an underlay's MTU is not netconverge's.
     let mut note = |dev: &Sp<String>, what: &'static str, at: Span| {
         if let Some((name, _)) = devs.vxlans.get_key_value(dev.v.as_str()) {
@@ -275,11 +343,11 @@ fn ipv6_mtu(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
 
 fn vxlans<'r>(raw: &'r Raw, d: &mut Diags<'_>) -> Devices<'r> {
     let mut devs = Devices {
-        vxlans: HashMap::new(),
-        underlays: HashSet::new(),
+        vxlans: HashMap::default(),
+        underlays: HashSet::default(),
     };
-    let mut name_at: HashMap<&str, Span> = HashMap::new();
-    let mut vni_at: HashMap<(u32, u16, Family, bool), (&str, Span)> = HashMap::new();
+    let mut name_at: HashMap<&str, Span> = HashMap::default();
+    let mut vni_at: HashMap<(u32, u16, Family, bool), (&str, Span)> = HashMap::default();
     for v in &raw.vxlans {
         if let Some(u) = &v.underlay {
             devs.underlays.insert(u.v.as_str());
@@ -369,7 +437,7 @@ fn unknown_dev(d: &mut Diags<'_>, dev: &Sp<String>, what: &str) {
 }
 
 fn addresses(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    let mut seen: HashMap<(&str, IpNet), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, IpNet), usize> = HashMap::default();
     for (i, a) in raw.addresses.iter().enumerate() {
         let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) else {
             continue;
@@ -411,7 +479,7 @@ fn addresses(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
 
 fn routes(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
     // (table, dst, metric) → route #N (0-based)
-    let mut seen: HashMap<(u32, IpNet, u32), usize> = HashMap::new();
+    let mut seen: HashMap<(u32, IpNet, u32), usize> = HashMap::default();
     for (i, r) in raw.routes.iter().enumerate() {
         if r.via.is_absent() && r.dev.is_absent() {
             d.error(
@@ -494,7 +562,7 @@ fn routes(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
 }
 
 fn neighbors(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    let mut seen: HashMap<(&str, IpAddr), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, IpAddr), usize> = HashMap::default();
     for (i, n) in raw.neighbors.iter().enumerate() {
         let Some(dev) = &n.dev else { continue };
         if !devs.knows(&dev.v) {
@@ -575,7 +643,7 @@ fn family_mismatch(d: &mut Diags<'_>, at: &Sp<IpAddr>, key: &str, v: &RawVxlan, 
 }
 
 fn fdb(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    let mut seen: HashMap<(&str, Mac, IpAddr), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, Mac, IpAddr), usize> = HashMap::default();
     for (i, e) in raw.fdb.iter().enumerate() {
         let Some(dev) = &e.dev else { continue };
         let Some(v) = vxlan_dev(devs, dev, "[[fdb]]", d) else {
@@ -645,7 +713,7 @@ struct PeerIndex<'r> {
 }
 
 fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
-    let mut addrs: HashMap<&str, NetIndex<Span>> = HashMap::new();
+    let mut addrs: HashMap<&str, NetIndex<Span>> = HashMap::default();
     for a in &raw.addresses {
         if let (Some(dev), Some(cidr)) = (&a.dev, &a.cidr) {
             addrs
@@ -661,15 +729,20 @@ fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
             .filter_map(|f| pod_subnet(raw, *f).map(|(n, from)| (*f, n, from)))
             .collect(),
         others: NetIndex::new(),
-        macs: HashMap::new(),
+        macs: HashMap::default(),
     };
+    // Each device's own MAC, derived (a SHA-256) once, not once per peer.
+    let mut own_macs: HashMap<&str, Option<Mac>> = HashMap::default();
     for p in &raw.peers {
         let v = p
             .dev
             .as_ref()
             .and_then(|dev| vxlan_dev(devs, dev, "[[peer]]", d));
-        if let Some(v) = v {
-            peer_vtep(raw, v, p, d);
+        if let (Some(v), Some(dev)) = (v, &p.dev) {
+            let own = *own_macs
+                .entry(dev.v.as_str())
+                .or_insert_with(|| own_mac(raw, v));
+            peer_vtep(own, v, p, d);
         }
         peer_mac_unique(p, &mut ix, d);
         if let Some(subnet) = &p.subnet {
@@ -680,7 +753,7 @@ fn peers(raw: &Raw, devs: &Devices<'_>, d: &mut Diags<'_>) {
 
 /// The peer's VTEP is another node's: its address has the device's family
 /// and is not this node's `local`, its MAC is not this node's.
-fn peer_vtep(raw: &Raw, v: &RawVxlan, p: &RawPeer, d: &mut Diags<'_>) {
+fn peer_vtep(own_mac: Option<Mac>, v: &RawVxlan, p: &RawPeer, d: &mut Diags<'_>) {
     if let Some(ip) = &p.vtep_ip {
         if let Some(fam) = &v.family {
             if Family::of(&ip.v) != fam.v {
@@ -696,7 +769,7 @@ fn peer_vtep(raw: &Raw, v: &RawVxlan, p: &RawPeer, d: &mut Diags<'_>) {
         }
     }
     if let Some(mac) = &p.vtep_mac {
-        if own_mac(raw, v) == Some(mac.v) {
+        if own_mac == Some(mac.v) {
             d.error(
                 mac.span,
                 format!("`vtep_mac` {} is this node's own VTEP MAC", mac.v),
@@ -753,7 +826,7 @@ fn peer_subnet(p: &RawPeer, subnet: &Sp<IpNet>, ix: &mut PeerIndex<'_>, d: &mut 
     if let Some(dev) = &p.dev {
         if let Some((n, at)) = ix
             .addrs
-            .get(dev.v.as_str())
+            .get_mut(dev.v.as_str())
             .and_then(|a| a.find_overlap(&subnet.v))
         {
             d.error(

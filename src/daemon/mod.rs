@@ -62,8 +62,12 @@ const MIN_PASS_TIMEOUT: Duration = Duration::from_secs(1);
 /// After SIGTERM, how long an unsent STOPPING=1 is retried before exiting
 /// anyway (the receiver is not reading; exiting promptly matters more).
 const STOP_NOTIFY_GRACE: Duration = Duration::from_secs(1);
-/// Default receive buffer of the notification socket.
-const MONITOR_RCVBUF: usize = 8 << 20;
+/// Default receive buffer of the notification sockets: a re-convergence of
+/// 10 000 peers echoes ~30 000 notifications of ~1 KiB (kernel truesize)
+/// each while the daemon is busy applying; 8 MiB (what rmem_max allowed)
+/// overran and cost a full resync. Forced past rmem_max (root); memory is
+/// charged only while notifications wait.
+const MONITOR_RCVBUF: usize = 48 << 20;
 
 /// Hints from NetworkManager (D-Bus), keyed by interface name. They only
 /// make a pass happen sooner or explain one; the kernel is still re-read.
@@ -146,8 +150,9 @@ fn monitor_connection() -> Result<futures::channel::mpsc::UnboundedReceiver<Moni
     let (mut conn, _handle, messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(DaemonError::Netlink)?;
     let size = monitor_rcvbuf();
-    if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(size) {
-        warn!("cannot size the netlink notification buffer to {size} bytes: {e}");
+    match crate::netlink::size_notification_buffer(conn.socket_mut().socket_mut(), size) {
+        Ok(got) => debug!("netlink notification buffer: {got} bytes"),
+        Err(e) => warn!("cannot size the netlink notification buffer to {size} bytes: {e}"),
     }
     tokio::spawn(conn);
     Ok(messages)

@@ -77,6 +77,21 @@ impl Deref for Handle {
     }
 }
 
+/// Sizes a notification socket's receive buffer to `bytes`: with
+/// SO_RCVBUFFORCE (root), which net.core.rmem_max does not cap, else
+/// SO_RCVBUF (capped). The buffer is a limit, not an allocation: memory is
+/// charged only while notifications wait in it. Returns what the kernel
+/// reports afterwards (it doubles the value for its bookkeeping).
+pub fn size_notification_buffer(socket: &netlink_sys::Socket, bytes: usize) -> io::Result<usize> {
+    let forced =
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RcvBufForce, &bytes);
+    if let Err(e) = forced {
+        tracing::debug!("SO_RCVBUFFORCE {bytes}: {e}; falling back to SO_RCVBUF");
+        socket.set_rx_buf_sz(i32::try_from(bytes).unwrap_or(i32::MAX))?;
+    }
+    socket.get_rx_buf_sz()
+}
+
 /// Open the rtnetlink and nexthop sockets in the calling thread's network
 /// namespace and drive them on the current tokio runtime.
 ///

@@ -288,9 +288,8 @@ pub fn monitor(
     let socket = conn.socket_mut().socket_mut();
     socket.bind(&SocketAddr::new(0, 0))?;
     socket.add_membership(RTNLGRP_NEXTHOP)?;
-    let rx = i32::try_from(rx_buffer).unwrap_or(i32::MAX);
-    if let Err(e) = socket.set_rx_buf_sz(rx) {
-        tracing::debug!("nexthop monitor SO_RCVBUF {rx}: {e}");
+    if let Err(e) = super::size_notification_buffer(socket, rx_buffer) {
+        tracing::debug!("nexthop monitor receive buffer {rx_buffer}: {e}");
     }
     tokio::spawn(conn);
     Ok(messages)
