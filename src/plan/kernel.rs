@@ -538,7 +538,17 @@ impl<'a> Planner<'a> {
 
     fn vxlans(&mut self) {
         let desired = self.desired;
-        for v in &desired.vxlans {
+        // Devices the file adopts with another identity first: once their
+        // recreate is planned (deleted before any create), the others'
+        // holder checks know they hold nothing (`recreates_adopted`).
+        let (first, rest): (Vec<&'a VxlanSpec>, Vec<&'a VxlanSpec>) =
+            desired.vxlans.iter().partition(|v| {
+                self.observed
+                    .links
+                    .get(&v.name)
+                    .is_some_and(|l| self.adopts_with_new_identity(l))
+            });
+        for v in first.into_iter().chain(rest) {
             let state = self.vxlan(v);
             self.devs.insert(v.name.as_str(), state);
         }
@@ -839,6 +849,7 @@ impl<'a> Planner<'a> {
             l.name != v.name
                 && !ours(l, self.desired)
                 && holds_vni(l, v.vni, v.port, v.gbp, v.family)
+                && !self.recreates_adopted(l)
         });
         let Some(h) = holder else {
             return false;
@@ -854,6 +865,28 @@ impl<'a> Planner<'a> {
             ),
         );
         true
+    }
+
+    /// Whether `l` is a device the file takes over (`adopt = true`) with
+    /// another identity (VNI, port, GBP, family) than it has now.
+    fn adopts_with_new_identity(&self, l: &LinkState) -> bool {
+        !ours(l, self.desired)
+            && self.desired.adopt.vxlans.contains(&l.name)
+            && self
+                .desired
+                .vxlan(&l.name)
+                .is_some_and(|s| !holds_vni(l, s.vni, s.port, s.gbp, s.family))
+    }
+
+    /// Whether this plan already deletes `l` to recreate it (planned first,
+    /// see [`Self::vxlans`]; stage DeleteLinks runs before any create), so
+    /// it holds no identity by the time other devices are created.
+    fn recreates_adopted(&self, l: &LinkState) -> bool {
+        self.adopts_with_new_identity(l)
+            && self
+                .changes
+                .iter()
+                .any(|c| matches!(&c.op, Op::DeleteLink { name } if *name == l.name))
     }
 
     /// A declared device the kernel does not have: created, unless a
