@@ -1215,6 +1215,11 @@ impl Churn {
                     .unwrap();
                 assert!(out.status.success(), "{out:?}");
                 rounds += 1;
+                // Quiet windows between rounds: dumps that start in one get
+                // through (on a loaded machine a dump can outlast any gap a
+                // continuous churn leaves), those that overlap a round are
+                // still interrupted (the positive control below).
+                std::thread::sleep(std::time::Duration::from_millis(40));
             }
             rounds
         });
