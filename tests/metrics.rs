@@ -190,7 +190,7 @@ fn a_deleted_peer_route_is_counted_as_a_repair_and_a_blocked_underlay_recovers()
     assert_eq!(s.objects("fdb", "in_sync"), PEERS as f64);
     assert_eq!(s.objects("lease", "in_sync"), 1.0);
     for state in ["blocked", "failed"] {
-        for kind in ["device", "route", "neighbor", "fdb", "other"] {
+        for kind in ["device", "route", "neighbor", "fdb"] {
             assert_eq!(s.objects(kind, state), 0.0, "{kind} {state}");
         }
     }
@@ -242,7 +242,6 @@ fn a_deleted_peer_route_is_counted_as_a_repair_and_a_blocked_underlay_recovers()
     assert_eq!(s.objects("device", "blocked"), 1.0, "{}", s.0);
     assert_eq!(s.objects("route", "in_sync"), 0.0, "{}", s.0);
     assert_eq!(s.objects("route", "blocked"), PEERS as f64, "{}", s.0);
-    assert_eq!(s.objects("other", "blocked"), 0.0, "{}", s.0);
     let blocked_passes: f64 = ["events", "retry", "urgent"]
         .iter()
         .filter_map(|t| {

@@ -967,14 +967,16 @@ mod tests {
 
     #[test]
     fn only_a_guard_mode_lease_is_waited_for_without_holding_readiness() {
-        let lease_blocked = Blocked {
-            object: "lease /run/flannel/subnet.env".into(),
-            reason: "no lease file and no backup yet".into(),
-        };
-        let vxlan_blocked = Blocked {
-            object: "vxlan flannel.1".into(),
-            reason: "underlay eth0 absent".into(),
-        };
+        let lease_blocked = Blocked::new(
+            crate::plan::kind::ObjectKind::Lease,
+            "lease /run/flannel/subnet.env",
+            "no lease file and no backup yet",
+        );
+        let vxlan_blocked = Blocked::new(
+            crate::plan::kind::ObjectKind::Device,
+            "vxlan flannel.1",
+            "underlay eth0 absent",
+        );
         let guard = lease(LeaseMode::Preserve);
         assert!(waits_for_flannel(&guard, &lease_blocked));
         assert!(!waits_for_flannel(&guard, &vxlan_blocked));

@@ -553,10 +553,13 @@ mod tests {
                 nhid: None,
             }),
         };
-        let blocked = Blocked {
-            object: "2 routes on flannel.1".into(),
-            reason: "waiting for vxlan flannel.1".into(),
-        };
+        let mut counts = crate::plan::kind::KindCounts::default();
+        counts.add(ObjectKind::Route, 2);
+        let blocked = Blocked::of(
+            counts,
+            "2 routes on flannel.1",
+            "waiting for vxlan flannel.1",
+        );
         let s = object_states(&desired, &outcome(vec![add, stale], vec![blocked]));
         assert_eq!(s.blocked.get(ObjectKind::Route), 2);
         // the removal is a failure, but no declared route is missing for it

@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::model::cni::{CniObserved, CniOp};
 use crate::model::lease::FileContent;
 use crate::model::{CniPlugin, CniSpec, Desired, Family, LeaseFamily};
+use crate::plan::kind::ObjectKind;
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
 /// The CNI spec version written (supported by containernetworking/plugins
@@ -203,10 +204,7 @@ pub fn plan(spec: Option<&CniSpec>, vxlan_mtu: Option<u32>, observed: &CniObserv
     let mut plan = Plan::default();
     let Some(spec) = spec else { return plan };
     let object = object(&spec.path);
-    let blocked = |reason: String| Blocked {
-        object: object.clone(),
-        reason,
-    };
+    let blocked = |reason: String| Blocked::new(ObjectKind::Cni, object.clone(), reason);
     for name in &observed.earlier {
         plan.notes.push(format!(
             "{}: {name} sorts before it in the same directory; containerd loads only the first CNI config file (max_conf_num = 1), so remove or rename {name}",

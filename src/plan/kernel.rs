@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::kind::{KindCounts, ObjectKind};
 use super::{Blocked, Change, ChangeKind, NexthopOp, Op, Plan, RouteOp, Stage, VxlanCreate};
 use crate::model::{
     AddressState, Desired, Family, FdbState, LinkState, MAIN_TABLE, Mac, NeighborState,
@@ -483,7 +484,8 @@ struct Planner<'a> {
     devs: BTreeMap<&'a str, DevState>,
     mtus: BTreeMap<String, u32>,
     /// Dependents skipped per blocked device, for one summary line each.
-    skipped: BTreeMap<&'a str, BTreeMap<&'static str, usize>>,
+    /// (Keyed by the noun, so the summary lists them alphabetically.)
+    skipped: BTreeMap<&'a str, BTreeMap<&'static str, (ObjectKind, usize)>>,
     style: RouteStyle,
     /// The nexthop id of every (device, gateway, onlink) the desired routes use.
     nh_ids: HashMap<NhKey<'a>, u32>,
@@ -523,16 +525,16 @@ impl<'a> Planner<'a> {
 
     /// Record a dependent object that cannot be planned because its device is
     /// blocked or absent. Returns `true` if the object must be skipped.
-    fn skip_if_blocked(&mut self, dev: &'a str, kind: &'static str) -> bool {
+    fn skip_if_blocked(&mut self, dev: &'a str, kind: ObjectKind) -> bool {
         if self.dev_state(dev) != DevState::Blocked {
             return false;
         }
-        *self
-            .skipped
+        self.skipped
             .entry(dev)
             .or_default()
-            .entry(kind)
-            .or_insert(0) += 1;
+            .entry(kind.noun())
+            .or_insert((kind, 0))
+            .1 += 1;
         true
     }
 
@@ -742,11 +744,8 @@ impl<'a> Planner<'a> {
         DevState::Present
     }
 
-    fn block(&mut self, object: &str, reason: String) {
-        self.blocked.push(Blocked {
-            object: object.to_string(),
-            reason,
-        });
+    fn block(&mut self, kind: ObjectKind, object: &str, reason: String) {
+        self.blocked.push(Blocked::new(kind, object, reason));
     }
 
     /// Where the device goes: its underlay, local VTEP address and MTU —
@@ -754,11 +753,16 @@ impl<'a> Planner<'a> {
     fn vxlan_place(&mut self, v: &VxlanSpec, object: &str) -> Option<(&'a LinkState, IpAddr, u32)> {
         let observed = self.observed;
         let Some(under) = observed.links.get(&v.underlay) else {
-            self.block(object, format!("underlay {} absent", v.underlay));
+            self.block(
+                ObjectKind::Device,
+                object,
+                format!("underlay {} absent", v.underlay),
+            );
             return None;
         };
         let Some(local) = v.local.or_else(|| self.derived_local(v)) else {
             self.block(
+                ObjectKind::Device,
                 object,
                 format!(
                     "underlay {} has no global {} address{}",
@@ -814,6 +818,7 @@ impl<'a> Planner<'a> {
         let m = under.mtu.saturating_sub(v.family.vxlan_overhead());
         if m < MIN_MTU {
             self.block(
+                ObjectKind::Device,
                 object,
                 format!(
                     "underlay {} MTU {} leaves no room for VXLAN overhead",
@@ -828,6 +833,7 @@ impl<'a> Planner<'a> {
         // Scanned only in this rare case.
         if m < IPV6_MIN_MTU && carries_ipv6(self.desired, &v.name) {
             self.block(
+                ObjectKind::Device,
                 object,
                 format!(
                     "underlay {} MTU {} leaves {m} after VXLAN overhead, below IPv6's minimum {IPV6_MIN_MTU}, and IPv6 is declared on it; raise the underlay MTU to at least {}",
@@ -855,6 +861,7 @@ impl<'a> Planner<'a> {
             return false;
         };
         self.block(
+            ObjectKind::Device,
             object,
             format!(
                 "vxlan {} (not created by netconverge) already uses vni {} port {}{}: netconverge never removes a device it does not own — delete it, or name it here with adopt = true to take it over{extra}",
@@ -922,6 +929,7 @@ impl<'a> Planner<'a> {
     ) -> Option<&'a crate::model::VxlanAttrs> {
         let Some(attrs) = cur.vxlan.as_ref().filter(|_| cur.kind == "vxlan") else {
             self.block(
+                ObjectKind::Device,
                 object,
                 format!(
                     "a {} device named {} exists; netconverge never removes devices it does not own — rename or delete it",
@@ -934,6 +942,7 @@ impl<'a> Planner<'a> {
         let adopting = !ours(cur, self.desired);
         if adopting && !self.desired.adopt.vxlans.contains(&v.name) {
             self.block(
+                ObjectKind::Device,
                 object,
                 format!(
                     "a vxlan device {} (vni {}, port {}) exists that netconverge did not create (no `{}` ifalias): it is left as it is, with everything on it — delete it, or set adopt = true on this [[vxlan]] to take it over",
@@ -1077,13 +1086,15 @@ impl<'a> Planner<'a> {
             }
             self.self_peers.insert((p.dev.as_str(), p.subnet));
             let underlay = desired.vxlan(&p.dev).map_or("?", |v| v.underlay.as_str());
-            self.blocked.push(Blocked {
-                object: format!("peer {} dev {}", p.subnet, p.dev),
-                reason: format!(
+            // Counted as its route: the object that carries traffic.
+            self.blocked.push(Blocked::new(
+                ObjectKind::Route,
+                format!("peer {} dev {}", p.subnet, p.dev),
+                format!(
                     "vtep_ip {} is this node's own underlay address (local of {} on {underlay}): remove this [[peer]] (a node is not its own peer) or fix its vtep_ip",
                     p.vtep_ip, p.dev
                 ),
-            });
+            ));
         }
     }
 
@@ -1149,9 +1160,10 @@ impl<'a> Planner<'a> {
             } else {
                 "set adopt = true on this [[route]] to take it over"
             };
-            self.blocked.push(Blocked {
-                object: describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
-                reason: format!(
+            self.blocked.push(Blocked::new(
+                ObjectKind::Route,
+                describe_route(&r.dst, r.via, r.dev.as_deref(), r.onlink, r.table, r.metric),
+                format!(
                     "conflict ({}): the place is held by {} proto {} table {}, not created by netconverge; it is never replaced or removed — delete it (ip route del {}{}), or {what_to_do}",
                     r.origin,
                     describe_route_state(holder),
@@ -1164,7 +1176,7 @@ impl<'a> Planner<'a> {
                         format!(" table {}", holder.table)
                     },
                 ),
-            });
+            ));
         }
     }
 
@@ -1194,7 +1206,7 @@ impl<'a> Planner<'a> {
         let mut want: BTreeSet<(&str, IpNet)> = BTreeSet::new();
         for a in &desired.addresses {
             want.insert((a.dev.as_str(), a.cidr));
-            if self.skip_if_blocked(&a.dev, "address") {
+            if self.skip_if_blocked(&a.dev, ObjectKind::Address) {
                 continue;
             }
             let fresh = self.dev_state(&a.dev) == DevState::Fresh;
@@ -1214,6 +1226,7 @@ impl<'a> Planner<'a> {
         let kept = self.addresses_foreign_routes_need(&want);
         for a in &kept {
             self.block(
+                ObjectKind::Address,
                 &a.object(),
                 format!("not declared, but {}", kept_for_foreign_routes(&a.dev)),
             );
@@ -1253,7 +1266,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             want.insert((n.dev.as_str(), n.ip));
-            if self.skip_if_blocked(&n.dev, "neighbor") {
+            if self.skip_if_blocked(&n.dev, ObjectKind::Neighbor) {
                 continue;
             }
             let cur = match self.dev_state(&n.dev) {
@@ -1301,7 +1314,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             want.insert((f.dev.as_str(), f.mac, Some(f.dst)));
-            if self.skip_if_blocked(&f.dev, "fdb entry") {
+            if self.skip_if_blocked(&f.dev, ObjectKind::Fdb) {
                 continue;
             }
             let fresh = self.dev_state(&f.dev) == DevState::Fresh;
@@ -1511,7 +1524,7 @@ impl<'a> Planner<'a> {
         let blocked = r
             .dev
             .as_deref()
-            .is_some_and(|d| self.skip_if_blocked(d, "route"));
+            .is_some_and(|d| self.skip_if_blocked(d, ObjectKind::Route));
         let nhid = match (self.style, NhKey::of_spec(r)) {
             (RouteStyle::Nexthops, Some(k)) => match self.nh_ids.get(&k) {
                 Some(id) => Some(*id),
@@ -1626,14 +1639,14 @@ impl<'a> Planner<'a> {
             let (first, last) = nexthop_id_range(self.desired.engine.route_protocol);
             format!("no free nexthop id left in {first}–{last}")
         };
-        self.blocked.push(Blocked {
-            object: if unavailable == 1 {
-                "1 route with a gateway".to_string()
-            } else {
-                format!("{unavailable} routes with a gateway")
-            },
-            reason,
-        });
+        let mut counts = KindCounts::default();
+        counts.add(ObjectKind::Route, unavailable);
+        let object = if unavailable == 1 {
+            "1 route with a gateway".to_string()
+        } else {
+            format!("{unavailable} routes with a gateway")
+        };
+        self.blocked.push(Blocked::of(counts, object, reason));
     }
 
     /// Our routes no declaration `want`s: removed.
@@ -1674,13 +1687,17 @@ impl<'a> Planner<'a> {
 
     fn summarize_skipped(&mut self) {
         for (dev, kinds) in std::mem::take(&mut self.skipped) {
+            let mut counts = KindCounts::default();
             let what: Vec<String> = kinds
                 .iter()
-                .map(|(k, n)| {
+                .map(|(k, (kind, n))| {
+                    counts.add(*kind, *n);
                     if *n == 1 {
                         format!("1 {k}")
                     } else if k.ends_with('y') {
                         format!("{n} {}ies", k.trim_end_matches('y'))
+                    } else if k.ends_with('s') {
+                        format!("{n} {k}es")
                     } else {
                         format!("{n} {k}s")
                     }
@@ -1691,10 +1708,11 @@ impl<'a> Planner<'a> {
             } else {
                 format!("device {dev} absent")
             };
-            self.blocked.push(Blocked {
-                object: format!("{} on {dev}", what.join(", ")),
+            self.blocked.push(Blocked::of(
+                counts,
+                format!("{} on {dev}", what.join(", ")),
                 reason,
-            });
+            ));
         }
     }
 }
@@ -1883,10 +1901,11 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
                 },
             });
         } else if desired.vxlan(&l.name).is_some() {
-            plan.blocked.push(Blocked {
-                object: format!("vxlan {}", l.name),
-                reason: "not created by netconverge: left as it is".to_string(),
-            });
+            plan.blocked.push(Blocked::new(
+                ObjectKind::Device,
+                format!("vxlan {}", l.name),
+                "not created by netconverge: left as it is",
+            ));
         }
     }
     let label = |p: u8| {
@@ -1916,10 +1935,11 @@ pub(super) fn cleanup(desired: &Desired, observed: &Observed) -> Plan {
         |a: &AddressState| protocols.contains(&a.protocol) && !removed.contains(a.dev.as_str());
     let kept = addresses_foreign_routes_need(observed, &protocols, ours_to_remove);
     for a in &kept {
-        plan.blocked.push(Blocked {
-            object: format!("address {} dev {}", a.cidr, a.dev),
-            reason: kept_for_foreign_routes(&a.dev),
-        });
+        plan.blocked.push(Blocked::new(
+            ObjectKind::Address,
+            format!("address {} dev {}", a.cidr, a.dev),
+            kept_for_foreign_routes(&a.dev),
+        ));
     }
     let mut addresses: Vec<Change> = observed
         .addresses

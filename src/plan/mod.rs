@@ -224,6 +224,36 @@ pub struct Change {
 pub struct Blocked {
     pub object: String,
     pub reason: String,
+    /// The objects it stands for, by kind (one, or a summary's parts), set
+    /// where the planner makes it: the metrics count these, never the text.
+    #[serde(skip)]
+    pub counts: kind::KindCounts,
+}
+
+impl Blocked {
+    /// One object of `kind`.
+    pub fn new(
+        kind: kind::ObjectKind,
+        object: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Blocked {
+        let mut counts = kind::KindCounts::default();
+        counts.add(kind, 1);
+        Blocked::of(counts, object, reason)
+    }
+
+    /// A summary entry standing for `counts` objects.
+    pub fn of(
+        counts: kind::KindCounts,
+        object: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Blocked {
+        Blocked {
+            object: object.into(),
+            reason: reason.into(),
+            counts,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -300,6 +300,13 @@ fn underlay_missing_blocks_dependents_only() {
     let p = plan(&d, &o);
     insta::assert_snapshot!(p.to_string());
     assert!(!p.blocked.is_empty());
+    // each blocked entry carries what it stands for, summaries included
+    use crate::plan::kind::{ObjectKind, blocked_by_kind};
+    let peers = d.peers.len();
+    let by_kind = blocked_by_kind(&p);
+    assert_eq!(by_kind.get(ObjectKind::Device), 1, "{p}");
+    assert_eq!(by_kind.get(ObjectKind::Address), d.addresses.len(), "{p}");
+    assert!(by_kind.get(ObjectKind::Route) >= peers, "{p}");
 }
 
 #[test]

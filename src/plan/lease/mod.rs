@@ -14,6 +14,7 @@ use file::{
 
 use crate::model::lease::{DIRECTORY, FileContent, LeaseObserved, LeaseOp, backup_path};
 use crate::model::{LeaseMode, LeaseSpec};
+use crate::plan::kind::ObjectKind;
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
 /// IPv6's minimum link MTU (RFC 8200): pods given less have no IPv6.
@@ -41,10 +42,8 @@ pub fn plan(spec: Option<&LeaseSpec>, vxlan_mtu: Option<u32>, observed: &LeaseOb
 
 fn plan_write(spec: &LeaseSpec, vxlan_mtu: Option<u32>, observed: &LeaseObserved, plan: &mut Plan) {
     let object = object(&spec.path);
-    let blocked = |reason: &str| Blocked {
-        object: object.clone(),
-        reason: reason.to_string(),
-    };
+    let blocked =
+        |reason: &str| Blocked::new(ObjectKind::Lease, object.clone(), reason.to_string());
     if spec.ipv4.is_none() && spec.ipv6.is_none() {
         plan.blocked.push(blocked(
             "no address family configured; the CNI plugin would reject the file",
@@ -193,10 +192,7 @@ fn plan_preserve(
             contents: contents.to_string(),
         }),
     };
-    let blocked = |reason: String| Blocked {
-        object: object.clone(),
-        reason,
-    };
+    let blocked = |reason: String| Blocked::new(ObjectKind::Lease, object.clone(), reason);
     let live = check(&observed.live);
     // A valid file for another subnet or MTU is flannel's mistake (or ours
     // being stale): neither taken as the last-known-good nor "in sync".
@@ -225,10 +221,11 @@ fn plan_preserve(
             format!("refresh: backup invalid ({why})"),
             live,
         )),
-        (Checked::Valid(..), Checked::Stuck(why)) => plan.blocked.push(Blocked {
-            object: backup_object.clone(),
-            reason: format!("{why}; the live file is not saved"),
-        }),
+        (Checked::Valid(..), Checked::Stuck(why)) => plan.blocked.push(Blocked::new(
+            ObjectKind::Lease,
+            backup_object.clone(),
+            format!("{why}; the live file is not saved"),
+        )),
         (Checked::Missing, Checked::Valid(saved, parsed)) => {
             match disagreement(spec, vxlan_mtu, &parsed) {
                 Some(why) => plan.blocked.push(blocked(format!(

@@ -16,6 +16,7 @@ use crate::model::nat::{
     Flavour, Found, Guard, IptFamily, Named, NatObserved, NatOp, NftFamily, Place, Seen,
 };
 use crate::model::{Family, NatBackendKind, NatSpec};
+use crate::plan::kind::ObjectKind;
 use crate::plan::{Blocked, Change, ChangeKind, Op, Plan};
 
 /// `nat ipv4 (nftables table ip netconverge)`.
@@ -171,10 +172,8 @@ fn plan_family_at<B: Backend>(
     let obj = object(&b.place(), family);
     let mut block = |reason: String, plan: &mut Plan| {
         new_place_blocked.push(family);
-        plan.blocked.push(Blocked {
-            object: obj.clone(),
-            reason,
-        });
+        plan.blocked
+            .push(Blocked::new(ObjectKind::Nat, obj.clone(), reason));
     };
     let present = match seen {
         Seen::Present(s) => Some(s),
@@ -206,15 +205,16 @@ fn plan_family_at<B: Backend>(
                 replaced_by: None,
             }),
         }),
-        (None, Some(_)) => plan.blocked.push(Blocked {
-            object: obj.clone(),
-            reason: format!(
+        (None, Some(_)) => plan.blocked.push(Blocked::new(
+            ObjectKind::Nat,
+            obj.clone(),
+            format!(
                 "conflict: has netconverge's name but was not created by \
                  netconverge, and {}; it is left alone: rename it or choose \
                  another name in [nat]",
                 removal_reason(Some(spec), family)
             ),
-        }),
+        )),
         (None, None) => {}
     }
 }
@@ -239,10 +239,11 @@ fn plan_unobserved(spec: &NatSpec, new_place_blocked: &mut Vec<Family>, plan: &m
     for family in [Family::Ipv4, Family::Ipv6] {
         if rules::desired(Some(spec), family).is_some() {
             new_place_blocked.push(family);
-            plan.blocked.push(Blocked {
-                object: spec_label(spec, family),
-                reason: "rules not observed".to_string(),
-            });
+            plan.blocked.push(Blocked::new(
+                ObjectKind::Nat,
+                spec_label(spec, family),
+                "rules not observed".to_string(),
+            ));
         }
     }
 }
@@ -281,13 +282,14 @@ fn plan_found(
         (None, None) => return,
     };
     if new_place_blocked.contains(&f.family) || named.is_none() {
-        plan.blocked.push(Blocked {
-            object: obj,
-            reason: format!(
+        plan.blocked.push(Blocked::new(
+            ObjectKind::Nat,
+            obj,
+            format!(
                 "left over (netconverge's: {}); kept until {new} is in place",
                 f.why
             ),
-        });
+        ));
         return;
     }
     let spec = spec.cloned();
